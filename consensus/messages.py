@@ -1,0 +1,250 @@
+"""Protocol messages: schemas, canonical bodies and signed envelopes.
+
+Every message kind is a strict, frozen pydantic model. A signed message
+travels as an :class:`Envelope`: the canonical msgpack ``body`` exactly as it
+was signed, and the Ed25519 ``sig`` over ``signing_bytes(kind, body)``.
+Bodies are re-validated on every decode; nothing unvalidated reaches a core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from multillmn import canonical
+from multillmn.identity import KeyPair, PeerId, verify_signature
+
+__all__ = [
+    "MessageError",
+    "Message",
+    "Query",
+    "Answer",
+    "Value",
+    "Proposal",
+    "Vote",
+    "Envelope",
+    "Signed",
+    "KINDS",
+    "sign",
+    "open_envelope",
+    "MAX_QUESTION_CHARS",
+    "MAX_ANSWER_CHARS",
+    "query_id_of",
+]
+
+MAX_QUESTION_CHARS = 2000
+MAX_ANSWER_CHARS = 4000
+MAX_PEERS = 256
+
+PeerIdField = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+Hash32 = Annotated[bytes, Field(min_length=32, max_length=32)]
+Height = Annotated[int, Field(ge=1, le=2**62)]
+Round = Annotated[int, Field(ge=0, le=2**20)]
+
+
+class MessageError(ValueError):
+    """A message is malformed, of an unknown kind, or badly signed (the sender's fault)."""
+
+
+class Message(BaseModel):
+    """Base of all wire schemas: strict types, immutable, no unknown fields."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    KIND: ClassVar[str] = ""
+    SIGNER: ClassVar[str] = ""
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def canonical(self) -> bytes:
+        return canonical.pack(self.body())
+
+    @property
+    def signer(self) -> PeerId:
+        return str(getattr(self, self.SIGNER))
+
+
+class Query(Message):
+    """A client's question, signed by the peer that received it (the entry peer)."""
+
+    KIND: ClassVar[str] = "query"
+    SIGNER: ClassVar[str] = "entry"
+    entry: PeerIdField
+    question: Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]
+    nonce: Annotated[bytes, Field(min_length=16, max_length=16)]
+    max_tokens: Annotated[int, Field(ge=1, le=1024)]
+    created_ms: Annotated[int, Field(ge=0)]
+
+
+class Answer(Message):
+    """One peer's answer to a query, with the model that produced it."""
+
+    KIND: ClassVar[str] = "answer"
+    SIGNER: ClassVar[str] = "peer"
+    query_id: Hash32
+    peer: PeerIdField
+    model: Annotated[str, Field(min_length=1, max_length=128)]
+    text: Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]
+    gen_ms: Annotated[int, Field(ge=0)]
+
+
+class Envelope(BaseModel):
+    """A signed message as carried inside another: canonical body bytes and signature."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    body: Annotated[bytes, Field(max_length=1 << 20)]
+    sig: Annotated[bytes, Field(min_length=64, max_length=64)]
+
+
+class Value(Message):
+    """What a height decides: a query, the answers that justify the choice, and the choice.
+
+    ``sims`` is the proposer's quantised similarity matrix (upper triangle, row
+    major, per-mille) between the answers in order; ``winners`` are the peers
+    whose answers form the chosen group and ``answer`` is its representative.
+    Validators recompute similarities themselves and accept the claimed ones
+    within a stated tolerance, so float noise cannot split honest peers.
+    """
+
+    KIND: ClassVar[str] = "value"
+    query: Envelope
+    answers: Annotated[tuple[Envelope, ...], Field(min_length=1, max_length=MAX_PEERS)]
+    sims: tuple[Annotated[int, Field(ge=-1000, le=1000)], ...]
+    winners: Annotated[tuple[PeerIdField, ...], Field(min_length=1, max_length=MAX_PEERS)]
+    answer: Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "query": self.query.model_dump(),
+            "answers": [a.model_dump() for a in self.answers],
+            "sims": list(self.sims),
+            "winners": list(self.winners),
+            "answer": self.answer,
+        }
+
+    def value_id(self) -> bytes:
+        return canonical.digest(self.body())
+
+    def query_id(self) -> bytes:
+        return query_id_of(self.query)
+
+
+class Proposal(Message):
+    """The proposer's value for (height, round); ``valid_round`` is -1 or a round with a +2/3 prevote quorum."""
+
+    KIND: ClassVar[str] = "proposal"
+    SIGNER: ClassVar[str] = "proposer"
+    height: Height
+    round: Round
+    valid_round: Annotated[int, Field(ge=-1, le=2**20)]
+    proposer: PeerIdField
+    value: Value
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "height": self.height,
+            "round": self.round,
+            "valid_round": self.valid_round,
+            "proposer": self.proposer,
+            "value": self.value.body(),
+        }
+
+
+class Vote(Message):
+    """A prevote or precommit for a value id, or for nil (``value_id`` None)."""
+
+    KIND: ClassVar[str] = "vote"
+    SIGNER: ClassVar[str] = "voter"
+    type: Literal["prevote", "precommit"]
+    height: Height
+    round: Round
+    value_id: Hash32 | None
+    voter: PeerIdField
+
+
+KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Query, Answer, Proposal, Vote)}
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Signed(Generic[M]):
+    """A decoded, schema-valid message with the exact body bytes and signature it came with."""
+
+    message: M
+    envelope: Envelope
+
+    @property
+    def signer(self) -> PeerId:
+        return self.message.signer
+
+    @property
+    def kind(self) -> str:
+        return self.message.KIND
+
+
+def sign(message: M, key: KeyPair) -> Signed[M]:
+    """Sign ``message`` with ``key``; the key must belong to the message's signer field."""
+    if key.peer_id != message.signer:
+        raise ValueError(f"key {key.peer_id} cannot sign for {message.signer}")
+    body = message.canonical()
+    return Signed(message, Envelope(body=body, sig=key.sign(message.KIND, body)))
+
+
+def _from_body(model: type[M], raw: Any) -> M:
+    if not isinstance(raw, dict):
+        raise MessageError(f"{model.KIND} body is not a map")
+    if model is Proposal:
+        raw = dict(raw)
+        value = raw.get("value")
+        if isinstance(value, dict):
+            value = dict(value)
+            try:
+                value["query"] = Envelope.model_validate(value.get("query"))
+                answers = value.get("answers")
+                if isinstance(answers, tuple):
+                    value["answers"] = tuple(Envelope.model_validate(a) for a in answers)
+            except ValidationError as exc:
+                raise MessageError(f"invalid proposal value: {_first_error(exc)}") from exc
+            raw["value"] = Value.model_validate(value)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise MessageError(f"invalid {model.KIND}: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{loc}: {err['msg']}"
+
+
+def open_envelope(
+    model: type[M], envelope: Envelope, public_key_of: Any
+) -> Signed[M]:
+    """Decode and validate an envelope of a known kind and check its signature.
+
+    ``public_key_of`` maps a peer id to its raw public key or ``None`` when the
+    signer is unknown. Raises :class:`MessageError` with the reason otherwise.
+    """
+    try:
+        raw = canonical.unpack(envelope.body)
+    except canonical.CanonicalError as exc:
+        raise MessageError(str(exc)) from exc
+    message = _from_body(model, raw)
+    if message.canonical() != envelope.body:
+        raise MessageError(f"{model.KIND} body is not in canonical form")
+    public_key = public_key_of(message.signer)
+    if public_key is None:
+        raise MessageError(f"{model.KIND} signed by unknown peer {message.signer}")
+    if not verify_signature(public_key, model.KIND, envelope.body, envelope.sig):
+        raise MessageError(f"bad signature on {model.KIND} from {message.signer}")
+    return Signed(message, envelope)
+
+
+def query_id_of(envelope: Envelope) -> bytes:
+    """A query's id: SHA-256 of its canonical body (entry peer, question, nonce, ...)."""
+    return hashlib.sha256(envelope.body).digest()
