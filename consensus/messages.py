@@ -33,6 +33,7 @@ __all__ = [
     "MAX_QUESTION_CHARS",
     "MAX_ANSWER_CHARS",
     "query_id_of",
+    "decode_value",
 ]
 
 MAX_QUESTION_CHARS = 2000
@@ -199,21 +200,26 @@ def _from_body(model: type[M], raw: Any) -> M:
         raise MessageError(f"{model.KIND} body is not a map")
     if model is Proposal:
         raw = dict(raw)
-        value = raw.get("value")
-        if isinstance(value, dict):
-            value = dict(value)
-            try:
-                value["query"] = Envelope.model_validate(value.get("query"))
-                answers = value.get("answers")
-                if isinstance(answers, tuple):
-                    value["answers"] = tuple(Envelope.model_validate(a) for a in answers)
-            except ValidationError as exc:
-                raise MessageError(f"invalid proposal value: {_first_error(exc)}") from exc
-            raw["value"] = Value.model_validate(value)
+        raw["value"] = decode_value(raw.get("value"))
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise MessageError(f"invalid {model.KIND}: {_first_error(exc)}") from exc
+
+
+def decode_value(raw: Any) -> Value:
+    """Validate a decoded (tuple-form) value map into a :class:`Value`."""
+    if not isinstance(raw, dict):
+        raise MessageError("value is not a map")
+    raw = dict(raw)
+    try:
+        raw["query"] = Envelope.model_validate(raw.get("query"))
+        answers = raw.get("answers")
+        if isinstance(answers, tuple):
+            raw["answers"] = tuple(Envelope.model_validate(a) for a in answers)
+        return Value.model_validate(raw)
+    except ValidationError as exc:
+        raise MessageError(f"invalid value: {_first_error(exc)}") from exc
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -20,7 +20,11 @@ class CanonicalError(ValueError):
 
 
 def _normalise(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, str, bytes)):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            raise CanonicalError(f"integer {value} does not fit in 64 bits")
+        return value
+    if value is None or isinstance(value, (bool, str, bytes)):
         return value
     if isinstance(value, (list, tuple)):
         return [_normalise(v) for v in value]

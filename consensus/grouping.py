@@ -1,0 +1,226 @@
+"""Grouping answers by meaning, on integers only, and validating a proposed :class:`Value`.
+
+Similarities are per-mille integers in ``[-1000, 1000]`` given as the upper
+triangle of the matrix, row major: for ``n`` answers the pairs
+``(0,1), (0,2), ..., (0,n-1), (1,2), ..., (n-2,n-1)``. An answer's
+similarity to itself is 1000 and is not listed.
+
+Normative grouping rule (``threshold`` is a per-mille int):
+
+1. While some answer is unassigned, pick as *representative* the unassigned
+   answer with the largest weight; ties: the larger sum of weights of the
+   unassigned answers (itself included) whose similarity to it is
+   ``>= threshold``; then the lowest index.
+2. Its group is every unassigned answer (itself included) whose similarity to
+   the representative is ``>= threshold``; those become assigned.
+3. The winning group has the largest total weight; ties: the group whose
+   representative has the lowest index.
+
+The choice is a pure function of the *claimed* integers in a value; honest
+validators only check that their own similarities are close to the claimed
+ones, so float noise in embeddings cannot split them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from consensus.messages import (
+    Answer,
+    Envelope,
+    MessageError,
+    Query,
+    Signed,
+    Value,
+    open_envelope,
+    query_id_of,
+)
+from consensus.validators import ValidatorSet
+from multillmn.identity import PeerId
+
+__all__ = [
+    "Group",
+    "pair_index",
+    "pair_count",
+    "quantise_similarity",
+    "group_answers",
+    "choose",
+    "check_claimed_sims",
+    "validate_value",
+    "build_value",
+]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group of answers: its representative's index, member indices (ascending) and total weight."""
+
+    representative: int
+    members: tuple[int, ...]
+    weight: int
+
+
+def pair_count(n: int) -> int:
+    """Number of entries in the upper triangle for ``n`` answers: ``n(n-1)/2``."""
+    return n * (n - 1) // 2
+
+
+def pair_index(n: int, i: int, j: int) -> int:
+    """Position of the pair ``{i, j}`` (``i != j``) in the row-major upper triangle for ``n`` answers."""
+    if i == j or not (0 <= i < n and 0 <= j < n):
+        raise ValueError(f"no pair ({i}, {j}) among {n} answers")
+    if i > j:
+        i, j = j, i
+    return i * n - i * (i + 1) // 2 + (j - i - 1)
+
+
+def quantise_similarity(cosine: float) -> int:
+    """A float similarity as a per-mille int clamped to ``[-1000, 1000]`` (for the runner)."""
+    return max(-1000, min(1000, round(cosine * 1000)))
+
+
+def _sim(n: int, sims: Sequence[int], i: int, j: int) -> int:
+    return 1000 if i == j else sims[pair_index(n, i, j)]
+
+
+def group_answers(weights: Sequence[int], sims: Sequence[int], threshold: int) -> list[Group]:
+    """Partition answers into groups by the module's normative rule, in order of formation."""
+    n = len(weights)
+    if n == 0:
+        raise ValueError("no answers to group")
+    if len(sims) != pair_count(n):
+        raise ValueError(f"{n} answers need {pair_count(n)} similarities, got {len(sims)}")
+    if any(w <= 0 for w in weights):
+        raise ValueError("answer weights must be positive")
+    if not -1000 <= threshold <= 1000:
+        raise ValueError("threshold must be a per-mille int in [-1000, 1000]")
+    unassigned = list(range(n))
+    groups: list[Group] = []
+    while unassigned:
+
+        def near(rep: int) -> list[int]:
+            return [k for k in unassigned if _sim(n, sims, rep, k) >= threshold]
+
+        def key(i: int) -> tuple[int, int, int]:
+            return (weights[i], sum(weights[k] for k in near(i)), -i)
+
+        rep = max(unassigned, key=key)
+        members = near(rep)
+        groups.append(Group(rep, tuple(members), sum(weights[k] for k in members)))
+        taken = set(members)
+        unassigned = [k for k in unassigned if k not in taken]
+    return groups
+
+
+def choose(weights: Sequence[int], sims: Sequence[int], threshold: int) -> Group:
+    """The winning group: largest total weight; ties: lowest representative index."""
+    groups = group_answers(weights, sims, threshold)
+    return max(groups, key=lambda g: (g.weight, -g.representative))
+
+
+def check_claimed_sims(claimed: Sequence[int], local: Sequence[int], tolerance: int) -> str | None:
+    """``None`` if every claimed similarity is within ``tolerance`` of the local one, else why not."""
+    if len(claimed) != len(local):
+        return f"claimed {len(claimed)} similarities, computed {len(local)}"
+    for k, (c, m) in enumerate(zip(claimed, local)):
+        if abs(c - m) > tolerance:
+            return f"similarity {k} claimed {c} but computed {m} (tolerance {tolerance})"
+    return None
+
+
+def validate_value(
+    value: Value,
+    *,
+    validators: ValidatorSet,
+    local_sims: Sequence[int] | None,
+    threshold: int,
+    tolerance: int,
+    min_answer_weight_quorum: bool = True,
+) -> str | None:
+    """``None`` if ``value`` is valid, else a human-readable reason.
+
+    Checks: the query is signed by a validator; each answer opens, is for this
+    query and comes from a distinct validator, in ascending peer-id order; the
+    answerers carry a quorum of weight (if ``min_answer_weight_quorum``); the
+    similarity list has ``n(n-1)/2`` entries within ``tolerance`` of
+    ``local_sims`` (if given); and ``winners``/``answer`` are exactly what
+    :func:`choose` yields on the claimed similarities.
+    """
+    try:
+        open_envelope(Query, value.query, validators.public_key_of)
+    except MessageError as exc:
+        return f"query: {exc}"
+    qid = query_id_of(value.query)
+    answers: list[Answer] = []
+    seen: set[PeerId] = set()
+    for k, env in enumerate(value.answers):
+        try:
+            answer = open_envelope(Answer, env, validators.public_key_of).message
+        except MessageError as exc:
+            return f"answer {k}: {exc}"
+        if answer.query_id != qid:
+            return f"answer {k} from {answer.peer} is for another query"
+        if answer.peer in seen:
+            return f"duplicate answer from {answer.peer}"
+        if answers and answer.peer < answers[-1].peer:
+            return "answers are not in ascending peer-id order"
+        seen.add(answer.peer)
+        answers.append(answer)
+    weights = [validators.weight_of(a.peer) for a in answers]
+    if min_answer_weight_quorum and not validators.has_quorum(sum(weights)):
+        return (
+            f"answers carry weight {sum(weights)} of {validators.total}; "
+            "more than two thirds is required"
+        )
+    n = len(answers)
+    if len(value.sims) != pair_count(n):
+        return f"{n} answers need {pair_count(n)} similarities, got {len(value.sims)}"
+    if local_sims is not None:
+        reason = check_claimed_sims(value.sims, local_sims, tolerance)
+        if reason is not None:
+            return reason
+    group = choose(weights, value.sims, threshold)
+    winners = tuple(answers[k].peer for k in group.members)
+    if value.winners != winners:
+        return f"winners {list(value.winners)} differ from the computed {list(winners)}"
+    if value.answer != answers[group.representative].text:
+        return "answer text is not the winning group's representative answer"
+    return None
+
+
+def build_value(
+    query: Envelope,
+    answers: Sequence[Signed[Answer]],
+    sims: Sequence[int],
+    weights: Sequence[int],
+    threshold: int,
+) -> Value:
+    """The proposer's value: answers sorted by peer id, the claimed sims and the choice.
+
+    ``sims`` (upper triangle) and ``weights`` refer to ``answers`` in the order
+    given; they are permuted to the sorted order. Raises ``ValueError`` on a
+    duplicate answerer, an answer for another query or mismatched lengths.
+    """
+    n = len(answers)
+    if len(weights) != n or len(sims) != pair_count(n):
+        raise ValueError("weights and similarities do not match the answers")
+    qid = query_id_of(query)
+    if any(a.message.query_id != qid for a in answers):
+        raise ValueError("an answer is for another query")
+    order = sorted(range(n), key=lambda k: answers[k].signer)
+    if len({a.signer for a in answers}) != n:
+        raise ValueError("duplicate answerer")
+    new_weights = [weights[k] for k in order]
+    new_sims = [
+        sims[pair_index(n, order[i], order[j])] for i in range(n) for j in range(i + 1, n)
+    ]
+    group = choose(new_weights, new_sims, threshold)
+    sorted_answers = [answers[k] for k in order]
+    return Value(
+        query=query,
+        answers=tuple(a.envelope for a in sorted_answers),
+        sims=tuple(new_sims),
+        winners=tuple(sorted_answers[k].signer for k in group.members),
+        answer=sorted_answers[group.representative].message.text,
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from multillmn.cli import main
+
+sys.exit(main())

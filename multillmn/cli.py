@@ -1,0 +1,162 @@
+"""The ``multillmn`` command line: peer, ask, verify and testnet commands.
+
+Every command returns an exit code: 0 on success, 1 when a check fails
+(e.g. an invalid certificate), 2 on bad input or an unreachable peer, with
+the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_peer_init(args: argparse.Namespace) -> int:
+    from multillmn.config import PeerConfig, render_toml
+    from multillmn.genesis import Genesis
+    from multillmn.identity import KeyPair
+
+    home: Path = args.dir
+    config_path = home / "config.toml"
+    key_path = home / "peer_key.pem"
+    if (config_path.exists() or key_path.exists()) and not args.force:
+        print(f"error: {home} already holds a peer (use --force to overwrite)", file=sys.stderr)
+        return 2
+    key = KeyPair.generate()
+    key.save(key_path)
+    cfg = PeerConfig(moniker=args.moniker, model=args.model)
+    config_path.write_text(render_toml(cfg))
+    genesis_path = home / cfg.genesis_file
+    if not genesis_path.exists():
+        Genesis.build("single-peer", [(args.moniker, key.public_key, 1)]).save(genesis_path)
+    print(f"peer id:  {key.peer_id}\nkey:      {key_path} (mode 0600)\nconfig:   {config_path}\n"
+          f"genesis:  {genesis_path}")
+    return 0
+
+
+def _cmd_peer_start(args: argparse.Namespace) -> int:
+    from multillmn.config import ConfigError, PeerConfig
+    from multillmn.genesis import GenesisError
+    from multillmn.identity import KeyFileError
+    from peers.daemon import load_identity, main
+
+    try:
+        load_identity(PeerConfig.load(args.config))
+    except (ConfigError, GenesisError, KeyFileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    main(args.config)
+    return 0
+
+
+def _load_trusted(path: Path | None) -> object:
+    from multillmn.genesis import Genesis
+
+    return Genesis.load(path) if path is not None else None
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from multillmn.certificate import CertificateError
+    from multillmn.client import ClientError, ask, check, render
+    from multillmn.genesis import GenesisError
+
+    try:
+        trusted = _load_trusted(args.genesis)
+        result = ask(args.peer, args.question, max_tokens=args.max_tokens, timeout_s=args.timeout)
+    except (ClientError, GenesisError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cert, error = None, None
+    try:
+        cert = check(result, trusted)  # type: ignore[arg-type]
+    except CertificateError as exc:
+        error = str(exc)
+    if args.save_cert is not None:
+        args.save_cert.write_text(json.dumps(result["certificate"], indent=2) + "\n")
+    if args.json:
+        print(json.dumps({**result, "certificate_valid": cert is not None, "certificate_error": error}, indent=2))
+    else:
+        print(render(result, cert, error, trusted is not None))
+    return 0 if cert is not None else 1
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from multillmn.certificate import CertificateError, verify_file
+
+    try:
+        cert = verify_file(args.certificate, args.genesis)
+    except CertificateError as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    anchor = "the trusted genesis" if args.genesis else "the validator set in the certificate (pass --genesis to pin it)"
+    print(f"VALID: height {cert.height} round {cert.round} on {cert.chain_id}\n"
+          f"question: {cert.question}\nanswer:   {cert.answer}\n"
+          f"agreed weight {cert.agreed_weight}/{cert.total_weight}; precommits "
+          f"{cert.precommit_weight}/{cert.total_weight}; checked against {anchor}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from testnet.cli import add_testnet_commands
+
+    parser = argparse.ArgumentParser(prog="multillmn", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    peer = commands.add_parser("peer", help="run a peer").add_subparsers(dest="peer_command", required=True)
+    init = peer.add_parser("init", help="write a key and a commented config")
+    init.add_argument("--dir", type=Path, default=Path("."), help="peer home directory (default: .)")
+    init.add_argument("--moniker", default="peer", help="human-readable name")
+    init.add_argument("--model", default="smollm2", help="smollm2 | gemma3 | path to a HF model directory")
+    init.add_argument("--force", action="store_true", help="overwrite an existing key and config")
+    init.set_defaults(func=_cmd_peer_init)
+    start = peer.add_parser("start", help="start the peer daemon")
+    start.add_argument("--config", type=_existing_file, required=True, help="config.toml")
+    start.set_defaults(func=_cmd_peer_start)
+
+    ask = commands.add_parser("ask", help="ask the network a question")
+    ask.add_argument("question")
+    ask.add_argument("--peer", default="http://127.0.0.1:8080", help="a peer's API URL")
+    ask.add_argument("--json", action="store_true", help="print the full JSON result")
+    ask.add_argument("--genesis", type=_existing_file, help="trusted genesis to check the certificate against")
+    ask.add_argument("--max-tokens", type=_positive_int)
+    ask.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    ask.add_argument("--save-cert", type=Path, help="write the certificate to this file")
+    ask.set_defaults(func=_cmd_ask)
+
+    verify = commands.add_parser("verify", help="check a certificate offline (exit 0 only if valid)")
+    verify.add_argument("certificate", type=_existing_file)
+    verify.add_argument("--genesis", type=_existing_file, help="trusted genesis (validator set) to pin")
+    verify.set_defaults(func=_cmd_verify)
+
+    add_testnet_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

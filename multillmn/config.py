@@ -1,0 +1,226 @@
+"""Peer configuration: a commented TOML file, validated key by key.
+
+``PeerConfig.default()`` is what ``multillmn peer init`` writes,
+``PeerConfig.for_tests()`` shrinks timeouts, and ``PeerConfig.load(path)``
+rejects unknown sections or keys, wrong types and out-of-range values with
+the offending key named. Relative paths resolve against the config file's
+directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from multillmn.identity import is_peer_id
+
+__all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render_toml"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+def parse_hostport(value: str, key: str) -> tuple[str, int]:
+    """Split ``"host:port"``; raise :class:`ConfigError` naming ``key`` if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """A persistent peer: its id and p2p address."""
+
+    id: str
+    address: str
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """Everything one peer daemon needs; see :data:`_COMMENTS` for each key's meaning."""
+
+    # [peer]
+    moniker: str = "peer"
+    key_file: str = "peer_key.pem"
+    genesis_file: str = "genesis.json"
+    # [p2p]
+    p2p_listen: str = "127.0.0.1:26656"
+    persistent_peers: tuple[PeerAddress, ...] = ()
+    max_frame_bytes: int = 2 * 1024 * 1024
+    send_queue: int = 1024
+    # [api]
+    api_listen: str = "127.0.0.1:8080"
+    query_timeout_s: float = 300.0
+    # [model]
+    model: str = "smollm2"
+    max_new_tokens: int = 48
+    threads: int = 1
+    cache_dir: str = "~/.cache/multillmn/models"
+    # [consensus]
+    timeout_propose_ms: int = 3000
+    timeout_prevote_ms: int = 1000
+    timeout_precommit_ms: int = 1000
+    timeout_delta_ms: int = 500
+    answer_wait_ms: int = 120000
+    # [log]
+    log_level: str = "info"
+    # where the file was read from (not a key)
+    base_dir: Path = field(default=Path("."), compare=False)
+
+    @classmethod
+    def default(cls) -> PeerConfig:
+        return cls()
+
+    @classmethod
+    def for_tests(cls) -> PeerConfig:
+        return cls(timeout_propose_ms=500, timeout_prevote_ms=200, timeout_precommit_ms=200,
+                   timeout_delta_ms=100, answer_wait_ms=10000, query_timeout_s=60.0)
+
+    def path(self, value: str) -> Path:
+        """Resolve a path key against the config file's directory (``~`` expanded)."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def validate(self) -> PeerConfig:
+        """Raise :class:`ConfigError` naming the first bad key; return self when valid."""
+        parse_hostport(self.p2p_listen, "p2p.listen")
+        parse_hostport(self.api_listen, "api.listen")
+        seen = set()
+        for i, p in enumerate(self.persistent_peers):
+            if not is_peer_id(p.id):
+                raise ConfigError(f"p2p.peers[{i}].id: expected 40 hex characters, got {p.id!r}")
+            if p.id in seen:
+                raise ConfigError(f"p2p.peers[{i}].id: duplicate peer {p.id}")
+            seen.add(p.id)
+            parse_hostport(p.address, f"p2p.peers[{i}].address")
+        _check_range("p2p.max_frame_bytes", self.max_frame_bytes, 1024, 64 * 1024 * 1024)
+        _check_range("p2p.send_queue", self.send_queue, 1, 1_000_000)
+        _check_range("api.query_timeout_s", self.query_timeout_s, 1, 86400)
+        _check_range("model.max_new_tokens", self.max_new_tokens, 1, 1024)
+        _check_range("model.threads", self.threads, 1, 256)
+        for key in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms"):
+            _check_range(f"consensus.{key}", getattr(self, key), 1, 3_600_000)
+        _check_range("consensus.timeout_delta_ms", self.timeout_delta_ms, 0, 3_600_000)
+        _check_range("consensus.answer_wait_ms", self.answer_wait_ms, 1, 3_600_000)
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log.level: expected debug|info|warning|error, got {self.log_level!r}")
+        if not self.model:
+            raise ConfigError("model.name: must not be empty")
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> PeerConfig:
+        """Read and validate a TOML config file."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return cls.from_dict(data, base_dir=path.resolve().parent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: Path = Path(".")) -> PeerConfig:
+        """Build from the TOML structure; unknown sections/keys and wrong types are errors."""
+        kwargs: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for section, value in data.items():
+            if section not in _KEYS:
+                raise ConfigError(f"unknown section [{section}] (expected one of {', '.join(_KEYS)})")
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{section}] must be a table")
+            for key, item in value.items():
+                attr = _KEYS[section].get(key)
+                if attr is None:
+                    raise ConfigError(f"unknown key {section}.{key}")
+                if attr == "persistent_peers":
+                    kwargs[attr] = _parse_peers(item)
+                    continue
+                expected = types[attr]
+                kwargs[attr] = _check_type(f"{section}.{key}", item, expected)
+        return replace(cls(), **kwargs, base_dir=base_dir).validate()
+
+
+def _check_type(key: str, value: Any, expected: Any) -> Any:
+    name = expected if isinstance(expected, str) else expected.__name__
+    if name == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = {"str": str, "int": int, "float": float}.get(name)
+    if ok is None or not isinstance(value, ok) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value} is outside [{low}, {high}]")
+
+
+def _parse_peers(item: Any) -> tuple[PeerAddress, ...]:
+    if not isinstance(item, list):
+        raise ConfigError("p2p.peers: expected an array of {id, address} tables")
+    out = []
+    for i, entry in enumerate(item):
+        if not isinstance(entry, dict) or set(entry) != {"id", "address"}:
+            raise ConfigError(f"p2p.peers[{i}]: expected a table with exactly id and address")
+        if not isinstance(entry["id"], str) or not isinstance(entry["address"], str):
+            raise ConfigError(f"p2p.peers[{i}]: id and address must be strings")
+        out.append(PeerAddress(entry["id"], entry["address"]))
+    return tuple(out)
+
+
+# section -> TOML key -> attribute, and the comment written above each key.
+_KEYS: dict[str, dict[str, str]] = {
+    "peer": {"moniker": "moniker", "key_file": "key_file", "genesis_file": "genesis_file"},
+    "p2p": {"listen": "p2p_listen", "peers": "persistent_peers",
+            "max_frame_bytes": "max_frame_bytes", "send_queue": "send_queue"},
+    "api": {"listen": "api_listen", "query_timeout_s": "query_timeout_s"},
+    "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
+              "cache_dir": "cache_dir"},
+    "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
+                                 "timeout_delta_ms", "answer_wait_ms")},
+    "log": {"level": "log_level"},
+}
+
+_COMMENTS: dict[str, str] = {
+    "moniker": "Human-readable name shown in status and logs.",
+    "key_file": "Ed25519 private key (PEM, mode 0600); the peer id derives from it.",
+    "genesis_file": "Validator set (peer ids, public keys, weights) shared by all peers.",
+    "p2p_listen": "Address for authenticated, encrypted peer links.",
+    "persistent_peers": "Peers to keep a link to: [{ id = \"<peer id>\", address = \"host:port\" }].",
+    "max_frame_bytes": "Largest frame accepted from a peer; larger ones are refused.",
+    "send_queue": "Messages queued per peer before new ones are dropped (and counted).",
+    "api_listen": "Address of the HTTP API (/v1/query, /v1/status, /v1/chat/completions).",
+    "query_timeout_s": "How long an HTTP query waits for consensus before answering 504.",
+    "model": "smollm2 | gemma3 (bundled GGUF models) or a path to a Hugging Face model directory.",
+    "max_new_tokens": "Longest answer, in tokens; decoding is greedy.",
+    "threads": "torch threads for this peer (peers of a local testnet share the cores).",
+    "cache_dir": "Where converted GGUF weights are cached so restarts load in seconds.",
+    "timeout_propose_ms": "Wait for the proposal in round 0; grows by timeout_delta_ms per round.",
+    "timeout_prevote_ms": "Wait after +2/3 mixed prevotes before precommitting nil.",
+    "timeout_precommit_ms": "Wait after +2/3 mixed precommits before the next round.",
+    "timeout_delta_ms": "Added to every timeout per round, so rounds eventually last long enough.",
+    "answer_wait_ms": "Longest wait for answers carrying +2/3 of weight before a round starts anyway.",
+    "log_level": "debug | info | warning | error; logs are JSON lines on stderr.",
+}
+
+
+def render_toml(cfg: PeerConfig) -> str:
+    """The config as commented TOML (what ``peer init`` writes)."""
+    import tomli_w
+
+    lines = ["# multillmn peer configuration. Every key is optional; shown values are the defaults", ""]
+    for section, keys in _KEYS.items():
+        lines.append(f"[{section}]")
+        for key, attr in keys.items():
+            lines.append(f"# {_COMMENTS[attr]}")
+            value = getattr(cfg, attr)
+            if attr == "persistent_peers":
+                value = [{"id": p.id, "address": p.address} for p in value]
+            lines.append(tomli_w.dumps({key: value}).strip())
+        lines.append("")
+    return "\n".join(lines)

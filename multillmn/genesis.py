@@ -1,0 +1,112 @@
+"""Genesis file: the chain id and the initial validator set, shared by every peer.
+
+JSON, so a client can read it without msgpack::
+
+    {"chain_id": "local-testnet",
+     "params": {"similarity_threshold": 750, "similarity_tolerance": 20},
+     "validators": [{"peer_id": "...", "public_key": "<64 hex>", "weight": 1, "moniker": "peer0"}]}
+
+``params`` are consensus parameters: every peer must use the same values, since
+they decide whether a proposal is valid. ``similarity_threshold`` (per mille,
+MiniLM cosine) puts two answers in one group; ``similarity_tolerance`` (per
+mille) is how far a proposer's claimed similarity may differ from a validator's
+own computation, so float noise cannot split honest peers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consensus.validators import Validator, ValidatorSet
+from multillmn.identity import peer_id_of
+
+__all__ = ["Genesis", "GenesisError", "Params"]
+
+
+class GenesisError(ValueError):
+    """The genesis file is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """Consensus parameters fixed at genesis."""
+
+    similarity_threshold: int = 750
+    similarity_tolerance: int = 20
+
+    def validate(self) -> Params:
+        for name, value, high in (("similarity_threshold", self.similarity_threshold, 1000),
+                                  ("similarity_tolerance", self.similarity_tolerance, 200)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+                raise GenesisError(f"params.{name} must be an integer in [0, {high}], got {value!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Genesis:
+    chain_id: str
+    validators: ValidatorSet
+    params: Params = Params()
+
+    @classmethod
+    def build(cls, chain_id: str, members: list[tuple[str, bytes, int]], params: Params = Params()) -> Genesis:
+        """From ``(moniker, public_key, weight)`` triples."""
+        vals = [Validator(peer_id=peer_id_of(pk), public_key=pk, weight=w, moniker=m) for m, pk, w in members]
+        return cls(chain_id, ValidatorSet(vals), params.validate())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "params": {"similarity_threshold": self.params.similarity_threshold,
+                       "similarity_tolerance": self.params.similarity_tolerance},
+            "validators": [
+                {"peer_id": v.peer_id, "public_key": v.public_key.hex(), "weight": v.weight, "moniker": v.moniker}
+                for v in self.validators.validators
+            ],
+        }
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, data: Any) -> Genesis:
+        if not isinstance(data, dict) or not {"chain_id", "validators"} <= set(data) <= {"chain_id", "validators", "params"}:
+            raise GenesisError("genesis must be an object with chain_id, validators and optionally params")
+        raw_params = data.get("params", {})
+        if not isinstance(raw_params, dict) or not set(raw_params) <= {"similarity_threshold", "similarity_tolerance"}:
+            raise GenesisError("params may hold only similarity_threshold and similarity_tolerance")
+        params = Params(**raw_params).validate()
+        if not isinstance(data["chain_id"], str) or not data["chain_id"]:
+            raise GenesisError("chain_id must be a non-empty string")
+        if not isinstance(data["validators"], list) or not data["validators"]:
+            raise GenesisError("validators must be a non-empty list")
+        vals = []
+        for i, v in enumerate(data["validators"]):
+            if not isinstance(v, dict) or set(v) != {"peer_id", "public_key", "weight", "moniker"}:
+                raise GenesisError(f"validators[{i}] must have exactly peer_id, public_key, weight, moniker")
+            try:
+                pk = bytes.fromhex(v["public_key"])
+            except (TypeError, ValueError):
+                raise GenesisError(f"validators[{i}].public_key is not hex") from None
+            if not isinstance(v["weight"], int) or isinstance(v["weight"], bool):
+                raise GenesisError(f"validators[{i}].weight must be an integer")
+            if not isinstance(v["moniker"], str) or not isinstance(v["peer_id"], str):
+                raise GenesisError(f"validators[{i}]: peer_id and moniker must be strings")
+            vals.append(Validator(peer_id=v["peer_id"], public_key=pk, weight=v["weight"], moniker=v["moniker"]))
+        try:
+            return cls(data["chain_id"], ValidatorSet(vals), params)
+        except ValueError as exc:
+            raise GenesisError(str(exc)) from exc
+
+    @classmethod
+    def load(cls, path: Path) -> Genesis:
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise GenesisError(f"cannot read genesis {path}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise GenesisError(f"{path}: not valid JSON: {exc}") from exc
+        return cls.from_json(data)

@@ -1,0 +1,180 @@
+"""The peer's HTTP API (FastAPI, served on trio by hypercorn).
+
+* ``POST /v1/query`` — ask a question; returns the consensus answer, the
+  certificate, every peer's answer and timings.
+* ``GET /v1/status`` — peer id, model, phase, height, connected peers, weights.
+* ``GET /v1/certificates/{height}`` — the certificate decided at a height.
+* ``POST /v1/chat/completions`` and ``GET /v1/models`` — OpenAI-compatible;
+  the assistant message is the consensus answer and the certificate rides in
+  an extra ``certificate`` field, so the ``openai`` client works unchanged.
+
+Request bodies are strict pydantic models: a wrong type, a missing or unknown
+field, or a value out of range is a 422 with the field named.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from consensus.messages import MAX_QUESTION_CHARS
+from peers.node import Decision, Node, QueryFailed
+
+__all__ = ["PeerHandle", "create_app"]
+
+
+@dataclass
+class PeerHandle:
+    """What the API sees of the peer: its phase while loading, then the node."""
+
+    peer_id: str
+    moniker: str
+    model: str
+    phase: str = "starting"
+    node: Node | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def ready_node(self) -> Node:
+        if self.node is None or self.phase != "ready":
+            raise HTTPException(503, f"peer is not ready yet (phase: {self.phase})")
+        return self.node
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]
+    max_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """The subset of OpenAI's chat request that a consensus answer can honour; other fields are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = "multillmn"
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)]
+    max_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+    stream: bool = False
+
+
+def _question_of(messages: list[ChatMessage]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            content = message.content
+            if isinstance(content, list):
+                content = " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+            if content and content.strip():
+                if len(content) > MAX_QUESTION_CHARS:
+                    raise HTTPException(422, f"the question exceeds {MAX_QUESTION_CHARS} characters")
+                return content.strip()
+    raise HTTPException(422, "messages must contain a user message with text")
+
+
+def _decision_json(node: Node, decision: Decision, total_ms: int) -> dict[str, Any]:
+    vs = node.validators
+    winners = set(decision.value.winners)
+    agreed = vs.weight_of_set(winners)
+    return {
+        "question": decision.certificate["summary"]["question"],
+        "answer": decision.value.answer,
+        "height": decision.height,
+        "round": decision.round,
+        "agreed_weight": agreed,
+        "total_weight": vs.total,
+        "agreed_share": round(agreed / vs.total, 4),
+        "answers": [
+            {
+                "peer_id": a.peer,
+                "moniker": (v.moniker if (v := vs.get(a.peer)) else ""),
+                "model": a.model,
+                "text": a.text,
+                "weight": vs.weight_of(a.peer),
+                "agreed": a.peer in winners,
+                "generation_ms": a.gen_ms,
+                "signature": envelope.sig.hex(),
+            }
+            for a, envelope in zip(decision.answers, decision.value.answers, strict=True)
+        ],
+        "timings": {
+            "total_ms": total_ms,
+            "generation_ms": decision.generation_ms,
+            "consensus_ms": decision.consensus_ms,
+        },
+        "certificate": decision.certificate,
+    }
+
+
+def create_app(peer: PeerHandle) -> FastAPI:
+    app = FastAPI(title="multillmn peer", version="1")
+
+    async def decide(question: str, max_tokens: int | None) -> tuple[Node, Decision, int]:
+        node = peer.ready_node()
+        start = time.monotonic()
+        try:
+            decision = await node.submit(question, max_tokens)
+        except QueryFailed as exc:
+            raise HTTPException(503, str(exc)) from None
+        return node, decision, int((time.monotonic() - start) * 1000)
+
+    @app.post("/v1/query")
+    async def query(request: QueryRequest) -> dict[str, Any]:
+        node, decision, total_ms = await decide(request.question, request.max_tokens)
+        return _decision_json(node, decision, total_ms)
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        base = {"peer_id": peer.peer_id, "moniker": peer.moniker, "model": peer.model,
+                "phase": peer.phase, "ready": peer.phase == "ready",
+                "uptime_s": round(time.monotonic() - peer.started, 1),
+                "height": 1, "connected_peers": []}
+        if peer.node is not None:
+            base.update(peer.node.status())
+        return base
+
+    @app.get("/v1/certificates/{height}")
+    async def certificate(height: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+        cert = peer.ready_node().certificates.get(height)
+        if cert is None:
+            raise HTTPException(404, f"no certificate for height {height} at this peer")
+        return cert
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "multillmn", "object": "model", "owned_by": "multillmn"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: ChatRequest) -> JSONResponse:
+        if request.stream:
+            raise HTTPException(400, "streaming is not supported: a consensus answer exists only once decided")
+        question = _question_of(request.messages)
+        node, decision, total_ms = await decide(question, request.max_completion_tokens or request.max_tokens)
+        body = _decision_json(node, decision, total_ms)
+        return JSONResponse({
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": decision.value.answer},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "certificate": decision.certificate,
+            "multillmn": {k: v for k, v in body.items() if k != "certificate"},
+        })
+
+    return app

@@ -1,0 +1,94 @@
+"""The peer daemon: one trio process with transport, consensus, model and HTTP API.
+
+Start-up order: read and validate config, key and genesis (fail fast with a
+clear message); serve the API at once so ``/v1/status`` shows progress;
+load the model and the embedder in worker threads; then start the node.
+SIGTERM or SIGINT cancels everything and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from multillmn.config import PeerConfig, parse_hostport
+from multillmn.genesis import Genesis
+from multillmn.identity import KeyPair
+from multillmn.logs import fields, setup_logging
+from peers.api import PeerHandle, create_app
+from peers.engine import AnswerEngine, ModelEngine
+from peers.node import Node
+from peers.transport import Transport
+
+__all__ = ["run_peer", "load_identity"]
+
+log = logging.getLogger("multillmn.daemon")
+
+EngineFactory = Callable[[PeerConfig], AnswerEngine]
+
+
+def load_identity(cfg: PeerConfig) -> tuple[KeyPair, Genesis]:
+    """The peer's key and the genesis; the key must belong to a genesis validator."""
+    key = KeyPair.load(cfg.path(cfg.key_file))
+    genesis = Genesis.load(cfg.path(cfg.genesis_file))
+    if genesis.validators.weight_of(key.peer_id) == 0:
+        raise ValueError(f"peer {key.peer_id} is not a validator in {cfg.path(cfg.genesis_file)}")
+    return key, genesis
+
+
+def _default_engine(cfg: PeerConfig) -> AnswerEngine:
+    return ModelEngine.load(cfg.model, cfg.path(cfg.cache_dir), cfg.threads)
+
+
+async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_engine) -> None:
+    """Run one peer until SIGTERM/SIGINT."""
+    key, genesis = load_identity(cfg)
+    setup_logging(cfg.log_level, peer=cfg.moniker)
+    handle = PeerHandle(peer_id=key.peer_id, moniker=cfg.moniker, model=cfg.model)
+    host, port = parse_hostport(cfg.api_listen, "api.listen")
+    http = HypercornConfig()
+    http.bind = [f"{host}:{port}"]
+    http.accesslog = None
+    http.errorlog = logging.getLogger("multillmn.http")
+    http.graceful_timeout = 2.0
+    shutdown = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+        nursery.start_soon(serve, create_app(handle), http, None, shutdown.wait)  # type: ignore[arg-type]
+        log.info("starting", extra=fields(peer_id=key.peer_id, api=cfg.api_listen, p2p=cfg.p2p_listen))
+        handle.phase = "loading-model"
+        engine = await trio.to_thread.run_sync(engine_factory, cfg, abandon_on_cancel=True)
+        handle.model = engine.model_name
+        peers = {p.id: parse_hostport(p.address, "p2p.peers") for p in cfg.persistent_peers}
+        transport = Transport(
+            key, parse_hostport(cfg.p2p_listen, "p2p.listen"), peers,
+            max_frame=cfg.max_frame_bytes, send_queue=cfg.send_queue,
+        )
+        node = Node(cfg, key, genesis, engine, transport)
+        await nursery.start(node.run)
+        handle.node = node
+        handle.phase = "ready"
+        log.info("ready", extra=fields(model=engine.model_name, height=node.height))
+
+
+async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("shutting down", extra=fields(signal=signal.Signals(signum).name))
+            shutdown.set()
+            await trio.sleep(0.5)  # let hypercorn finish in-flight responses
+            scope.cancel()
+            return
+
+
+def main(config_path: Path) -> None:
+    """Entry point of ``multillmn peer start``."""
+    cfg = PeerConfig.load(config_path)
+    trio.run(run_peer, cfg)

@@ -1,0 +1,353 @@
+"""The peer runner: the trio edge around the pure consensus core.
+
+Tasks, all in one nursery:
+
+* the transport (authenticated links to every peer);
+* ``_receive_loop``: decodes and verifies every inbound frame, rejects bad
+  ones (counted, logged), and routes queries, answers, proposals and votes;
+* ``_answer_loop``: answers queries one at a time with the peer's model, in a
+  worker thread, then signs and broadcasts the answer;
+* ``_consensus_loop``: the single owner of the :class:`~consensus.Core`. It
+  reads every core input from one channel and carries out the core's outputs:
+  sign and broadcast votes and proposals (feeding them back as inputs), run
+  timers, build values on request, and record decisions as certificates.
+
+A height starts (``Start``) once some pending query has answers carrying more
+than 2/3 of the weight, so an idle network does not spin through rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from consensus import grouping
+from consensus.messages import (
+    MAX_ANSWER_CHARS,
+    Answer,
+    Proposal,
+    Query,
+    Signed,
+    Value,
+    Vote,
+    open_envelope,
+    query_id_of,
+    sign,
+)
+from consensus.state_machine import (
+    BroadcastProposal,
+    BroadcastVote,
+    Core,
+    Decide,
+    Equivocation,
+    ProposalInput,
+    ProposeValue,
+    RequestValue,
+    ScheduleTimeout,
+    Start,
+    TimeoutInput,
+    Timeouts,
+    VoteInput,
+)
+from multillmn.certificate import build_certificate
+from multillmn.config import PeerConfig
+from multillmn.genesis import Genesis
+from multillmn.identity import KeyPair
+from multillmn.logs import fields
+from peers.engine import AnswerEngine
+from peers.pool import PendingQuery, PoolFull, QueryPool
+from peers.transport import Transport
+from peers.wire import RejectStats, decode_message, encode_message
+
+__all__ = ["Node", "Decision", "QueryFailed"]
+
+log = logging.getLogger("multillmn.node")
+
+
+class QueryFailed(Exception):
+    """A query could not be decided (not enough answers in time, or the pool is full)."""
+
+
+@dataclass
+class Decision:
+    """A decided query as the API reports it."""
+
+    height: int
+    round: int
+    value: Value
+    certificate: dict[str, Any]
+    answers: list[Answer]
+    generation_ms: int
+    consensus_ms: int
+
+
+@dataclass
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    decision: Decision | None = None
+    error: str | None = None
+
+
+class Node:
+    """One peer: transport, answer engine and consensus core wired together."""
+
+    def __init__(
+        self, cfg: PeerConfig, key: KeyPair, genesis: Genesis, engine: AnswerEngine, transport: Transport
+    ) -> None:
+        self.cfg = cfg
+        self.key = key
+        self.genesis = genesis
+        self.validators = genesis.validators
+        self.engine = engine
+        self.transport = transport
+        timeouts = Timeouts(
+            propose_ms=cfg.timeout_propose_ms, prevote_ms=cfg.timeout_prevote_ms,
+            precommit_ms=cfg.timeout_precommit_ms, delta_ms=cfg.timeout_delta_ms,
+        )
+        self.core = Core(self.validators, key.peer_id, timeouts=timeouts)
+        self.pool = QueryPool(self.validators)
+        self.rejects = RejectStats()
+        self.certificates: dict[int, dict[str, Any]] = {}
+        self.decisions: dict[bytes, Decision] = {}
+        self._waiters: dict[bytes, _Waiter] = {}
+        self._inputs_tx, self._inputs_rx = trio.open_memory_channel[Any](math.inf)
+        self._answers_tx, self._answers_rx = trio.open_memory_channel[Signed[Query]](256)
+        self._pool_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def height(self) -> int:
+        return self.core.height
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.transport.run)
+            nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._answer_loop)
+            nursery.start_soon(self._consensus_loop)
+            nursery.start_soon(self._expire_loop)
+            task_status.started()
+
+    async def submit(self, question: str, max_tokens: int | None = None) -> Decision:
+        """Sign a client's question, spread it, answer it and wait for the decision."""
+        query = sign(
+            Query(entry=self.key.peer_id, question=question, nonce=os.urandom(16),
+                  max_tokens=max_tokens or self.cfg.max_new_tokens, created_ms=int(time.time() * 1000)),
+            self.key,
+        )
+        try:
+            entry = self.pool.add_query(query, trio.current_time())
+        except PoolFull as exc:
+            raise QueryFailed(f"too many pending queries ({exc}); try again later") from None
+        assert entry is not None  # a fresh nonce makes the query new
+        waiter = self._waiters[entry.query_id] = _Waiter()
+        self.transport.broadcast_nowait(encode_message(query))
+        self._answers_tx.send_nowait(query)
+        try:
+            with trio.fail_after(self.cfg.query_timeout_s):
+                await waiter.event.wait()
+        except trio.TooSlowError:
+            raise QueryFailed(f"no decision within {self.cfg.query_timeout_s:g} s") from None
+        finally:
+            self._waiters.pop(entry.query_id, None)
+        if waiter.error is not None:
+            raise QueryFailed(waiter.error)
+        assert waiter.decision is not None
+        return waiter.decision
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.key.peer_id,
+            "moniker": self.cfg.moniker,
+            "model": self.engine.model_name,
+            "chain_id": self.genesis.chain_id,
+            "height": self.core.height,
+            "decided_heights": len(self.certificates),
+            "pending_queries": len(self.pool),
+            "connected_peers": self.transport.connected_peers(),
+            "validators": [
+                {"peer_id": v.peer_id, "moniker": v.moniker, "weight": v.weight}
+                for v in self.validators.validators
+            ],
+            "total_weight": self.validators.total,
+            "rejected_messages": self.rejects.snapshot(),
+        }
+
+    # -- inbound ------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        async for peer, payload in self.transport.inbound:
+            try:
+                signed = decode_message(payload, self.validators.public_key_of)
+            except Exception as exc:  # MessageError; anything else is also the sender's fault
+                self.rejects.record_exception(exc, peer)
+                continue
+            message = signed.message
+            now = trio.current_time()
+            if isinstance(message, Query):
+                try:
+                    if self.pool.add_query(signed, now) is not None:
+                        self._answers_tx.send_nowait(signed)
+                        self._notify_pool()
+                except (PoolFull, trio.WouldBlock):
+                    log.warning("query dropped: pool full", extra=fields(peer=peer))
+            elif isinstance(message, Answer):
+                if self.pool.add_answer(signed, now):
+                    self._notify_pool()
+            elif isinstance(message, Proposal):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._check_proposal, signed)
+            elif isinstance(message, Vote):
+                self._inputs_tx.send_nowait(VoteInput(signed))
+
+    async def _check_proposal(self, signed: Signed[Proposal]) -> None:
+        """Judge a proposal's value (embeddings run in a thread), then hand it to the core."""
+        reason = await trio.to_thread.run_sync(self._proposal_invalid_reason, signed.message.value)
+        if reason is not None:
+            log.warning("invalid proposal", extra=fields(
+                height=signed.message.height, round=signed.message.round,
+                proposer=signed.signer, reason=reason))
+        self._inputs_tx.send_nowait(ProposalInput(signed, valid=reason is None))
+
+    def _proposal_invalid_reason(self, value: Value) -> str | None:
+        if self.pool.is_decided(value.query_id()):
+            return "the query was decided at an earlier height"
+        try:
+            texts = [open_envelope(Answer, e, self.validators.public_key_of).message.text for e in value.answers]
+        except Exception as exc:
+            return f"answer does not open: {exc}"
+        params = self.genesis.params
+        return grouping.validate_value(
+            value, validators=self.validators, local_sims=self.engine.similarities(texts),
+            threshold=params.similarity_threshold, tolerance=params.similarity_tolerance,
+        )
+
+    # -- answering ------------------------------------------------------------
+
+    async def _answer_loop(self) -> None:
+        async for query in self._answers_rx:
+            entry = self.pool.get(query_id := query_id_of(query.envelope))
+            if entry is None:
+                continue  # decided or expired meanwhile
+            max_tokens = min(query.message.max_tokens, self.cfg.max_new_tokens)
+            reply = await trio.to_thread.run_sync(
+                self.engine.answer, query.message.question, max_tokens, abandon_on_cancel=True
+            )
+            answer = sign(
+                Answer(query_id=query_id, peer=self.key.peer_id, model=self.engine.model_name,
+                       text=reply.text[:MAX_ANSWER_CHARS], gen_ms=int(reply.seconds * 1000)),
+                self.key,
+            )
+            log.info("answered", extra=fields(query=query_id.hex()[:12], text=answer.message.text,
+                                                gen_ms=answer.message.gen_ms))
+            self.transport.broadcast_nowait(encode_message(answer))
+            if self.pool.add_answer(answer, trio.current_time()):
+                self._notify_pool()
+
+    def _notify_pool(self) -> None:
+        self._pool_changed.set()
+        self._pool_changed = trio.Event()
+        self._inputs_tx.send_nowait(_PoolChanged())
+
+    async def _expire_loop(self) -> None:
+        """Fail queries that never gathered an answer quorum within ``answer_wait_ms``."""
+        while True:
+            await trio.sleep(1.0)
+            for entry in self.pool.expired(trio.current_time(), self.cfg.answer_wait_ms / 1000):
+                weight = self.pool.answer_weight(entry)
+                waiter = self._waiters.get(entry.query_id)
+                if waiter is not None:
+                    waiter.error = (f"only {weight} of {self.validators.total} weight answered within "
+                                    f"{self.cfg.answer_wait_ms} ms; more than 2/3 is needed")
+                    waiter.event.set()
+
+    # -- consensus ------------------------------------------------------------
+
+    async def _consensus_loop(self) -> None:
+        async for item in self._inputs_rx:
+            if not isinstance(item, _PoolChanged):
+                for output in self.core.step(item):
+                    self._execute(output)
+            self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self.core.started or self.pool.next_ready() is None:
+            return
+        for output in self.core.step(Start()):
+            self._execute(output)
+
+    def _execute(self, output: Any) -> None:
+        assert self._nursery is not None
+        if isinstance(output, BroadcastVote):
+            signed_vote = sign(output.vote, self.key)
+            self.transport.broadcast_nowait(encode_message(signed_vote))
+            self._inputs_tx.send_nowait(VoteInput(signed_vote))
+        elif isinstance(output, BroadcastProposal):
+            signed_prop = sign(output.proposal, self.key)
+            self.transport.broadcast_nowait(encode_message(signed_prop))
+            self._inputs_tx.send_nowait(ProposalInput(signed_prop, valid=True))
+        elif isinstance(output, ScheduleTimeout):
+            self._nursery.start_soon(self._timer, output)
+        elif isinstance(output, RequestValue):
+            self._nursery.start_soon(self._propose_when_ready, output.height, output.round)
+        elif isinstance(output, Decide):
+            self._on_decide(output)
+        elif isinstance(output, Equivocation):
+            log.warning("equivocation", extra=fields(evidence=repr(output)))
+
+    async def _timer(self, timeout: ScheduleTimeout) -> None:
+        await trio.sleep(timeout.duration_ms / 1000)
+        self._inputs_tx.send_nowait(TimeoutInput(timeout.height, timeout.round, timeout.step))
+
+    async def _propose_when_ready(self, height: int, round_: int) -> None:
+        """Build a value from the oldest query with an answer quorum and hand it to the core."""
+        while (entry := self.pool.next_ready()) is None:
+            if self.core.height != height:
+                return
+            await self._pool_changed.wait()
+        value = await trio.to_thread.run_sync(self._build_value, entry)
+        self._inputs_tx.send_nowait(ProposeValue(height, round_, value))
+
+    def _build_value(self, entry: PendingQuery) -> Value:
+        answers = sorted(entry.answers.values(), key=lambda a: a.signer)
+        sims = self.engine.similarities([a.message.text for a in answers])
+        return grouping.build_value(
+            entry.query.envelope, answers, sims,
+            [self.validators.weight_of(a.signer) for a in answers],
+            self.genesis.params.similarity_threshold,
+        )
+
+    def _on_decide(self, decision: Decide) -> None:
+        now = trio.current_time()
+        value = decision.value
+        cert = build_certificate(self.genesis, decision.height, decision.round, value, decision.precommits)
+        self.certificates[decision.height] = cert
+        entry = self.pool.mark_decided(value.query_id())
+        answers = [open_envelope(Answer, e, self.validators.public_key_of).message for e in value.answers]
+        quorum_at = entry.quorum_at if entry and entry.quorum_at is not None else now
+        arrived = entry.arrived if entry else now
+        record = Decision(
+            height=decision.height, round=decision.round, value=value, certificate=cert, answers=answers,
+            generation_ms=int((quorum_at - arrived) * 1000), consensus_ms=int((now - quorum_at) * 1000),
+        )
+        self.decisions[value.query_id()] = record
+        log.info("decided", extra=fields(height=decision.height, round=decision.round, answer=value.answer,
+                                           consensus_ms=record.consensus_ms))
+        waiter = self._waiters.get(value.query_id())
+        if waiter is not None:
+            waiter.decision = record
+            waiter.event.set()
+
+
+@dataclass(frozen=True)
+class _PoolChanged:
+    """Internal input: the pool changed, so a height may be ready to start."""

@@ -1,0 +1,115 @@
+"""The query pool: pending queries and the signed answers gathered for each.
+
+Pure bookkeeping (times are passed in): the runner adds verified queries and
+answers, asks which query is ready to be decided, and marks decided ones.
+Bounded, so a flood of queries or answers cannot grow memory without limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consensus.messages import Answer, Query, Signed, query_id_of
+from consensus.validators import ValidatorSet
+
+__all__ = ["PendingQuery", "QueryPool", "PoolFull"]
+
+
+class PoolFull(Exception):
+    """The pool holds its maximum number of pending queries."""
+
+
+@dataclass
+class PendingQuery:
+    """A query not yet decided, with its answers by peer id and when things happened."""
+
+    query: Signed[Query]
+    query_id: bytes
+    arrived: float
+    answers: dict[str, Signed[Answer]] = field(default_factory=dict)
+    quorum_at: float | None = None
+
+
+class QueryPool:
+    """Pending queries in arrival order, their answers, and the ids already decided."""
+
+    def __init__(self, validators: ValidatorSet, *, max_pending: int = 256, max_orphans: int = 1024) -> None:
+        self._validators = validators
+        self._pending: dict[bytes, PendingQuery] = {}
+        self._orphans: dict[bytes, dict[str, Signed[Answer]]] = {}
+        self._decided: set[bytes] = set()
+        self._max_pending = max_pending
+        self._max_orphans = max_orphans
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def get(self, query_id: bytes) -> PendingQuery | None:
+        return self._pending.get(query_id)
+
+    def is_decided(self, query_id: bytes) -> bool:
+        return query_id in self._decided
+
+    def add_query(self, query: Signed[Query], now: float) -> PendingQuery | None:
+        """Add a new query; None if it is known or decided. Raises :class:`PoolFull`."""
+        qid = query_id_of(query.envelope)
+        if qid in self._pending or qid in self._decided:
+            return None
+        if len(self._pending) >= self._max_pending:
+            raise PoolFull(f"{len(self._pending)} queries are pending")
+        entry = PendingQuery(query=query, query_id=qid, arrived=now)
+        self._pending[qid] = entry
+        for answer in self._orphans.pop(qid, {}).values():
+            self._add_to(entry, answer, now)
+        return entry
+
+    def add_answer(self, answer: Signed[Answer], now: float) -> bool:
+        """Record an answer; False if it is a duplicate or for a decided query.
+
+        Answers may overtake their query; they wait (bounded) until it arrives.
+        """
+        qid = answer.message.query_id
+        if qid in self._decided:
+            return False
+        entry = self._pending.get(qid)
+        if entry is None:
+            bucket = self._orphans.get(qid)
+            if bucket is None:
+                if len(self._orphans) >= self._max_orphans:
+                    return False
+                bucket = self._orphans[qid] = {}
+            if answer.signer in bucket:
+                return False
+            bucket[answer.signer] = answer
+            return True
+        return self._add_to(entry, answer, now)
+
+    def _add_to(self, entry: PendingQuery, answer: Signed[Answer], now: float) -> bool:
+        if answer.signer in entry.answers:
+            return False
+        entry.answers[answer.signer] = answer
+        if entry.quorum_at is None and self._validators.has_quorum(self.answer_weight(entry)):
+            entry.quorum_at = now
+        return True
+
+    def answer_weight(self, entry: PendingQuery) -> int:
+        return self._validators.weight_of_set(entry.answers)
+
+    def next_ready(self) -> PendingQuery | None:
+        """The oldest pending query whose answers carry more than 2/3 of the weight."""
+        for entry in self._pending.values():
+            if entry.quorum_at is not None:
+                return entry
+        return None
+
+    def expired(self, now: float, wait_s: float) -> list[PendingQuery]:
+        """Remove and return queries that waited ``wait_s`` without an answer quorum."""
+        gone = [e for e in self._pending.values() if e.quorum_at is None and now - e.arrived >= wait_s]
+        for entry in gone:
+            del self._pending[entry.query_id]
+        return gone
+
+    def mark_decided(self, query_id: bytes) -> PendingQuery | None:
+        self._decided.add(query_id)
+        self._orphans.pop(query_id, None)
+        return self._pending.pop(query_id, None)

@@ -1,0 +1,488 @@
+"""Local multi-process testnet: generate keys, genesis and configs, start, watch and stop peers.
+
+Layout of a testnet directory::
+
+    DIR/testnet.json           state: chain id and, per peer, name, peer id, pid, URLs, paths
+    DIR/genesis.json           shared validator set (manifest weights)
+    DIR/<name>/peer_key.pem    Ed25519 key, mode 0600
+    DIR/<name>/config.toml     peer config (persistent peers = all the others)
+    DIR/<name>/peer.log        the peer's stdout and stderr, appended
+
+Each peer runs in its own session (process group = its pid), so ``down``
+also stops anything the peer spawned.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from multillmn.config import PeerAddress, PeerConfig, render_toml
+from multillmn.genesis import Genesis
+from multillmn.identity import KeyPair
+from testnet.manifest import Manifest
+
+__all__ = ["DEFAULT_PEER_COMMAND", "PeerRecord", "PeerStatus", "TestnetError", "TestnetState",
+           "down", "is_running", "load_state", "logs", "status", "up"]
+
+DEFAULT_PEER_COMMAND: list[str] = [sys.executable, "-m", "multillmn", "peer", "start"]
+"""argv prefix of a peer; ``--config <path>`` is appended."""
+
+STATE_FILE = "testnet.json"
+_POLL_S = 0.5
+_REPORT_EVERY_S = 5.0
+_TAIL_LINES = 20
+
+
+class TestnetError(Exception):
+    """A user-facing failure; the message says what went wrong and what to do."""
+
+    __test__ = False  # not a pytest test class
+
+
+@dataclass
+class PeerRecord:
+    """One started peer, as stored in ``testnet.json``."""
+
+    name: str
+    peer_id: str
+    pid: int | None
+    model: str
+    api_url: str
+    p2p: str
+    log: str
+    config: str
+    weight: int = 1
+
+
+@dataclass
+class TestnetState:
+    """Contents of ``testnet.json``."""
+
+    __test__ = False
+
+    dir: Path
+    chain_id: str
+    peers: list[PeerRecord]
+    stopped: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chain_id": self.chain_id, "stopped": self.stopped, "started_at": self.started_at,
+                "peers": [asdict(p) for p in self.peers]}
+
+    def save(self) -> None:
+        """Write ``testnet.json`` atomically (temp file + rename)."""
+        path = self.dir / STATE_FILE
+        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def peer(self, name: str) -> PeerRecord:
+        for p in self.peers:
+            if p.name == name:
+                return p
+        raise TestnetError(f"no peer named {name!r} in {self.dir} (peers: {', '.join(p.name for p in self.peers)})")
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What ``status`` reports for one peer; ``phase`` is "down" when the API does not answer."""
+
+    name: str
+    peer_id: str
+    model: str
+    api_url: str
+    pid: int | None
+    alive: bool
+    ready: bool
+    phase: str
+    height: int | None
+    connected_peers: int | None
+
+
+def load_state(dir: Path) -> TestnetState:
+    """Read ``DIR/testnet.json``; :class:`TestnetError` if absent or corrupt."""
+    path = dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+        return TestnetState(dir=dir, chain_id=data["chain_id"], stopped=bool(data.get("stopped", False)),
+                            started_at=float(data.get("started_at", 0.0)),
+                            peers=[PeerRecord(**p) for p in data["peers"]])
+    except FileNotFoundError:
+        raise TestnetError(f"no testnet in {dir} (no {STATE_FILE}); start one with: "
+                           f"multillmn testnet up --dir {dir}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TestnetError(f"{path} is unreadable or corrupt ({exc}); remove {dir} and start again") from None
+
+
+# --- processes -------------------------------------------------------------
+
+
+def _reap(pid: int) -> int | None:
+    """Collect ``pid`` if it is our exited child; return its exit status (negative = signal)."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if done == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def _alive(pid: int | None) -> bool:
+    """True if ``pid`` runs (zombies count as dead)."""
+    if pid is None:
+        return False
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _ours(pid: int | None) -> bool:
+    """Alive and leading its own process group, as the peers we spawn do (guards against pid reuse)."""
+    if not _alive(pid):
+        return False
+    assert pid is not None
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    _reap(pgid)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _alive(pgid) or _group_has_live_member(pgid)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to a process group; False if it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return False
+        raise
+    return True
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> int:
+    """Start ``argv`` in a new session, stdout+stderr appended to ``log``; return its pid."""
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True)
+
+
+def _stop(records: list[PeerRecord], timeout_s: float) -> list[str]:
+    """SIGTERM every peer's group, wait up to ``timeout_s``, SIGKILL stragglers; describe each."""
+    done: list[str] = []
+    waiting: dict[str, PeerRecord] = {}
+    for r in records:
+        if r.pid is None:
+            done.append(f"{r.name}: not running")
+        elif not _ours(r.pid) and not _group_alive(r.pid):
+            done.append(f"{r.name}: already exited (pid {r.pid})")
+        elif _signal_group(r.pid, signal.SIGTERM):
+            waiting[r.name] = r
+        else:
+            done.append(f"{r.name}: already exited (pid {r.pid})")
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        for name, r in list(waiting.items()):
+            assert r.pid is not None
+            if not _group_alive(r.pid):
+                done.append(f"{name}: stopped (pid {r.pid})")
+                del waiting[name]
+        if waiting:
+            time.sleep(0.05)
+    for name, r in waiting.items():
+        assert r.pid is not None
+        _signal_group(r.pid, signal.SIGKILL)
+        end = time.monotonic() + 5
+        while _group_alive(r.pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        done.append(f"{name}: killed after not stopping within {timeout_s:g}s (pid {r.pid})")
+    order = {r.name: i for i, r in enumerate(records)}
+    return sorted(done, key=lambda line: order.get(line.split(":")[0], 0))
+
+
+# --- files and ports -------------------------------------------------------
+
+
+def _tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a file, reading only its end."""
+    if lines <= 0:
+        return ""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = pos = f.tell()
+            data = b""
+            while pos > 0 and data.count(b"\n") <= lines:
+                pos = max(0, pos - 65536)
+                f.seek(pos)
+                data = f.read(end - pos)
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all bound at once, then released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _fixed_ports(base: int, count: int) -> list[int]:
+    if not 1024 <= base <= 65535 - count + 1:
+        raise TestnetError(f"--base-port {base}: need {count} ports from it, within 1024..65535")
+    ports = list(range(base, base + count))
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                raise TestnetError(f"port {port} (from base port {base}) is already in use on 127.0.0.1; "
+                                   "pick another base port or omit it to use free ports") from None
+    return ports
+
+
+def _prepare_dir(dir: Path) -> None:
+    if (dir / STATE_FILE).exists():
+        state = load_state(dir)
+        running = [p.name for p in state.peers if _ours(p.pid)]
+        if running:
+            raise TestnetError(f"a testnet is still running in {dir} (peers {', '.join(running)}); "
+                               f"stop it first with: multillmn testnet down --dir {dir}")
+    elif dir.exists() and any(dir.iterdir()):
+        raise TestnetError(f"{dir} is not empty and holds no {STATE_FILE}; choose another --dir")
+    dir.mkdir(parents=True, exist_ok=True)
+
+
+def is_running(dir: Path) -> bool:
+    """True if ``dir`` holds a testnet with at least one live peer."""
+    try:
+        return any(_ours(p.pid) for p in load_state(dir).peers)
+    except TestnetError:
+        return False
+
+
+# --- status ----------------------------------------------------------------
+
+
+def _fetch(client: httpx.Client, url: str) -> dict[str, Any] | None:
+    try:
+        resp = client.get(f"{url}/v1/status")
+        data = resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _fetch_all(urls: list[str], timeout_s: float = 2.0) -> list[dict[str, Any] | None]:
+    """GET /v1/status of every URL in parallel; None where it does not answer."""
+    with httpx.Client(timeout=timeout_s, trust_env=False) as client, \
+            ThreadPoolExecutor(max_workers=min(16, max(1, len(urls)))) as pool:
+        return list(pool.map(lambda u: _fetch(client, u), urls))
+
+
+def status(dir: Path) -> list[PeerStatus]:
+    """Each peer's process and API state; unreachable peers have phase "down"."""
+    state = load_state(dir)
+    alive = [_alive(p.pid) for p in state.peers]
+    answers = _fetch_all([p.api_url for p, a in zip(state.peers, alive) if a])
+    it = iter(answers)
+    out = []
+    for p, a in zip(state.peers, alive):
+        s = next(it) if a else None
+        connected = s.get("connected_peers") if s else None
+        out.append(PeerStatus(
+            name=p.name, peer_id=p.peer_id, model=p.model, api_url=p.api_url, pid=p.pid, alive=a,
+            ready=bool(s and s.get("ready") is True), phase=str(s.get("phase", "?")) if s else "down",
+            height=s.get("height") if s else None,
+            connected_peers=len(connected) if isinstance(connected, list) else None))
+    return out
+
+
+def logs(dir: Path, name: str | None = None, lines: int = 50) -> str:
+    """The last ``lines`` lines of one peer's log, or of every peer's under a header each."""
+    state = load_state(dir)
+    if name is not None:
+        return _tail(Path(state.peer(name).log), lines)
+    return "\n".join(f"==> {p.name} ({p.log}) <==\n{_tail(Path(p.log), lines)}\n" for p in state.peers)
+
+
+def down(dir: Path, timeout_s: float = 15) -> list[str]:
+    """Stop every peer (SIGTERM, then SIGKILL after ``timeout_s``), mark the testnet stopped."""
+    state = load_state(dir)
+    report = _stop(state.peers, timeout_s)
+    for p in state.peers:
+        p.pid = None
+    state.stopped = True
+    state.save()
+    return report
+
+
+# --- up --------------------------------------------------------------------
+
+
+def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]) -> list[PeerRecord]:
+    """Keys, genesis and configs; returns the peer records (no pids yet)."""
+    keys = {p.name: KeyPair.generate() for p in manifest.peers}
+    records = []
+    for i, p in enumerate(manifest.peers):
+        home = dir / p.name
+        home.mkdir(exist_ok=True)
+        keys[p.name].save(home / "peer_key.pem")
+        records.append(PeerRecord(
+            name=p.name, peer_id=keys[p.name].peer_id, pid=None, model=p.model, weight=p.weight,
+            api_url=f"http://127.0.0.1:{ports[2 * i + 1]}", p2p=f"127.0.0.1:{ports[2 * i]}",
+            log=str(home / "peer.log"), config=str(home / "config.toml")))
+    Genesis.build(manifest.chain_id, [(p.name, keys[p.name].public_key, p.weight)
+                                      for p in manifest.peers]).save(dir / "genesis.json")
+    for r in records:
+        cfg = PeerConfig(
+            moniker=r.name, key_file="peer_key.pem", genesis_file="../genesis.json",
+            p2p_listen=r.p2p, api_listen=r.api_url.removeprefix("http://"),
+            persistent_peers=tuple(PeerAddress(o.peer_id, o.p2p) for o in records if o is not r),
+            model=r.model, threads=manifest.threads_per_peer, max_new_tokens=manifest.max_new_tokens,
+        ).validate()
+        Path(r.config).write_text(render_toml(cfg))
+    return records
+
+
+def _fail(state: TestnetState, message: str, names: list[str]) -> TestnetError:
+    """Stop everything and build an error carrying the log tails of ``names``."""
+    _stop(state.peers, timeout_s=5)
+    for p in state.peers:
+        p.pid = None
+    state.stopped = True
+    state.save()
+    tails = "".join(f"\n--- last lines of {state.peer(n).log} ---\n{_tail(Path(state.peer(n).log), _TAIL_LINES)}"
+                    for n in names)
+    return TestnetError(f"{message}; all peers were stopped{tails}")
+
+
+def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_timeout_s: float = 900,
+       progress: Callable[[str], None] | None = None, peer_command: list[str] | None = None) -> TestnetState:
+    """Start the testnet in ``dir`` and return once every peer reports ready.
+
+    On a peer exiting, a wrong peer answering, the timeout or an interrupt,
+    every peer is stopped first; failures raise :class:`TestnetError` with log tails.
+    """
+    say = progress or (lambda _line: None)
+    dir = dir.resolve()
+    manifest.validate()
+    _prepare_dir(dir)
+    count = 2 * len(manifest.peers)
+    ports = _fixed_ports(base_port, count) if base_port is not None else _free_ports(count)
+    records = _write_peer_files(manifest, dir, ports)
+    state = TestnetState(dir=dir, chain_id=manifest.chain_id, peers=records)
+    state.save()
+    command = list(peer_command if peer_command is not None else DEFAULT_PEER_COMMAND)
+    env = dict(os.environ, OMP_NUM_THREADS=str(manifest.threads_per_peer),
+               MKL_NUM_THREADS=str(manifest.threads_per_peer), PYTHONUNBUFFERED="1")
+    cores = os.cpu_count() or 1
+    if len(records) * manifest.threads_per_peer > cores:
+        say(f"note: {len(records)} peers x {manifest.threads_per_peer} thread(s) share {cores} cores; "
+            "start-up and answers will be slow")
+    try:
+        for r in records:
+            try:
+                r.pid = _spawn([*command, "--config", r.config], Path(r.log), env)
+            except OSError as exc:
+                raise _fail(state, f"cannot start {r.name} ({command[0]}: {exc.strerror})", []) from None
+            state.save()
+            say(f"{r.name} started (pid {r.pid}, model {r.model}, api {r.api_url})")
+        _wait_ready(state, ready_timeout_s, say)
+    except BaseException as exc:
+        if not isinstance(exc, TestnetError):
+            _fail(state, "interrupted", [])
+        raise
+    return state
+
+
+def _wait_ready(state: TestnetState, timeout_s: float, say: Callable[[str], None]) -> None:
+    start = time.monotonic()
+    last: dict[str, tuple[str, float]] = {}
+    pending = {r.name: r for r in state.peers}
+    while pending:
+        elapsed = time.monotonic() - start
+        for name, r in list(pending.items()):
+            assert r.pid is not None
+            code = _reap(r.pid)
+            if code is not None or not _alive(r.pid):
+                how = f"exit code {code}" if code is not None and code >= 0 else \
+                    f"killed by signal {-code}" if code is not None else "exited"
+                raise _fail(state, f"peer {name} exited during start-up ({how})", [name])
+        answers = _fetch_all([r.api_url for r in pending.values()], timeout_s=1.0)
+        for (name, r), s in zip(list(pending.items()), answers):
+            if s is not None and s.get("peer_id") not in (None, r.peer_id):
+                raise _fail(state, f"{r.api_url} answered as peer {s.get('peer_id')}, expected {name} "
+                                   f"({r.peer_id}); is another process using that port?", [name])
+            phase = "ready" if s and s.get("ready") is True else str(s.get("phase", "starting")) if s else "starting"
+            prev = last.get(name)
+            if prev is None or prev[0] != phase or elapsed - prev[1] >= _REPORT_EVERY_S:
+                say(f"{name} {phase} {elapsed:.0f}s")
+                last[name] = (phase, elapsed)
+            if phase == "ready":
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() - start > timeout_s:
+            waiting = ", ".join(f"{n} ({last[n][0]})" for n in pending)
+            raise _fail(state, f"timed out after {timeout_s:g}s waiting for {waiting} to be ready", list(pending))
+        time.sleep(_POLL_S)

@@ -1,0 +1,56 @@
+"""Peer config: defaults, commented TOML round trip, and rejection of every kind of bad key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from multillmn.config import ConfigError, PeerAddress, PeerConfig, render_toml
+
+
+def test_rendered_default_round_trips_and_is_commented(tmp_path: Path) -> None:
+    cfg = PeerConfig(persistent_peers=(PeerAddress("ab" * 20, "127.0.0.1:9000"),), model="gemma3")
+    path = tmp_path / "config.toml"
+    path.write_text(render_toml(cfg))
+    text = path.read_text()
+    assert text.count("\n# ") >= 15
+    loaded = PeerConfig.load(path)
+    assert loaded == cfg and loaded.base_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[model]\nthreads = 'two'", "model.threads: expected int"),
+        ("[model]\nthreads = 0", r"model.threads: 0 is outside"),
+        ("[model]\nthreads = true", "model.threads: expected int"),
+        ("[nope]\nx = 1", r"unknown section \[nope\]"),
+        ("[api]\ncolour = 1", "unknown key api.colour"),
+        ("[api]\nlisten = 'localhost'", "api.listen: expected host:port"),
+        ("[p2p]\npeers = [{id = 'xyz', address = '127.0.0.1:1'}]", r"p2p.peers\[0\].id"),
+        ("[p2p]\npeers = [{id = '" + "a" * 40 + "'}]", r"p2p.peers\[0\]: expected a table"),
+        ("[log]\nlevel = 'loud'", "log.level"),
+        ("[consensus]\ntimeout_propose_ms = -5", "consensus.timeout_propose_ms"),
+        ("model = 3", r"\[model\] must be a table"),
+    ],
+)
+def test_bad_config_is_rejected_with_the_key_named(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PeerConfig.from_dict(tomllib.loads(toml))
+
+
+def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        PeerConfig.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        PeerConfig.load(bad)
+
+
+def test_relative_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
+    cfg = PeerConfig(base_dir=tmp_path)
+    assert cfg.path("peer_key.pem") == tmp_path / "peer_key.pem"
+    assert cfg.path("/abs/x") == Path("/abs/x")
