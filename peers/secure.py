@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from multillmn import canonical
 from multillmn.identity import KeyPair, PeerId, peer_id_of
-from peers.wire import NEED_DATA, FrameDecoder, RemoteProtocolError, encode_frame
+from peers.wire import FrameDecoder, RemoteProtocolError, encode_frame
 
 __all__ = [
     "INFO",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -142,7 +143,7 @@ class Transport:
         self,
         key: KeyPair,
         listen: Address,
-        peers: dict[PeerId, Address | None],
+        peers: Mapping[PeerId, Address | None],
         *,
         max_frame: int = 2 * 1024 * 1024,
         send_queue: int = 1024,

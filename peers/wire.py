@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from consensus.messages import KINDS, Envelope, MessageError, Signed, open_envelope
@@ -91,7 +91,7 @@ class FrameDecoder:
         """Bytes held that are not yet part of a returned frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Append received bytes; raises :class:`FrameTooLarge` on an oversized header."""
         if self._error is not None:
             raise self._error

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from consensus.messages import (
     Answer,
-    Envelope,
     MessageError,
     Proposal,
     Query,
