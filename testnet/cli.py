@@ -1,0 +1,143 @@
+"""``multillmn testnet up|status|logs|down``: argparse wiring for :mod:`testnet.launcher`.
+
+Hook into the main CLI with ``add_testnet_commands(subparsers)``; each leaf
+parser sets ``func(args) -> int``. User errors print to stderr and return 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from testnet import launcher
+from testnet.launcher import PeerStatus, TestnetError
+from testnet.manifest import KNOWN_MODELS, Manifest, ManifestError
+
+__all__ = ["add_testnet_commands", "format_table"]
+
+DEFAULT_DIR = Path(".testnet")
+DEFAULT_MODELS = "smollm2,gemma3"
+
+
+def _err(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def format_table(rows: list[PeerStatus]) -> str:
+    """Status as an aligned text table."""
+    head = ("NAME", "PEER ID", "MODEL", "API URL", "HEIGHT", "PEERS", "PHASE")
+    body = [(s.name, s.peer_id[:12], s.model, s.api_url, "-" if s.height is None else str(s.height),
+             "-" if s.connected_peers is None else str(s.connected_peers), s.phase) for s in rows]
+    widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (head, *body))
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    try:
+        if args.manifest is not None:
+            if args.models is not None:
+                return _err("--models applies only with --peers; set each peer's model in the manifest")
+            manifest = Manifest.load(args.manifest)
+        else:
+            models = [m.strip() for m in (args.models or DEFAULT_MODELS).split(",")]
+            if any(not m for m in models):
+                return _err(f"--models: empty entry in {args.models!r}; use e.g. --models {DEFAULT_MODELS}")
+            manifest = Manifest.from_args(args.peers, models)
+    except ManifestError as exc:
+        return _err(str(exc))
+    if args.timeout <= 0:
+        return _err(f"--timeout must be positive, got {args.timeout:g}")
+    try:
+        launcher.up(manifest, args.dir, base_port=args.base_port, ready_timeout_s=args.timeout,
+                    progress=_progress)
+    except TestnetError as exc:
+        return _err(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted; all peers were stopped", file=sys.stderr)
+        return 130
+    print(format_table(launcher.status(args.dir)))
+    print(f"\ntestnet is up; stop it with: multillmn testnet down --dir {args.dir}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        rows = launcher.status(args.dir)
+    except TestnetError as exc:
+        return _err(str(exc))
+    if args.json:
+        print(json.dumps([asdict(s) for s in rows], indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        return _err(f"-n must be >= 0, got {args.lines}")
+    try:
+        print(launcher.logs(args.dir, args.peer, args.lines))
+    except TestnetError as exc:
+        return _err(str(exc))
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    try:
+        report = launcher.down(args.dir, timeout_s=args.timeout)
+    except TestnetError as exc:
+        return _err(str(exc))
+    for line in report:
+        print(line)
+    return 0
+
+
+def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``testnet`` and its sub-commands on an ``add_subparsers()`` object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "testnet", help="run a local multi-process testnet",
+        description="Start, inspect and stop a testnet of peers on this machine.")
+    sub = parser.add_subparsers(dest="testnet_command", metavar="COMMAND", required=True)
+
+    def with_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                       help=f"testnet directory (default: ./{DEFAULT_DIR})")
+        return p
+
+    up = with_dir(sub.add_parser("up", help="generate keys, genesis and configs; start the peers",
+                                 description="Start a testnet and wait until every peer is ready."))
+    which = up.add_mutually_exclusive_group(required=True)
+    which.add_argument("--peers", type=int, metavar="N", help="number of peers (1-64), named peer0..")
+    which.add_argument("--manifest", type=Path, metavar="FILE.toml", help="testnet manifest (see docs)")
+    up.add_argument("--models", metavar="LIST",
+                    help=f"comma-separated models assigned round-robin: {', '.join(KNOWN_MODELS)} or "
+                         f"a Hugging Face model directory (default: {DEFAULT_MODELS})")
+    up.add_argument("--timeout", type=float, default=900, metavar="S",
+                    help="seconds to wait for every peer to be ready (default: 900)")
+    up.add_argument("--base-port", type=int, metavar="PORT",
+                    help="use consecutive ports from PORT (p2p, api per peer) instead of free ones")
+    up.set_defaults(func=_cmd_up)
+
+    st = with_dir(sub.add_parser("status", help="show each peer's phase, height and connections"))
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(func=_cmd_status)
+
+    lg = with_dir(sub.add_parser("logs", help="show the end of the peers' logs"))
+    lg.add_argument("--peer", metavar="NAME", help="only this peer")
+    lg.add_argument("-n", "--lines", type=int, default=50, metavar="LINES", help="lines per peer (default: 50)")
+    lg.set_defaults(func=_cmd_logs)
+
+    dn = with_dir(sub.add_parser("down", help="stop every peer (SIGTERM, then SIGKILL)"))
+    dn.add_argument("--timeout", type=float, default=15, metavar="S",
+                    help="seconds to wait after SIGTERM before SIGKILL (default: 15)")
+    dn.set_defaults(func=_cmd_down)
+    return parser

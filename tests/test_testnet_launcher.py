@@ -1,0 +1,285 @@
+"""Testnet launcher and CLI against tests/fakepeer.py: up, status, logs, crashes, down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from multillmn.config import PeerConfig
+from multillmn.genesis import Genesis
+from testnet import cli, launcher
+from testnet.launcher import TestnetError
+from testnet.manifest import Manifest
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fakepeer.py")), "--ready-after", "0.5"]
+
+
+def _children() -> list[int]:
+    """Pids of our direct children that lead their own process group (spawned peers)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and int(fields[2]) == int(entry.name):
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def kill_leftovers() -> Iterator[None]:
+    """Kill (and reap) any peer process group a test left behind."""
+    yield
+    for pid in _children():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _pids(dir: Path) -> list[int]:
+    return [p["pid"] for p in json.loads((dir / "testnet.json").read_text())["peers"] if p["pid"]]
+
+
+def test_lifecycle_up_status_logs_crash_down(tmp_path: Path) -> None:
+    manifest = Manifest.loads("""
+[testnet]
+chain_id = "lifecycle"
+threads_per_peer = 2
+[[peer]]
+name = "a"
+model = "smollm2"
+weight = 1
+[[peer]]
+name = "b"
+model = "gemma3"
+weight = 2
+[[peer]]
+name = "c"
+model = "smollm2"
+weight = 3
+""")
+    lines: list[str] = []
+    state = launcher.up(manifest, tmp_path, progress=lines.append, peer_command=FAKE, ready_timeout_s=60)
+    assert [p.name for p in state.peers] == ["a", "b", "c"]
+    assert any(line.startswith("b loading-model") for line in lines)
+    assert all(any(line.startswith(f"{n} ready") for line in lines) for n in "abc")
+
+    # files: 0600 keys, genesis with manifest weights, configs pointing at all the others
+    genesis = Genesis.load(tmp_path / "genesis.json")
+    assert genesis.chain_id == "lifecycle"
+    assert {v.moniker: v.weight for v in genesis.validators} == {"a": 1, "b": 2, "c": 3}
+    for p in state.peers:
+        assert stat.S_IMODE((tmp_path / p.name / "peer_key.pem").stat().st_mode) == 0o600
+        cfg = PeerConfig.load(Path(p.config))
+        assert cfg.moniker == p.name and cfg.model == p.model and cfg.threads == 2
+        assert {a.id for a in cfg.persistent_peers} == {o.peer_id for o in state.peers if o is not p}
+        assert cfg.api_listen == p.api_url.removeprefix("http://") and cfg.p2p_listen == p.p2p
+    assert len({p.api_url for p in state.peers} | {p.p2p for p in state.peers}) == 6
+    saved = json.loads((tmp_path / "testnet.json").read_text())
+    assert saved["chain_id"] == "lifecycle" and [p["pid"] for p in saved["peers"]] == [p.pid for p in state.peers]
+
+    rows = launcher.status(tmp_path)
+    assert [(r.name, r.peer_id, r.model, r.phase, r.ready, r.connected_peers) for r in rows] == [
+        (p.name, p.peer_id, p.model, "ready", True, 2) for p in state.peers]
+    assert httpx.get(f"{state.peers[0].api_url}/v1/status", trust_env=False).json()["omp_threads"] == "2"
+
+    assert '"msg": "serving"' in launcher.logs(tmp_path, "b", 5)
+    assert len(launcher.logs(tmp_path, "b", 1).splitlines()) == 1
+    everything = launcher.logs(tmp_path, None, 10)
+    assert all(f"==> {n} (" in everything for n in "abc")
+    with pytest.raises(TestnetError, match="no peer named 'zz'.*a, b, c"):
+        launcher.logs(tmp_path, "zz", 5)
+
+    victim = state.peers[1]
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    rows = launcher.status(tmp_path)
+    assert [(r.name, r.alive, r.phase) for r in rows] == [("a", True, "ready"), ("b", False, "down"), ("c", True, "ready")]
+
+    report = launcher.down(tmp_path, timeout_s=10)
+    assert report == [f"a: stopped (pid {state.peers[0].pid})", f"b: already exited (pid {victim.pid})",
+                      f"c: stopped (pid {state.peers[2].pid})"]
+    assert all(p.pid is not None and _gone(p.pid) for p in state.peers)
+    saved = json.loads((tmp_path / "testnet.json").read_text())
+    assert saved["stopped"] is True and all(p["pid"] is None for p in saved["peers"])
+    assert {r.phase for r in launcher.status(tmp_path)} == {"down"}
+    assert '"msg": "stopped on SIGTERM"' in launcher.logs(tmp_path, "a", 3)
+    assert launcher.down(tmp_path) == ["a: not running", "b: not running", "c: not running"]
+
+
+def test_peer_exiting_at_startup_fails_with_log_tail_and_stops_all(tmp_path: Path) -> None:
+    with pytest.raises(TestnetError) as info:
+        launcher.up(Manifest.from_args(3, ["smollm2"]), tmp_path, peer_command=[*FAKE, "--crash", "peer1"],
+                    ready_timeout_s=60)
+    message = str(info.value)
+    assert "peer peer1 exited during start-up (exit code 3)" in message
+    assert "cannot load model" in message and str(tmp_path / "peer1" / "peer.log") in message
+    state = json.loads((tmp_path / "testnet.json").read_text())
+    assert state["stopped"] is True and all(p["pid"] is None for p in state["peers"])
+    assert _children() == []
+
+
+def test_up_refuses_a_dir_with_a_running_testnet(tmp_path: Path) -> None:
+    state = launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE, ready_timeout_s=60)
+    with pytest.raises(TestnetError, match=f"still running in {tmp_path}.*multillmn testnet down --dir"):
+        launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE)
+    assert state.peers[0].pid is not None and not _gone(state.peers[0].pid)
+    assert launcher.status(tmp_path)[0].peer_id == state.peers[0].peer_id  # files untouched
+    launcher.down(tmp_path)
+    again = launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE, ready_timeout_s=60)
+    assert again.peers[0].peer_id != state.peers[0].peer_id  # a stopped dir is reused with fresh keys
+    assert launcher.logs(tmp_path, "peer0", 100).count('"msg": "starting"') == 2  # log appended
+    launcher.down(tmp_path)
+
+
+def test_timeout_stops_everything_and_reports_the_waiting_peers(tmp_path: Path) -> None:
+    command = [sys.executable, str(Path(__file__).with_name("fakepeer.py")), "--ready-after", "60"]
+    with pytest.raises(TestnetError, match=r"timed out after 1.5s waiting for peer0 \(loading-model\), "
+                                           r"peer1 \(loading-model\)(.|\n)*last lines of .*peer1/peer.log"):
+        launcher.up(Manifest.from_args(2, ["smollm2"]), tmp_path, peer_command=command, ready_timeout_s=1.5)
+    assert _children() == []
+
+
+def test_down_kills_a_peer_that_ignores_sigterm(tmp_path: Path) -> None:
+    state = launcher.up(Manifest.from_args(2, ["smollm2"]), tmp_path,
+                        peer_command=[*FAKE, "--ignore-sigterm", "peer0"], ready_timeout_s=60)
+    report = launcher.down(tmp_path, timeout_s=1)
+    assert report[0] == f"peer0: killed after not stopping within 1s (pid {state.peers[0].pid})"
+    assert report[1] == f"peer1: stopped (pid {state.peers[1].pid})"
+    assert all(p.pid is not None and _gone(p.pid) for p in state.peers)
+
+
+def test_missing_peer_executable_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TestnetError, match="cannot start peer0 .*no-such-binary"):
+        launcher.up(Manifest.from_args(2, ["smollm2"]), tmp_path, peer_command=["no-such-binary-xyz"])
+    assert _children() == []
+
+
+def test_base_port_sets_ports_and_a_busy_one_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        with pytest.raises(TestnetError, match=f"port {port} .* already in use"):
+            launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path / "busy", base_port=port, peer_command=FAKE)
+    assert not (tmp_path / "busy" / "testnet.json").exists()
+    for attempt in range(5):
+        base = 20000 + (os.getpid() * 7 + attempt * 997) % 30000
+        try:
+            state = launcher.up(Manifest.from_args(2, ["smollm2"]), tmp_path / str(attempt), base_port=base,
+                                peer_command=FAKE, ready_timeout_s=60)
+        except TestnetError as exc:
+            if "already in use" in str(exc):
+                continue
+            raise
+        assert [(p.p2p, p.api_url) for p in state.peers] == [
+            (f"127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"),
+            (f"127.0.0.1:{base + 2}", f"http://127.0.0.1:{base + 3}")]
+        launcher.down(tmp_path / str(attempt))
+        return
+    pytest.fail("no free base port found")
+
+
+def test_dir_errors(tmp_path: Path) -> None:
+    for call in (launcher.status, launcher.down, lambda d: launcher.logs(d, None, 5)):
+        with pytest.raises(TestnetError, match=f"no testnet in {tmp_path}.*testnet up --dir"):
+            call(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TestnetError, match="is not empty and holds no testnet.json"):
+        launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "genesis.json").exists()
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "testnet.json").write_text("{broken")
+    with pytest.raises(TestnetError, match="corrupt"):
+        launcher.status(tmp_path)
+
+
+# --- CLI -----------------------------------------------------------------
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="multillmn")
+    cli.add_testnet_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["testnet", "up"],
+    ["testnet", "up", "--peers", "2", "--manifest", "m.toml"],
+    ["testnet", "up", "--peers", "two"],
+    ["testnet", "frobnicate"],
+])
+def test_cli_rejects_bad_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        _parse(argv)
+    assert info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--peers", "2", "--models", "smollm2,llama"], "model 'llama': expected smollm2 or gemma3"),
+    (["--peers", "2", "--models", "smollm2,,gemma3"], "--models: empty entry"),
+    (["--peers", "0"], "1 to 64 peers, got 0"),
+    (["--manifest", "m.toml", "--models", "gemma3"], "--models applies only with --peers"),
+    (["--manifest", "missing.toml"], "cannot read manifest missing.toml"),
+    (["--peers", "1", "--timeout", "0"], "--timeout must be positive"),
+])
+def test_cli_up_reports_bad_input(argv: list[str], message: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse(["testnet", "up", "--dir", str(tmp_path / "net"), *argv])
+    assert args.func(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "net").exists()
+
+
+def test_cli_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(launcher, "DEFAULT_PEER_COMMAND", FAKE)
+    d = str(tmp_path / "net")
+
+    def run(*argv: str) -> int:
+        args = _parse(["testnet", *argv])
+        return int(args.func(args))
+
+    assert run("up", "--peers", "3", "--dir", d, "--timeout", "60") == 0
+    out = capsys.readouterr()
+    assert "peer2 ready" in out.err and f"testnet down --dir {d}" in out.out
+    assert run("status", "--dir", d, "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["model"], r["phase"]) for r in rows] == [
+        ("peer0", "smollm2", "ready"), ("peer1", "gemma3", "ready"), ("peer2", "smollm2", "ready")]
+    assert run("status", "--dir", d) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["NAME", "PEER", "ID", "MODEL", "API", "URL", "HEIGHT", "PEERS", "PHASE"]
+    assert table[2].split()[:2] == ["peer1", rows[1]["peer_id"][:12]] and table[2].split()[-1] == "ready"
+    assert run("logs", "--dir", d, "--peer", "peer0", "-n", "2") == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert run("logs", "--dir", d, "--peer", "nope") == 2
+    assert "no peer named 'nope'" in capsys.readouterr().err
+    assert run("up", "--peers", "1", "--dir", d) == 2
+    assert "still running" in capsys.readouterr().err
+    assert run("down", "--dir", d) == 0
+    assert capsys.readouterr().out.count(": stopped (pid") == 3
+    assert all(_gone(r["pid"]) for r in rows)
+    assert run("status", "--dir", str(tmp_path / "none")) == 2
