@@ -37,7 +37,8 @@ def _normalise(value: Any) -> Any:
 
 def pack(value: Any) -> bytes:
     """Canonical msgpack bytes of ``value`` (sorted map keys, bin type for bytes)."""
-    return msgpack.packb(_normalise(value), use_bin_type=True, strict_types=False)
+    packed: bytes = msgpack.packb(_normalise(value), use_bin_type=True, strict_types=False)
+    return packed
 
 
 def unpack(data: bytes, *, max_len: int = 1 << 24) -> Any:
