@@ -120,7 +120,7 @@ def _existing_file(text: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     from testnet.cli import add_testnet_commands
 
-    parser = argparse.ArgumentParser(prog="multillmn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="multillmn", description="Ask a network of LLM peers; get one answer they agreed on, with a certificate.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     peer = commands.add_parser("peer", help="run a peer").add_subparsers(dest="peer_command", required=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -61,7 +62,7 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
-        nursery.start_soon(serve, create_app(handle), http, None, shutdown.wait)  # type: ignore[arg-type]
+        nursery.start_soon(partial(serve, create_app(handle), http, shutdown_trigger=shutdown.wait))
         log.info("starting", extra=fields(peer_id=key.peer_id, api=cfg.api_listen, p2p=cfg.p2p_listen))
         handle.phase = "loading-model"
         engine = await trio.to_thread.run_sync(engine_factory, cfg, abandon_on_cancel=True)
