@@ -74,6 +74,19 @@ def _complete(entry: Path) -> bool:
     return (entry / _MARKER).is_file()
 
 
+def _quiet_gguf_progress() -> None:
+    """transformers' GGUF loader uses a bare tqdm bar; silence it."""
+    try:
+        from functools import partial
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        from tqdm.auto import tqdm
+
+        gguf_utils.tqdm = partial(tqdm, disable=True)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        pass
+
+
 def _convert(gguf_path: Path, out_dir: Path) -> None:
     """De-quantise ``gguf_path`` into an fp32 Hugging Face directory ``out_dir``."""
     import torch
@@ -82,7 +95,8 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     offline()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    _quiet_gguf_progress()
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -123,12 +137,15 @@ def load_or_convert(spec: ModelSpec, cache_dir: Path) -> Path:
             t1 = time.monotonic()
             source = spec.source
             if source is None:
-                assert spec.assemble is not None, "spec without source must have an assembler"
+                if spec.assemble is None:
+                    raise ValueError(f"model spec {spec.name!r} has neither a source nor an assembler")
                 source = spec.assemble(tmp / "source.gguf")
                 log.info("assembled %s GGUF in %.1f s", spec.name, time.monotonic() - t1)
             out = tmp / "model"
             out.mkdir()
             _convert(source, out)
+            for f in out.iterdir():
+                f.chmod(0o644)  # safetensors writes 0600; let other local users share the cache
             seconds = time.monotonic() - t1
             (out / _MARKER).write_text(json.dumps(
                 {"format": FORMAT_VERSION, "model": spec.name, "key": key, "convert_seconds": round(seconds, 2)}

@@ -66,7 +66,7 @@ class Generator:
 
     def __init__(self, spec: ModelSpec, model: PreTrainedModel, tokenizer: Any) -> None:
         self.spec = spec
-        self.model = model
+        self.model: Any = model
         self.tokenizer = tokenizer
         self._lock = threading.Lock()
         pad = tokenizer.pad_token_id
@@ -84,13 +84,13 @@ class Generator:
         offline()
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         torch.set_num_threads(max(1, int(threads)))
         t0 = time.monotonic()
         directory = load_or_convert(spec, Path(cache_dir))
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]
         log.info("loaded %s from %s in %.1f s (%d threads)", spec.name, directory, time.monotonic() - t0, threads)
         return cls(spec, model, tokenizer)
 
@@ -113,7 +113,7 @@ class Generator:
         )
         input_ids = enc["input_ids"]
         prompt_len = int(input_ids.shape[1])
-        config = GenerationConfig(
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
             max_new_tokens=max(1, int(max_new_tokens)),
             do_sample=False,
             pad_token_id=self._pad_id,

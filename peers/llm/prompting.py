@@ -20,9 +20,21 @@ FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def chat_messages(question: str, system: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
-    """Messages for a chat template: the system instruction and the user's question."""
-    return [{"role": "system", "content": system}, {"role": "user", "content": question.strip()}]
+def chat_messages(
+    question: str,
+    system: str = SYSTEM_PROMPT,
+    examples: tuple[tuple[str, str], ...] = FEW_SHOT_EXAMPLES,
+) -> list[dict[str, str]]:
+    """Chat messages: system instruction, the examples as prior turns, then ``question``.
+
+    The example turns matter for small instruct models: without them SmolLM2-135M rambles and
+    gets e.g. "largest planet" wrong; with them it answers in one correct sentence.
+    """
+    messages = [{"role": "system", "content": system}]
+    for eq, ea in examples:
+        messages += [{"role": "user", "content": eq}, {"role": "assistant", "content": ea}]
+    messages.append({"role": "user", "content": " ".join(question.split())})
+    return messages
 
 
 def few_shot_prompt(question: str, examples: tuple[tuple[str, str], ...] = FEW_SHOT_EXAMPLES) -> str:
