@@ -66,6 +66,7 @@ class PeerConfig:
     timeout_precommit_ms: int = 1000
     timeout_delta_ms: int = 500
     answer_wait_ms: int = 120000
+    answer_grace_ms: int = 1500
     # [log]
     log_level: str = "info"
     # where the file was read from (not a key)
@@ -78,7 +79,7 @@ class PeerConfig:
     @classmethod
     def for_tests(cls) -> PeerConfig:
         return cls(timeout_propose_ms=500, timeout_prevote_ms=200, timeout_precommit_ms=200,
-                   timeout_delta_ms=100, answer_wait_ms=10000, query_timeout_s=60.0)
+                   timeout_delta_ms=100, answer_wait_ms=10000, answer_grace_ms=100, query_timeout_s=60.0)
 
     def path(self, value: str) -> Path:
         """Resolve a path key against the config file's directory (``~`` expanded)."""
@@ -106,6 +107,7 @@ class PeerConfig:
             _check_range(f"consensus.{key}", getattr(self, key), 1, 3_600_000)
         _check_range("consensus.timeout_delta_ms", self.timeout_delta_ms, 0, 3_600_000)
         _check_range("consensus.answer_wait_ms", self.answer_wait_ms, 1, 3_600_000)
+        _check_range("consensus.answer_grace_ms", self.answer_grace_ms, 0, 3_600_000)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: expected debug|info|warning|error, got {self.log_level!r}")
         if not self.model:
@@ -182,7 +184,7 @@ _KEYS: dict[str, dict[str, str]] = {
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
               "cache_dir": "cache_dir"},
     "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
-                                 "timeout_delta_ms", "answer_wait_ms")},
+                                 "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms")},
     "log": {"level": "log_level"},
 }
 
@@ -204,7 +206,8 @@ _COMMENTS: dict[str, str] = {
     "timeout_prevote_ms": "Wait after +2/3 mixed prevotes before precommitting nil.",
     "timeout_precommit_ms": "Wait after +2/3 mixed precommits before the next round.",
     "timeout_delta_ms": "Added to every timeout per round, so rounds eventually last long enough.",
-    "answer_wait_ms": "Longest wait for answers carrying +2/3 of weight before a round starts anyway.",
+    "answer_wait_ms": "A query fails if answers carrying +2/3 of weight are not in by then.",
+    "answer_grace_ms": "Once +2/3 have answered, how long the proposer waits for the rest (keep below timeout_propose_ms).",
     "log_level": "debug | info | warning | error; logs are JSON lines on stderr.",
 }
 

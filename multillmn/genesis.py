@@ -3,7 +3,7 @@
 JSON, so a client can read it without msgpack::
 
     {"chain_id": "local-testnet",
-     "params": {"similarity_threshold": 750, "similarity_tolerance": 20},
+     "params": {"similarity_threshold": 800, "similarity_tolerance": 20},
      "validators": [{"peer_id": "...", "public_key": "<64 hex>", "weight": 1, "moniker": "peer0"}]}
 
 ``params`` are consensus parameters: every peer must use the same values, since
@@ -34,7 +34,7 @@ class GenesisError(ValueError):
 class Params:
     """Consensus parameters fixed at genesis."""
 
-    similarity_threshold: int = 750
+    similarity_threshold: int = 800
     similarity_tolerance: int = 20
 
     def validate(self) -> Params:

@@ -67,8 +67,10 @@ class ModelEngine:
 
     def similarities(self, texts: list[str]) -> list[int]:
         from peers.embedder import quantise
+        from peers.similarity import similarity_matrix
 
-        sims = self._embedder.similarities(texts)  # type: ignore[attr-defined]
+        cosines = self._embedder.similarities(texts)  # type: ignore[attr-defined]
+        sims = similarity_matrix(texts, cosines)
         return upper_triangle([[quantise(s) for s in row] for row in sims])
 
 

@@ -314,6 +314,11 @@ class Node:
             if self.core.height != height:
                 return
             await self._pool_changed.wait()
+        # Give the remaining peers a moment so every answer is weighed, not just the fastest 2/3.
+        assert entry.quorum_at is not None
+        with trio.move_on_at(entry.quorum_at + self.cfg.answer_grace_ms / 1000):
+            while len(entry.answers) < len(self.validators):
+                await self._pool_changed.wait()
         value = await trio.to_thread.run_sync(self._build_value, entry)
         self._inputs_tx.send_nowait(ProposeValue(height, round_, value))
 
