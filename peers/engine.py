@@ -58,8 +58,14 @@ class ModelEngine:
         from peers.llm import Generator, resolve_model
 
         spec = resolve_model(model)
-        generator = Generator.load(spec, cache_dir, threads=threads)
-        return cls(generator, Embedder.load(), spec.name)
+        engine = cls(Generator.load(spec, cache_dir, threads=threads), Embedder.load(), spec.name)
+        engine.warm_up()
+        return engine
+
+    def warm_up(self) -> None:
+        """Run both models once so the first real query does not pay for lazy initialisation."""
+        self.answer("What is 1 + 1?", 2)
+        self.similarities(["warm", "up"])
 
     def answer(self, question: str, max_new_tokens: int) -> Reply:
         gen = self._generator.generate(question, max_new_tokens)  # type: ignore[attr-defined]
