@@ -42,7 +42,7 @@ DEFAULT_PEER_COMMAND: list[str] = [sys.executable, "-m", "multillmn", "peer", "s
 
 STATE_FILE = "testnet.json"
 _POLL_S = 0.5
-_REPORT_EVERY_S = 5.0
+_REPORT_EVERY_S = 10.0
 _TAIL_LINES = 20
 
 
@@ -458,6 +458,7 @@ def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_tim
 def _wait_ready(state: TestnetState, timeout_s: float, say: Callable[[str], None]) -> None:
     start = time.monotonic()
     last: dict[str, tuple[str, float]] = {}
+    reported = 0.0
     pending = {r.name: r for r in state.peers}
     while pending:
         elapsed = time.monotonic() - start
@@ -469,17 +470,20 @@ def _wait_ready(state: TestnetState, timeout_s: float, say: Callable[[str], None
                     f"killed by signal {-code}" if code is not None else "exited"
                 raise _fail(state, f"peer {name} exited during start-up ({how})", [name])
         answers = _fetch_all([r.api_url for r in pending.values()], timeout_s=1.0)
+        changed = False
         for (name, r), s in zip(list(pending.items()), answers):
             if s is not None and s.get("peer_id") not in (None, r.peer_id):
                 raise _fail(state, f"{r.api_url} answered as peer {s.get('peer_id')}, expected {name} "
                                    f"({r.peer_id}); is another process using that port?", [name])
             phase = "ready" if s and s.get("ready") is True else str(s.get("phase", "starting")) if s else "starting"
-            prev = last.get(name)
-            if prev is None or prev[0] != phase or elapsed - prev[1] >= _REPORT_EVERY_S:
-                say(f"{name} {phase} {elapsed:.0f}s")
-                last[name] = (phase, elapsed)
+            changed = changed or name not in last or last[name][0] != phase
+            last[name] = (phase, elapsed)
             if phase == "ready":
                 del pending[name]
+        if changed or elapsed - reported >= _REPORT_EVERY_S:
+            # one line per change (or every few seconds): "12s  peer0 ready, peer1 loading-model"
+            say(f"{elapsed:>4.0f}s  " + ", ".join(f"{n} {last[n][0]}" for n in sorted(last)))
+            reported = elapsed
         if not pending:
             return
         if time.monotonic() - start > timeout_s:
