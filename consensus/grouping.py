@@ -33,6 +33,7 @@ from consensus.messages import (
     Query,
     Signed,
     Value,
+    VerifiedCache,
     open_envelope,
     query_id_of,
 )
@@ -137,6 +138,7 @@ def validate_value(
     threshold: int,
     tolerance: int,
     min_answer_weight_quorum: bool = True,
+    cache: VerifiedCache | None = None,
 ) -> str | None:
     """``None`` if ``value`` is valid, else a human-readable reason.
 
@@ -148,7 +150,7 @@ def validate_value(
     :func:`choose` yields on the claimed similarities.
     """
     try:
-        open_envelope(Query, value.query, validators.public_key_of)
+        open_envelope(Query, value.query, validators.public_key_of, cache)
     except MessageError as exc:
         return f"query: {exc}"
     qid = query_id_of(value.query)
@@ -156,7 +158,7 @@ def validate_value(
     seen: set[PeerId] = set()
     for k, env in enumerate(value.answers):
         try:
-            answer = open_envelope(Answer, env, validators.public_key_of).message
+            answer = open_envelope(Answer, env, validators.public_key_of, cache).message
         except MessageError as exc:
             return f"answer {k}: {exc}"
         if answer.query_id != qid:

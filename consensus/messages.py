@@ -9,6 +9,7 @@ Bodies are re-validated on every decode; nothing unvalidated reaches a core.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -30,6 +31,7 @@ __all__ = [
     "KINDS",
     "sign",
     "open_envelope",
+    "VerifiedCache",
     "MAX_QUESTION_CHARS",
     "MAX_ANSWER_CHARS",
     "query_id_of",
@@ -228,13 +230,43 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}"
 
 
+class VerifiedCache:
+    """Envelopes whose signatures already verified, so a message carried again is not re-verified.
+
+    An answer is verified when it arrives, then travels inside proposals and
+    certificates; verifying it each time would cost several Ed25519 checks per
+    decision. Keyed by the exact (kind, body, signature), so a hit proves the
+    same bytes verified before. Bounded: the oldest entries are forgotten.
+    """
+
+    def __init__(self, capacity: int = 8192) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check(self, kind: str, envelope: Envelope) -> bool:
+        key = (kind, envelope.body, envelope.sig)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        return False
+
+    def add(self, kind: str, envelope: Envelope) -> None:
+        self._seen[(kind, envelope.body, envelope.sig)] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+
+
 def open_envelope(
-    model: type[M], envelope: Envelope, public_key_of: Any
+    model: type[M], envelope: Envelope, public_key_of: Any, cache: VerifiedCache | None = None
 ) -> Signed[M]:
     """Decode and validate an envelope of a known kind and check its signature.
 
     ``public_key_of`` maps a peer id to its raw public key or ``None`` when the
-    signer is unknown. Raises :class:`MessageError` with the reason otherwise.
+    signer is unknown. With a ``cache``, a signature verified before is not
+    checked again. Raises :class:`MessageError` with the reason otherwise.
     """
     try:
         raw = canonical.unpack(envelope.body)
@@ -246,8 +278,12 @@ def open_envelope(
     public_key = public_key_of(message.signer)
     if public_key is None:
         raise MessageError(f"{model.KIND} signed by unknown peer {message.signer}")
+    if cache is not None and cache.check(model.KIND, envelope):
+        return Signed(message, envelope)
     if not verify_signature(public_key, model.KIND, envelope.body, envelope.sig):
         raise MessageError(f"bad signature on {model.KIND} from {message.signer}")
+    if cache is not None:
+        cache.add(model.KIND, envelope)
     return Signed(message, envelope)
 
 

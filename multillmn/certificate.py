@@ -23,7 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from consensus import grouping
-from consensus.messages import Answer, Envelope, MessageError, Query, Signed, Value, Vote, decode_value, open_envelope
+from consensus.messages import (
+    Answer,
+    Envelope,
+    MessageError,
+    Query,
+    Signed,
+    Value,
+    VerifiedCache,
+    Vote,
+    decode_value,
+    open_envelope,
+)
 from multillmn import canonical
 from multillmn.genesis import Genesis, GenesisError
 
@@ -81,12 +92,13 @@ def _envelope_from_json(data: Any, what: str) -> Envelope:
 
 
 def build_certificate(
-    genesis: Genesis, height: int, round_: int, value: Value, precommits: tuple[Signed[Vote], ...]
+    genesis: Genesis, height: int, round_: int, value: Value, precommits: tuple[Signed[Vote], ...],
+    cache: VerifiedCache | None = None,
 ) -> dict[str, Any]:
     """The JSON certificate for a decision (the runner calls this on Decide)."""
     vs = genesis.validators
-    answers = [open_envelope(Answer, env, vs.public_key_of).message for env in value.answers]
-    query = open_envelope(Query, value.query, vs.public_key_of).message
+    answers = [open_envelope(Answer, env, vs.public_key_of, cache).message for env in value.answers]
+    query = open_envelope(Query, value.query, vs.public_key_of, cache).message
     return {
         "version": VERSION,
         "chain_id": genesis.chain_id,

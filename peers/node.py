@@ -35,6 +35,7 @@ from consensus.messages import (
     Query,
     Signed,
     Value,
+    VerifiedCache,
     Vote,
     open_envelope,
     query_id_of,
@@ -113,6 +114,7 @@ class Node:
         self.core = Core(self.validators, key.peer_id, timeouts=timeouts)
         self.pool = QueryPool(self.validators)
         self.rejects = RejectStats()
+        self._verified = VerifiedCache()
         self.certificates: dict[int, dict[str, Any]] = {}
         self.decisions: dict[bytes, Decision] = {}
         self._waiters: dict[bytes, _Waiter] = {}
@@ -149,6 +151,7 @@ class Node:
         except PoolFull as exc:
             raise QueryFailed(f"too many pending queries ({exc}); try again later") from None
         assert entry is not None  # a fresh nonce makes the query new
+        self._verified.add(Query.KIND, query.envelope)
         waiter = self._waiters[entry.query_id] = _Waiter()
         self.transport.broadcast_nowait(encode_message(query))
         self._answers_tx.send_nowait(query)
@@ -187,7 +190,7 @@ class Node:
     async def _receive_loop(self) -> None:
         async for peer, payload in self.transport.inbound:
             try:
-                signed = decode_message(payload, self.validators.public_key_of)
+                signed = decode_message(payload, self.validators.public_key_of, cache=self._verified)
             except Exception as exc:  # MessageError; anything else is also the sender's fault
                 self.rejects.record_exception(exc, peer)
                 continue
@@ -210,26 +213,40 @@ class Node:
                 self._inputs_tx.send_nowait(VoteInput(signed))
 
     async def _check_proposal(self, signed: Signed[Proposal]) -> None:
-        """Judge a proposal's value (embeddings run in a thread), then hand it to the core."""
-        reason = await trio.to_thread.run_sync(self._proposal_invalid_reason, signed.message.value)
+        """Judge a proposal's value, then hand it to the core.
+
+        Signatures and the grouping rule are checked here, in the trio thread
+        (which owns the verified-signature cache); only the embeddings run in a
+        worker thread.
+        """
+        value = signed.message.value
+        reason = self._precheck(value)
+        if reason is None:
+            texts = [open_envelope(Answer, e, self.validators.public_key_of, self._verified).message.text
+                     for e in value.answers]
+            local_sims = await trio.to_thread.run_sync(self.engine.similarities, texts)
+            params = self.genesis.params
+            reason = grouping.validate_value(
+                value, validators=self.validators, local_sims=local_sims,
+                threshold=params.similarity_threshold, tolerance=params.similarity_tolerance,
+                cache=self._verified,
+            )
         if reason is not None:
             log.warning("invalid proposal", extra=fields(
                 height=signed.message.height, round=signed.message.round,
                 proposer=signed.signer, reason=reason))
         self._inputs_tx.send_nowait(ProposalInput(signed, valid=reason is None))
 
-    def _proposal_invalid_reason(self, value: Value) -> str | None:
+    def _precheck(self, value: Value) -> str | None:
+        """Reasons to reject a value before computing any embedding."""
         if self.pool.is_decided(value.query_id()):
             return "the query was decided at an earlier height"
         try:
-            texts = [open_envelope(Answer, e, self.validators.public_key_of).message.text for e in value.answers]
+            for envelope in value.answers:
+                open_envelope(Answer, envelope, self.validators.public_key_of, self._verified)
         except Exception as exc:
             return f"answer does not open: {exc}"
-        params = self.genesis.params
-        return grouping.validate_value(
-            value, validators=self.validators, local_sims=self.engine.similarities(texts),
-            threshold=params.similarity_threshold, tolerance=params.similarity_tolerance,
-        )
+        return None
 
     # -- answering ------------------------------------------------------------
 
@@ -249,6 +266,7 @@ class Node:
             )
             log.info("answered", extra=fields(query=query_id.hex()[:12], text=answer.message.text,
                                                 gen_ms=answer.message.gen_ms))
+            self._verified.add(Answer.KIND, answer.envelope)
             self.transport.broadcast_nowait(encode_message(answer))
             if self.pool.add_answer(answer, trio.current_time()):
                 self._notify_pool()
@@ -289,6 +307,7 @@ class Node:
         assert self._nursery is not None
         if isinstance(output, BroadcastVote):
             signed_vote = sign(output.vote, self.key)
+            self._verified.add(Vote.KIND, signed_vote.envelope)
             self.transport.broadcast_nowait(encode_message(signed_vote))
             self._inputs_tx.send_nowait(VoteInput(signed_vote))
         elif isinstance(output, BroadcastProposal):
@@ -334,10 +353,12 @@ class Node:
     def _on_decide(self, decision: Decide) -> None:
         now = trio.current_time()
         value = decision.value
-        cert = build_certificate(self.genesis, decision.height, decision.round, value, decision.precommits)
+        cert = build_certificate(self.genesis, decision.height, decision.round, value, decision.precommits,
+                                 self._verified)
         self.certificates[decision.height] = cert
         entry = self.pool.mark_decided(value.query_id())
-        answers = [open_envelope(Answer, e, self.validators.public_key_of).message for e in value.answers]
+        answers = [open_envelope(Answer, e, self.validators.public_key_of, self._verified).message
+                   for e in value.answers]
         quorum_at = entry.quorum_at if entry and entry.quorum_at is not None else now
         arrived = entry.arrived if entry else now
         record = Decision(

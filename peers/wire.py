@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgpack  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
-from consensus.messages import KINDS, Envelope, MessageError, Signed, open_envelope
+from consensus.messages import KINDS, Envelope, MessageError, Signed, VerifiedCache, open_envelope
 from multillmn import canonical
 
 __all__ = [
@@ -160,6 +160,7 @@ def decode_message(
     public_key_of: Callable[[str], bytes | None],
     *,
     max_len: int = 1 << 21,
+    cache: VerifiedCache | None = None,
 ) -> Signed[Any]:
     """Decode and fully validate a payload made by :func:`encode_message`.
 
@@ -203,7 +204,7 @@ def decode_message(
         return key
 
     try:
-        return open_envelope(model, envelope, lookup)
+        return open_envelope(model, envelope, lookup, cache)
     except MessageError as exc:
         if looked_up:
             category = "unknown-signer" if looked_up[-1] is None else "bad-signature"
