@@ -2,7 +2,8 @@
 
 Start-up order: read and validate config, key and genesis (fail fast with a
 clear message); serve the API at once so ``/v1/status`` shows progress;
-load the model and the embedder in worker threads; then start the node.
+start the transport so links come up meanwhile; load the model and the
+embedder in a worker thread; then start the node.
 SIGTERM or SIGINT cancels everything and the process exits 0.
 """
 
@@ -64,14 +65,15 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
         nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
         nursery.start_soon(partial(serve, create_app(handle), http, shutdown_trigger=shutdown.wait))
         log.info("starting", extra=fields(peer_id=key.peer_id, api=cfg.api_listen, p2p=cfg.p2p_listen))
-        handle.phase = "loading-model"
-        engine = await trio.to_thread.run_sync(engine_factory, cfg, abandon_on_cancel=True)
-        handle.model = engine.model_name
         peers = {p.id: parse_hostport(p.address, "p2p.peers") for p in cfg.persistent_peers}
         transport = Transport(
             key, parse_hostport(cfg.p2p_listen, "p2p.listen"), peers,
             max_frame=cfg.max_frame_bytes, send_queue=cfg.send_queue,
         )
+        await nursery.start(transport.run)  # links come up while the model loads
+        handle.phase = "loading-model"
+        engine = await trio.to_thread.run_sync(engine_factory, cfg, abandon_on_cancel=True)
+        handle.model = engine.model_name
         node = Node(cfg, key, genesis, engine, transport)
         await nursery.start(node.run)
         handle.node = node

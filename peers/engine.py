@@ -29,8 +29,8 @@ class AnswerEngine(Protocol):
 
     def answer(self, question: str, max_new_tokens: int) -> Reply: ...
 
-    def similarities(self, texts: list[str]) -> list[int]:
-        """Quantised (per mille) pairwise similarities, upper triangle in row-major order."""
+    def similarities(self, question: str, texts: list[str]) -> list[int]:
+        """Quantised (per mille) similarities of answers to ``question``, upper triangle, row-major."""
         ...
 
 
@@ -65,18 +65,18 @@ class ModelEngine:
     def warm_up(self) -> None:
         """Run both models once so the first real query does not pay for lazy initialisation."""
         self.answer("What is 1 + 1?", 2)
-        self.similarities(["warm", "up"])
+        self.similarities("Warm?", ["warm", "up"])
 
     def answer(self, question: str, max_new_tokens: int) -> Reply:
         gen = self._generator.generate(question, max_new_tokens)  # type: ignore[attr-defined]
         return Reply(text=gen.text, seconds=gen.seconds)
 
-    def similarities(self, texts: list[str]) -> list[int]:
+    def similarities(self, question: str, texts: list[str]) -> list[int]:
         from peers.embedder import quantise
         from peers.similarity import similarity_matrix
 
         cosines = self._embedder.similarities(texts)  # type: ignore[attr-defined]
-        sims = similarity_matrix(texts, cosines)
+        sims = similarity_matrix(question, texts, cosines)
         return upper_triangle([[quantise(s) for s in row] for row in sims])
 
 
@@ -95,6 +95,6 @@ class ScriptedEngine:
         text = self._table.get(question, "I do not know.")
         return Reply(text=text, seconds=time.monotonic() - start)
 
-    def similarities(self, texts: list[str]) -> list[int]:
+    def similarities(self, question: str, texts: list[str]) -> list[int]:
         norm = [" ".join(t.lower().strip(" .!").split()) for t in texts]
         return upper_triangle([[1000 if a == b else 0 for b in norm] for a in norm])

@@ -1,8 +1,8 @@
 """The peer runner: the trio edge around the pure consensus core.
 
-Tasks, all in one nursery:
+Tasks, all in one nursery (the transport runs beside it, started by the
+daemon before the model loads so links are up by the time the node is):
 
-* the transport (authenticated links to every peer);
 * ``_receive_loop``: decodes and verifies every inbound frame, rejects bad
   ones (counted, logged), and routes queries, answers, proposals and votes;
 * ``_answer_loop``: answers queries one at a time with the peer's model, in a
@@ -130,9 +130,9 @@ class Node:
         return self.core.height
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node's tasks; the caller runs the transport (it starts before the model loads)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self.transport.run)
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._answer_loop)
             nursery.start_soon(self._consensus_loop)
@@ -222,9 +222,10 @@ class Node:
         value = signed.message.value
         reason = self._precheck(value)
         if reason is None:
-            texts = [open_envelope(Answer, e, self.validators.public_key_of, self._verified).message.text
-                     for e in value.answers]
-            local_sims = await trio.to_thread.run_sync(self.engine.similarities, texts)
+            keys = self.validators.public_key_of
+            question = open_envelope(Query, value.query, keys, self._verified).message.question
+            texts = [open_envelope(Answer, e, keys, self._verified).message.text for e in value.answers]
+            local_sims = await trio.to_thread.run_sync(self.engine.similarities, question, texts)
             params = self.genesis.params
             reason = grouping.validate_value(
                 value, validators=self.validators, local_sims=local_sims,
@@ -242,10 +243,11 @@ class Node:
         if self.pool.is_decided(value.query_id()):
             return "the query was decided at an earlier height"
         try:
+            open_envelope(Query, value.query, self.validators.public_key_of, self._verified)
             for envelope in value.answers:
                 open_envelope(Answer, envelope, self.validators.public_key_of, self._verified)
         except Exception as exc:
-            return f"answer does not open: {exc}"
+            return f"query or answer does not open: {exc}"
         return None
 
     # -- answering ------------------------------------------------------------
@@ -343,7 +345,7 @@ class Node:
 
     def _build_value(self, entry: PendingQuery) -> Value:
         answers = sorted(entry.answers.values(), key=lambda a: a.signer)
-        sims = self.engine.similarities([a.message.text for a in answers])
+        sims = self.engine.similarities(entry.query.message.question, [a.message.text for a in answers])
         return grouping.build_value(
             entry.query.envelope, answers, sims,
             [self.validators.weight_of(a.signer) for a in answers],

@@ -39,6 +39,7 @@ async def running(net: Net, engines: list[ScriptedEngine], *, skip: set[int] = f
             transport = Transport(key, ("127.0.0.1", 0), {p: None for p in ids},
                                   backoff_initial=0.05, backoff_max=0.5)
             node = Node(replace(cfg, moniker=f"peer{i}"), key, net.genesis, engines[i], transport)
+            await nursery.start(transport.run)
             await nursery.start(node.run)
             nodes.append(node)
         for node in nodes:
