@@ -78,3 +78,10 @@ def test_every_peer_reaches_the_same_height(testnet: tuple[Path, list[PeerStatus
     while (heights := {p.height for p in status(directory)}) != {3} and time.monotonic() < deadline:
         time.sleep(0.5)
     assert heights == {3}
+
+
+def test_sigterm_stops_every_real_peer_cleanly(testnet: tuple[Path, list[PeerStatus]]) -> None:
+    """Runs last: SIGTERM shuts each real peer down without the launcher resorting to SIGKILL."""
+    directory, peers = testnet
+    lines = down(directory)
+    assert len(lines) == len(peers) and all(": stopped (pid" in line for line in lines), lines
