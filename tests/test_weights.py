@@ -1,0 +1,312 @@
+"""Weights as consensus state: weighted median, clipping, convergence, bounds, delay, slashing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consensus.evidence import DuplicateVoteEvidence, Evidence
+from consensus.messages import Vote, sign
+from consensus.scores import Scores, ScoreVector, scores_from_similarity
+from consensus.validators import Validator, ValidatorSet
+from consensus.weights import ONE, WeightParams, WeightState, allocate, update, weighted_median
+from multillmn import canonical
+from multillmn.identity import KeyPair
+
+KEYS = sorted((KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(7)), key=lambda k: k.peer_id)
+P = [k.peer_id for k in KEYS]
+QID = b"\x02" * 32
+DEFAULT = WeightParams()
+
+
+def base(weights: Sequence[int]) -> ValidatorSet:
+    return ValidatorSet(
+        Validator(k.peer_id, k.public_key, w, f"v{i}") for i, (k, w) in enumerate(zip(KEYS, weights))
+    )
+
+
+def vec(scorer: int, scores: Scores | dict[int, int], h: int = 1, qid: bytes = QID) -> ScoreVector:
+    if isinstance(scores, dict):
+        scores = tuple(sorted((P[j], s) for j, s in scores.items()))
+    return ScoreVector(scorer=P[scorer], height=h, query_id=qid, scores=scores)
+
+
+def double_vote(i: int, h: int) -> DuplicateVoteEvidence:
+    a, b = (sign(Vote(type="prevote", height=h, round=0, value_id=v, voter=P[i]), KEYS[i])
+            for v in (b"\x01" * 32, b"\x02" * 32))
+    return DuplicateVoteEvidence(first=a.envelope, second=b.envelope)
+
+
+Scorer = Callable[[int, Scores], Scores]
+
+
+def simulate(genesis: Sequence[int], wrong: set[int], heights: int, params: WeightParams = DEFAULT,
+             scorer: Scorer | None = None) -> tuple[WeightState, list[list[int]]]:
+    """One query per height; wrong peers agree only with each other; vectors for h commit at h+1."""
+    b = base(genesis)
+    n = len(genesis)
+    state = WeightState.genesis(b, params)
+    history: list[list[int]] = []
+    for h in range(1, heights + 1):
+        vs = state.validator_set(b, h)
+        history.append([vs.weight_of(p) for p in P[:n]])
+        sims = [1000 if (i in wrong) == (j in wrong) else 0 for i in range(n) for j in range(i + 1, n)]
+        honest = scores_from_similarity(P[:n], sims, [vs.weight_of(p) for p in P[:n]])
+        vectors = [vec(i, scorer(i, honest) if scorer else honest, h) for i in range(n)]
+        state = update(state, state.validator_set(b, h + 1), vectors, [], height=h + 1, params=params)
+    return state, history
+
+
+# --- weighted median and allocation -------------------------------------------------
+
+def test_weighted_median_by_hand() -> None:
+    assert weighted_median([(0, 1), (500, 1), (1000, 1)]) == 500
+    assert weighted_median([(100, 3), (900, 1), (900, 1)]) == 100  # 3 of 5 stake says 100
+    assert weighted_median([(1000, 1), (600, 2), (200, 2)]) == 600  # 1000+600 hold 3 of 5
+    assert weighted_median([(1000, 1), (0, 1)]) == 0  # exactly half is not more than half
+    assert weighted_median([(1000, 2), (0, 1)]) == 1000
+    assert weighted_median([(700, 0), (300, 4)]) == 300  # zero stake carries nothing
+    assert weighted_median([(1000, 1), (0, 2)], Fraction(1, 4)) == 1000  # kappa 1/4: a quarter suffices
+    with pytest.raises(ValueError):
+        weighted_median([(5, 0)])
+
+
+def test_allocate_by_hand() -> None:
+    p = WeightParams(scale=100, floor=5, cap_share=Fraction(3, 10))
+    ids = P[:4]
+    # Proportional targets 5 + 80 * x: (45, 25, 25, 5) -> already within [5, 30]? no: 45 > 30.
+    got = allocate(dict(zip(ids, [Fraction(1, 2), Fraction(1, 4), Fraction(1, 4), Fraction(0)])), p)
+    # pin the first at 30; 70 left for three: 5 + 55 * (1/4, 1/4, 0) / (1/2) = 32.5, 32.5, 5 -> pin two
+    assert got == {ids[0]: 30, ids[1]: 30, ids[2]: 30, ids[3]: 10}
+    # equal shares with a remainder: ties go to the smaller peer ids
+    got = allocate(dict.fromkeys(P[:3], Fraction(1)), WeightParams(scale=100, floor=1))
+    assert [got[i] for i in sorted(got)] == [34, 33, 33]
+    # cap infeasible (3 * 30 < 100): the cap rises to ceil(100 / 3)
+    got = allocate(dict(zip(P[:3], [Fraction(1), Fraction(0), Fraction(0)])), p)
+    assert sorted(got.values()) == [33, 33, 34] and sum(got.values()) == 100
+    with pytest.raises(ValueError):
+        allocate(dict.fromkeys(P[:7], Fraction(1)), WeightParams(scale=20, floor=3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=7), st.integers(1, 50),
+       st.sampled_from([Fraction(1, 10), Fraction(1, 4), Fraction(3, 10), Fraction(1, 2), Fraction(1)]))
+def test_allocate_bounds(raw: list[int], floor: int, cap_share: Fraction) -> None:
+    n = len(raw)
+    p = WeightParams(scale=10_000, floor=floor, cap_share=cap_share)
+    got = allocate({P[i]: Fraction(x) for i, x in enumerate(raw)}, p)
+    assert sum(got.values()) == p.scale
+    assert all(w >= floor for w in got.values())
+    cap = p.scale * cap_share.numerator // cap_share.denominator
+    if n * cap >= p.scale and cap >= floor:
+        assert all(w <= cap for w in got.values())
+    # More share never means less weight.
+    order = sorted(range(n), key=lambda i: raw[i])
+    assert all(got[P[a]] <= got[P[b]] + 1 for a, b in zip(order, order[1:]))
+
+
+# --- clipping and convergence ----------------------------------------------------------
+
+def test_colluding_minority_cannot_raise_its_weight() -> None:
+    wrong = {0, 1}  # 2 of 7 answer wrongly, score each other 1000 and everyone else 0
+
+    def collude(i: int, honest: Scores) -> Scores:
+        if i not in wrong:
+            return honest
+        return tuple((p, 1000 if P.index(p) in wrong else 0) for p, _ in honest)
+
+    colluding, hist = simulate([1] * 7, wrong, 20, scorer=collude)
+    baseline, _ = simulate([1] * 7, wrong, 20)
+    # Clipping to the consensus makes the lies irrelevant: the exact same state.
+    assert colluding.digest() == baseline.digest()
+    final = hist[-1]
+    assert final[0] == final[1] < 1_000_000 // 7 < final[2]
+    assert max(final[2:]) - min(final[2:]) <= 1  # honest peers equal up to rounding
+    assert hist[2] == [1] * 7 and hist[3] != hist[2]  # first computed weights apply at 2 + delay
+    assert all(a[0] >= b[0] for a, b in zip(hist[3:], hist[4:]))  # colluders only fall
+    assert 10 * (final[0] + final[1]) < DEFAULT.scale  # from 2/7 to under 1/10 in 20 heights
+
+
+def test_underscoring_coalition_gains_nothing() -> None:
+    """Why scores are clipped from both sides (ADR 0006), with numbers.
+
+    Everyone answers well; peers 0 and 1 score the five others 0. Yuma's
+    one-sided clip keeps the 0s: honest quality 5/7, the coalition's 1, so
+    the coalition's share would be 2 / (2 + 5 * 5/7) = 14/39 > 1/3.
+    """
+    n, coalition = 7, {0, 1}
+    yuma_honest, yuma_coalition = Fraction(5, 7), Fraction(1)
+    assert 3 * 2 * yuma_coalition > 2 * yuma_coalition + 5 * yuma_honest
+    b = base([1] * n)
+    state = WeightState.genesis(b, DEFAULT)
+    for h in range(1, 30):
+        vectors = [vec(i, {j: 0 if i in coalition and j not in coalition else 1000 for j in range(n)}, h)
+                   for i in range(n)]
+        state = update(state, state.validator_set(b, h + 1), vectors, [], height=h + 1, params=DEFAULT)
+    w = state.weights_at(31)
+    assert max(w.values()) - min(w.values()) <= 1  # everybody equal: the coalition keeps 2/7
+    assert 3 * (w[P[0]] + w[P[1]]) < DEFAULT.scale
+
+
+@pytest.mark.parametrize(("genesis", "params"), [([4, 1, 1, 1], WeightParams(cap_share=Fraction(1))),
+                                               ([6, 1, 1, 1, 1, 1, 1], DEFAULT)],
+                         ids=["n4-no-cap", "n7-default"])
+def test_consistently_wrong_heavy_peer_falls_below_one_third(genesis: list[int],
+                                                             params: WeightParams) -> None:
+    _, hist = simulate(genesis, {0}, 40, params)
+    shares = [Fraction(h[0], sum(h)) for h in hist]
+    assert shares[:3] == [Fraction(genesis[0], sum(genesis))] * 3  # genesis until the first update
+    assert all(a >= b for a, b in zip(shares[2:], shares[3:]))  # then never rises
+    assert all(a > b for a, b in zip(shares[6:], shares[7:]))  # and falls every height past the cap
+    assert 3 * hist[5][0] < sum(hist[5])  # below 1/3 by the third computed set
+    assert shares[-1] < Fraction(1, 100)
+    honest = [Fraction(h[1], sum(h)) for h in hist]
+    assert all(a <= b for a, b in zip(honest[2:], honest[3:]))
+    assert honest[-1] > Fraction(99, 100 * (len(genesis) - 1))
+
+
+def test_with_four_peers_the_cap_leaves_the_wrong_peer_one_tenth() -> None:
+    _, hist = simulate([4, 1, 1, 1], {0}, 20)
+    assert hist[3][0] == 300_000 and hist[-1] == [100_000, 300_000, 300_000, 300_000]
+
+
+# --- properties ---------------------------------------------------------------------
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[int], list[ScoreVector], list[Evidence], WeightParams]:
+    n = draw(st.integers(1, 7))
+    genesis = draw(st.lists(st.integers(1, 1000), min_size=n, max_size=n))
+    vectors: list[ScoreVector] = []
+    for q in range(draw(st.integers(0, 2))):
+        for i in range(n):
+            if draw(st.booleans()) or q == 0:
+                scored = draw(st.dictionaries(st.integers(0, n - 1), st.integers(0, 1000), min_size=1))
+                vectors.append(vec(i, scored, h=1, qid=bytes([q]) * 32))
+    evidence: list[Evidence] = [double_vote(i, 2) for i in draw(st.sets(st.integers(0, n - 1), max_size=2))]
+    params = WeightParams(
+        scale=draw(st.sampled_from([1_000, 10_000, 1_000_000])),
+        floor=draw(st.integers(1, 100)),
+        cap_share=draw(st.sampled_from([Fraction(1, 4), Fraction(3, 10), Fraction(1, 2), Fraction(1)])),
+        alpha_quality=(a := draw(st.sampled_from([Fraction(0), Fraction(1, 4), Fraction(1)]))),
+        beta_trust=1 - a,
+    )
+    return genesis, vectors, evidence, params
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_update_properties(scenario: tuple[list[int], list[ScoreVector], list[Evidence], WeightParams],
+                           rnd: random.Random) -> None:
+    genesis, vectors, evidence, params = scenario
+    n = len(genesis)
+    b = base(genesis)
+    s0 = WeightState.genesis(b, params)
+    s1 = update(s0, b, vectors, evidence, height=2, params=params)
+    shuffled_v, shuffled_e = list(vectors), list(evidence)
+    rnd.shuffle(shuffled_v)
+    rnd.shuffle(shuffled_e)
+    assert update(s0, b, shuffled_v, shuffled_e, height=2, params=params) == s1
+    assert s1.weights_at(3) == s0.weights_at(3)  # nothing before the delay
+    if s1.schedule == s0.schedule:
+        return
+    w = s1.weights_at(2 + params.delay_heights)
+    assert sum(w.values()) == params.scale
+    assert all(x >= params.floor for x in w.values())
+    cap = params.scale * params.cap_share.numerator // params.cap_share.denominator
+    if n * cap >= params.scale and cap >= params.floor:
+        assert all(x <= cap for x in w.values())
+    slashed = {P[i] for i in range(n) if any(ev == double_vote(i, 2) for ev in evidence)}
+    for p in slashed:
+        assert s1.trust_of(p) == 0
+        assert w[p] <= min(w.values()) + 1  # the least weight, up to a rounding unit
+    assert WeightState.from_body(canonical.unpack(canonical.pack(s1.to_body()))) == s1
+
+
+# --- schedule, slashing, guards ---------------------------------------------------------
+
+def test_new_weights_apply_only_after_the_delay() -> None:
+    b = base([1] * 4)
+    for delay in (1, 2, 5):
+        params = WeightParams(delay_heights=delay)
+        s = WeightState.genesis(b, params)
+        s = update(s, b, [vec(i, {0: 1000, 1: 1000, 2: 1000, 3: 0}, h=4) for i in range(4)], [],
+                   height=5, params=params)
+        for h in range(1, 5 + delay):
+            assert s.weights_at(h) == dict.fromkeys(P[:4], 1)
+        new = s.weights_at(5 + delay)
+        assert new == s.weights_at(10**6) and new[P[3]] < new[P[0]]
+        assert s.validator_set(b, 5 + delay).ids == b.ids
+        assert [v.moniker for v in s.validator_set(b, 5 + delay)] == [v.moniker for v in b]
+
+
+def test_slashing_cuts_the_offender_in_the_next_schedule() -> None:
+    b = base([1] * 4)
+    s = WeightState.genesis(b, DEFAULT)
+    all_good = [vec(i, dict.fromkeys(range(4), 1000), h=1) for i in range(4)]
+    ev = double_vote(2, 1)
+    s = update(s, b, all_good, [ev], height=2, params=DEFAULT)
+    w = s.weights_at(4)
+    # With four peers the 3/10 cap leaves the offender 1/10; without a cap it gets the floor.
+    assert w[P[2]] == DEFAULT.scale // 10 == min(w.values()) and s.trust_of(P[2]) == 0
+    assert sum(w.values()) == DEFAULT.scale
+    nocap = WeightParams(cap_share=Fraction(1))
+    w1 = update(WeightState.genesis(b, nocap), b, all_good, [ev], height=2, params=nocap).weights_at(4)
+    assert w1[P[2]] == nocap.floor
+    # The offender's own vectors are ignored: it cannot drag others down in that height.
+    spite = [*all_good[:2], vec(2, dict.fromkeys(range(4), 0), h=1), all_good[3]]
+    assert update(WeightState.genesis(b, DEFAULT), b, spite, [ev], height=2, params=DEFAULT) == s
+    # Re-submitting the same evidence later does nothing; invalid evidence is ignored.
+    vs4 = s.validator_set(b, 4)
+    s2 = update(s, s.validator_set(b, 3), [], [ev, double_vote(1, 1).model_copy(
+        update={"second": ev.second})], height=3, params=DEFAULT)
+    assert s2.schedule == s.schedule and s2.trust == s.trust
+    # Trust regrows only slowly after a slash.
+    good2 = [vec(i, dict.fromkeys(range(4), 1000), h=3) for i in range(4)]
+    s3 = update(s2, vs4, good2, [], height=4, params=DEFAULT)
+    assert s3.trust_of(P[2]) == ONE // 10
+    # Evidence older than the maximum age or from the future is ignored.
+    old = WeightParams(evidence_max_age=0)
+    s4 = update(WeightState.genesis(b, old), b, [], [double_vote(2, 1), double_vote(3, 9)],
+                height=5, params=old)
+    assert s4.trust == WeightState.genesis(b, old).trust
+
+
+def test_scorer_quorum_conflicts_and_stale_vectors() -> None:
+    b = base([1] * 4)
+    s = WeightState.genesis(b, DEFAULT)
+    low = {0: 1000, 1: 1000, 2: 1000, 3: 0}
+    # Two scorers (2 of 4 weight) are no quorum: nothing changes.
+    assert update(s, b, [vec(0, low), vec(1, low)], [], height=2, params=DEFAULT).schedule == s.schedule
+    # A scorer with two different vectors for one query is dropped: 3 of 4 remain then 2 of 4.
+    conflicting = [vec(0, low), vec(1, low), vec(2, low), vec(2, {0: 1000})]
+    assert update(s, b, conflicting, [], height=2, params=DEFAULT).schedule == s.schedule
+    # A repeated identical vector is just one vector.
+    ok = update(s, b, [vec(0, low), vec(1, low), vec(2, low), vec(2, low)], [], height=2, params=DEFAULT)
+    assert ok.schedule != s.schedule and ok.scored_through == 1
+    # Vectors for a height already scored, or for the current height, are ignored.
+    again = update(ok, b, [vec(i, low, h=1) for i in range(4)] + [vec(i, low, h=3) for i in range(4)], [],
+                   height=3, params=DEFAULT)
+    assert again.schedule == ok.schedule and again.trust == ok.trust
+
+
+def test_guards() -> None:
+    b = base([1] * 4)
+    s = WeightState.genesis(b, DEFAULT)
+    s2 = update(s, b, [], [], height=2, params=DEFAULT)
+    with pytest.raises(ValueError, match="not after"):
+        update(s2, b, [], [], height=2, params=DEFAULT)
+    with pytest.raises(ValueError, match="scheduled"):
+        update(s, base([2, 1, 1, 1]), [], [], height=2, params=DEFAULT)
+    with pytest.raises(ValueError):
+        WeightParams(alpha_quality=Fraction(1, 2), beta_trust=Fraction(1, 3)).validate()
+    with pytest.raises(ValueError):
+        WeightParams(kappa=Fraction(1)).validate()
+    with pytest.raises(ValueError):
+        s.weights_at(0)
+    with pytest.raises(ValueError):
+        WeightState.from_body({"height": "x"})
