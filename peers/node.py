@@ -115,8 +115,7 @@ class Node:
         self.pool = QueryPool(self.validators)
         self.rejects = RejectStats()
         self._verified = VerifiedCache()
-        self.certificates: dict[int, dict[str, Any]] = {}
-        self.decisions: dict[bytes, Decision] = {}
+        self.certificates: dict[int, dict[str, Any]] = {}  # in memory until the ledger (dag/) holds them
         self._waiters: dict[bytes, _Waiter] = {}
         self._inputs_tx, self._inputs_rx = trio.open_memory_channel[Any](math.inf)
         self._answers_tx, self._answers_rx = trio.open_memory_channel[Signed[Query]](256)
@@ -152,9 +151,13 @@ class Node:
             raise QueryFailed(f"too many pending queries ({exc}); try again later") from None
         assert entry is not None  # a fresh nonce makes the query new
         self._verified.add(Query.KIND, query.envelope)
+        try:
+            self._answers_tx.send_nowait(query)
+        except trio.WouldBlock:
+            self.pool.discard(entry.query_id)
+            raise QueryFailed("this peer has too many questions waiting for its model; try again later") from None
         waiter = self._waiters[entry.query_id] = _Waiter()
         self.transport.broadcast_nowait(encode_message(query))
-        self._answers_tx.send_nowait(query)
         try:
             with trio.fail_after(self.cfg.query_timeout_s):
                 await waiter.event.wait()
@@ -367,7 +370,6 @@ class Node:
             height=decision.height, round=decision.round, value=value, certificate=cert, answers=answers,
             generation_ms=int((quorum_at - arrived) * 1000), consensus_ms=int((now - quorum_at) * 1000),
         )
-        self.decisions[value.query_id()] = record
         log.info("decided", extra=fields(height=decision.height, round=decision.round, answer=value.answer,
                                            consensus_ms=record.consensus_ms))
         waiter = self._waiters.get(value.query_id())

@@ -109,6 +109,10 @@ class QueryPool:
             del self._pending[entry.query_id]
         return gone
 
+    def discard(self, query_id: bytes) -> None:
+        """Forget a pending query without deciding it."""
+        self._pending.pop(query_id, None)
+
     def mark_decided(self, query_id: bytes) -> PendingQuery | None:
         self._decided.add(query_id)
         self._orphans.pop(query_id, None)

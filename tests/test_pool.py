@@ -57,6 +57,16 @@ def test_decided_queries_are_refused_and_expired_ones_removed() -> None:
     assert [e.query_id for e in gone] == [query_id_of(q2.envelope)] and len(pool) == 0
 
 
+def test_discard_forgets_without_deciding() -> None:
+    net = make_net([1])
+    pool = QueryPool(net.genesis.validators)
+    q = net.query()
+    pool.add_query(q, 0.0)
+    pool.discard(query_id_of(q.envelope))
+    assert len(pool) == 0 and not pool.is_decided(query_id_of(q.envelope))
+    assert pool.add_query(q, 1.0) is not None
+
+
 def test_pool_is_bounded() -> None:
     net = make_net([1])
     pool = QueryPool(net.genesis.validators, max_pending=2)
