@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 from pydantic import ValidationError
 
 from consensus.messages import KINDS, Envelope, MessageError, Signed, VerifiedCache, open_envelope
