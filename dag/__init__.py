@@ -19,7 +19,7 @@ from dag.event import (
     verify_event,
 )
 from dag.hashgraph import DEFAULT_COIN_PERIOD, ForkEvidence, Hashgraph, InsertError, MissingParent
-from dag.sync import SyncError, check_vector, events_missing, known_vector
+from dag.sync import Received, SyncError, ancestors_missing, check_vector, events_missing, known_vector, receive
 from dag.ledger import (
     MAX_PAGE,
     TX_TYPES,
@@ -27,6 +27,7 @@ from dag.ledger import (
     LedgerEntry,
     certificate_tx,
     evidence_tx,
+    fork_evidence_tx,
     membership_tx,
     weights_tx,
 )
@@ -36,8 +37,9 @@ __all__ = [
     "KIND", "MAX_EVENT_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TRANSACTION_BYTES", "MAX_TRANSACTIONS",
     "Event", "EventError", "decode_event", "encode_event", "event_hash", "sign_event", "verify_event",
     "DEFAULT_COIN_PERIOD", "ForkEvidence", "Hashgraph", "InsertError", "MissingParent",
-    "SyncError", "check_vector", "events_missing", "known_vector",
-    "MAX_PAGE", "TX_TYPES", "Ledger", "LedgerEntry", "certificate_tx", "evidence_tx", "membership_tx",
+    "Received", "SyncError", "ancestors_missing", "check_vector", "events_missing", "known_vector", "receive",
+    "MAX_PAGE", "TX_TYPES", "Ledger", "LedgerEntry", "certificate_tx", "evidence_tx", "fork_evidence_tx",
+    "membership_tx",
     "weights_tx",
     "SCHEMA_VERSION", "Store", "StoreError", "replay",
 ]

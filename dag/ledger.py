@@ -1,0 +1,286 @@
+"""Ledger state derived only from the ordered transactions.
+
+Every transaction is canonical msgpack of a map with a ``type``:
+
+* ``certificate``: ``{type, height >= 1, cert: bytes}``, ``cert`` the JSON
+  certificate of the WBFT decision at ``height`` (UTF-8 JSON object whose
+  ``height`` equals ``height`` and with a 64-hex ``value_id``; pass
+  ``certificate_check`` to also verify it, e.g. with
+  ``multillmn.certificate.verify``). The first valid certificate for a height
+  decides it; a later one with the same ``value_id`` is a duplicate, one with
+  another ``value_id`` is a conflict; both are ignored and counted.
+* ``weights``: ``{type, height >= 1, weights: {peer_id: int > 0}}``, the
+  weights that apply from ``height``; the first for a height wins.
+* ``evidence``: ``{type, kind: str, peer_id, data: bytes}``, misbehaviour
+  proof, kept once. For ``kind == "fork"`` (:func:`fork_evidence_tx`),
+  ``data`` packs the two encoded events, which must decode, be by
+  ``peer_id``, share a seq and differ (and verify, given ``public_key_of``);
+  one fork record is kept per (creator, seq).
+* ``membership``: ``{type, action: "join" | "leave", peer_id, public_key}``,
+  ``public_key`` 32 bytes whose derived id is ``peer_id``.
+
+Anything else (not msgpack, not a map, unknown ``type``, bad fields) is
+ignored and counted by reason, so every peer derives the same state from the
+same order. :meth:`Ledger.state_hash` is SHA-256 of the canonical state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from dag.event import Event, EventError, decode_event, encode_event, verify_event
+from dag.hashgraph import ForkEvidence
+from multillmn import canonical
+from multillmn.identity import PeerId, is_peer_id, peer_id_of
+
+__all__ = ["Ledger", "LedgerEntry", "TX_TYPES", "MAX_PAGE", "certificate_tx", "weights_tx", "evidence_tx",
+           "fork_evidence_tx", "membership_tx"]
+
+TX_TYPES = ("certificate", "weights", "evidence", "membership")
+MAX_PAGE = 1000
+_MAX_HEIGHT = 2**62
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One applied transaction: its index among applied ones, where it came from, and what it was."""
+
+    index: int
+    position: int
+    event_hash: bytes
+    type: str
+    tx: bytes
+
+
+class _Skip(Exception):
+    """A transaction is ignored; the message is the counted reason."""
+
+
+def certificate_tx(height: int, cert_json: bytes) -> bytes:
+    return canonical.pack({"type": "certificate", "height": height, "cert": cert_json})
+
+
+def weights_tx(height: int, weights: dict[PeerId, int]) -> bytes:
+    return canonical.pack({"type": "weights", "height": height, "weights": weights})
+
+
+def evidence_tx(kind: str, peer_id: PeerId, data: bytes) -> bytes:
+    return canonical.pack({"type": "evidence", "kind": kind, "peer_id": peer_id, "data": data})
+
+
+def fork_evidence_tx(evidence: ForkEvidence) -> bytes:
+    pair = sorted((encode_event(evidence.first), encode_event(evidence.second)))
+    return evidence_tx("fork", evidence.creator, canonical.pack(pair))
+
+
+def membership_tx(action: str, peer_id: PeerId, public_key: bytes) -> bytes:
+    return canonical.pack({"type": "membership", "action": action, "peer_id": peer_id, "public_key": public_key})
+
+
+def _height(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < _MAX_HEIGHT:
+        raise _Skip("bad height")
+    return value
+
+
+def _keys(tx: dict[str, Any], keys: set[str]) -> None:
+    if set(tx) != keys:
+        raise _Skip("bad fields")
+
+
+class Ledger:
+    """The state machine fed by the consensus order; ``apply`` is its only input."""
+
+    def __init__(self, certificate_check: Callable[[Any], None] | None = None,
+                 public_key_of: Callable[[PeerId], bytes | None] | None = None) -> None:
+        self._check = certificate_check
+        self._key_of = public_key_of
+        self.position = 0
+        self.answers: dict[int, bytes] = {}
+        self._value_ids: dict[int, str] = {}
+        self.weights: dict[int, dict[PeerId, int]] = {}
+        self.evidence: list[dict[str, Any]] = []
+        self._evidence_ids: set[bytes] = set()
+        self.membership: dict[PeerId, bytes] = {}
+        self.ignored: dict[str, int] = {}
+        self._log: list[LedgerEntry] = []
+
+    # --- input -----------------------------------------------------------
+    def apply(self, events: Iterable[Event]) -> int:
+        """Apply the transactions of consensus-ordered events; return how many were accepted."""
+        accepted = 0
+        for ev in events:
+            for tx in ev.transactions:
+                pos = self.position
+                self.position += 1
+                try:
+                    kind = self._apply_tx(tx)
+                except _Skip as skip:
+                    reason = str(skip)
+                    self.ignored[reason] = self.ignored.get(reason, 0) + 1
+                    continue
+                self._log.append(LedgerEntry(len(self._log), pos, ev.hash, kind, tx))
+                accepted += 1
+        return accepted
+
+    def _apply_tx(self, raw: bytes) -> str:
+        try:
+            tx = canonical.unpack(raw)
+        except canonical.CanonicalError:
+            raise _Skip("malformed") from None
+        if not isinstance(tx, dict) or not isinstance(tx.get("type"), str):
+            raise _Skip("malformed")
+        kind = tx["type"]
+        if kind == "certificate":
+            self._certificate(tx)
+        elif kind == "weights":
+            self._weights(tx)
+        elif kind == "evidence":
+            self._evidence(tx)
+        elif kind == "membership":
+            self._membership(tx)
+        else:
+            raise _Skip("unknown type")
+        return str(kind)
+
+    def _certificate(self, tx: dict[str, Any]) -> None:
+        _keys(tx, {"type", "height", "cert"})
+        height = _height(tx["height"])
+        blob = tx["cert"]
+        if not isinstance(blob, bytes):
+            raise _Skip("bad certificate")
+        try:
+            cert = json.loads(blob.decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise _Skip("bad certificate") from None
+        value_id = cert.get("value_id") if isinstance(cert, dict) else None
+        if (not isinstance(cert, dict) or type(cert.get("height")) is not int or cert["height"] != height
+                or not isinstance(value_id, str)
+                or len(value_id) != 64 or any(ch not in "0123456789abcdef" for ch in value_id)):
+            raise _Skip("bad certificate")
+        if height in self.answers:
+            raise _Skip("duplicate certificate" if self._value_ids[height] == value_id
+                        else "conflicting certificate")
+        if self._check is not None:
+            try:
+                self._check(cert)
+            except ValueError:
+                raise _Skip("unverified certificate") from None
+        self.answers[height] = blob
+        self._value_ids[height] = value_id
+
+    def _weights(self, tx: dict[str, Any]) -> None:
+        _keys(tx, {"type", "height", "weights"})
+        height = _height(tx["height"])
+        table = tx["weights"]
+        if not isinstance(table, dict) or not table or not all(
+                is_peer_id(k) and not isinstance(v, bool) and isinstance(v, int) and 0 < v <= 2**60
+                for k, v in table.items()):
+            raise _Skip("bad weights")
+        if height in self.weights:
+            raise _Skip("duplicate weights")
+        self.weights[height] = dict(sorted(table.items()))
+
+    def _evidence(self, tx: dict[str, Any]) -> None:
+        _keys(tx, {"type", "kind", "peer_id", "data"})
+        if (not isinstance(tx["kind"], str) or not 0 < len(tx["kind"]) <= 64 or not is_peer_id(tx["peer_id"])
+                or not isinstance(tx["data"], bytes)):
+            raise _Skip("bad evidence")
+        ident = self._fork_key(tx) if tx["kind"] == "fork" else canonical.digest(tx)
+        if ident in self._evidence_ids:
+            raise _Skip("duplicate evidence")
+        self._evidence_ids.add(ident)
+        self.evidence.append(dict(tx))
+
+    def _fork_key(self, tx: dict[str, Any]) -> bytes:
+        try:
+            pair = canonical.unpack(tx["data"])
+            if not isinstance(pair, tuple) or len(pair) != 2 or not all(isinstance(p, bytes) for p in pair):
+                raise _Skip("bad evidence")
+            first, second = decode_event(pair[0]), decode_event(pair[1])
+        except (canonical.CanonicalError, EventError):
+            raise _Skip("bad evidence") from None
+        if (first.creator != tx["peer_id"] or second.creator != first.creator or first.seq != second.seq
+                or first.hash == second.hash):
+            raise _Skip("bad evidence")
+        if self._key_of is not None and (verify_event(first, self._key_of) or verify_event(second, self._key_of)):
+            raise _Skip("bad evidence")
+        return canonical.digest(["fork", first.creator, first.seq])
+
+    def _membership(self, tx: dict[str, Any]) -> None:
+        _keys(tx, {"type", "action", "peer_id", "public_key"})
+        pid, key, action = tx["peer_id"], tx["public_key"], tx["action"]
+        if action not in ("join", "leave") or not isinstance(key, bytes) or len(key) != 32 \
+                or peer_id_of(key) != pid:
+            raise _Skip("bad membership")
+        if action == "join":
+            self.membership[pid] = key
+        elif self.membership.pop(pid, None) is None:
+            raise _Skip("leave of a non-member")
+
+    # --- reads ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._log)
+
+    def page(self, offset: int = 0, limit: int = 100) -> list[LedgerEntry]:
+        """Applied transactions ``[offset, offset + limit)``; ``limit`` is capped at :data:`MAX_PAGE`."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError("offset must be a non-negative integer")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError("limit must be a non-negative integer")
+        return self._log[offset:offset + min(limit, MAX_PAGE)]
+
+    def weights_at(self, height: int) -> dict[PeerId, int] | None:
+        """The weights in force at ``height``: the latest set declared for a height <= ``height``."""
+        best = max((h for h in self.weights if h <= height), default=None)
+        return None if best is None else dict(self.weights[best])
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "answers": [[h, self.answers[h]] for h in sorted(self.answers)],
+            "weights": [[h, self.weights[h]] for h in sorted(self.weights)],
+            "evidence": list(self.evidence),
+            "membership": [[p, self.membership[p]] for p in sorted(self.membership)],
+            "ignored": dict(self.ignored),
+        }
+
+    def state_hash(self) -> bytes:
+        """SHA-256 of the canonical state (position, answers, weights, evidence, membership, ignored)."""
+        return canonical.digest(self._state())
+
+    # --- snapshots -------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Canonical bytes of the state and the applied-transaction log (for :class:`dag.Store`)."""
+        state = self._state()
+        state["log"] = [[e.position, e.event_hash, e.type, e.tx] for e in self._log]
+        return canonical.pack(state)
+
+    @classmethod
+    def restore(cls, data: bytes, certificate_check: Callable[[Any], None] | None = None,
+                public_key_of: Callable[[PeerId], bytes | None] | None = None) -> Ledger:
+        """Rebuild a ledger from :meth:`snapshot` bytes (raises ``ValueError`` if malformed)."""
+        try:
+            raw = canonical.unpack(data, max_len=1 << 30)
+            led = cls(certificate_check, public_key_of)
+            led.position = int(raw["position"])
+            for h, blob in raw["answers"]:
+                led.answers[h] = blob
+                led._value_ids[h] = json.loads(blob.decode("utf-8"))["value_id"]
+            led.weights = {h: dict(w) for h, w in raw["weights"]}
+            for ev in raw["evidence"]:
+                ev = dict(ev)
+                led.evidence.append(ev)
+                led._evidence_ids.add(led._fork_key(ev) if ev["kind"] == "fork" else canonical.digest(ev))
+            led.membership = {p: k for p, k in raw["membership"]}
+            led.ignored = dict(raw["ignored"])
+            led._log = [LedgerEntry(i, pos, h, t, tx) for i, (pos, h, t, tx) in enumerate(raw["log"])]
+        except (canonical.CanonicalError, KeyError, TypeError, ValueError, AttributeError, RecursionError,
+                _Skip) as exc:
+            raise ValueError(f"malformed ledger snapshot: {exc}") from None
+        if canonical.pack(led._state() | {"log": raw["log"]}) != data:
+            raise ValueError("ledger snapshot is not canonical")
+        return led

@@ -1,0 +1,193 @@
+"""SQLite persistence of the DAG: events, the consensus order and ledger snapshots.
+
+One file, WAL journal, ``synchronous=FULL`` (a committed append survives a
+crash or power loss), foreign keys on. Tables:
+
+* ``events(idx, hash, creator, seq, body)``: wire bytes in insertion order;
+* ``consensus_order(position, event_hash)``: each row references a stored event;
+* ``snapshots(position, state)``: ledger snapshots by order position.
+
+Every append is one transaction, so a crash leaves a prefix of what was
+appended. Order rows can only reference events already committed (foreign
+key), so order is never ahead of the events. On restart :func:`replay`
+re-inserts the events into a fresh :class:`Hashgraph`, checks that the stored
+order is a prefix of the order it derives, and appends the rest (events that
+were committed but whose ordering was not, before the crash).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from consensus.validators import ValidatorSet
+from dag.event import Event, EventError, decode_event, encode_event
+from dag.hashgraph import DEFAULT_COIN_PERIOD, Hashgraph, InsertError
+
+__all__ = ["Store", "StoreError", "replay", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    idx INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    creator TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consensus_order (
+    position INTEGER PRIMARY KEY,
+    event_hash BLOB NOT NULL UNIQUE REFERENCES events(hash)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    position INTEGER PRIMARY KEY,
+    state BLOB NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The database is unusable, inconsistent, or an append breaks its invariants."""
+
+
+class Store:
+    """An open DAG database. Use :meth:`open`; close it (or use ``with``)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._db = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """Open or create the database at ``path``."""
+        p = Path(path)
+        try:
+            conn = sqlite3.connect(p, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise StoreError(f"{p}: schema version {row[0]}, expected {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {p}: {exc}") from exc
+        return cls(conn, p)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- writes -----------------------------------------------------------
+    def append_events(self, events: Iterable[Event]) -> None:
+        """Append events in insertion order, atomically; already stored ones are skipped."""
+        rows = [(e.hash, e.creator, e.seq, encode_event(e)) for e in events]
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO events (hash, creator, seq, body) VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"append_events failed: {exc}") from exc
+
+    def append_order(self, hashes: Iterable[bytes]) -> int:
+        """Append event hashes to the consensus order, atomically; return the new order length.
+
+        Every hash must name a stored event not yet ordered.
+        """
+        items = list(hashes)
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                start = self._db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM consensus_order").fetchone()[0]
+                self._db.executemany("INSERT INTO consensus_order (position, event_hash) VALUES (?, ?)",
+                                     [(start + i, h) for i, h in enumerate(items)])
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"append_order: an unknown or already ordered event ({exc})") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"append_order failed: {exc}") from exc
+        return int(start) + len(items)
+
+    def save_snapshot(self, position: int, state: bytes) -> None:
+        """Store ledger state as of order position ``position`` (replacing one at the same position)."""
+        try:
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO snapshots (position, state) VALUES (?, ?)",
+                                 (position, state))
+        except sqlite3.Error as exc:
+            raise StoreError(f"save_snapshot failed: {exc}") from exc
+
+    # --- reads ----------------------------------------------------------------
+    def latest_snapshot(self) -> tuple[int, bytes] | None:
+        row = self._db.execute("SELECT position, state FROM snapshots ORDER BY position DESC LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def counts(self) -> tuple[int, int]:
+        """(stored events, stored order length)."""
+        ev = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        order = self._db.execute("SELECT COUNT(*) FROM consensus_order").fetchone()[0]
+        return int(ev), int(order)
+
+    def load(self) -> tuple[list[Event], list[bytes]]:
+        """(events in insertion order, ordered event hashes); checks the database's invariants."""
+        try:
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreError(f"{self.path}: integrity check failed: {check}")
+            events: list[Event] = []
+            for idx, h, creator, seq, body in self._db.execute(
+                    "SELECT idx, hash, creator, seq, body FROM events ORDER BY idx"):
+                try:
+                    ev = decode_event(bytes(body))
+                except EventError as exc:
+                    raise StoreError(f"event row {idx}: {exc}") from None
+                if ev.hash != h or ev.creator != creator or ev.seq != seq:
+                    raise StoreError(f"event row {idx}: columns do not match its body")
+                events.append(ev)
+            order: list[bytes] = []
+            for pos, h in self._db.execute("SELECT position, event_hash FROM consensus_order ORDER BY position"):
+                if pos != len(order):
+                    raise StoreError(f"consensus order has a gap at position {len(order)}")
+                order.append(bytes(h))
+            orphan = self._db.execute(
+                "SELECT COUNT(*) FROM consensus_order o LEFT JOIN events e ON e.hash = o.event_hash "
+                "WHERE e.hash IS NULL").fetchone()[0]
+            if orphan:
+                raise StoreError(f"{orphan} order rows name events that are not stored")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+        return events, order
+
+
+def replay(store: Store, validators: ValidatorSet, *, coin_period: int = DEFAULT_COIN_PERIOD,
+           verify: bool = True) -> Hashgraph:
+    """Rebuild the hashgraph from ``store``; check and complete the stored order.
+
+    Raises :class:`StoreError` if a stored event does not insert or the stored
+    order is not a prefix of the order the events produce.
+    """
+    events, stored = store.load()
+    hg = Hashgraph(validators, coin_period=coin_period, verify=verify)
+    for i, ev in enumerate(events):
+        try:
+            hg.insert(ev)
+        except InsertError as exc:
+            raise StoreError(f"stored event {i} does not insert: {exc}") from None
+    derived = hg.order_hashes()
+    if derived[:len(stored)] != stored:
+        at = next((i for i, (a, b) in enumerate(zip(derived, stored)) if a != b), len(derived))
+        raise StoreError(f"stored consensus order diverges from the replayed one at position {at}")
+    if len(derived) > len(stored):
+        store.append_order(derived[len(stored):])
+    return hg
