@@ -1,0 +1,30 @@
+"""A deterministic simulator of the WBFT protocol: many pure cores under seeded virtual time.
+
+``run(config, seed)`` drives one :class:`~consensus.Core` per peer, wrapped in
+the real runner's logic (answer quorum before ``Start``, ``build_value``,
+``validate_value``, signing and feeding back), over a simulated network with
+seeded latency, loss, partitions, crashes and slowness, and Byzantine
+behaviours per node. It then checks agreement, validity, termination and
+equivocation detection, raising :class:`SimFailure` with the seed and a
+one-line replay command. ``replay(seed, config)`` reproduces a run exactly
+(same ``trace_hash``). Baselines run in the same harness: ``equal`` (the same
+core, all weights 1) and ``majority`` (no rounds; most common answer).
+
+Fast path vs real signatures: see :mod:`consensus.sim._world`.
+"""
+
+from consensus.sim._behaviours import BEHAVIOURS, Behaviour, behaviour_names, register
+from consensus.sim._config import BASELINES, Baseline, Crash, Partition, SimConfig, SimConfigError
+from consensus.sim._engine import DecisionRecord, EquivocationRecord, Simulation, proposer_of, validator_set
+from consensus.sim._invariants import Violation, check_run
+from consensus.sim._scenarios import random_scenario
+from consensus.sim._run import RunResult, SimFailure, Summary, replay, replay_command, run, summarise
+from consensus.sim._world import Question, answer_table, normalise, sim_keys, similarities
+
+__all__ = [
+    "BASELINES", "BEHAVIOURS", "Baseline", "Behaviour", "Crash", "DecisionRecord", "EquivocationRecord",
+    "Partition", "Question", "RunResult", "SimConfig", "SimConfigError", "SimFailure", "Simulation",
+    "Summary", "Violation", "answer_table", "behaviour_names", "check_run", "normalise", "proposer_of",
+    "random_scenario", "register",
+    "replay", "replay_command", "run", "sim_keys", "similarities", "summarise", "validator_set",
+]

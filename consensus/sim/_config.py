@@ -1,0 +1,201 @@
+"""Simulation configuration: the network, the faults and the workload of one scenario.
+
+A :class:`SimConfig` plus a seed determines a run completely. Configs are
+frozen, validated by :meth:`SimConfig.validate` (raising
+:class:`SimConfigError` naming the field), and round-trip through JSON so a
+failing run can be replayed from one command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+__all__ = [
+    "SimConfigError",
+    "Partition",
+    "Crash",
+    "SimConfig",
+    "BASELINES",
+    "Baseline",
+]
+
+Baseline = Literal["wbft", "equal", "majority"]
+BASELINES: tuple[Baseline, ...] = ("wbft", "equal", "majority")
+
+
+class SimConfigError(ValueError):
+    """A simulation config is inconsistent; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Between ``start_ms`` and ``heal_ms`` nodes in different ``groups`` cannot reach each other.
+
+    Nodes not listed in any group form one more group. As in the real
+    transport, a message sent across the cut is queued and goes out when the
+    partition heals (the per-link queue holds ``queue_limit`` messages; the rest are lost).
+    """
+
+    start_ms: int
+    heal_ms: int
+    groups: tuple[tuple[int, ...], ...]
+    queue_limit: int = 1024
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Node ``node`` stops at ``at_ms``; if ``restart_ms`` is set it comes back then."""
+
+    node: int
+    at_ms: int
+    restart_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One scenario. Times are virtual milliseconds; every default is the real runner's where one exists."""
+
+    peers: int = 4
+    weights: tuple[int, ...] | None = None  # None: all 1
+    byzantine: tuple[tuple[int, str], ...] = ()  # (node index, behaviour name)
+    byzantine_pick: tuple[str, ...] = ()  # one behaviour per extra faulty node; the nodes are drawn from the seed
+    heights: int = 3
+    latency_ms: float = 50.0  # mean one-way latency (log-normal)
+    latency_sigma: float = 0.5  # log-normal shape
+    loss: float = 0.0  # probability that a message is lost
+    partitions: tuple[Partition, ...] = ()
+    crashes: tuple[Crash, ...] = ()  # crash / restart of nodes (honest ones restart from their WAL)
+    slowness: tuple[tuple[int, float], ...] = ()  # (node, answer-time multiplier) for honest nodes
+    gen_ms: float = 500.0  # mean answer generation time
+    error_rate: float = 0.0  # per-model error rates are drawn uniformly from [0, error_rate]
+    query_interval_ms: int = 1000  # query h is issued at (h-1) * interval
+    real_signatures: bool = False
+    baseline: Baseline = "wbft"
+    timeouts_ms: tuple[int, int, int, int] = (3000, 1000, 1000, 500)  # propose, prevote, precommit, delta
+    answer_grace_ms: int = 1500
+    gossip_ms: int = 1000  # re-send own messages when stuck this long (0: never, as the current runner)
+    relay: bool = True  # when stuck, also relay others' prevotes/precommits of our lock and valid rounds
+    catchup: bool = True  # lagging nodes fetch decided heights (proposal + precommit quorum)
+    apply_commits: bool = True  # a verified catch-up package the core cannot use is applied (block sync)
+    wal: bool = True  # restarted honest nodes replay their write-ahead log
+    crash_at_ms: int | None = None  # when 'crash' nodes stop; None: drawn from the seed
+    slow_ms: int = 2000  # extra delay of every message a 'slow' node sends
+    threshold: int = 800  # similarity threshold (per mille)
+    tolerance: int = 20  # similarity tolerance (per mille)
+    height_budget_ms: int | None = None  # termination bound per height after stabilisation; None: derived
+    max_events: int = 5_000_000
+    extra: tuple[tuple[str, str], ...] = field(default=())  # free-form labels (ignored by the engine)
+
+    # --- derived ---------------------------------------------------------
+    def weight_list(self) -> tuple[int, ...]:
+        """The validators' weights (all 1 for the ``equal`` and ``majority`` baselines)."""
+        if self.baseline != "wbft" or self.weights is None:
+            return tuple(1 for _ in range(self.peers))
+        return self.weights
+
+    def validate(self) -> SimConfig:
+        """Raise :class:`SimConfigError` naming the first bad field; return self when valid."""
+        from consensus.sim._behaviours import behaviour_names
+
+        n = self.peers
+        _need(isinstance(n, int) and 1 <= n <= 256, "peers", "an integer in [1, 256]", n)
+        if self.weights is not None:
+            _need(len(self.weights) == n, "weights", f"{n} entries (one per peer)", self.weights)
+            for w in self.weights:
+                _need(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 10**9,
+                      "weights", "positive integers", self.weights)
+        _need(isinstance(self.heights, int) and 1 <= self.heights <= 10_000, "heights", "an integer in [1, 10000]",
+              self.heights)
+        _need(0.0 <= self.loss < 1.0, "loss", "a probability in [0, 1)", self.loss)
+        _need(self.latency_ms >= 0, "latency_ms", ">= 0", self.latency_ms)
+        _need(0 <= self.latency_sigma <= 3, "latency_sigma", "in [0, 3]", self.latency_sigma)
+        _need(self.gen_ms >= 0, "gen_ms", ">= 0", self.gen_ms)
+        _need(0.0 <= self.error_rate <= 1.0, "error_rate", "a probability in [0, 1]", self.error_rate)
+        _need(self.query_interval_ms >= 0, "query_interval_ms", ">= 0", self.query_interval_ms)
+        _need(self.baseline in BASELINES, "baseline", f"one of {', '.join(BASELINES)}", self.baseline)
+        _need(len(self.timeouts_ms) == 4 and all(t >= 1 for t in self.timeouts_ms[:3]) and self.timeouts_ms[3] >= 0,
+              "timeouts_ms", "(propose, prevote, precommit >= 1, delta >= 0)", self.timeouts_ms)
+        for name in ("answer_grace_ms", "gossip_ms", "slow_ms"):
+            _need(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+        _need(0 <= self.threshold <= 1000, "threshold", "in [0, 1000]", self.threshold)
+        _need(0 <= self.tolerance <= 200, "tolerance", "in [0, 200]", self.tolerance)
+        known = behaviour_names(include_hidden=True)
+        seen: set[int] = set()
+        for node, name in self.byzantine:
+            _need(0 <= node < n, "byzantine", f"node indices in [0, {n})", node)
+            _need(node not in seen, "byzantine", "each node at most once", node)
+            _need(name in known, "byzantine", f"a behaviour in {sorted(known)}", name)
+            seen.add(node)
+        for name in self.byzantine_pick:
+            _need(name in known, "byzantine_pick", f"behaviours in {sorted(known)}", name)
+        _need(len(self.byzantine) + len(self.byzantine_pick) <= n, "byzantine_pick",
+              "no more faulty nodes than peers", len(self.byzantine) + len(self.byzantine_pick))
+        for p in self.partitions:
+            _need(0 <= p.start_ms < p.heal_ms, "partitions", "0 <= start_ms < heal_ms", p)
+            members = [i for g in p.groups for i in g]
+            _need(all(0 <= i < n for i in members) and len(set(members)) == len(members), "partitions",
+                  "groups of distinct node indices", p.groups)
+            _need(p.queue_limit >= 0, "partitions", "queue_limit >= 0", p.queue_limit)
+        for c in self.crashes:
+            _need(0 <= c.node < n, "crashes", f"node indices in [0, {n})", c.node)
+            _need(c.at_ms >= 0 and (c.restart_ms is None or c.restart_ms > c.at_ms), "crashes",
+                  "0 <= at_ms < restart_ms", c)
+        for node, factor in self.slowness:
+            _need(0 <= node < n and factor > 0, "slowness", "(node index, factor > 0)", (node, factor))
+        if self.crash_at_ms is not None:
+            _need(self.crash_at_ms >= 0, "crash_at_ms", ">= 0", self.crash_at_ms)
+        if self.height_budget_ms is not None:
+            _need(self.height_budget_ms >= 1, "height_budget_ms", ">= 1", self.height_budget_ms)
+        _need(self.max_events >= 1, "max_events", ">= 1", self.max_events)
+        return self
+
+    # --- JSON -------------------------------------------------------------
+    def to_json(self) -> str:
+        """Compact JSON holding only the fields that differ from the defaults."""
+        default = SimConfig()
+        data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SimConfig:
+        """Parse :meth:`to_json` output (unknown fields are an error)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SimConfigError(f"config is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise SimConfigError("config JSON must be an object")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SimConfigError(f"unknown config fields: {', '.join(unknown)}")
+        kw: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "partitions":
+                kw[key] = tuple(Partition(p["start_ms"], p["heal_ms"], tuple(tuple(g) for g in p["groups"]),
+                                          p.get("queue_limit", 1024)) for p in value)
+            elif key == "crashes":
+                kw[key] = tuple(Crash(c["node"], c["at_ms"], c.get("restart_ms")) for c in value)
+            elif key in ("byzantine", "slowness", "extra"):
+                kw[key] = tuple(tuple(x) for x in value)
+            elif isinstance(value, list):
+                kw[key] = tuple(value)
+            else:
+                kw[key] = value
+        return replace(cls(), **kw).validate()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Partition, Crash)):
+        return asdict(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _need(ok: bool, name: str, what: str, got: object) -> None:
+    if not ok:
+        raise SimConfigError(f"{name}: expected {what}, got {got!r}")

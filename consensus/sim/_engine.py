@@ -1,0 +1,373 @@
+"""The discrete-event engine: a seeded virtual-time queue driving many simulated peers.
+
+Time is an integer number of virtual microseconds; nothing reads the wall
+clock (an optional CPU clock only *measures*). Every random choice comes from
+a stream derived from the seed, and every processed event is hashed into the
+trace hash, so ``(config, seed)`` determines a run and its hash exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from consensus import grouping
+from consensus.messages import Query, Signed, Value, Vote, query_id_of
+from consensus.sim._behaviours import Behaviour, make_behaviour
+from consensus.sim._config import SimConfig
+from consensus.sim._node import WbftPeer
+from consensus.sim._peer import MajorityPeer, Peer
+from consensus.sim._packets import Packet, PacketKind, Send
+from consensus.sim._world import Question, answer_table, derive_rng, normalise, sim_keys
+from consensus.state_machine import Decide, Equivocation
+from consensus.validators import Validator, ValidatorSet
+
+__all__ = ["Simulation", "DecisionRecord", "EquivocationRecord", "validator_set", "proposer_of"]
+
+R = TypeVar("R")
+_Event = tuple[int, int, int, int, Callable[[Any], None], Any, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One node's decision for one height (majority baseline: one adopted answer per question)."""
+
+    node: int
+    height: int
+    round: int
+    value: Value | None
+    answer: str
+    query_index: int
+    time_us: int
+    precommits: tuple[Signed[Vote], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EquivocationRecord:
+    """An ``Equivocation`` output: who reported whom, for which (height, round, kind)."""
+
+    reporter: int
+    signer: int
+    height: int
+    round: int
+    kind: str
+
+
+@dataclass
+class _Counters:
+    sent: int = 0
+    lost: int = 0
+    queued: int = 0
+    events: int = 0
+    cpu_ns: dict[str, int] = field(default_factory=dict)
+    cpu_calls: dict[str, int] = field(default_factory=dict)
+
+
+class Simulation:
+    """One run of one config under one seed; :meth:`run` it once."""
+
+    def __init__(self, config: SimConfig, seed: int, *, cpu_clock: Callable[[], int] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.config = config.validate()
+        self.log = log
+        self.seed = seed
+        self.n = config.peers
+        self.keys = sim_keys(self.n)
+        weights = config.weight_list()
+        self.validators = validator_set(config)
+        self.index_of = {k.peer_id: i for i, k in enumerate(self.keys)}
+        self.questions: tuple[Question, ...] = answer_table(seed, config.heights)
+        self.query_index: dict[bytes, int] = {}
+        self.behaviours = self._assign_behaviours()
+        self.permanently_down = {c.node for c in config.crashes if c.restart_ms is None}
+        self.honest = tuple(i for i, b in enumerate(self.behaviours)
+                            if not b.faulty and i not in self.permanently_down)
+        faulty_weight = sum(weights[i] for i in range(self.n) if i not in self.honest)
+        self.within_model = 3 * faulty_weight < self.validators.total
+        self.cpu_clock = cpu_clock
+        self.counters = _Counters()
+        self.rejected = 0
+        self.applied_commits = 0
+        self.now = 0
+        self._net = derive_rng(seed, "net")
+        self._heap: list[_Event] = []
+        self._seq = 0
+        self._trace = hashlib.sha256()
+        self._value_ids: dict[int, tuple[Value, bytes]] = {}
+        self._judged: dict[int, tuple[Value, bool]] = {}
+        self._link_queue: dict[tuple[int, int, int], int] = {}
+        self.decisions: list[dict[int, DecisionRecord]] = [{} for _ in range(self.n)]
+        self.equivocations: list[EquivocationRecord] = []
+        self.expected_detections: dict[tuple[int, int, int, int, str], None] = {}
+        self.exhausted = False
+        self._remaining = len(self.honest) * config.heights
+        peer_cls: type[Peer] = MajorityPeer if config.baseline == "majority" else WbftPeer
+        self.nodes: list[Peer] = [peer_cls(self, i, self.behaviours[i]) for i in range(self.n)]
+        self.deadline_us = 1000 * self._deadline_ms()
+
+    # --- set-up ---------------------------------------------------------------
+    def _assign_behaviours(self) -> list[Behaviour]:
+        names = ["honest"] * self.n
+        for node, name in self.config.byzantine:
+            names[node] = name
+        free = [i for i in range(self.n) if names[i] == "honest"]
+        pick = derive_rng(self.seed, "pick")
+        for name, node in zip(self.config.byzantine_pick, pick.sample(free, len(self.config.byzantine_pick))):
+            names[node] = name
+        return [make_behaviour(name, i, derive_rng(self.seed, "behaviour", i), self.config)
+                for i, name in enumerate(names)]
+
+    def _deadline_ms(self) -> int:
+        """The termination bound: stabilisation plus a budget per height.
+
+        Stabilisation is the last partition heal, honest restart or query. The
+        budget covers answering (three mean generation times, slowness
+        included), the answer grace period, ``faulty weight + 3`` rounds of
+        timeouts (weighted round robin lets at most that many faulty proposers
+        follow each other), gossip ticks and latency tails; loss stretches it.
+        """
+        cfg = self.config
+        stable = max([p.heal_ms for p in cfg.partitions]
+                     + [c.restart_ms for c in cfg.crashes if c.restart_ms is not None]
+                     + [(cfg.heights - 1) * cfg.query_interval_ms])
+        if cfg.height_budget_ms is not None:
+            return stable + cfg.heights * cfg.height_budget_ms
+        slow = max([f for i, f in cfg.slowness if i in self.honest] + [1.0])
+        weights = self.config.weight_list()
+        faulty = sum(weights[i] for i in range(self.n) if i not in self.honest)
+        rounds = min(faulty, 4 * self.n) + 3
+        p, pv, pc, delta = cfg.timeouts_ms
+        round_ms = sum(p + pv + pc + 3 * r * delta for r in range(rounds))
+        tick = cfg.gossip_ms or 1000
+        latency = cfg.latency_ms * math.exp(3 * cfg.latency_sigma)
+        budget = (3 * cfg.gen_ms * slow + cfg.answer_grace_ms + round_ms + (rounds + 2) * tick
+                  + 20 * latency + 1000)
+        if cfg.loss:
+            budget *= 1 + 10 * cfg.loss
+        return int(stable + cfg.heights * budget)
+
+    # --- the event queue --------------------------------------------------------
+    def schedule(self, delay_us: int, node: Peer, fn: Callable[[Any], None], arg: Any, *, label: str) -> None:
+        """Run ``fn(arg)`` after ``delay_us`` unless ``node`` crashes first."""
+        self._push(self.now + delay_us, node.index, node.epoch, fn, arg, f"{node.index} {label}")
+
+    def _push(self, at: int, node: int, epoch: int, fn: Callable[[Any], None], arg: Any, label: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, node, epoch, fn, arg, label))
+
+    def run(self) -> None:
+        """Process events until every honest node decided every height, or the deadline."""
+        cfg = self.config
+        for node in self.nodes:
+            node.start()
+        for h in range(cfg.heights):
+            self._push(h * cfg.query_interval_ms * 1000, -1, 0, self._issue, h, f"issue {h}")
+        for c in cfg.crashes:
+            self._push(c.at_ms * 1000, -1, 0, self._crash, c.node, f"crash {c.node}")
+            if c.restart_ms is not None:
+                self._push(c.restart_ms * 1000, -1, 0, self._restart, c.node, f"restart {c.node}")
+        for i, b in enumerate(self.behaviours):
+            at = b.crash_at_ms()
+            if at is not None:
+                self._push(at * 1000, -1, 0, self._crash, i, f"crash {i}")
+        heap, nodes, trace, counters = self._heap, self.nodes, self._trace, self.counters
+        while heap and self._remaining > 0:
+            at, _, idx, epoch, fn, arg, label = heap[0]
+            if at > self.deadline_us:
+                break
+            heapq.heappop(heap)
+            if idx >= 0 and (nodes[idx].epoch != epoch or nodes[idx].down):
+                continue
+            self.now = at
+            counters.events += 1
+            trace.update(f"{at} {label}\n".encode())
+            if self.log is not None:
+                self.log(f"{at / 1000:10.3f} {label}")
+            fn(arg)
+            if counters.events >= cfg.max_events:
+                self.exhausted = True
+                break
+
+    @property
+    def trace_hash(self) -> str:
+        return self._trace.hexdigest()
+
+    # --- the network --------------------------------------------------------------
+    def packet(self, kind: PacketKind, signed: Signed[Any]) -> Packet:
+        """Wrap a signed message, with a short label for the trace."""
+        m = signed.message
+        who = self.index_of.get(m.signer, -1)
+        if kind == "vote":
+            vid = m.value_id.hex()[:6] if m.value_id is not None else "nil"
+            label = f"{m.type[:4]} {m.height}.{m.round} {vid} by {who}"
+        elif kind == "proposal":
+            label = f"prop {m.height}.{m.round} {self.value_id(m.value).hex()[:6]} by {who}"
+        elif kind == "answer":
+            label = f"ans q{self.query_index.get(m.query_id, -1)} by {who} {m.text[:12]!r}"
+        else:
+            label = f"query by {who}"
+        return Packet(kind, signed, label=label)
+
+    def send(self, src: int, send: Send) -> None:
+        """Send with seeded latency and loss; across a partition, queue until it heals."""
+        cfg = self.config
+        rng = self._net
+        for dst in send.dsts:
+            if dst == src:
+                continue
+            self.counters.sent += 1
+            if cfg.loss and rng.random() < cfg.loss:
+                self.counters.lost += 1
+                continue
+            at = self.now + send.delay_us
+            for k, part in enumerate(cfg.partitions):
+                if 1000 * part.start_ms <= at < 1000 * part.heal_ms and _group(part.groups, src) != _group(
+                        part.groups, dst):
+                    key = (k, src, dst)
+                    queued = self._link_queue.get(key, 0)
+                    if queued >= part.queue_limit:
+                        self.counters.lost += 1
+                        at = -1
+                        break
+                    self._link_queue[key] = queued + 1
+                    self.counters.queued += 1
+                    at = 1000 * part.heal_ms
+            if at < 0:
+                continue
+            if cfg.latency_ms > 0:
+                sigma = cfg.latency_sigma
+                mu = math.log(cfg.latency_ms * 1000) - sigma * sigma / 2
+                at += int(rng.lognormvariate(mu, sigma))
+            self._push(at, -1, 0, self._deliver, (dst, src, send.packet), f"{dst}<{src} {send.packet.label}")
+
+    def _deliver(self, arg: tuple[int, int, Packet]) -> None:
+        dst, src, packet = arg
+        node = self.nodes[dst]
+        if not node.down:
+            node.deliver(src, packet)
+
+    # --- workload and faults ---------------------------------------------------------
+    def _issue(self, h: int) -> None:
+        """A client asks question ``h`` at an honest, running entry peer (rotating)."""
+        candidates = [i for i in range(self.n) if not self.behaviours[i].faulty] or list(range(self.n))
+        for k in range(len(candidates)):
+            i = candidates[(h + k) % len(candidates)]
+            if not self.nodes[i].down:
+                self.nodes[i].submit(h)
+                return
+
+    def _crash(self, i: int) -> None:
+        if not self.nodes[i].down:
+            self.nodes[i].crash()
+
+    def _restart(self, i: int) -> None:
+        if self.nodes[i].down:
+            self.nodes[i].restart()
+
+    # --- services for peers ---------------------------------------------------------------
+    def timed(self, category: str, fn: Callable[..., R], *args: Any) -> R:
+        """Call ``fn(*args)``, adding its CPU time to ``category`` when a CPU clock was given."""
+        clock = self.cpu_clock
+        if clock is None:
+            return fn(*args)
+        t0 = clock()
+        try:
+            return fn(*args)
+        finally:
+            cpu = self.counters.cpu_ns
+            cpu[category] = cpu.get(category, 0) + clock() - t0
+            calls = self.counters.cpu_calls
+            calls[category] = calls.get(category, 0) + 1
+
+    def value_id(self, value: Value) -> bytes:
+        """``value.value_id()``, memoised per value object."""
+        hit = self._value_ids.get(id(value))
+        if hit is None:
+            hit = self._value_ids[id(value)] = (value, value.value_id())
+        return hit[1]
+
+    def judge(self, value: Value, peer: WbftPeer) -> bool:
+        """``validate_value`` with the peer's own similarities (memoised per value on the fast path)."""
+        if self.config.real_signatures:
+            return self.timed("validate", self._validate, value, peer)
+        hit = self._judged.get(id(value))
+        if hit is None:
+            hit = self._judged[id(value)] = (value, self._validate(value, peer))
+        return hit[1]
+
+    def judged(self, value: Value) -> bool | None:
+        """The memoised fast-path judgement of this value object, if there is one."""
+        hit = self._judged.get(id(value))
+        return hit[1] if hit is not None and hit[0] is value else None
+
+    def _validate(self, value: Value, peer: WbftPeer) -> bool:
+        sims = peer.local_sims(value)
+        if sims is None:
+            return False
+        return grouping.validate_value(value, validators=self.validators, local_sims=sims,
+                                       threshold=self.config.threshold, tolerance=self.config.tolerance,
+                                       cache=peer.verified) is None
+
+    def register_query(self, query: Signed[Query], index: int) -> None:
+        self.query_index[query_id_of(query.envelope)] = index
+
+    def question_of(self, qid: bytes) -> Question:
+        return self.questions[self.query_index[qid]]
+
+    # --- records -------------------------------------------------------------------------
+    def _count(self, node: int, key: int, record: DecisionRecord) -> None:
+        mine = self.decisions[node]
+        if key in mine:
+            return
+        mine[key] = record
+        if node in self.honest and 1 <= key <= self.config.heights:
+            self._remaining -= 1
+
+    def record_decision(self, node: int, d: Decide) -> None:
+        qidx = self.query_index.get(d.value.query_id(), -1)
+        self._count(node, d.height, DecisionRecord(node, d.height, d.round, d.value, d.value.answer, qidx,
+                                                   self.now, d.precommits))
+
+    def record_majority(self, node: int, qid: bytes, answer: str) -> None:
+        qidx = self.query_index.get(qid, -1)
+        self._count(node, qidx + 1, DecisionRecord(node, qidx + 1, 0, None, answer, qidx, self.now))
+
+    def record_equivocation(self, node: int, e: Equivocation) -> None:
+        m = e.first.message
+        kind = m.type if isinstance(m, Vote) else "proposal"
+        self.equivocations.append(EquivocationRecord(node, self.index_of.get(e.first.signer, -1), m.height,
+                                                     m.round, kind))
+
+    def expect_detection(self, node: int, key: tuple[str, int, int, str]) -> None:
+        voter, height, round_, type_ = key
+        self.expected_detections[(node, self.index_of.get(voter, -1), height, round_, type_)] = None
+
+    def correct(self, record: DecisionRecord) -> bool:
+        """Whether a decided answer is the right one for its question."""
+        if record.query_index < 0:
+            return False
+        return normalise(record.answer) == normalise(self.questions[record.query_index].correct)
+
+
+def validator_set(config: SimConfig) -> ValidatorSet:
+    """The validator set of a config: node ``i`` holds ``sim_keys(n)[i]`` and weight ``weight_list()[i]``."""
+    keys = sim_keys(config.peers)
+    return ValidatorSet(Validator(k.peer_id, k.public_key, w, f"n{i}")
+                        for i, (k, w) in enumerate(zip(keys, config.weight_list())))
+
+
+def proposer_of(config: SimConfig, height: int, round_: int) -> int:
+    """The node index proposing at (``height``, ``round_``) under ``config``."""
+    vs = validator_set(config)
+    return vs.ids.index(vs.proposer(height, round_))
+
+
+def _group(groups: tuple[tuple[int, ...], ...], node: int) -> int:
+    for k, g in enumerate(groups):
+        if node in g:
+            return k
+    return -1

@@ -1,0 +1,191 @@
+"""Running simulations: one run with its invariants, replays, and summaries of many runs."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from consensus.sim._behaviours import BEHAVIOURS
+from consensus.sim._config import SimConfig
+from consensus.sim._engine import Simulation
+from consensus.sim._invariants import Violation, check_run
+
+__all__ = ["RunResult", "SimFailure", "run", "replay", "replay_command", "Summary", "summarise"]
+
+SAFETY_KINDS = ("agreement", "validity", "honest-equivocation", "undetected-equivocation", "disagreement")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run produced; ``trace_hash`` identifies its exact event sequence."""
+
+    seed: int
+    config: SimConfig
+    trace_hash: str
+    violations: tuple[Violation, ...]
+    within_model: bool
+    heights_decided: int  # heights decided by every honest node
+    correct_heights: int  # of those, heights whose agreed answer is the correct one
+    honest_decisions: int  # decision records of honest nodes (any height)
+    rounds: tuple[int, ...]  # rounds used (decision round + 1) per decided height
+    decided_at_ms: tuple[float, ...]  # virtual time of the first honest decision per decided height
+    events: int
+    end_ms: float
+    messages_sent: int
+    messages_lost: int
+    equivocations_reported: int
+    cpu_ns: dict[str, int] = field(default_factory=dict)  # CPU per category (only with a cpu_clock)
+    cpu_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def safety_violations(self) -> int:
+        return sum(1 for v in self.violations if v.kind in SAFETY_KINDS)
+
+    @property
+    def termination_failures(self) -> int:
+        return sum(1 for v in self.violations if v.kind == "termination")
+
+
+class SimFailure(AssertionError):
+    """An invariant failed; the message holds the seed and a one-line replay command."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        first = result.violations[0]
+        more = f" (+{len(result.violations) - 1} more)" if len(result.violations) > 1 else ""
+        super().__init__(f"{first.kind} violated at seed {result.seed}{more}: {first.detail}\n"
+                         f"  replay: {replay_command(result.seed, result.config)}")
+
+
+def replay_command(seed: int, config: SimConfig) -> str:
+    """A shell command that replays ``(seed, config)`` and prints its trace hash and violations."""
+    modules = sorted({BEHAVIOURS[name].__module__ for name in _behaviour_names(config)} - {
+        "consensus.sim._behaviours"})
+    imports = "".join(f" --import {shlex.quote(m)}" for m in modules)
+    paths = sorted({str(Path(f).parent) for m in modules if "." not in m
+                    and (f := getattr(sys.modules.get(m), "__file__", None)) is not None})
+    env = f"PYTHONPATH={shlex.quote(':'.join(paths))} " if paths else ""
+    return (f"{env}{sys.executable} -m consensus.sim --seed {seed} --config {shlex.quote(config.to_json())}"
+            f"{imports}")
+
+
+def _behaviour_names(config: SimConfig) -> set[str]:
+    return {name for _, name in config.byzantine} | set(config.byzantine_pick)
+
+
+def run(config: SimConfig, seed: int, *, check: bool = True,
+        cpu_clock: Callable[[], int] | None = None) -> RunResult:
+    """Simulate ``config`` under ``seed`` and check the invariants.
+
+    Raises :class:`SimFailure` when ``check`` and an invariant fails while the
+    fault model holds (faulty weight below 1/3); otherwise the violations are
+    only reported in the result.
+    """
+    sim = Simulation(config, seed, cpu_clock=cpu_clock)
+    sim.run()
+    result = _result(sim, tuple(check_run(sim)))
+    if check and result.violations and sim.within_model and config.baseline != "majority":
+        raise SimFailure(result)
+    return result
+
+
+def replay(seed: int, config: SimConfig) -> RunResult:
+    """Run again exactly (same trace hash), without raising."""
+    return run(config, seed, check=False)
+
+
+def _result(sim: Simulation, violations: tuple[Violation, ...]) -> RunResult:
+    heights_decided = correct = 0
+    rounds: list[int] = []
+    times: list[float] = []
+    for h in range(1, sim.config.heights + 1):
+        recs = [sim.decisions[i][h] for i in sim.honest if h in sim.decisions[i]]
+        if not recs or len(recs) < len(sim.honest):
+            continue
+        heights_decided += 1
+        first = min(recs, key=lambda r: (r.time_us, r.node))
+        rounds.append(first.round + 1)
+        times.append(first.time_us / 1000)
+        correct += all(sim.correct(r) for r in recs)
+    c = sim.counters
+    return RunResult(
+        seed=sim.seed, config=sim.config, trace_hash=sim.trace_hash, violations=violations,
+        within_model=sim.within_model, heights_decided=heights_decided, correct_heights=correct,
+        honest_decisions=sum(len(sim.decisions[i]) for i in sim.honest), rounds=tuple(rounds),
+        decided_at_ms=tuple(times), events=c.events, end_ms=sim.now / 1000, messages_sent=c.sent, messages_lost=c.lost,
+        equivocations_reported=len(sim.equivocations), cpu_ns=dict(c.cpu_ns), cpu_calls=dict(c.cpu_calls),
+    )
+
+
+@dataclass
+class Summary:
+    """Totals over many runs, as the ``sim`` command prints them."""
+
+    runs: int = 0
+    decisions: int = 0
+    safety_violations: int = 0
+    termination_failures: int = 0
+    rounds_total: int = 0
+    correct: int = 0
+    events: int = 0
+    equivocations_reported: int = 0
+    wall_s: float = 0.0
+    first_failing_seed: int | None = None
+    first_failure: str | None = None
+    broken_runs: int = 0  # runs whose violations break a promise (faulty weight < 1/3, not the majority baseline)
+    failing_seeds: list[int] = field(default_factory=list)
+
+    def add(self, r: RunResult) -> None:
+        self.runs += 1
+        self.decisions += r.heights_decided
+        self.safety_violations += r.safety_violations
+        self.termination_failures += r.termination_failures
+        self.rounds_total += sum(r.rounds)
+        self.correct += r.correct_heights
+        self.events += r.events
+        self.equivocations_reported += r.equivocations_reported
+        if r.violations and r.within_model and r.config.baseline != "majority":
+            self.broken_runs += 1
+        if r.violations:
+            self.failing_seeds.append(r.seed)
+            if self.first_failing_seed is None:
+                self.first_failing_seed = r.seed
+                self.first_failure = f"{r.violations[0]}  replay: {replay_command(r.seed, r.config)}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "decisions": self.decisions,
+            "safety_violations": self.safety_violations,
+            "termination_failures": self.termination_failures,
+            "mean_rounds_per_height": round(self.rounds_total / self.decisions, 4) if self.decisions else None,
+            "accuracy": round(self.correct / self.decisions, 4) if self.decisions else None,
+            "decisions_per_second": round(self.decisions / self.wall_s, 2) if self.wall_s > 0 else None,
+            "runs_per_second": round(self.runs / self.wall_s, 2) if self.wall_s > 0 else None,
+            "events": self.events,
+            "equivocations_reported": self.equivocations_reported,
+            "wall_s": round(self.wall_s, 3),
+            "broken_runs": self.broken_runs,
+            "first_failing_seed": self.first_failing_seed,
+            "first_failure": self.first_failure,
+        }
+
+
+def summarise(config: SimConfig | Callable[[int], SimConfig], seeds: Iterable[int], *,
+              wall_clock: Callable[[], float] | None = None,
+              on_result: Callable[[RunResult], None] | None = None) -> Summary:
+    """Run ``config`` (or ``config(seed)``) under every seed, never raising, and total the results."""
+    summary = Summary()
+    start = wall_clock() if wall_clock else 0.0
+    for seed in seeds:
+        result = run(config(seed) if callable(config) else config, seed, check=False)
+        summary.add(result)
+        if on_result is not None:
+            on_result(result)
+    if wall_clock is not None:
+        summary.wall_s = wall_clock() - start
+    return summary

@@ -1,0 +1,107 @@
+"""What the simulated peers share: keys, seeded random streams, the answer table and the signing modes.
+
+Signing modes. With ``real_signatures`` every message is signed with
+Ed25519 by :func:`consensus.messages.sign` and every receiver re-opens the
+envelope with :func:`consensus.messages.open_envelope` (decode, schema,
+canonical form, signature), as the real runner's wire codec does.
+
+The *fast path* (the default) gives votes and proposals a dummy all-zero
+signature and an empty body and skips their verification: a receiver uses the
+sender's decoded message as is. Queries and answers are still really signed,
+because a :class:`~consensus.messages.Value` embeds them and
+:func:`~consensus.grouping.validate_value` (and the validity invariant) verify
+them; since every simulated peer computes the same similarities, the result
+of ``validate_value`` is memoised per value object across peers of one run.
+The fast path therefore tests the protocol, not the cryptography.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from consensus.messages import Envelope, Message, Signed
+from multillmn.identity import KeyPair
+
+__all__ = [
+    "DUMMY_ENVELOPE",
+    "Question",
+    "answer_table",
+    "derive_rng",
+    "fast_signed",
+    "normalise",
+    "sim_keys",
+    "similarities",
+    "honest_text",
+    "wrong_text",
+]
+
+DUMMY_ENVELOPE = Envelope.model_construct(body=b"", sig=bytes(64))
+"""The envelope of every fast-path vote and proposal (never verified)."""
+
+
+def derive_rng(seed: int, *labels: object) -> random.Random:
+    """An independent random stream for ``labels`` under ``seed`` (stable across processes)."""
+    text = "/".join([str(seed), *(str(x) for x in labels)])
+    return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
+
+
+@lru_cache(maxsize=8)
+def sim_keys(n: int) -> tuple[KeyPair, ...]:
+    """``n`` deterministic keys sorted by peer id, so node ``i`` is validator ``i``."""
+    keys = [KeyPair.from_seed(hashlib.sha256(f"multillmn-sim-key/{i}".encode()).digest()) for i in range(n)]
+    return tuple(sorted(keys, key=lambda k: k.peer_id))
+
+
+def fast_signed(message: Message) -> Signed[Message]:
+    """A fast-path signed message: the message with :data:`DUMMY_ENVELOPE`."""
+    return Signed(message, DUMMY_ENVELOPE)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A scripted question with its correct answer."""
+
+    index: int
+    text: str
+    correct: str
+
+
+def answer_table(seed: int, count: int) -> tuple[Question, ...]:
+    """``count`` arithmetic questions drawn from ``seed``, each with its correct answer."""
+    rng = derive_rng(seed, "questions")
+    out = []
+    for i in range(count):
+        a, b = rng.randrange(10, 1000), rng.randrange(10, 1000)
+        out.append(Question(i, f"Q{i + 1}: what is {a} + {b}?", str(a + b)))
+    return tuple(out)
+
+
+def normalise(text: str) -> str:
+    """Lower case, single spaces, no surrounding blanks or trailing ``.!?``."""
+    return " ".join(text.lower().split()).rstrip(".!?").strip()
+
+
+def similarities(texts: Sequence[str]) -> list[int]:
+    """The upper-triangle similarity list: 1000 for equal normalised texts, else 0."""
+    norm = [normalise(t) for t in texts]
+    n = len(norm)
+    return [1000 if norm[i] == norm[j] else 0 for i in range(n) for j in range(i + 1, n)]
+
+
+_SURFACES = ("{}", "{}.", " {} ", "{}!", "{}  ")
+
+
+def honest_text(correct: str, rng: random.Random, error_rate: float) -> str:
+    """An honest model's answer: the correct one in a random surface form, or a near miss."""
+    if error_rate > 0 and rng.random() < error_rate:
+        return str(int(correct) + rng.choice((-10, -2, -1, 1, 2, 10)))
+    return rng.choice(_SURFACES).format(correct)
+
+
+def wrong_text(question: Question, salt: str) -> str:
+    """A deterministic wrong answer to ``question`` (equal salts give equal texts)."""
+    return f"{int(question.correct) + 1 + len(salt) % 7} ({salt})"

@@ -1,0 +1,185 @@
+"""The ``multillmn sim`` command: run the deterministic WBFT simulator over many seeds.
+
+Exit codes: 0 when every run kept its promises, 1 when a run within the fault
+model (faulty weight below 1/3; not the majority baseline) violated an
+invariant, 2 on bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+__all__ = ["add_sim_command", "build_config"]
+
+_MIXED = "mixed"
+
+
+def _behaviours() -> list[str]:
+    from consensus.sim import behaviour_names
+
+    return [b for b in behaviour_names() if b != "honest"]
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _weights(text: str) -> tuple[int, ...]:
+    try:
+        weights = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not weights or any(w < 1 for w in weights):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return weights
+
+
+def add_sim_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``sim`` on an ``add_subparsers()`` object; return its parser."""
+    behaviours = _behaviours()
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "sim", help="simulate the WBFT protocol over many seeds (deterministic, virtual time)",
+        description="Run many seeded simulations of peers under faults and check agreement, validity, "
+                    "termination and equivocation detection. A failing seed replays exactly.")
+    p.add_argument("--peers", type=_int_at_least(1), default=4, help="number of peers (default 4)")
+    p.add_argument("--byzantine", type=_int_at_least(0), default=0, help="number of Byzantine peers (default 0)")
+    p.add_argument("--behaviour", choices=[*behaviours, _MIXED], default="wrong",
+                   help="what the Byzantine peers do (default wrong; mixed: drawn per peer and seed)")
+    p.add_argument("--weights", type=_weights, help="comma-separated weights, one per peer (default all 1)")
+    p.add_argument("--heights", type=_int_at_least(1), default=3, help="heights (queries) per run (default 3)")
+    p.add_argument("--seeds", type=_int_at_least(1), default=100, help="number of runs (default 100)")
+    p.add_argument("--seed-start", type=_int_at_least(0), default=0, help="first seed (default 0)")
+    p.add_argument("--loss", type=_probability, default=0.0, help="message loss probability (default 0)")
+    p.add_argument("--latency-ms", type=_non_negative, default=50.0, help="mean one-way latency (default 50)")
+    p.add_argument("--partition", action="store_true",
+                   help="cut off peers holding >= 1/3 of the weight from 0.5 s to 6 s (virtual)")
+    p.add_argument("--real-signatures", action="store_true", help="sign and verify every message with Ed25519")
+    p.add_argument("--baseline", choices=["wbft", "equal", "majority"], default="wbft",
+                   help="wbft (default), equal (same core, all weights 1) or majority (no rounds)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_sim)
+    return p
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The :class:`~consensus.sim.SimConfig` for parsed flags, or a ``str`` saying what is wrong."""
+    from consensus.sim import Partition, SimConfig, SimConfigError
+
+    n = args.peers
+    if n > 256:
+        return f"--peers: at most 256, got {n}"
+    if args.byzantine > n:
+        return f"--byzantine: {args.byzantine} Byzantine peers but only {n} peers"
+    if args.weights is not None and len(args.weights) != n:
+        return f"--weights: {len(args.weights)} weights given for {n} peers"
+    weights = args.weights or tuple([1] * n)
+    partitions: tuple[Partition, ...] = ()
+    if args.partition:
+        side: list[int] = []
+        for i in range(n):
+            if 3 * sum(weights[j] for j in side) >= sum(weights):
+                break
+            side.append(i)
+        if len(side) == n:
+            return "--partition: cannot cut off 1/3 of the weight and leave anyone on the other side"
+        partitions = (Partition(500, 6000, (tuple(side),)),)
+    behaviour = "wrong" if args.behaviour == _MIXED else args.behaviour
+    try:
+        return SimConfig(peers=n, weights=args.weights, byzantine_pick=(behaviour,) * args.byzantine,
+                         heights=args.heights, loss=args.loss, latency_ms=args.latency_ms, partitions=partitions,
+                         real_signatures=args.real_signatures, baseline=args.baseline).validate()
+    except SimConfigError as exc:
+        return str(exc)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from consensus.sim import SimConfig, summarise
+    from consensus.sim._world import derive_rng
+
+    config = build_config(args)
+    if isinstance(config, str):
+        print(f"error: {config}", file=sys.stderr)
+        return 2
+    assert isinstance(config, SimConfig)
+    weights = config.weight_list()
+    if args.byzantine and 3 * sum(sorted(weights)[-args.byzantine:]) >= sum(weights):
+        print(f"note: {args.byzantine} Byzantine peers may hold 1/3 of the weight or more; "
+              "runs where they do promise neither safety nor termination", file=sys.stderr)
+    behaviours = _behaviours()
+
+    def config_for(seed: int) -> SimConfig:
+        if args.behaviour != _MIXED:
+            return config
+        rng = derive_rng(seed, "mixed")
+        return replace(config, byzantine_pick=tuple(rng.choice(behaviours) for _ in range(args.byzantine)))
+
+    seeds = range(args.seed_start, args.seed_start + args.seeds)
+    summary = summarise(config_for, seeds, wall_clock=time.perf_counter)
+    out = summary.as_dict()
+    if args.baseline == "majority":
+        out["mean_rounds_per_height"] = None  # no rounds
+    header = {"peers": args.peers, "byzantine": args.byzantine, "behaviour": args.behaviour,
+              "weights": list(weights), "heights": args.heights, "seed_start": args.seed_start,
+              "loss": args.loss, "latency_ms": args.latency_ms, "partition": args.partition,
+              "real_signatures": args.real_signatures, "baseline": args.baseline}
+    if args.json:
+        print(json.dumps({**header, **out}, indent=2))
+    else:
+        print(_render(header, out))
+    return 1 if summary.broken_runs else 0
+
+
+def _render(header: dict[str, Any], out: dict[str, Any]) -> str:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    lines = [
+        f"sim: {header['peers']} peers, {header['byzantine']} Byzantine ({header['behaviour']}), "
+        f"{header['heights']} heights, baseline {header['baseline']}, "
+        f"{'real' if header['real_signatures'] else 'fast-path'} signatures",
+        f"  runs                  {out['runs']}",
+        f"  decisions             {out['decisions']}",
+        f"  safety violations     {out['safety_violations']}",
+        f"  termination failures  {out['termination_failures']}",
+        f"  mean rounds/height    {'-' if out['mean_rounds_per_height'] is None else out['mean_rounds_per_height']}",
+        f"  accuracy              {pct(out['accuracy'])}",
+        f"  decisions/s (wall)    {out['decisions_per_second']}",
+        f"  first failing seed    {'-' if out['first_failing_seed'] is None else out['first_failing_seed']}",
+    ]
+    if out["first_failure"]:
+        lines.append(f"  first failure         {out['first_failure']}")
+    return "\n".join(lines)
