@@ -1,7 +1,14 @@
 """Vote tallies for one height: each voter counts once per (round, type).
 
 A second, different vote from the same voter for the same (round, type) is an
-equivocation: it is not counted, and reported once as evidence.
+equivocation, reported once as evidence. It still counts towards *its own*
+value (never towards ``total``, and at most one extra vote per voter), as
+CometBFT keeps conflicting votes: otherwise a peer that saw an equivocator's
+nil vote first could never count it towards the quorum the others formed for
+a value, and one double voter below 1/3 of the weight could stall honest peers
+for ever (found by the simulator; tests/test_sim_core_bugs.py). Safety holds:
+two quorums for different values intersect in more than 1/3 of the weight,
+which must contain an honest validator that signed both.
 """
 
 from __future__ import annotations
@@ -26,21 +33,25 @@ class RoundVotes:
         self.by_value: dict[bytes | None, int] = {}
         self.total = 0
         self.equivocators: set[PeerId] = set()
+        self.second: dict[PeerId, Signed[Vote]] = {}
 
     def add(self, signed: Signed[Vote], weight: int) -> AddResult:
         """Count ``signed`` with ``weight``; report duplicates and (first) equivocations."""
         voter = signed.signer
+        vid = signed.message.value_id
         first = self.votes.get(voter)
         if first is None:
             self.votes[voter] = signed
-            vid = signed.message.value_id
             self.by_value[vid] = self.by_value.get(vid, 0) + weight
             self.total += weight
             return "added"
-        if first.message.value_id == signed.message.value_id:
+        if first.message.value_id == vid:
             return "duplicate"
-        if voter in self.equivocators:
-            return "ignored"
+        second = self.second.get(voter)
+        if second is not None:
+            return "duplicate" if second.message.value_id == vid else "ignored"
+        self.second[voter] = signed
+        self.by_value[vid] = self.by_value.get(vid, 0) + weight
         self.equivocators.add(voter)
         return "equivocation"
 
@@ -52,10 +63,10 @@ class RoundVotes:
         return [vid for vid, w in self.by_value.items() if predicate(w)]
 
     def for_value(self, value_id: bytes | None) -> tuple[Signed[Vote], ...]:
-        """The votes for ``value_id``, sorted by voter id."""
-        return tuple(
-            self.votes[p] for p in sorted(self.votes) if self.votes[p].message.value_id == value_id
-        )
+        """The votes for ``value_id`` (an equivocator's second vote included), sorted by voter id."""
+        chosen = {p: v for p, v in self.votes.items() if v.message.value_id == value_id}
+        chosen.update({p: v for p, v in self.second.items() if v.message.value_id == value_id})
+        return tuple(chosen[p] for p in sorted(chosen))
 
 
 class HeightVotes:

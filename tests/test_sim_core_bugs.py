@@ -1,0 +1,71 @@
+"""Regression: a double voter below 1/3 of the weight once stalled honest peers (found by the simulator).
+
+The bug was in ``consensus/votes.py``: only an equivocator's *first* vote
+counted, so a peer that received its nil vote first could never count it
+towards the quorum the others formed for a value (neither live nor when
+catch-up re-sent those votes), nor see the prevote quorum behind a
+re-proposal. The fix counts the second vote for its own value (see the
+module docstring of ``consensus/votes.py``). These tests failed before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+from consensus.grouping import build_value, pair_count
+from consensus.messages import Answer, Proposal, Query, Value, Vote, query_id_of, sign
+from consensus.sim import random_scenario, run
+from consensus.state_machine import Core, Decide, ProposalInput, VoteInput
+from consensus.validators import Validator, ValidatorSet
+from multillmn.identity import KeyPair
+
+KEYS = sorted((KeyPair.from_seed(bytes([i + 41]) * 32) for i in range(4)), key=lambda k: k.peer_id)
+VSET = ValidatorSet(Validator(k.peer_id, k.public_key, 1, f"v{i}") for i, k in enumerate(KEYS))
+STALLING_SEEDS = (28, 950, 1026, 1485, 2387, 3956, 4156, 4213)  # random_scenario seeds the bug stalls
+
+
+def _value() -> tuple[Value, bytes]:
+    q = sign(Query(entry=KEYS[0].peer_id, question="2+2?", nonce=bytes(16), max_tokens=8, created_ms=0), KEYS[0])
+    answers = [sign(Answer(query_id=query_id_of(q.envelope), peer=k.peer_id, model="m", text="4", gen_ms=1), k)
+               for k in KEYS]
+    value = build_value(q.envelope, answers, [1000] * pair_count(4), [1] * 4, 800)
+    return value, value.value_id()
+
+
+def _precommit(i: int, vid: bytes | None) -> VoteInput:
+    return VoteInput(sign(Vote(type="precommit", height=1, round=0, value_id=vid, voter=KEYS[i].peer_id), KEYS[i]))
+
+
+def _lagging_peer_sees_quorum_after_nil() -> list[object]:
+    """Peer 0 gets the proposal, then peer 3's nil precommit, then precommits for v from 1, 2 and 3."""
+    value, vid = _value()
+    proposer = VSET.ids.index(VSET.proposer(1, 0))
+    core = Core(VSET, KEYS[0].peer_id)
+    prop = sign(Proposal(height=1, round=0, valid_round=-1, proposer=KEYS[proposer].peer_id, value=value),
+                KEYS[proposer])
+    outputs: list[object] = list(core.step(ProposalInput(prop, valid=True)))
+    for inp in (_precommit(3, None), _precommit(1, vid), _precommit(2, vid), _precommit(3, vid)):
+        outputs += core.step(inp)
+    return outputs
+
+
+def test_precommit_quorum_including_an_equivocator_decides() -> None:
+    decisions = [o for o in _lagging_peer_sees_quorum_after_nil() if isinstance(o, Decide)]
+    assert len(decisions) == 1
+    assert {v.signer for v in decisions[0].precommits} == {KEYS[1].peer_id, KEYS[2].peer_id, KEYS[3].peer_id}
+
+
+def test_double_voter_below_a_third_cannot_stall_the_network() -> None:
+    for seed in STALLING_SEEDS:
+        run(random_scenario(seed), seed)  # every invariant, termination included
+        run(dataclasses.replace(random_scenario(seed), apply_commits=False), seed)
+
+
+def test_counting_second_votes_keeps_safety() -> None:
+    from consensus.sim import SimConfig
+
+    for seed in range(40):
+        assert run(SimConfig(peers=4, byzantine=((seed % 4, "double-vote"),), loss=0.05), seed).within_model
+        weighted = SimConfig(peers=7, byzantine=((0, "double-vote"), (2, "double-vote")), weights=(1, 2, 1, 3, 1, 1, 2))
+        assert run(weighted, seed).within_model
