@@ -1,0 +1,382 @@
+"""The driving peer: generate through a chain of shard workers, re-planning when one fails.
+
+The driver plans with :func:`peers.shard.planner.plan`, tells each chosen
+worker which layers to ``load``, then for every token relays the activations
+worker to worker (token ids in, hidden states along, the next token id back).
+Each request has a deadline; a worker that dies (connection reset, EOF),
+stalls (timeout) or breaks the protocol is marked failed, the planner runs
+again on the remaining devices and the request is replayed as a prefill of
+prompt + tokens generated so far, so the new shards rebuild their KV caches
+(as Petals does). If no plan fits the survivors the query fails with
+:class:`ShardingFailed`, which names the failures and the memory shortfall.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import trio
+
+from multillmn.identity import KeyPair, PeerId
+from peers.secure import HandshakeError, SecureChannel, handshake
+from peers.shard.planner import NoFeasiblePlan, Objective, Plan, Problem, Shard
+from peers.shard.planner import plan as make_plan
+from peers.shard.protocol import MAX_FRAME, Request, Response, pack_request, unpack_response
+from peers.wire import RemoteProtocolError
+
+__all__ = ["WorkerAddress", "WorkerFailed", "ShardingFailed", "DriverStats", "ShardDriver"]
+
+log = logging.getLogger("multillmn.shard.driver")
+
+
+@dataclass(frozen=True)
+class WorkerAddress:
+    """Where the worker playing device ``name`` listens, and the peer id it must prove."""
+
+    name: str
+    host: str
+    port: int
+    peer_id: PeerId
+
+
+class WorkerFailed(Exception):
+    """A worker is unreachable, died, stalled or broke the protocol: re-plan without it."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"worker {name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+class ShardingFailed(RuntimeError):
+    """The query cannot be served: no plan fits the surviving workers, or a worker refused a request."""
+
+
+class _Refused(Exception):
+    """A live worker answered a step with an error (stale after a concurrent re-plan, or a real fault)."""
+
+
+@dataclass
+class DriverStats:
+    """What happened so far; ``compute_ms[device]`` holds the recent busy times its worker reported."""
+
+    replans: int = 0
+    replayed_tokens: int = 0
+    loads: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    compute_ms: dict[str, deque[float]] = field(default_factory=dict)
+
+    def record(self, device: str, compute_us: int) -> None:
+        self.compute_ms.setdefault(device, deque(maxlen=256)).append(compute_us / 1000)
+
+
+class _Conn:
+    """One authenticated link to a worker; concurrent calls are matched to replies by id."""
+
+    def __init__(self, name: str, chan: SecureChannel) -> None:
+        self.name, self.chan = name, chan
+        self.pending: dict[int, trio.MemorySendChannel[Response]] = {}
+        self.failure: str | None = None
+        self.loaded: tuple[int, int] | None = None
+        self._next = 0
+
+    async def read_loop(self) -> None:
+        try:
+            while True:
+                resp = unpack_response(await self.chan.receive())
+                waiter = self.pending.pop(resp.id, None)
+                if waiter is None:
+                    raise RemoteProtocolError(f"reply to unknown request {resp.id}")
+                waiter.send_nowait(resp)
+        except trio.EndOfChannel:
+            self.fail("closed the connection")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.fail(f"connection lost ({exc or type(exc).__name__})")
+        except RemoteProtocolError as exc:
+            self.fail(f"protocol error: {exc}")
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        for waiter in self.pending.values():
+            waiter.close()
+        self.pending.clear()
+
+    async def call(self, req: Request, timeout: float) -> Response:
+        if self.failure is not None:
+            raise WorkerFailed(self.name, self.failure)
+        rid = self._next
+        self._next += 1
+        req = Request(rid, req.op, req.start, req.stop, req.session, req.pos, req.x, req.want)
+        send, recv = trio.open_memory_channel[Response](1)
+        self.pending[rid] = send
+        try:
+            with trio.fail_after(timeout):
+                await self.chan.send(pack_request(req))
+                return await recv.receive()
+        except trio.TooSlowError:
+            self.fail(f"no reply to {req.op} within {timeout:g} s")
+            await trio.aclose_forcefully(self.chan.stream)
+            raise WorkerFailed(self.name, self.failure or "timeout") from None
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.fail(f"connection lost ({exc or type(exc).__name__})")
+            raise WorkerFailed(self.name, self.failure or "connection lost") from None
+        finally:
+            self.pending.pop(rid, None)
+
+
+class ShardDriver:
+    """Greedy generation through shard workers. Use :meth:`open` (it owns a nursery)."""
+
+    def __init__(
+        self,
+        key: KeyPair,
+        problem: Problem,
+        workers: Sequence[WorkerAddress],
+        nursery: trio.Nursery,
+        *,
+        objective: Objective = "latency",
+        connect_timeout: float = 10.0,
+        request_timeout: float = 30.0,
+        load_timeout: float = 180.0,
+    ) -> None:
+        names = {d.name for d in problem.devices}
+        self.workers = {w.name: w for w in workers}
+        if set(self.workers) != names:
+            raise ValueError(f"workers {sorted(self.workers)} must match the problem's devices {sorted(names)}")
+        self.key, self.problem, self.objective = key, problem, objective
+        self.connect_timeout, self.request_timeout, self.load_timeout = connect_timeout, request_timeout, load_timeout
+        self.plan: Plan | None = None
+        self.epoch = 0
+        self.stats = DriverStats()
+        self._conns: dict[str, _Conn] = {}
+        self._nursery = nursery
+        self._replan_lock = trio.Lock()
+        self._connect_locks = {name: trio.Lock() for name in self.workers}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        key: KeyPair,
+        problem: Problem,
+        workers: Sequence[WorkerAddress],
+        *,
+        objective: Objective = "latency",
+        connect_timeout: float = 10.0,
+        request_timeout: float = 30.0,
+        load_timeout: float = 180.0,
+    ) -> AsyncIterator[ShardDriver]:
+        """A driver whose connections live in a nursery closed on exit."""
+        async with trio.open_nursery() as nursery:
+            driver = cls(key, problem, workers, nursery, objective=objective, connect_timeout=connect_timeout,
+                         request_timeout=request_timeout, load_timeout=load_timeout)
+            try:
+                yield driver
+            finally:
+                await driver.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        for conn in self._conns.values():
+            conn.fail("driver closed")
+            await trio.aclose_forcefully(conn.chan.stream)
+        self._conns.clear()
+
+    def _event(self, text: str) -> None:
+        log.info("%s", text)
+        self.stats.events.append(text)
+
+    # --- connections and plans -------------------------------------------------------
+
+    async def _connect(self, name: str) -> _Conn:
+        conn = self._conns.get(name)
+        if conn is not None and conn.failure is None:
+            return conn
+        async with self._connect_locks[name]:  # one link per worker, even with concurrent generations
+            conn = self._conns.get(name)
+            if conn is not None and conn.failure is None:
+                return conn
+            return await self._dial(name)
+
+    async def _dial(self, name: str) -> _Conn:
+        w = self.workers[name]
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await trio.open_tcp_stream(w.host, w.port)
+            chan = await handshake(stream, self.key, w.peer_id, timeout=self.connect_timeout, max_frame=MAX_FRAME)
+        except (OSError, trio.TooSlowError, HandshakeError) as exc:
+            raise WorkerFailed(name, f"cannot connect to {w.host}:{w.port}: {exc or type(exc).__name__}") from None
+        conn = _Conn(name, chan)
+        self._nursery.start_soon(conn.read_loop)
+        info = await conn.call(Request(0, "info"), self.request_timeout)
+        n = self.problem.model.n_layers
+        if not info.ok or info.n_layers != n:
+            await trio.aclose_forcefully(chan.stream)
+            raise WorkerFailed(name, f"serves a model of {info.n_layers} layers, the plan needs {n} ({info.error})")
+        conn.loaded = info.range
+        self._conns[name] = conn
+        return conn
+
+    def _mark_failed(self, exc: WorkerFailed) -> None:
+        if exc.name not in self.stats.failures:
+            self.stats.failures[exc.name] = exc.reason
+            self._event(f"worker {exc.name} failed: {exc.reason}")
+        conn = self._conns.pop(exc.name, None)
+        if conn is not None:
+            conn.fail(exc.reason)
+            self._nursery.start_soon(trio.aclose_forcefully, conn.chan.stream)
+
+    async def ensure_plan(self) -> Plan:
+        """Plan on the devices not failed so far and load the chosen layer ranges."""
+        async with self._replan_lock:
+            while self.plan is None:
+                problem = self.problem.without(self.stats.failures)
+                try:
+                    plan = make_plan(problem, self.objective)
+                except NoFeasiblePlan as exc:
+                    why = "; ".join(f"{k}: {v}" for k, v in self.stats.failures.items()) or "none"
+                    raise ShardingFailed(f"no shard plan fits the remaining workers (failed: {why}): {exc}") from None
+                await self._install(plan)
+        return self.plan
+
+    async def adopt(self, plan: Plan) -> None:
+        """Use ``plan`` (e.g. a baseline) instead of the planner's; :class:`WorkerFailed` if a worker fails."""
+        async with self._replan_lock:
+            self.plan = None
+            failed = await self._install(plan)
+            if failed:
+                raise failed[0]
+
+    async def _install(self, plan: Plan) -> list[WorkerFailed]:
+        failed: list[WorkerFailed] = []
+        async with trio.open_nursery() as nursery:  # workers load their shards in parallel
+            for shard in plan.shards:
+                nursery.start_soon(self._prepare, shard, failed)
+        for failure in failed:
+            self._mark_failed(failure)
+        if not failed:
+            self.plan = plan
+            self.epoch += 1
+            self._event(f"plan {self.epoch}: {plan} (predicted {plan.latency_ms:.1f} ms/token)")
+        return failed
+
+    async def _prepare(self, shard: Shard, failed: list[WorkerFailed]) -> None:
+        try:
+            conn = await self._connect(shard.device)
+            if conn.loaded != (shard.start, shard.stop):
+                resp = await conn.call(Request(0, "load", start=shard.start, stop=shard.stop), self.load_timeout)
+                if not resp.ok:
+                    raise WorkerFailed(shard.device, f"cannot load {shard}: {resp.error}")
+                conn.loaded = (shard.start, shard.stop)
+                self.stats.loads += 1
+        except WorkerFailed as exc:
+            failed.append(exc)
+
+    # --- generation ----------------------------------------------------------------------
+
+    async def step(self, session: str, ids: Sequence[int], pos: int, plan: Plan) -> int:
+        """Run ``ids`` at ``pos`` (0 = prefill from scratch) through ``plan``; the next greedy token."""
+        x = torch.tensor([list(ids)], dtype=torch.int64)
+        q = len(ids)
+        op: Literal["prefill", "decode"] = "prefill" if pos == 0 else "decode"
+        for i, shard in enumerate(plan.shards):
+            last = i == len(plan.shards) - 1
+            conn = await self._connect(shard.device)
+            req = Request(0, op, session=session, pos=pos, x=x, want="token" if last else "hidden")
+            resp = await conn.call(req, self.request_timeout)
+            if not resp.ok:
+                raise _Refused(f"worker {shard.device} refused {op} at position {pos}: {resp.error}")
+            self.stats.record(shard.device, resp.compute_us)
+            y = resp.x
+            if y is None or (last and (y.dtype != torch.int64 or tuple(y.shape) != (1,) or int(y[0]) < 0)) or (
+                not last and (y.dtype != torch.float32 or y.dim() != 3 or tuple(y.shape[:2]) != (1, q))
+            ):
+                got = None if y is None else (tuple(y.shape), y.dtype)
+                raise WorkerFailed(shard.device, f"bad {op} output {got}")
+            x = y
+        return int(x[0])
+
+    async def generate(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        *,
+        eos_token_id: int | Sequence[int] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[int]:
+        """Greedy new tokens for ``prompt``, surviving worker failures by re-planning and replaying."""
+        if not prompt:
+            raise ValueError("empty prompt")
+        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+        session = os.urandom(8).hex()
+        tokens: list[int] = []
+        fresh = True
+        budget = len(self.problem.devices) + 1
+        while len(tokens) < max_new_tokens:
+            plan = await self.ensure_plan()
+            epoch = self.epoch
+            try:
+                if fresh:
+                    token = await self.step(session, [*prompt, *tokens], 0, plan)
+                    if tokens:
+                        self.stats.replayed_tokens += len(prompt) + len(tokens)
+                    fresh = False
+                else:
+                    token = await self.step(session, [tokens[-1]], len(prompt) + len(tokens) - 1, plan)
+            except WorkerFailed as exc:
+                budget -= 1
+                if budget < 0:
+                    raise ShardingFailed(f"gave up after {len(self.problem.devices) + 1} re-plans: {exc}") from None
+                self._mark_failed(exc)
+                async with self._replan_lock:
+                    if self.epoch == epoch:
+                        self.plan = None
+                        self.stats.replans += 1
+                fresh = True
+                continue
+            except _Refused as exc:
+                if self.epoch == epoch:
+                    raise ShardingFailed(str(exc)) from None
+                fresh = True  # another generation re-planned meanwhile: replay on the new plan
+                continue
+            tokens.append(token)
+            if on_token is not None:
+                on_token(len(tokens) - 1, token)
+            if token in eos:
+                break
+        await self._reset(session)
+        return tokens
+
+    async def _reset(self, session: str) -> None:
+        """Free the session on the current shards (best effort)."""
+        if self.plan is None:
+            return
+        for shard in self.plan.shards:
+            conn = self._conns.get(shard.device)
+            if conn is not None and conn.failure is None:
+                try:
+                    await conn.call(Request(0, "reset", session=session), min(self.request_timeout, 5.0))
+                except WorkerFailed:
+                    pass
+
+    async def timed_generate(self, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+        """Like :meth:`generate`, also returning the wall time of each token in ms (first = prefill)."""
+        stamps: list[float] = []
+        t0 = time.perf_counter()
+
+        def mark(_i: int, _t: int) -> None:
+            stamps.append(time.perf_counter())
+
+        tokens = await self.generate(prompt, max_new_tokens, on_token=mark)
+        times = [(b - a) * 1000 for a, b in zip([t0, *stamps], stamps)]
+        return tokens, times
+
