@@ -33,6 +33,7 @@ from consensus.votes import HeightVotes, RoundVotes, VoteType
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
+    Commit,
     Core,
     Decide,
     Equivocation,
@@ -57,7 +58,7 @@ __all__ = [
     "Group", "build_value", "check_claimed_sims", "choose", "group_answers", "pair_count",
     "pair_index", "quantise_similarity", "validate_value",
     "HeightVotes", "RoundVotes", "VoteType",
-    "BroadcastProposal", "BroadcastVote", "Core", "Decide", "Equivocation", "Input", "Output",
+    "BroadcastProposal", "BroadcastVote", "Commit", "Core", "Decide", "Equivocation", "Input", "Output",
     "ProposalInput", "ProposeValue", "RequestValue", "ScheduleTimeout", "Start", "StepName",
     "TimeoutInput", "Timeouts", "VoteInput",
 ]

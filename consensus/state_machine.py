@@ -32,6 +32,7 @@ __all__ = [
     "VoteInput",
     "TimeoutInput",
     "ProposeValue",
+    "Commit",
     "Input",
     "BroadcastProposal",
     "BroadcastVote",
@@ -94,7 +95,19 @@ class ProposeValue:
     value: Value
 
 
-Input = Start | ProposalInput | VoteInput | TimeoutInput | ProposeValue
+@dataclass(frozen=True)
+class Commit:
+    """Height ``height`` was decided elsewhere: move to ``height + 1``, dropping its state.
+
+    Only for a height backed by a verified certificate (the runner checks it,
+    e.g. a certificate ordered by the DAG ledger); this is how a peer that was
+    down or partitioned catches up. A height below the current one is ignored.
+    """
+
+    height: int
+
+
+Input = Start | ProposalInput | VoteInput | TimeoutInput | ProposeValue | Commit
 
 
 # --- outputs --------------------------------------------------------------
@@ -255,6 +268,9 @@ class Core:
             ):
                 s.awaiting_value = None
                 self._propose(inp.value, -1, out)
+        elif isinstance(inp, Commit):
+            if inp.height >= self.height:
+                self._advance(inp.height + 1, out)
         while self._fire_one(out):
             pass
         return out
@@ -373,7 +389,11 @@ class Core:
         decision = Decide(self.height, round, prop.value, precommits)
         out.append(decision)
         self.decision = decision
-        self.height += 1
+        self._advance(self.height + 1, out)
+
+    def _advance(self, height: int, out: list[Output]) -> None:
+        """Enter ``height`` (not started), dropping older state and replaying its buffered messages."""
+        self.height = height
         self._s = _HeightState()
         for h in [h for h in self._buffer if h < self.height]:
             del self._buffer[h]

@@ -10,6 +10,7 @@ from consensus.messages import Answer, Proposal, Query, Signed, Value, Vote, que
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
+    Commit,
     Core,
     Decide,
     Equivocation,
@@ -408,3 +409,23 @@ def test_non_validator_signer_ignored() -> None:
         Step("one validator in round 2 (1/4)", pv(0, 2, None), []),
     ])
     assert core.round == 0
+
+
+def test_commit_fast_forwards_a_core_that_fell_behind() -> None:
+    """Commit(h) (a height backed by a ledger certificate) moves a lagging core to h + 1."""
+    core = core_for(1)
+    run(core, [
+        Step("start height 1", Start(), [sched(0, "propose")]),
+        Step("a prevote at height 1 is recorded", pv(2, 0, VID), []),
+        Step("a height-4 prevote is buffered", pv(2, 0, VID, h=4), []),
+        Step("commit of an older height than the current one is ignored", Commit(0), []),
+        Step("commit height 3: skip to 4, replay its buffered prevote", Commit(3), []),
+    ])
+    assert (core.height, core.round, core.started, core.locked_round) == (4, 0, False, -1)
+    run(core, [
+        Step("stale height-1 timeout is dropped", timeout(0, "propose"), []),
+        Step("stale height-3 message is dropped", pv(3, 0, VID, h=3), []),
+        Step("committing the same height again is a no-op", Commit(2), []),
+        Step("height 4 starts normally", Start(), [sched(0, "propose", h=4)]),
+    ])
+    assert core.height == 4 and core.started
