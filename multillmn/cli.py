@@ -1,4 +1,4 @@
-"""The ``multillmn`` command line: peer, ask, verify and testnet commands.
+"""The ``multillmn`` command line: peer, ask, verify, ledger, testnet, sim and shard commands.
 
 Every command returns an exit code: 0 on success, 1 when a check fails
 (e.g. an invalid certificate), 2 on bad input or an unreachable peer, with
@@ -118,6 +118,7 @@ def _existing_file(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from multillmn.ledger_cli import add_ledger_commands
     from testnet.cli import add_testnet_commands
 
     parser = argparse.ArgumentParser(prog="multillmn", description="Ask a network of LLM peers; get one answer they agreed on, with a certificate.")
@@ -149,8 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--genesis", type=_existing_file, help="trusted genesis (validator set) to pin")
     verify.set_defaults(func=_cmd_verify)
 
+    add_ledger_commands(commands)
     add_testnet_commands(commands)
+    _add_optional_commands(commands)
     return parser
+
+
+def _add_optional_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands from modules that may be absent in a trimmed install: ``sim`` and ``shard``."""
+    try:
+        from multillmn.sim_cli import add_sim_command
+    except ImportError:
+        pass
+    else:
+        add_sim_command(commands)
+    try:
+        from peers.shard.cli import add_shard_commands
+    except ImportError:
+        pass
+    else:
+        add_shard_commands(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,9 @@ class PeerConfig:
     timeout_delta_ms: int = 500
     answer_wait_ms: int = 120000
     answer_grace_ms: int = 1500
+    # [ledger]
+    ledger_path: str = "data/ledger.sqlite"
+    ledger_sync_interval_ms: int = 200
     # [log]
     log_level: str = "info"
     # where the file was read from (not a key)
@@ -79,7 +82,8 @@ class PeerConfig:
     @classmethod
     def for_tests(cls) -> PeerConfig:
         return cls(timeout_propose_ms=500, timeout_prevote_ms=200, timeout_precommit_ms=200,
-                   timeout_delta_ms=100, answer_wait_ms=10000, answer_grace_ms=100, query_timeout_s=60.0)
+                   timeout_delta_ms=100, answer_wait_ms=10000, answer_grace_ms=100, query_timeout_s=60.0,
+                   ledger_sync_interval_ms=50)
 
     def path(self, value: str) -> Path:
         """Resolve a path key against the config file's directory (``~`` expanded)."""
@@ -108,6 +112,9 @@ class PeerConfig:
         _check_range("consensus.timeout_delta_ms", self.timeout_delta_ms, 0, 3_600_000)
         _check_range("consensus.answer_wait_ms", self.answer_wait_ms, 1, 3_600_000)
         _check_range("consensus.answer_grace_ms", self.answer_grace_ms, 0, 3_600_000)
+        if not self.ledger_path:
+            raise ConfigError("ledger.path: must not be empty")
+        _check_range("ledger.sync_interval_ms", self.ledger_sync_interval_ms, 10, 60_000)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: expected debug|info|warning|error, got {self.log_level!r}")
         if not self.model:
@@ -185,6 +192,7 @@ _KEYS: dict[str, dict[str, str]] = {
               "cache_dir": "cache_dir"},
     "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
                                  "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms")},
+    "ledger": {"path": "ledger_path", "sync_interval_ms": "ledger_sync_interval_ms"},
     "log": {"level": "log_level"},
 }
 
@@ -208,6 +216,8 @@ _COMMENTS: dict[str, str] = {
     "timeout_delta_ms": "Added to every timeout per round, so rounds eventually last long enough.",
     "answer_wait_ms": "A query fails if answers carrying +2/3 of weight are not in by then.",
     "answer_grace_ms": "Once +2/3 have answered, how long the proposer waits for the rest (keep below timeout_propose_ms).",
+    "ledger_path": "SQLite file of the hashgraph ledger (events, consensus order, snapshots); relative to this file.",
+    "ledger_sync_interval_ms": "How often this peer pulls DAG events from the next peer (gossip about gossip).",
     "log_level": "debug | info | warning | error; logs are JSON lines on stderr.",
 }
 

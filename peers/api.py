@@ -3,7 +3,11 @@
 * ``POST /v1/query`` — ask a question; returns the consensus answer, the
   certificate, every peer's answer and timings.
 * ``GET /v1/status`` — peer id, model, phase, height, connected peers, weights.
-* ``GET /v1/certificates/{height}`` — the certificate decided at a height.
+* ``GET /v1/certificates/{height}`` — the certificate decided at a height
+  (also after a restart: the ledger holds it).
+* ``GET /v1/ledger?offset=0&limit=50`` — a page of the ordered ledger entries
+  (``limit`` <= 500) and the state hash; ``GET /v1/ledger/state`` — the
+  ledger's state hash, sizes and certified heights.
 * ``POST /v1/chat/completions`` and ``GET /v1/models`` — OpenAI-compatible;
   the assistant message is the consensus answer and the certificate rides in
   an extra ``certificate`` field, so the ``openai`` client works unchanged.
@@ -19,14 +23,17 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path
+from fastapi import FastAPI, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from consensus.messages import MAX_QUESTION_CHARS
+from peers.ledger import LedgerService, entry_json
 from peers.node import Decision, Node, QueryFailed
 
-__all__ = ["PeerHandle", "create_app"]
+__all__ = ["PeerHandle", "create_app", "MAX_LEDGER_PAGE"]
+
+MAX_LEDGER_PAGE = 500
 
 
 @dataclass
@@ -145,10 +152,28 @@ def create_app(peer: PeerHandle) -> FastAPI:
 
     @app.get("/v1/certificates/{height}")
     async def certificate(height: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
-        cert = peer.ready_node().certificates.get(height)
+        cert = peer.ready_node().certificate(height)
         if cert is None:
             raise HTTPException(404, f"no certificate for height {height} at this peer")
         return cert
+
+    def ledger_of() -> LedgerService:
+        ledger = peer.ready_node().ledger
+        if ledger is None:
+            raise HTTPException(503, "this peer runs without a ledger")
+        return ledger
+
+    @app.get("/v1/ledger")
+    async def ledger_page(offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                          limit: Annotated[int, Query(ge=1, le=MAX_LEDGER_PAGE)] = 50) -> dict[str, Any]:
+        ledger = ledger_of()
+        entries = ledger.ledger.page(offset, limit)
+        return {"offset": offset, "limit": limit, "total": len(ledger.ledger), "state_hash": ledger.state_hash(),
+                "entries": [entry_json(e) for e in entries]}
+
+    @app.get("/v1/ledger/state")
+    async def ledger_state() -> dict[str, Any]:
+        return ledger_of().statistics()
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

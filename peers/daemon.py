@@ -3,7 +3,9 @@
 Start-up order: read and validate config, key and genesis (fail fast with a
 clear message); serve the API at once so ``/v1/status`` shows progress;
 start the transport so links come up meanwhile; load the model and the
-embedder in a worker thread; then start the node.
+embedder in a worker thread; then open the ledger store (replaying the DAG
+to the same order and state as before a crash) and start the node, which
+catches its consensus core up from the ledger's certificates.
 SIGTERM or SIGINT cancels everything and the process exits 0.
 """
 
@@ -19,12 +21,14 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from dag import StoreError
 from multillmn.config import PeerConfig, parse_hostport
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields, setup_logging
 from peers.api import PeerHandle, create_app
 from peers.engine import AnswerEngine, ModelEngine
+from peers.ledger import LedgerService
 from peers.node import Node
 from peers.transport import Transport
 
@@ -74,7 +78,15 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
         handle.phase = "loading-model"
         engine = await trio.to_thread.run_sync(engine_factory, cfg, abandon_on_cancel=True)
         handle.model = engine.model_name
-        node = Node(cfg, key, genesis, engine, transport)
+        handle.phase = "replaying-ledger"
+        try:
+            ledger = LedgerService.open(key, genesis, transport, cfg.path(cfg.ledger_path),
+                                        sync_interval_ms=cfg.ledger_sync_interval_ms)
+        except StoreError as exc:
+            log.error("cannot open the ledger store; move it aside to resync from the peers",
+                      extra=fields(path=str(cfg.path(cfg.ledger_path)), error=str(exc)))
+            raise
+        node = Node(cfg, key, genesis, engine, transport, ledger)
         await nursery.start(node.run)
         handle.node = node
         handle.phase = "ready"

@@ -14,6 +14,12 @@ daemon before the model loads so links are up by the time the node is):
 
 A height starts (``Start``) once some pending query has answers carrying more
 than 2/3 of the weight, so an idle network does not spin through rounds.
+
+With a :class:`~peers.ledger.LedgerService`, decisions' certificates and
+equivocation evidence become ledger transactions, ``dag_*`` messages go to
+the ledger, and a certificate the ledger orders for a height the core has
+not reached fast-forwards the core (``Commit``): that is how a restarted or
+partitioned peer catches up.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -44,6 +50,7 @@ from consensus.messages import (
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
+    Commit,
     Core,
     Decide,
     Equivocation,
@@ -56,6 +63,7 @@ from consensus.state_machine import (
     Timeouts,
     VoteInput,
 )
+from dag.messages import DagEvents, DagSync, DagWant
 from multillmn.certificate import build_certificate
 from multillmn.config import PeerConfig
 from multillmn.genesis import Genesis
@@ -65,6 +73,9 @@ from peers.engine import AnswerEngine
 from peers.pool import PendingQuery, PoolFull, QueryPool
 from peers.transport import Transport
 from peers.wire import RejectStats, decode_message, encode_message
+
+if TYPE_CHECKING:
+    from peers.ledger import LedgerService
 
 __all__ = ["Node", "Decision", "QueryFailed"]
 
@@ -99,7 +110,8 @@ class Node:
     """One peer: transport, answer engine and consensus core wired together."""
 
     def __init__(
-        self, cfg: PeerConfig, key: KeyPair, genesis: Genesis, engine: AnswerEngine, transport: Transport
+        self, cfg: PeerConfig, key: KeyPair, genesis: Genesis, engine: AnswerEngine, transport: Transport,
+        ledger: LedgerService | None = None,
     ) -> None:
         self.cfg = cfg
         self.key = key
@@ -121,6 +133,12 @@ class Node:
         self._answers_tx, self._answers_rx = trio.open_memory_channel[Signed[Query]](256)
         self._pool_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.ledger = ledger
+        if ledger is not None:
+            ledger.rejects = self.rejects
+            ledger.on_certificate = self._on_ledger_certificate
+            if ledger.highest_height() >= self.core.height:  # restarted: resume after the last certified height
+                self.core.step(Commit(ledger.highest_height()))
 
     # -- public -------------------------------------------------------------
 
@@ -136,6 +154,8 @@ class Node:
             nursery.start_soon(self._answer_loop)
             nursery.start_soon(self._consensus_loop)
             nursery.start_soon(self._expire_loop)
+            if self.ledger is not None:
+                nursery.start_soon(self.ledger.run)
             task_status.started()
 
     async def submit(self, question: str, max_tokens: int | None = None) -> Decision:
@@ -170,6 +190,13 @@ class Node:
         assert waiter.decision is not None
         return waiter.decision
 
+    def certificate(self, height: int) -> dict[str, Any] | None:
+        """The certificate decided at ``height``: from this run's decisions, else from the ledger."""
+        cert = self.certificates.get(height)
+        if cert is None and self.ledger is not None:
+            cert = self.ledger.certificate(height)
+        return cert
+
     def status(self) -> dict[str, Any]:
         return {
             "peer_id": self.key.peer_id,
@@ -186,6 +213,8 @@ class Node:
             ],
             "total_weight": self.validators.total,
             "rejected_messages": self.rejects.snapshot(),
+            "ledger": None if self.ledger is None else {
+                k: v for k, v in self.ledger.statistics().items() if k != "certified_heights"},
         }
 
     # -- inbound ------------------------------------------------------------
@@ -214,6 +243,8 @@ class Node:
                 self._nursery.start_soon(self._check_proposal, signed)
             elif isinstance(message, Vote):
                 self._inputs_tx.send_nowait(VoteInput(signed))
+            elif isinstance(message, (DagSync, DagEvents, DagWant)) and self.ledger is not None:
+                self.ledger.handle(peer, signed)
 
     async def _check_proposal(self, signed: Signed[Proposal]) -> None:
         """Judge a proposal's value, then hand it to the core.
@@ -327,6 +358,8 @@ class Node:
             self._on_decide(output)
         elif isinstance(output, Equivocation):
             log.warning("equivocation", extra=fields(evidence=repr(output)))
+            if self.ledger is not None:
+                self.ledger.submit_equivocation(output)
 
     async def _timer(self, timeout: ScheduleTimeout) -> None:
         await trio.sleep(timeout.duration_ms / 1000)
@@ -361,6 +394,8 @@ class Node:
         cert = build_certificate(self.genesis, decision.height, decision.round, value, decision.precommits,
                                  self._verified)
         self.certificates[decision.height] = cert
+        if self.ledger is not None:
+            self.ledger.submit_certificate(decision.height, cert)
         entry = self.pool.mark_decided(value.query_id())
         answers = [open_envelope(Answer, e, self.validators.public_key_of, self._verified).message
                    for e in value.answers]
@@ -376,6 +411,18 @@ class Node:
         if waiter is not None:
             waiter.decision = record
             waiter.event.set()
+
+    def _on_ledger_certificate(self, height: int, cert: dict[str, Any]) -> None:
+        """The ledger ordered a verified certificate: catch the core up if it is behind."""
+        if height < self.core.height:
+            return
+        from peers.ledger import query_id_of_certificate
+
+        query_id = query_id_of_certificate(cert)
+        if query_id is not None:
+            self.pool.mark_decided(query_id)
+        log.info("catching up from the ledger", extra=fields(height=height, core_height=self.core.height))
+        self._inputs_tx.send_nowait(Commit(height))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import msgpack
 from pydantic import ValidationError
 
 from consensus.messages import KINDS, Envelope, MessageError, Signed, VerifiedCache, open_envelope
+from dag.messages import DAG_KINDS
 from multillmn import canonical
 
 __all__ = [
@@ -165,7 +166,7 @@ def decode_message(
     """Decode and fully validate a payload made by :func:`encode_message`.
 
     Checks the outer map (exactly keys k/b/s, their types, canonical bytes), the
-    kind, then the body's schema, canonical form and signature via
+    kind (consensus kinds and the DAG gossip kinds of :mod:`dag.messages`), then the body's schema, canonical form and signature via
     :func:`~consensus.messages.open_envelope`. Raises only :class:`MessageError`
     (a :class:`WireRejection` carrying a category).
     """
@@ -182,7 +183,7 @@ def decode_message(
         raise WireRejection("malformed", "message fields have wrong types (k: str, b: bytes, s: bytes)")
     if canonical.pack(outer) != payload:
         raise WireRejection("non-canonical", "message map is not in canonical form")
-    model = KINDS.get(kind)
+    model = KINDS.get(kind) or DAG_KINDS.get(kind)
     if model is None:
         raise WireRejection("unknown-kind", f"unknown message kind {kind[:40]!r}")
     if len(sig) != SIG_LEN:

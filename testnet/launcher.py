@@ -35,7 +35,7 @@ from multillmn.identity import KeyPair
 from testnet.manifest import Manifest
 
 __all__ = ["DEFAULT_PEER_COMMAND", "PeerRecord", "PeerStatus", "TestnetError", "TestnetState",
-           "down", "is_running", "load_state", "logs", "status", "up"]
+           "down", "is_running", "load_state", "logs", "restart", "status", "up"]
 
 DEFAULT_PEER_COMMAND: list[str] = [sys.executable, "-m", "multillmn", "peer", "start"]
 """argv prefix of a peer; ``--config <path>`` is appended."""
@@ -433,8 +433,7 @@ def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_tim
     state = TestnetState(dir=dir, chain_id=manifest.chain_id, peers=records)
     state.save()
     command = list(peer_command if peer_command is not None else DEFAULT_PEER_COMMAND)
-    env = dict(os.environ, OMP_NUM_THREADS=str(manifest.threads_per_peer),
-               MKL_NUM_THREADS=str(manifest.threads_per_peer), PYTHONUNBUFFERED="1")
+    env = _peer_env(manifest.threads_per_peer)
     cores = os.cpu_count() or 1
     if len(records) * manifest.threads_per_peer > cores:
         say(f"note: {len(records)} peers x {manifest.threads_per_peer} thread(s) share {cores} cores; "
@@ -453,6 +452,51 @@ def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_tim
             _fail(state, "interrupted", [])
         raise
     return state
+
+
+def _peer_env(threads: int) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+
+
+def restart(dir: Path, name: str, *, ready_timeout_s: float = 900, peer_command: list[str] | None = None
+            ) -> PeerRecord:
+    """Start peer ``name`` again (after it crashed or was killed) with its config; wait until ready.
+
+    The peer keeps its key, config and ledger store, so it replays its ledger
+    and catches up. Raises :class:`TestnetError` if it still runs, exits
+    during start-up (log tail included) or is not ready in time (then it is
+    stopped; the other peers are left alone).
+    """
+    dir = dir.resolve()
+    state = load_state(dir)
+    r = state.peer(name)
+    if _ours(r.pid):
+        raise TestnetError(f"peer {name} is still running (pid {r.pid}); stop or kill it first")
+    threads = PeerConfig.load(Path(r.config)).threads
+    command = list(peer_command if peer_command is not None else DEFAULT_PEER_COMMAND)
+    try:
+        r.pid = _spawn([*command, "--config", r.config], Path(r.log), _peer_env(threads))
+    except OSError as exc:
+        raise TestnetError(f"cannot start {name} ({command[0]}: {exc.strerror})") from None
+    state.stopped = False
+    state.save()
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        code = _reap(r.pid)
+        if code is not None or not _alive(r.pid):
+            tail = _tail(Path(r.log), _TAIL_LINES)
+            raise TestnetError(f"peer {name} exited during restart (exit status {code})\n"
+                               f"--- last lines of {r.log} ---\n{tail}")
+        s = _fetch_all([r.api_url], timeout_s=1.0)[0]
+        if s is not None and s.get("peer_id") == r.peer_id and s.get("ready") is True:
+            return r
+        if time.monotonic() > deadline:
+            _stop([r], timeout_s=5)
+            r.pid = None
+            state.save()
+            raise TestnetError(f"peer {name} was not ready within {ready_timeout_s:g}s after restart; "
+                               f"it was stopped (log: {r.log})")
+        time.sleep(_POLL_S)
 
 
 def _wait_ready(state: TestnetState, timeout_s: float, say: Callable[[str], None]) -> None:

@@ -58,6 +58,11 @@ def test_ask_an_unreachable_peer_fails_clearly(capsys: pytest.CaptureFixture[str
         ["verify", "/no/such/cert.json"],
         ["peer", "start", "--config", "/no/such/config.toml"],
         ["peer", "launch"],
+        ["ledger", "show", "0"],
+        ["ledger", "show", "x"],
+        ["ledger", "tail", "-n", "0"],
+        ["ledger", "tail", "-n", "501"],
+        ["ledger"],
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,3 +70,44 @@ def test_bad_flags_exit_2_with_a_message(argv: list[str], capsys: pytest.Capture
         main(argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["ledger", "tail"], ["ledger", "show", "3"]])
+def test_ledger_commands_against_an_unreachable_peer(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--peer", "http://127.0.0.1:9"]) == 2
+    assert "cannot reach peer" in capsys.readouterr().err
+
+
+def test_ledger_tail_and_show_render_a_peer_s_answers(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import httpx
+
+    from multillmn import ledger_cli
+    from tests.conftest import make_net
+    from multillmn.certificate import build_certificate
+
+    net = make_net([1, 1, 1, 1])
+    value = net.value(["Paris"] * 4)
+    cert = build_certificate(net.genesis, 3, 0, value, tuple(net.precommit(i, 3, 0, value) for i in range(3)))
+    entry = {"index": 0, "position": 0, "event_hash": "ab" * 32, "type": "certificate", "bytes": 10,
+             "height": 3, "value_id": cert["value_id"], "round": 0, "question": "Q?", "answer": "Paris"}
+    calls: list[tuple[str, object]] = []
+
+    def fake_get(peer: str, path: str, params: dict[str, int] | None = None) -> httpx.Response:
+        calls.append((path, params))
+        if path == "/v1/ledger":
+            return httpx.Response(200, json={"offset": 0, "limit": 1, "total": 1, "state_hash": "cd" * 32,
+                                             "entries": [entry]})
+        if path == "/v1/certificates/3":
+            return httpx.Response(200, json=cert)
+        return httpx.Response(404, json={"detail": "no certificate"})
+
+    monkeypatch.setattr(ledger_cli, "_get", fake_get)
+    assert main(["ledger", "tail", "-n", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "1 entries, state hash " + "cd" * 32 in out and "height 3" in out and "Paris" in out
+    assert calls[-1] == ("/v1/ledger", {"offset": 0, "limit": 5})
+    assert main(["ledger", "show", "3"]) == 0
+    assert "height 3 round 0" in capsys.readouterr().out
+    assert main(["ledger", "show", "4"]) == 1
+    assert "no certificate for height 4" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def test_rendered_default_round_trips_and_is_commented(tmp_path: Path) -> None:
         ("[log]\nlevel = 'loud'", "log.level"),
         ("[consensus]\ntimeout_propose_ms = -5", "consensus.timeout_propose_ms"),
         ("model = 3", r"\[model\] must be a table"),
+        ("[ledger]\nsync_interval_ms = 0", "ledger.sync_interval_ms"),
+        ("[ledger]\npath = ''", "ledger.path"),
+        ("[ledger]\npath = 3", "ledger.path: expected str"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key_named(toml: str, message: str) -> None:
@@ -54,3 +57,6 @@ def test_relative_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
     cfg = PeerConfig(base_dir=tmp_path)
     assert cfg.path("peer_key.pem") == tmp_path / "peer_key.pem"
     assert cfg.path("/abs/x") == Path("/abs/x")
+    assert cfg.path(cfg.ledger_path) == tmp_path / "data" / "ledger.sqlite"
+    loaded = PeerConfig.from_dict(tomllib.loads("[ledger]\npath = 'l.db'\nsync_interval_ms = 150"), tmp_path)
+    assert loaded.path(loaded.ledger_path) == tmp_path / "l.db" and loaded.ledger_sync_interval_ms == 150

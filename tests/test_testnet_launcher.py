@@ -283,3 +283,24 @@ def test_cli_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert capsys.readouterr().out.count(": stopped (pid") == 3
     assert all(_gone(r["pid"]) for r in rows)
     assert run("status", "--dir", str(tmp_path / "none")) == 2
+
+
+def test_restart_brings_a_killed_peer_back(tmp_path: Path) -> None:
+    manifest = Manifest.from_args(2, ["smollm2"], chain_id="restart")
+    state = launcher.up(manifest, tmp_path, peer_command=FAKE, ready_timeout_s=60)
+    try:
+        with pytest.raises(TestnetError, match="still running"):
+            launcher.restart(tmp_path, "peer1", peer_command=FAKE)
+        old = state.peer("peer1").pid
+        assert old is not None
+        os.killpg(old, signal.SIGKILL)
+        os.waitpid(old, 0)
+        assert [r.phase for r in launcher.status(tmp_path)] == ["ready", "down"]
+        record = launcher.restart(tmp_path, "peer1", peer_command=FAKE, ready_timeout_s=60)
+        assert record.pid not in (None, old)
+        assert launcher.load_state(tmp_path).peer("peer1").pid == record.pid
+        assert [r.ready for r in launcher.status(tmp_path)] == [True, True]
+        with pytest.raises(TestnetError, match="no peer named"):
+            launcher.restart(tmp_path, "nobody", peer_command=FAKE)
+    finally:
+        launcher.down(tmp_path)

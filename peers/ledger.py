@@ -1,0 +1,398 @@
+"""The hashgraph ledger at the runner's edge: storage, gossip about gossip, certificates in, catch-up out.
+
+:class:`LedgerService` owns one peer's :class:`dag.Hashgraph` (validators from
+genesis), its :class:`dag.Ledger` (certificates verified against the genesis)
+and its :class:`dag.Store` (SQLite). The ``dag/`` package stays pure; this
+module does the I/O:
+
+* every ``sync_interval`` it sends its known vector (``dag_sync``) to the next
+  validator (round robin); the receiver answers with the events it is missing
+  (``dag_events``, chunked, possibly empty); parents a batch lacked are asked
+  for with ``dag_want``;
+* after a ``dag_events`` reply it creates an event (other-parent: the
+  sender's latest) carrying its pending transactions, but only when it has
+  pending transactions or the DAG still holds unordered ones, so an idle
+  network goes quiet (syncs continue, events do not);
+* new events are appended to the store before they are gossiped and before
+  their order rows; newly ordered events are applied to the ledger, and a
+  snapshot is saved every :data:`SNAPSHOT_EVERY` ordered events;
+* each newly ordered certificate is reported to the node
+  (``on_certificate``), which fast-forwards a core that is behind.
+
+Everything runs in the trio thread (the store is opened there); the
+messages reach :meth:`handle` already decoded and signature-checked by
+``peers/wire.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from consensus.evidence import check_evidence, from_equivocation
+from consensus.messages import Message, Signed, decode_value, sign
+from consensus.state_machine import Equivocation
+from dag import (
+    Event,
+    Hashgraph,
+    InsertError,
+    Ledger,
+    LedgerEntry,
+    Store,
+    SyncError,
+    ancestors_missing,
+    certificate_tx,
+    encode_event,
+    events_missing,
+    evidence_tx,
+    fork_evidence_tx,
+    known_vector,
+    receive,
+    replay,
+    sign_event,
+)
+from dag.messages import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_WANTED, DagEvents, DagSync, DagWant
+from multillmn import canonical
+from multillmn.certificate import verify
+from multillmn.genesis import Genesis
+from multillmn.identity import KeyPair, PeerId
+from multillmn.logs import fields
+from peers.transport import Transport
+from peers.wire import RejectStats, encode_message
+
+__all__ = ["LedgerService", "SNAPSHOT_EVERY", "MAX_EVENT_PAYLOAD", "entry_json"]
+
+log = logging.getLogger("multillmn.ledger")
+
+SNAPSHOT_EVERY = 256
+"""Ordered events between two ledger snapshots in the store."""
+MAX_EVENT_PAYLOAD = 512 << 10
+"""Own events carry at most this many transaction bytes (so any event fits one ``dag_events`` batch)."""
+
+CertificateHook = Callable[[int, dict[str, Any]], None]
+
+
+def _tx_map(tx: bytes) -> dict[str, Any] | None:
+    try:
+        raw = canonical.unpack(tx)
+    except canonical.CanonicalError:
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _cert_height(tx: bytes) -> int | None:
+    raw = _tx_map(tx)
+    if raw is None or raw.get("type") != "certificate" or type(raw.get("height")) is not int:
+        return None
+    return int(raw["height"])
+
+
+def entry_json(entry: LedgerEntry) -> dict[str, Any]:
+    """A ledger entry as the API shows it (a summary of the transaction, not its bytes)."""
+    out: dict[str, Any] = {"index": entry.index, "position": entry.position,
+                           "event_hash": entry.event_hash.hex(), "type": entry.type, "bytes": len(entry.tx)}
+    raw = _tx_map(entry.tx) or {}
+    if entry.type == "certificate":
+        cert = json.loads(raw["cert"].decode("utf-8"))
+        summary = cert.get("summary") if isinstance(cert.get("summary"), dict) else {}
+        out.update(height=raw["height"], value_id=cert.get("value_id"), round=cert.get("round"),
+                   question=summary.get("question"), answer=summary.get("answer"))
+    elif entry.type == "weights":
+        out.update(height=raw["height"], weights=raw["weights"])
+    elif entry.type == "evidence":
+        out.update(kind=raw["kind"], peer_id=raw["peer_id"])
+    elif entry.type == "membership":
+        out.update(action=raw["action"], peer_id=raw["peer_id"])
+    return out
+
+
+class LedgerService:
+    """One peer's hashgraph, ledger and store, synced with the other validators over the transport."""
+
+    def __init__(self, key: KeyPair, genesis: Genesis, transport: Transport, store: Store | None, *,
+                 sync_interval_ms: int = 200, snapshot_every: int = SNAPSHOT_EVERY,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        """Use :meth:`open`, which replays the store."""
+        self.key = key
+        self.genesis = genesis
+        self.validators = genesis.validators
+        self.transport = transport
+        self.store = store
+        self.sync_interval_s = sync_interval_ms / 1000
+        self.snapshot_every = snapshot_every
+        self._clock_ns = clock_ns
+        self.rejects = RejectStats()
+        self.on_certificate: CertificateHook | None = None
+        self.hashgraph = Hashgraph(self.validators)
+        self.ledger = self._new_ledger()
+        self._pending: dict[bytes, None] = {}
+        self._unordered_tx: set[bytes] = set()
+        self._cert_heights: set[int] = set()
+        self._snap_at = 0
+        self._peers = [p for p in self.validators.ids if p != key.peer_id]
+        self._next_peer = 0
+        self.created = 0
+
+    @classmethod
+    def open(cls, key: KeyPair, genesis: Genesis, transport: Transport, path: Path | None, **kwargs: Any
+             ) -> LedgerService:
+        """Open (or create) the store at ``path`` and rebuild the same order and state as before a crash.
+
+        ``path=None`` keeps everything in memory. Raises :class:`dag.StoreError` if the
+        store is unusable or inconsistent.
+        """
+        store = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            store = Store.open(path)
+        svc = cls(key, genesis, transport, store, **kwargs)
+        if store is not None:
+            svc.hashgraph = replay(store, svc.validators)
+        svc._restore()
+        return svc
+
+    def _check_certificate(self, cert: Any) -> None:
+        verify(cert, self.genesis)  # CertificateError is a ValueError: the ledger ignores and counts it
+
+    def _new_ledger(self) -> Ledger:
+        return Ledger(self._check_certificate, self.validators.public_key_of)
+
+    def _restore(self) -> None:
+        hg = self.hashgraph
+        ordered = hg.ordered()
+        start = 0
+        snap = self.store.latest_snapshot() if self.store is not None else None
+        if snap is not None and snap[0] <= len(ordered):
+            try:
+                self.ledger = Ledger.restore(snap[1], self._check_certificate, self.validators.public_key_of)
+                start = snap[0]
+            except ValueError as exc:
+                log.warning("ledger snapshot unusable; re-applying the whole order", extra=fields(error=str(exc)))
+                self.ledger = self._new_ledger()
+        self.ledger.apply(ordered[start:])
+        self._snap_at = len(ordered)
+        done = set(hg.order_hashes())
+        for ev in hg:
+            if ev.transactions and ev.hash not in done:
+                self._unordered_tx.add(ev.hash)
+            self._note_txs(ev)
+        log.info("ledger opened", extra=fields(events=len(hg), ordered=len(ordered), entries=len(self.ledger),
+                                               state_hash=self.state_hash()))
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # -- reads ----------------------------------------------------------------
+
+    def state_hash(self) -> str:
+        return self.ledger.state_hash().hex()
+
+    def highest_height(self) -> int:
+        """The highest height whose certificate the ledger holds (0 if none)."""
+        return max(self.ledger.answers, default=0)
+
+    def certificate(self, height: int) -> dict[str, Any] | None:
+        blob = self.ledger.answers.get(height)
+        return None if blob is None else dict(json.loads(blob.decode("utf-8")))
+
+    def statistics(self) -> dict[str, Any]:
+        hg = self.hashgraph
+        return {
+            "state_hash": self.state_hash(),
+            "entries": len(self.ledger),
+            "position": self.ledger.position,
+            "events": len(hg),
+            "ordered_events": hg.ordered_count,
+            "max_round": hg.max_round,
+            "own_events": hg.height(self.key.peer_id),
+            "pending_transactions": len(self._pending),
+            "unordered_events_with_transactions": len(self._unordered_tx),
+            "certified_heights": sorted(self.ledger.answers),
+            "ignored": dict(self.ledger.ignored),
+            "forkers": sorted(hg.forkers),
+        }
+
+    # -- transactions in ----------------------------------------------------------
+
+    def submit(self, tx: bytes) -> None:
+        """Queue a transaction for this peer's next event."""
+        self._pending.setdefault(tx, None)
+
+    def submit_certificate(self, height: int, cert: dict[str, Any]) -> None:
+        """Queue a decision's certificate, unless the DAG already carries one for that height."""
+        if height in self._cert_heights:
+            return
+        self._cert_heights.add(height)
+        self.submit(certificate_tx(height, json.dumps(cert, sort_keys=True, separators=(",", ":")).encode()))
+
+    def submit_equivocation(self, eq: Equivocation) -> None:
+        """Queue the core's equivocation output as an evidence transaction (if it checks out)."""
+        try:
+            ev = from_equivocation(eq)
+        except ValueError:
+            return
+        result = check_evidence(ev, self.validators)
+        if isinstance(result, str):
+            log.warning("equivocation not recorded", extra=fields(reason=result))
+            return
+        self.submit(evidence_tx(ev.KIND, result[0], canonical.pack(ev.body())))
+
+    # -- gossip -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Pull from the next validator every sync interval until cancelled; closes the store on exit."""
+        try:
+            task_status.started()
+            while True:
+                await trio.sleep(self.sync_interval_s)
+                if not self._peers:
+                    self._maybe_create(None)
+                    continue
+                peer = self._peers[self._next_peer % len(self._peers)]
+                self._next_peer += 1
+                self._send(peer, DagSync(sender=self.key.peer_id, vector=known_vector(self.hashgraph)))
+        finally:
+            self.close()
+
+    def handle(self, peer: PeerId, signed: Signed[Any]) -> None:
+        """A decoded, signature-checked ``dag_*`` message from ``peer``; bad contents are counted, never raised."""
+        msg = signed.message
+        try:
+            if isinstance(msg, DagSync):
+                self._send_events(msg.sender, events_missing(self.hashgraph, msg.vector), always=True)
+            elif isinstance(msg, DagWant):
+                self._send_events(msg.sender, ancestors_missing(self.hashgraph, msg.wanted, msg.vector))
+            elif isinstance(msg, DagEvents):
+                self._receive(msg)
+        except SyncError as exc:
+            self.rejects.record("dag", str(exc), peer)
+
+    def _send(self, peer: PeerId, message: Message) -> None:
+        try:
+            self.transport.send_nowait(peer, encode_message(sign(message, self.key)))
+        except (KeyError, ValueError) as exc:
+            log.warning("dag message not sent", extra=fields(peer=peer, error=str(exc)))
+
+    def _send_events(self, peer: PeerId, events: list[Event], *, always: bool = False) -> None:
+        batch: list[bytes] = []
+        size = 0
+        for ev in events:
+            data = encode_event(ev)
+            if len(data) > MAX_BATCH_BYTES:
+                continue  # cannot travel; an honest creator never makes one (MAX_EVENT_PAYLOAD)
+            if batch and (size + len(data) > MAX_BATCH_BYTES or len(batch) == MAX_BATCH_EVENTS):
+                self._send(peer, DagEvents(sender=self.key.peer_id, events=tuple(batch)))
+                batch, size = [], 0
+            batch.append(data)
+            size += len(data)
+        if batch or always:
+            self._send(peer, DagEvents(sender=self.key.peer_id, events=tuple(batch)))
+
+    def _receive(self, msg: DagEvents) -> None:
+        hg = self.hashgraph
+        got = receive(hg, msg.decoded())
+        for ev, reason in got.rejected:
+            self.rejects.record("dag-event", f"{ev!r}: {reason}", msg.sender)
+        if got.inserted:
+            self._stored(got.inserted)
+        if got.ordered:
+            self._ordered(got.ordered)
+        if got.missing:
+            self._send(msg.sender, DagWant(sender=self.key.peer_id, wanted=tuple(got.missing[:MAX_WANTED]),
+                                           vector=known_vector(hg)))
+        for evidence in hg.take_evidence():
+            self.submit(fork_evidence_tx(evidence))
+        self._maybe_create(hg.head(msg.sender))
+
+    def _maybe_create(self, other: Event | None) -> None:
+        """Create an event if there is something to order: pending transactions, or unordered ones."""
+        hg = self.hashgraph
+        me = self.key.peer_id
+        head = hg.head(me)
+        if not self._pending:
+            if not self._unordered_tx:
+                return
+            alone = not self._peers  # a single validator orders by extending its own chain
+            if head is not None and not alone and (other is None or hg.is_ancestor(other.hash, head.hash)):
+                return  # nothing new to record: the event would not help the order along
+        txs: list[bytes] = []
+        size = 0
+        for tx in self._pending:
+            if txs and size + len(tx) > MAX_EVENT_PAYLOAD:
+                break
+            txs.append(tx)
+            size += len(tx)
+        now = self._clock_ns()
+        try:
+            if head is None:
+                ev = sign_event(self.key, seq=0, self_parent=None, other_parent=None, timestamp=now,
+                                transactions=txs)
+            else:
+                op = other.hash if other is not None and other.creator != me else None
+                ev = sign_event(self.key, seq=head.seq + 1, self_parent=head.hash, other_parent=op,
+                                timestamp=max(now, head.timestamp + 1), transactions=txs)
+            ordered = hg.insert(ev)
+        except (InsertError, ValueError) as exc:  # a bug, not the network's fault: keep the transactions
+            log.error("cannot create an event", extra=fields(error=str(exc)))
+            return
+        for tx in txs:
+            del self._pending[tx]
+        self.created += 1
+        self._stored([ev])
+        if ordered:
+            self._ordered(ordered)
+
+    def _note_txs(self, ev: Event) -> None:
+        for tx in ev.transactions:
+            h = _cert_height(tx)
+            if h is not None:
+                self._cert_heights.add(h)
+
+    def _stored(self, events: list[Event]) -> None:
+        """Persist newly inserted events (before they are gossiped and before their order rows)."""
+        if self.store is not None:
+            self.store.append_events(events)
+        for ev in events:
+            if ev.transactions:
+                self._unordered_tx.add(ev.hash)
+                self._note_txs(ev)
+
+    def _ordered(self, events: list[Event]) -> None:
+        hg = self.hashgraph
+        if self.store is not None:
+            self.store.append_order(e.hash for e in events)
+        first = len(self.ledger)
+        self.ledger.apply(events)
+        for ev in events:
+            self._unordered_tx.discard(ev.hash)
+        if self.store is not None and hg.ordered_count - self._snap_at >= self.snapshot_every:
+            self.store.save_snapshot(hg.ordered_count, self.ledger.snapshot())
+            self._snap_at = hg.ordered_count
+        new: list[LedgerEntry] = []
+        while first < len(self.ledger):
+            page = self.ledger.page(first, len(self.ledger) - first)
+            new.extend(e for e in page if e.type == "certificate")
+            first += len(page)
+        for entry in new:
+            height = _cert_height(entry.tx)
+            cert = self.certificate(height) if height is not None else None
+            log.info("ledger certificate", extra=fields(height=height, position=entry.position))
+            if cert is not None and height is not None and self.on_certificate is not None:
+                self.on_certificate(height, cert)
+
+
+def query_id_of_certificate(cert: dict[str, Any]) -> bytes | None:
+    """The query id a (verified) certificate decided, or None if it does not decode."""
+    try:
+        return decode_value(canonical.unpack(base64.b64decode(cert["value"]))).query_id()
+    except Exception:  # a verified certificate always decodes; be defensive anyway
+        return None
