@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from multillmn.argtypes import int_range
+
 __all__ = ["main", "build_parser"]
 
 
@@ -100,16 +102,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -140,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--peer", default="http://127.0.0.1:8080", help="a peer's API URL")
     ask.add_argument("--json", action="store_true", help="print the full JSON result")
     ask.add_argument("--genesis", type=_existing_file, help="trusted genesis to check the certificate against")
-    ask.add_argument("--max-tokens", type=_positive_int)
+    ask.add_argument("--max-tokens", type=int_range(1))
     ask.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
     ask.add_argument("--save-cert", type=Path, help="write the certificate to this file")
     ask.set_defaults(func=_cmd_ask)

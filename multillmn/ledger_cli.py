@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from multillmn.argtypes import int_range
+
 __all__ = ["add_ledger_commands", "MAX_TAIL"]
 
 MAX_TAIL = 500
@@ -35,26 +37,6 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return {"detail": response.text}
-
-
-def _tail_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in 1..{MAX_TAIL}, got {text!r}") from None
-    if not 1 <= value <= MAX_TAIL:
-        raise argparse.ArgumentTypeError(f"expected an integer in 1..{MAX_TAIL}, got {value}")
-    return value
-
-
-def _height(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"HEIGHT must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"HEIGHT must be a positive integer, got {value}")
-    return value
 
 
 def _entry_line(e: dict[str, Any]) -> str:
@@ -129,11 +111,11 @@ def add_ledger_commands(subparsers: Any) -> None:
     sub = ledger.add_subparsers(dest="ledger_command", required=True)
     tail = sub.add_parser("tail", help="the last ordered ledger entries and the state hash")
     tail.add_argument("--peer", default=DEFAULT_PEER, help=f"a peer's API URL (default {DEFAULT_PEER})")
-    tail.add_argument("-n", type=_tail_count, default=20, help=f"entries to show, 1..{MAX_TAIL} (default 20)")
+    tail.add_argument("-n", type=int_range(1, MAX_TAIL), default=20, help=f"entries to show, 1..{MAX_TAIL} (default 20)")
     tail.add_argument("--json", action="store_true", help="print the JSON page")
     tail.set_defaults(func=_cmd_tail)
     show = sub.add_parser("show", help="the certificate of one height, checked")
-    show.add_argument("height", type=_height, metavar="HEIGHT")
+    show.add_argument("height", type=int_range(1), metavar="HEIGHT")
     show.add_argument("--peer", default=DEFAULT_PEER, help=f"a peer's API URL (default {DEFAULT_PEER})")
     show.add_argument("--json", action="store_true", help="print the certificate JSON")
     show.set_defaults(func=_cmd_show)

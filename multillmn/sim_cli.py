@@ -14,6 +14,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from multillmn.argtypes import int_range
+
 __all__ = ["add_sim_command", "build_config"]
 
 _MIXED = "mixed"
@@ -23,19 +25,6 @@ def _behaviours() -> list[str]:
     from consensus.sim import behaviour_names
 
     return [b for b in behaviour_names() if b != "honest"]
-
-
-def _int_at_least(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _probability(text: str) -> float:
@@ -75,14 +64,14 @@ def add_sim_command(subparsers: Any) -> argparse.ArgumentParser:
         "sim", help="simulate the WBFT protocol over many seeds (deterministic, virtual time)",
         description="Run many seeded simulations of peers under faults and check agreement, validity, "
                     "termination and equivocation detection. A failing seed replays exactly.")
-    p.add_argument("--peers", type=_int_at_least(1), default=4, help="number of peers (default 4)")
-    p.add_argument("--byzantine", type=_int_at_least(0), default=0, help="number of Byzantine peers (default 0)")
+    p.add_argument("--peers", type=int_range(1), default=4, help="number of peers (default 4)")
+    p.add_argument("--byzantine", type=int_range(0), default=0, help="number of Byzantine peers (default 0)")
     p.add_argument("--behaviour", choices=[*behaviours, _MIXED], default="wrong",
                    help="what the Byzantine peers do (default wrong; mixed: drawn per peer and seed)")
     p.add_argument("--weights", type=_weights, help="comma-separated weights, one per peer (default all 1)")
-    p.add_argument("--heights", type=_int_at_least(1), default=3, help="heights (queries) per run (default 3)")
-    p.add_argument("--seeds", type=_int_at_least(1), default=100, help="number of runs (default 100)")
-    p.add_argument("--seed-start", type=_int_at_least(0), default=0, help="first seed (default 0)")
+    p.add_argument("--heights", type=int_range(1), default=3, help="heights (queries) per run (default 3)")
+    p.add_argument("--seeds", type=int_range(1), default=100, help="number of runs (default 100)")
+    p.add_argument("--seed-start", type=int_range(0), default=0, help="first seed (default 0)")
     p.add_argument("--loss", type=_probability, default=0.0, help="message loss probability (default 0)")
     p.add_argument("--latency-ms", type=_non_negative, default=50.0, help="mean one-way latency (default 50)")
     p.add_argument("--partition", action="store_true",
