@@ -58,6 +58,7 @@ from dag import (
     replay,
     sign_event,
 )
+from dag.event import MAX_TRANSACTIONS
 from dag.messages import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_WANTED, DagEvents, DagSync, DagWant
 from multillmn import canonical
 from multillmn.certificate import verify
@@ -327,7 +328,7 @@ class LedgerService:
         txs: list[bytes] = []
         size = 0
         for tx in self._pending:
-            if txs and size + len(tx) > MAX_EVENT_PAYLOAD:
+            if txs and (size + len(tx) > MAX_EVENT_PAYLOAD or len(txs) == MAX_TRANSACTIONS):
                 break
             txs.append(tx)
             size += len(tx)

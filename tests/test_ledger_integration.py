@@ -327,3 +327,21 @@ def test_equivocation_becomes_an_evidence_transaction(tmp_path: Path) -> None:
     ledger = Ledger()
     assert ledger.apply([ev]) == 1
     assert ledger.evidence[0]["kind"] == "duplicate_vote" and ledger.evidence[0]["peer_id"] == net.keys[2].peer_id
+
+
+def test_more_pending_transactions_than_one_event_holds_still_drain(tmp_path: Path) -> None:
+    """Regression: past MAX_TRANSACTIONS small pending transactions, event creation used to fail for good."""
+    from dag import MAX_TRANSACTIONS, weights_tx
+
+    net = make_net([1])
+    svc = _service(net, 0, tmp_path / "ledger.sqlite")
+    try:
+        total = MAX_TRANSACTIONS + 900
+        for h in range(1, total + 1):
+            svc.submit(weights_tx(h, {net.keys[0].peer_id: 1}))
+        assert svc.statistics()["pending_transactions"] == total
+        for _ in range(10):
+            svc._maybe_create(None)
+        assert svc.statistics()["pending_transactions"] == 0
+    finally:
+        svc.close()
