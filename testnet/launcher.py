@@ -236,6 +236,7 @@ def _stop(records: list[PeerRecord], timeout_s: float) -> list[str]:
         for name, r in list(waiting.items()):
             assert r.pid is not None
             if not _group_alive(r.pid):
+                _reap(r.pid)  # the leader may be a zombie already counted as dead: collect it
                 done.append(f"{name}: stopped (pid {r.pid})")
                 del waiting[name]
         if waiting:
@@ -246,6 +247,7 @@ def _stop(records: list[PeerRecord], timeout_s: float) -> list[str]:
         end = time.monotonic() + 5
         while _group_alive(r.pid) and time.monotonic() < end:
             time.sleep(0.05)
+        _reap(r.pid)
         done.append(f"{name}: killed after not stopping within {timeout_s:g}s (pid {r.pid})")
     order = {r.name: i for i, r in enumerate(records)}
     return sorted(done, key=lambda line: order.get(line.split(":")[0], 0))
