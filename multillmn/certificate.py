@@ -154,9 +154,11 @@ def verify(cert: Any, trusted: Genesis | None = None) -> Certificate:
     if cert["value_id"] != value_id.hex():
         raise CertificateError("value_id does not match the value")
     vs = genesis.validators
+    verified = VerifiedCache()  # each signature is checked once, though the value is read twice
     reason = grouping.validate_value(
         value, validators=vs, local_sims=None,
         threshold=genesis.params.similarity_threshold, tolerance=genesis.params.similarity_tolerance,
+        cache=verified,
     )
     if reason is not None:
         raise CertificateError(f"invalid value: {reason}")
@@ -183,8 +185,8 @@ def verify(cert: Any, trusted: Genesis | None = None) -> Certificate:
             f"precommits carry {precommit_weight} of {vs.total} weight; more than 2/3 is needed"
         )
 
-    answers = tuple(open_envelope(Answer, env, vs.public_key_of).message for env in value.answers)
-    query = open_envelope(Query, value.query, vs.public_key_of).message
+    answers = tuple(open_envelope(Answer, env, vs.public_key_of, verified).message for env in value.answers)
+    query = open_envelope(Query, value.query, vs.public_key_of, verified).message
     if cert["summary"] != _summary(query, value, list(answers)):
         raise CertificateError("the summary does not match the signed value")
     return Certificate(

@@ -11,8 +11,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from multillmn.argtypes import int_range
+
+if TYPE_CHECKING:
+    from multillmn.genesis import Genesis
 
 __all__ = ["main", "build_parser"]
 
@@ -55,7 +59,7 @@ def _cmd_peer_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trusted(path: Path | None) -> object:
+def _load_trusted(path: Path | None) -> Genesis | None:
     from multillmn.genesis import Genesis
 
     return Genesis.load(path) if path is not None else None
@@ -74,7 +78,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         return 2
     cert, error = None, None
     try:
-        cert = check(result, trusted)  # type: ignore[arg-type]
+        cert = check(result, trusted)
     except CertificateError as exc:
         error = str(exc)
     if args.save_cert is not None:

@@ -11,9 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from consensus.grouping import pair_index
+
+if TYPE_CHECKING:
+    from peers.embedder import Embedder
+    from peers.llm import Generator
 
 __all__ = ["AnswerEngine", "Reply", "ModelEngine", "ScriptedEngine", "upper_triangle"]
 
@@ -47,7 +51,7 @@ def upper_triangle(matrix: list[list[int]]) -> list[int]:
 class ModelEngine:
     """A real model for answers and MiniLM for similarities."""
 
-    def __init__(self, generator: object, embedder: object, model_name: str) -> None:
+    def __init__(self, generator: Generator, embedder: Embedder, model_name: str) -> None:
         self._generator = generator
         self._embedder = embedder
         self.model_name = model_name
@@ -68,14 +72,14 @@ class ModelEngine:
         self.similarities("Warm?", ["warm", "up"])
 
     def answer(self, question: str, max_new_tokens: int) -> Reply:
-        gen = self._generator.generate(question, max_new_tokens)  # type: ignore[attr-defined]
+        gen = self._generator.generate(question, max_new_tokens)
         return Reply(text=gen.text, seconds=gen.seconds)
 
     def similarities(self, question: str, texts: list[str]) -> list[int]:
         from peers.embedder import quantise
         from peers.similarity import similarity_matrix
 
-        cosines = self._embedder.similarities(texts)  # type: ignore[attr-defined]
+        cosines = self._embedder.similarities(texts)
         sims = similarity_matrix(question, texts, cosines)
         return upper_triangle([[quantise(s) for s in row] for row in sims])
 

@@ -73,7 +73,6 @@ async def test_query_status_certificates_and_chat() -> None:
 )
 async def test_bad_requests_get_a_clear_4xx(path: str, body: Any, status: int, detail: str) -> None:
     handle = PeerHandle("a" * 40, "peer0", "m", phase="ready", node=None)
-    handle.phase = "ready"
     async with _client(handle) as client:
         if isinstance(body, str):
             r = await client.post(path, content=body, headers={"content-type": "application/json"})
