@@ -142,6 +142,20 @@ def _reap(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
+def _collect(pid: int, timeout_s: float = 5.0) -> None:
+    """Reap our exited child ``pid``, waiting briefly: a thread-group leader already shows as a
+    zombie in /proc while its other threads are still exiting, and cannot be reaped until they have."""
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() > end:
+            return
+        time.sleep(0.01)
+
+
 def _alive(pid: int | None) -> bool:
     """True if ``pid`` runs (zombies count as dead)."""
     if pid is None:
@@ -236,7 +250,7 @@ def _stop(records: list[PeerRecord], timeout_s: float) -> list[str]:
         for name, r in list(waiting.items()):
             assert r.pid is not None
             if not _group_alive(r.pid):
-                _reap(r.pid)  # the leader may be a zombie already counted as dead: collect it
+                _collect(r.pid)  # the leader may be a zombie already counted as dead: collect it
                 done.append(f"{name}: stopped (pid {r.pid})")
                 del waiting[name]
         if waiting:
@@ -247,7 +261,7 @@ def _stop(records: list[PeerRecord], timeout_s: float) -> list[str]:
         end = time.monotonic() + 5
         while _group_alive(r.pid) and time.monotonic() < end:
             time.sleep(0.05)
-        _reap(r.pid)
+        _collect(r.pid)
         done.append(f"{name}: killed after not stopping within {timeout_s:g}s (pid {r.pid})")
     order = {r.name: i for i, r in enumerate(records)}
     return sorted(done, key=lambda line: order.get(line.split(":")[0], 0))
