@@ -16,7 +16,13 @@ from typing import Any
 
 from multillmn.identity import is_peer_id
 
-__all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render_toml"]
+__all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render_toml", "BYZANTINE_BEHAVIOURS"]
+
+BYZANTINE_BEHAVIOURS = (
+    "none", "wrong", "junk", "copy-late", "collude", "double-vote",
+    "conflicting-proposals", "withhold", "crash", "slow",
+)
+"""Fault-injection behaviours a peer can be told to play (testnets and benchmarks only)."""
 
 
 class ConfigError(ValueError):
@@ -67,11 +73,16 @@ class PeerConfig:
     timeout_delta_ms: int = 500
     answer_wait_ms: int = 120000
     answer_grace_ms: int = 1500
+    judge_band: int = 100
     # [ledger]
     ledger_path: str = "data/ledger.sqlite"
     ledger_sync_interval_ms: int = 200
     # [log]
     log_level: str = "info"
+    # [byzantine]
+    behaviour: str = "none"
+    slow_ms: int = 2000
+    crash_at_height: int = 3
     # where the file was read from (not a key)
     base_dir: Path = field(default=Path("."), compare=False)
 
@@ -112,6 +123,12 @@ class PeerConfig:
         _check_range("consensus.timeout_delta_ms", self.timeout_delta_ms, 0, 3_600_000)
         _check_range("consensus.answer_wait_ms", self.answer_wait_ms, 1, 3_600_000)
         _check_range("consensus.answer_grace_ms", self.answer_grace_ms, 0, 3_600_000)
+        _check_range("consensus.judge_band", self.judge_band, 0, 1000)
+        if self.behaviour not in BYZANTINE_BEHAVIOURS:
+            raise ConfigError(f"byzantine.behaviour: expected one of {', '.join(BYZANTINE_BEHAVIOURS)}, "
+                              f"got {self.behaviour!r}")
+        _check_range("byzantine.slow_ms", self.slow_ms, 0, 3_600_000)
+        _check_range("byzantine.crash_at_height", self.crash_at_height, 1, 2**31)
         if not self.ledger_path:
             raise ConfigError("ledger.path: must not be empty")
         _check_range("ledger.sync_interval_ms", self.ledger_sync_interval_ms, 10, 60_000)
@@ -191,9 +208,10 @@ _KEYS: dict[str, dict[str, str]] = {
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
               "cache_dir": "cache_dir"},
     "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
-                                 "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms")},
+                                 "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms", "judge_band")},
     "ledger": {"path": "ledger_path", "sync_interval_ms": "ledger_sync_interval_ms"},
     "log": {"level": "log_level"},
+    "byzantine": {"behaviour": "behaviour", "slow_ms": "slow_ms", "crash_at_height": "crash_at_height"},
 }
 
 _COMMENTS: dict[str, str] = {
@@ -219,6 +237,12 @@ _COMMENTS: dict[str, str] = {
     "ledger_path": "SQLite file of the hashgraph ledger (events, consensus order, snapshots); relative to this file.",
     "ledger_sync_interval_ms": "How often this peer pulls DAG events from the next peer (gossip about gossip).",
     "log_level": "debug | info | warning | error; logs are JSON lines on stderr.",
+    "judge_band": "Answer pairs whose similarity is within this many per mille of the grouping threshold "
+                  "are judged by this peer's own model, in both orders, when scoring (0: never).",
+    "behaviour": "Fault injection for testnets: none | " + " | ".join(BYZANTINE_BEHAVIOURS[1:])
+                 + ". Never set this on a real peer.",
+    "slow_ms": "For behaviour = slow: extra delay of every vote and proposal this peer sends.",
+    "crash_at_height": "For behaviour = crash: the peer exits (code 3) once it reaches this height.",
 }
 
 

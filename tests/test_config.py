@@ -60,3 +60,12 @@ def test_relative_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
     assert cfg.path(cfg.ledger_path) == tmp_path / "data" / "ledger.sqlite"
     loaded = PeerConfig.from_dict(tomllib.loads("[ledger]\npath = 'l.db'\nsync_interval_ms = 150"), tmp_path)
     assert loaded.path(loaded.ledger_path) == tmp_path / "l.db" and loaded.ledger_sync_interval_ms == 150
+
+
+def test_byzantine_and_judge_keys_are_validated() -> None:
+    cfg = PeerConfig.from_dict({"byzantine": {"behaviour": "collude", "slow_ms": 10}, "consensus": {"judge_band": 0}})
+    assert (cfg.behaviour, cfg.slow_ms, cfg.judge_band) == ("collude", 10, 0)
+    with pytest.raises(ConfigError, match="byzantine.behaviour: expected one of none, wrong"):
+        PeerConfig.from_dict({"byzantine": {"behaviour": "evil"}})
+    with pytest.raises(ConfigError, match="consensus.judge_band"):
+        PeerConfig.from_dict({"consensus": {"judge_band": 1001}})
