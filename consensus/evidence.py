@@ -14,15 +14,17 @@ here: :func:`consensus.weights.update` applies it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from consensus.messages import Envelope, MessageError, Proposal, Vote, open_envelope
-from consensus.state_machine import Equivocation
 from consensus.validators import ValidatorSet
 from multillmn import canonical
 from multillmn.identity import PeerId
+
+if TYPE_CHECKING:
+    from consensus.state_machine import Equivocation
 
 __all__ = [
     "DuplicateVoteEvidence",

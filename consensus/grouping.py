@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from consensus.messages import (
     Answer,
     Envelope,
+    EvidencePair,
     MessageError,
     Query,
     Signed,
@@ -197,8 +198,15 @@ def build_value(
     sims: Sequence[int],
     weights: Sequence[int],
     threshold: int,
+    *,
+    validators_hash: bytes = b"",
+    scores: Sequence[Envelope] = (),
+    evidence: Sequence[EvidencePair] = (),
 ) -> Value:
     """The proposer's value: answers sorted by peer id, the claimed sims and the choice.
+
+    ``validators_hash``, ``scores`` and ``evidence`` are carried as given
+    (see :meth:`consensus.chain.Chain.includable`).
 
     ``sims`` (upper triangle) and ``weights`` refer to ``answers`` in the order
     given; they are permuted to the sorted order. Raises ``ValueError`` on a
@@ -225,4 +233,7 @@ def build_value(
         sims=tuple(new_sims),
         winners=tuple(sorted_answers[k].signer for k in group.members),
         answer=sorted_answers[group.representative].message.text,
+        validators_hash=validators_hash,
+        scores=tuple(scores),
+        evidence=tuple(evidence),
     )

@@ -24,6 +24,7 @@ __all__ = [
     "Query",
     "Answer",
     "Value",
+    "EvidencePair",
     "Proposal",
     "Vote",
     "Envelope",
@@ -102,6 +103,23 @@ class Envelope(BaseModel):
     sig: Annotated[bytes, Field(min_length=64, max_length=64)]
 
 
+class EvidencePair(BaseModel):
+    """Two conflicting envelopes signed by one validator, as carried in a value.
+
+    Same body as :mod:`consensus.evidence` (which checks it); ``kind`` is
+    ``duplicate_vote`` or ``conflicting_proposal``.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    kind: Literal["duplicate_vote", "conflicting_proposal"]
+    first: Envelope
+    second: Envelope
+
+
+MAX_SCORE_VECTORS = 4 * MAX_PEERS
+MAX_EVIDENCE = 64
+
+
 class Value(Message):
     """What a height decides: a query, the answers that justify the choice, and the choice.
 
@@ -110,6 +128,12 @@ class Value(Message):
     whose answers form the chosen group and ``answer`` is its representative.
     Validators recompute similarities themselves and accept the claimed ones
     within a stated tolerance, so float noise cannot split honest peers.
+
+    The value also commits what the weights of later heights derive from
+    (:mod:`consensus.chain`): signed score vectors for earlier heights
+    (``scores``), equivocation ``evidence``, and ``validators_hash``, the hash
+    of the validator set in force at this height, so every precommit attests
+    the weights the quorum was counted with.
     """
 
     KIND: ClassVar[str] = "value"
@@ -118,6 +142,9 @@ class Value(Message):
     sims: tuple[Annotated[int, Field(ge=-1000, le=1000)], ...]
     winners: Annotated[tuple[PeerIdField, ...], Field(min_length=1, max_length=MAX_PEERS)]
     answer: Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]
+    validators_hash: Annotated[bytes, Field(max_length=32)] = b""
+    scores: Annotated[tuple[Envelope, ...], Field(max_length=MAX_SCORE_VECTORS)] = ()
+    evidence: Annotated[tuple[EvidencePair, ...], Field(max_length=MAX_EVIDENCE)] = ()
 
     def body(self) -> dict[str, Any]:
         return {
@@ -126,6 +153,9 @@ class Value(Message):
             "sims": list(self.sims),
             "winners": list(self.winners),
             "answer": self.answer,
+            "validators_hash": self.validators_hash,
+            "scores": [s.model_dump() for s in self.scores],
+            "evidence": [e.model_dump() for e in self.evidence],
         }
 
     def value_id(self) -> bytes:
@@ -219,9 +249,23 @@ def decode_value(raw: Any) -> Value:
         answers = raw.get("answers")
         if isinstance(answers, tuple):
             raw["answers"] = tuple(Envelope.model_validate(a) for a in answers)
+        scores = raw.get("scores")
+        if isinstance(scores, tuple):
+            raw["scores"] = tuple(Envelope.model_validate(e) for e in scores)
+        evidence = raw.get("evidence")
+        if isinstance(evidence, tuple):
+            raw["evidence"] = tuple(_evidence_pair(e) for e in evidence)
         return Value.model_validate(raw)
     except ValidationError as exc:
         raise MessageError(f"invalid value: {_first_error(exc)}") from exc
+
+
+def _evidence_pair(raw: Any) -> EvidencePair:
+    if not isinstance(raw, dict):
+        return EvidencePair.model_validate(raw)
+    return EvidencePair.model_validate({
+        **raw, "first": Envelope.model_validate(raw.get("first")), "second": Envelope.model_validate(raw.get("second")),
+    })
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from consensus.chain import Chain
 from consensus.messages import Proposal, Signed, Value, Vote
 from consensus.validators import ValidatorSet
 from consensus.votes import HeightVotes, VoteType
@@ -97,14 +98,17 @@ class ProposeValue:
 
 @dataclass(frozen=True)
 class Commit:
-    """Height ``height`` was decided elsewhere: move to ``height + 1``, dropping its state.
+    """Height ``height`` decided ``value`` elsewhere: fold it into the chain, move to ``height + 1``.
 
     Only for a height backed by a verified certificate (the runner checks it,
     e.g. a certificate ordered by the DAG ledger); this is how a peer that was
-    down or partitioned catches up. A height below the current one is ignored.
+    down or partitioned catches up. Commits must come in height order: one
+    for another height than the current is ignored. Without a ``value``
+    (static weights only) the core may jump ahead to any later height.
     """
 
     height: int
+    value: Value | None = None
 
 
 Input = Start | ProposalInput | VoteInput | TimeoutInput | ProposeValue | Commit
@@ -137,12 +141,16 @@ class ScheduleTimeout:
 
 @dataclass(frozen=True)
 class Decide:
-    """A decision with the precommits for it (sorted by voter) that form the quorum."""
+    """A decision with the precommits for it (sorted by voter) that form the quorum.
+
+    ``validators`` is the set the quorum was counted in (in force at ``height``).
+    """
 
     height: int
     round: int
     value: Value
     precommits: tuple[Signed[Vote], ...]
+    validators: ValidatorSet | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -195,7 +203,7 @@ class Core:
 
     def __init__(
         self,
-        validators: ValidatorSet,
+        validators: ValidatorSet | Chain,
         own_id: PeerId,
         height: int = 1,
         *,
@@ -204,7 +212,9 @@ class Core:
         catchup_rounds: int = 2,
         buffer_per_signer: int = 16,
     ) -> None:
-        self.validators = validators
+        self.chain = validators if isinstance(validators, Chain) else Chain(validators, None)
+        if self.chain.height not in (0, height - 1) or (self.chain.adaptive and self.chain.height != height - 1):
+            raise ValueError(f"a core at height {height} needs a chain at height {height - 1}")
         self.own_id = own_id
         self.timeouts = timeouts
         self.future_heights = future_heights
@@ -217,6 +227,11 @@ class Core:
         self._buffered: dict[tuple[int, PeerId], int] = {}
 
     # --- read-only views -------------------------------------------------
+    @property
+    def validators(self) -> ValidatorSet:
+        """The validator set in force at the current height."""
+        return self.chain.validators_at(self.height)
+
     @property
     def round(self) -> int:
         return self._s.round
@@ -269,7 +284,10 @@ class Core:
                 s.awaiting_value = None
                 self._propose(inp.value, -1, out)
         elif isinstance(inp, Commit):
-            if inp.height >= self.height:
+            if inp.value is not None and inp.height == self.height:
+                self.chain.apply(inp.height, inp.value)
+                self._advance(inp.height + 1, out)
+            elif inp.value is None and not self.chain.adaptive and inp.height >= self.height:
                 self._advance(inp.height + 1, out)
         while self._fire_one(out):
             pass
@@ -307,7 +325,7 @@ class Core:
 
     def _add_proposal(self, inp: ProposalInput, out: list[Output]) -> None:
         p = inp.signed.message
-        if p.proposer != self.validators.proposer(p.height, p.round) or p.valid_round >= p.round:
+        if p.proposer != self.chain.proposer(p.height, p.round) or p.valid_round >= p.round:
             return
         if not self._admit_round(p.proposer, p.round):
             return
@@ -341,7 +359,7 @@ class Core:
         s.round = round
         s.step = "propose"
         s.awaiting_value = None
-        if self.own_id in self.validators and self.validators.proposer(self.height, round) == self.own_id:
+        if self.own_id in self.validators and self.chain.proposer(self.height, round) == self.own_id:
             if s.valid_value is not None:
                 self._propose(s.valid_value, s.valid_round, out)
             else:
@@ -386,9 +404,10 @@ class Core:
 
     def _decide(self, round: int, prop: _Prop, out: list[Output]) -> None:
         precommits = self._s.votes.get(round, "precommit").for_value(prop.value_id)
-        decision = Decide(self.height, round, prop.value, precommits)
+        decision = Decide(self.height, round, prop.value, precommits, self.validators)
         out.append(decision)
         self.decision = decision
+        self.chain.apply(self.height, prop.value)
         self._advance(self.height + 1, out)
 
     def _advance(self, height: int, out: list[Output]) -> None:

@@ -182,6 +182,16 @@ class ValidatorSet:
             chosen = best
         return tuple(p), chosen
 
+    def advance_priorities(self, prios: tuple[int, ...], steps: int) -> tuple[tuple[int, ...], int]:
+        """Apply ``steps`` (>= 1) selection steps to ``prios`` (one per validator, in id order).
+
+        Returns the new priorities and the index of the last chosen validator;
+        :class:`consensus.chain.Chain` carries priorities across heights with it.
+        """
+        if steps < 1 or len(prios) != len(self._validators):
+            raise ValueError("need steps >= 1 and one priority per validator")
+        return self._advance(prios, steps)
+
     def _state_after(self, k: int) -> tuple[int, ...]:
         best = (0, tuple(0 for _ in self._validators))
         for cand in (self._base, self._last):

@@ -6,12 +6,22 @@ canonical msgpack (base64), the signed precommits and the validator set; the
 people and is checked against the signed data, so editing it is caught too.
 
 Verification (``verify``) checks, with no network and no model:
-the validator set is well formed (and equals a trusted genesis when given);
+the genesis is well formed (and equals a trusted genesis when given); the
+``validators`` of the certificate's height have exactly the genesis members
+and keys, and their hash is the one the value commits to (with static
+weights they must equal the genesis set);
 the value decodes and every answer and the query are signed by validators;
 the answers carry more than 2/3 of the weight and the chosen group and answer
 follow from the value's claimed similarities by the grouping rule; the
 precommits are for this height, round and value id, from distinct validators,
-carrying more than 2/3 of the weight.
+carrying more than 2/3 of the weight of the height's set.
+
+What offline verification cannot check is that the height's weights are the
+ones the weight rule produced: that needs the committed history (the ledger
+holds every decided value; ``multillmn verify --peer`` compares with it).
+Every honest precommit attests ``validators_hash``, so a forged set needs a
+quorum of that forged set to sign, which the cap on any peer's share (3/10)
+makes at least four colluding peers.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus import grouping
+from consensus.validators import ValidatorSet
 from consensus.messages import (
     Answer,
     Envelope,
@@ -40,7 +51,7 @@ from multillmn.genesis import Genesis, GenesisError
 
 __all__ = ["Certificate", "CertificateError", "build_certificate", "verify"]
 
-VERSION = 1
+VERSION = 2
 
 
 class CertificateError(ValueError):
@@ -91,12 +102,20 @@ def _envelope_from_json(data: Any, what: str) -> Envelope:
         raise CertificateError(f"{what}: {exc}") from None
 
 
+def _validators_json(vs: ValidatorSet) -> list[dict[str, Any]]:
+    return [{"peer_id": v.peer_id, "public_key": v.public_key.hex(), "weight": v.weight, "moniker": v.moniker}
+            for v in vs.validators]
+
+
 def build_certificate(
     genesis: Genesis, height: int, round_: int, value: Value, precommits: tuple[Signed[Vote], ...],
-    cache: VerifiedCache | None = None,
+    cache: VerifiedCache | None = None, validators: ValidatorSet | None = None,
 ) -> dict[str, Any]:
-    """The JSON certificate for a decision (the runner calls this on Decide)."""
-    vs = genesis.validators
+    """The JSON certificate for a decision (the runner calls this on Decide).
+
+    ``validators`` is the set in force at ``height`` (default: the genesis set).
+    """
+    vs = validators if validators is not None else genesis.validators
     answers = [open_envelope(Answer, env, vs.public_key_of, cache).message for env in value.answers]
     query = open_envelope(Query, value.query, vs.public_key_of, cache).message
     return {
@@ -108,6 +127,7 @@ def build_certificate(
         "value_id": value.value_id().hex(),
         "precommits": [_envelope_json(p.envelope) for p in precommits],
         "genesis": genesis.to_json(),
+        "validators": _validators_json(vs),
         "summary": _summary(query, value, answers),
     }
 
@@ -125,7 +145,8 @@ def verify(cert: Any, trusted: Genesis | None = None) -> Certificate:
     """Check a certificate (parsed JSON) offline; raise :class:`CertificateError` with the reason."""
     if not isinstance(cert, dict):
         raise CertificateError("a certificate is a JSON object")
-    expected = {"version", "chain_id", "height", "round", "value", "value_id", "precommits", "genesis", "summary"}
+    expected = {"version", "chain_id", "height", "round", "value", "value_id", "precommits", "genesis",
+                "validators", "summary"}
     if set(cert) != expected:
         missing, extra = expected - set(cert), set(cert) - expected
         raise CertificateError(f"unexpected fields: missing {sorted(missing)}, unknown {sorted(extra)}")
@@ -153,7 +174,7 @@ def verify(cert: Any, trusted: Genesis | None = None) -> Certificate:
     value_id = value.value_id()
     if cert["value_id"] != value_id.hex():
         raise CertificateError("value_id does not match the value")
-    vs = genesis.validators
+    vs = _height_set(cert["validators"], genesis, value)
     verified = VerifiedCache()  # each signature is checked once, though the value is read twice
     reason = grouping.validate_value(
         value, validators=vs, local_sims=None,
@@ -195,6 +216,22 @@ def verify(cert: Any, trusted: Genesis | None = None) -> Certificate:
         agreed_weight=sum(vs.weight_of(w) for w in value.winners),
         precommit_weight=precommit_weight, total_weight=vs.total, answers=answers,
     )
+
+
+def _height_set(raw: Any, genesis: Genesis, value: Value) -> ValidatorSet:
+    """The certificate's validator set for its height, checked against the genesis and the value."""
+    try:
+        vs = Genesis.from_json({"chain_id": genesis.chain_id, "validators": raw}).validators
+    except GenesisError as exc:
+        raise CertificateError(f"validators: {exc}") from None
+    members = [(v.peer_id, v.public_key, v.moniker) for v in vs.validators]
+    if members != [(v.peer_id, v.public_key, v.moniker) for v in genesis.validators.validators]:
+        raise CertificateError("validators: the members or keys differ from the genesis")
+    if genesis.params.weights == "static" and vs != genesis.validators:
+        raise CertificateError("validators: weights are static but differ from the genesis")
+    if value.validators_hash != vs.set_hash() and (value.validators_hash or genesis.params.weights == "adaptive"):
+        raise CertificateError("validators: not the set the value commits to (validators_hash)")
+    return vs
 
 
 def _decode_value(data: bytes) -> Value:

@@ -10,7 +10,9 @@ JSON, so a client can read it without msgpack::
 they decide whether a proposal is valid. ``similarity_threshold`` (per mille,
 MiniLM cosine) puts two answers in one group; ``similarity_tolerance`` (per
 mille) is how far a proposer's claimed similarity may differ from a validator's
-own computation, so float noise cannot split honest peers.
+own computation, so float noise cannot split honest peers. ``weights`` is
+``adaptive`` (weights follow committed answer-quality scores, see
+``consensus/weights.py``) or ``static`` (the genesis weights for ever).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consensus.chain import Chain
 from consensus.validators import Validator, ValidatorSet
+from consensus.weights import WeightParams
 from multillmn.identity import peer_id_of
 
 __all__ = ["Genesis", "GenesisError", "Params"]
@@ -36,8 +40,11 @@ class Params:
 
     similarity_threshold: int = 800
     similarity_tolerance: int = 20
+    weights: str = "adaptive"  # adaptive: weights track answer quality (consensus/weights.py); static: genesis
 
     def validate(self) -> Params:
+        if self.weights not in ("adaptive", "static"):
+            raise GenesisError(f"params.weights must be 'adaptive' or 'static', got {self.weights!r}")
         for name, value, high in (("similarity_threshold", self.similarity_threshold, 1000),
                                   ("similarity_tolerance", self.similarity_tolerance, 200)):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
@@ -57,11 +64,16 @@ class Genesis:
         vals = [Validator(peer_id=peer_id_of(pk), public_key=pk, weight=w, moniker=m) for m, pk, w in members]
         return cls(chain_id, ValidatorSet(vals), params.validate())
 
+    def chain(self) -> Chain:
+        """A fresh :class:`~consensus.chain.Chain` at height 0 with this genesis' weight rule."""
+        return Chain(self.validators, WeightParams.default() if self.params.weights == "adaptive" else None)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "chain_id": self.chain_id,
             "params": {"similarity_threshold": self.params.similarity_threshold,
-                       "similarity_tolerance": self.params.similarity_tolerance},
+                       "similarity_tolerance": self.params.similarity_tolerance,
+                       "weights": self.params.weights},
             "validators": [
                 {"peer_id": v.peer_id, "public_key": v.public_key.hex(), "weight": v.weight, "moniker": v.moniker}
                 for v in self.validators.validators
@@ -76,8 +88,9 @@ class Genesis:
         if not isinstance(data, dict) or not {"chain_id", "validators"} <= set(data) <= {"chain_id", "validators", "params"}:
             raise GenesisError("genesis must be an object with chain_id, validators and optionally params")
         raw_params = data.get("params", {})
-        if not isinstance(raw_params, dict) or not set(raw_params) <= {"similarity_threshold", "similarity_tolerance"}:
-            raise GenesisError("params may hold only similarity_threshold and similarity_tolerance")
+        if not isinstance(raw_params, dict) or not set(raw_params) <= {"similarity_threshold", "similarity_tolerance",
+                                                                       "weights"}:
+            raise GenesisError("params may hold only similarity_threshold, similarity_tolerance and weights")
         params = Params(**raw_params).validate()
         if not isinstance(data["chain_id"], str) or not data["chain_id"]:
             raise GenesisError("chain_id must be a non-empty string")

@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from consensus.evidence import check_evidence, from_equivocation
-from consensus.messages import Message, Signed, decode_value, sign
+from consensus.messages import Message, Signed, Value, decode_value, sign
 from consensus.state_machine import Equivocation
 from dag import (
     Event,
@@ -391,9 +391,15 @@ class LedgerService:
                 self.on_certificate(height, cert)
 
 
-def query_id_of_certificate(cert: dict[str, Any]) -> bytes | None:
-    """The query id a (verified) certificate decided, or None if it does not decode."""
+def value_of_certificate(cert: dict[str, Any]) -> Value | None:
+    """The value a (verified) certificate decided, or None if it does not decode."""
     try:
-        return decode_value(canonical.unpack(base64.b64decode(cert["value"]))).query_id()
+        return decode_value(canonical.unpack(base64.b64decode(cert["value"])))
     except Exception:  # a verified certificate always decodes; be defensive anyway
         return None
+
+
+def query_id_of_certificate(cert: dict[str, Any]) -> bytes | None:
+    """The query id a (verified) certificate decided, or None if it does not decode."""
+    value = value_of_certificate(cert)
+    return None if value is None else value.query_id()

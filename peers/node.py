@@ -34,9 +34,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus import grouping
+from consensus.chain import SCORE_WINDOW
+from consensus.evidence import Evidence, decode_evidence, evidence_id, from_equivocation
 from consensus.messages import (
     MAX_ANSWER_CHARS,
     Answer,
+    Envelope,
+    EvidencePair,
     Proposal,
     Query,
     Signed,
@@ -47,6 +51,8 @@ from consensus.messages import (
     query_id_of,
     sign,
 )
+from consensus.validators import ValidatorSet
+from consensus.scores import JudgeResult, ScoreVector, scores_from_similarity
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
@@ -116,14 +122,13 @@ class Node:
         self.cfg = cfg
         self.key = key
         self.genesis = genesis
-        self.validators = genesis.validators
         self.engine = engine
         self.transport = transport
         timeouts = Timeouts(
             propose_ms=cfg.timeout_propose_ms, prevote_ms=cfg.timeout_prevote_ms,
             precommit_ms=cfg.timeout_precommit_ms, delta_ms=cfg.timeout_delta_ms,
         )
-        self.core = Core(self.validators, key.peer_id, timeouts=timeouts)
+        self.core = Core(genesis.chain(), key.peer_id, timeouts=timeouts)
         self.pool = QueryPool(self.validators)
         self.rejects = RejectStats()
         self._verified = VerifiedCache()
@@ -133,12 +138,36 @@ class Node:
         self._answers_tx, self._answers_rx = trio.open_memory_channel[Signed[Query]](256)
         self._pool_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # weights: score vectors and evidence waiting to be carried in a value; local similarities per value
+        self._scores: dict[tuple[int, str], Signed[ScoreVector]] = {}
+        self._evidence: dict[bytes, Evidence] = {}
+        self._local_sims: dict[bytes, list[int]] = {}
+        self._future_proposals: dict[int, list[Signed[Proposal]]] = {}
+        self._ledger_values: dict[int, Value] = {}
         self.ledger = ledger
         if ledger is not None:
             ledger.rejects = self.rejects
             ledger.on_certificate = self._on_ledger_certificate
-            if ledger.highest_height() >= self.core.height:  # restarted: resume after the last certified height
-                self.core.step(Commit(ledger.highest_height()))
+            self._replay_ledger(ledger)
+
+    def _replay_ledger(self, ledger: LedgerService) -> None:
+        """Restarted: fold every certified height into the core, so its weights match everyone's."""
+        from peers.ledger import value_of_certificate
+
+        for height in range(1, ledger.highest_height() + 1):
+            cert = ledger.certificate(height)
+            value = None if cert is None else value_of_certificate(cert)
+            if value is None:
+                log.warning("ledger lacks a certificate; resuming before it", extra=fields(height=height))
+                break
+            self.pool.mark_decided(value.query_id())
+            self.core.step(Commit(height, value))
+        self.pool.set_validators(self.validators, 0.0)
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The validator set in force at the core's height."""
+        return self.core.validators
 
     # -- public -------------------------------------------------------------
 
@@ -212,6 +241,7 @@ class Node:
                 for v in self.validators.validators
             ],
             "total_weight": self.validators.total,
+            "weights_digest": (self.core.chain.weights_digest() or b"").hex(),
             "rejected_messages": self.rejects.snapshot(),
             "ledger": None if self.ledger is None else {
                 k: v for k, v in self.ledger.statistics().items() if k != "certified_heights"},
@@ -243,6 +273,8 @@ class Node:
                 self._nursery.start_soon(self._check_proposal, signed)
             elif isinstance(message, Vote):
                 self._inputs_tx.send_nowait(VoteInput(signed))
+            elif isinstance(message, ScoreVector):
+                self._add_score(signed)
             elif isinstance(message, (DagSync, DagEvents, DagWant)) and self.ledger is not None:
                 self.ledger.handle(peer, signed)
 
@@ -253,13 +285,21 @@ class Node:
         (which owns the verified-signature cache); only the embeddings run in a
         worker thread.
         """
+        height = signed.message.height
+        if height > self.core.height:  # the chain cannot judge its extras yet: judge it at that height
+            if height <= self.core.height + self.core.future_heights:
+                self._future_proposals.setdefault(height, []).append(signed)
+            return
+        if height < self.core.height:
+            return
         value = signed.message.value
-        reason = self._precheck(value)
+        reason = self._precheck(value) or self.core.chain.check_extras(value, height, self._verified)
         if reason is None:
             keys = self.validators.public_key_of
             question = open_envelope(Query, value.query, keys, self._verified).message.question
             texts = [open_envelope(Answer, e, keys, self._verified).message.text for e in value.answers]
             local_sims = await trio.to_thread.run_sync(self.engine.similarities, question, texts)
+            self._remember_sims(value.value_id(), local_sims)
             params = self.genesis.params
             reason = grouping.validate_value(
                 value, validators=self.validators, local_sims=local_sims,
@@ -328,10 +368,30 @@ class Node:
 
     async def _consensus_loop(self) -> None:
         async for item in self._inputs_rx:
+            height = self.core.height
             if not isinstance(item, _PoolChanged):
                 for output in self.core.step(item):
                     self._execute(output)
+            if self.core.height != height:
+                self._entered_height()
             self._maybe_start()
+
+    def _entered_height(self) -> None:
+        """The core moved on: new weights for the pool, judge deferred proposals, feed ordered catch-up."""
+        assert self._nursery is not None
+        height = self.core.height
+        self.pool.set_validators(self.validators, trio.current_time())
+        for h in [h for h in self._future_proposals if h < height]:
+            del self._future_proposals[h]
+        for signed in self._future_proposals.pop(height, []):
+            self._nursery.start_soon(self._check_proposal, signed)
+        for h in [h for h in self._ledger_values if h < height]:
+            del self._ledger_values[h]
+        value = self._ledger_values.pop(height, None)
+        if value is not None:
+            self._inputs_tx.send_nowait(Commit(height, value))
+        stale = height - SCORE_WINDOW - 1
+        self._scores = {k: v for k, v in self._scores.items() if k[0] > stale}
 
     def _maybe_start(self) -> None:
         if self.core.started or self.pool.next_ready() is None:
@@ -358,6 +418,8 @@ class Node:
             self._on_decide(output)
         elif isinstance(output, Equivocation):
             log.warning("equivocation", extra=fields(evidence=repr(output)))
+            evidence = from_equivocation(output)
+            self._evidence.setdefault(evidence_id(evidence), evidence)
             if self.ledger is not None:
                 self.ledger.submit_equivocation(output)
 
@@ -376,23 +438,36 @@ class Node:
         with trio.move_on_at(entry.quorum_at + self.cfg.answer_grace_ms / 1000):
             while len(entry.answers) < len(self.validators):
                 await self._pool_changed.wait()
-        value = await trio.to_thread.run_sync(self._build_value, entry)
+        if self.core.height != height:
+            return
+        vs = self.validators
+        scores, evidence = self.core.chain.includable(self._scores.values(), self._evidence.values(), height)
+        value, sims = await trio.to_thread.run_sync(self._build_value, entry, vs, scores, evidence)
+        self._remember_sims(value.value_id(), sims)
         self._inputs_tx.send_nowait(ProposeValue(height, round_, value))
 
-    def _build_value(self, entry: PendingQuery) -> Value:
+    def _build_value(self, entry: PendingQuery, vs: ValidatorSet, scores: tuple[Envelope, ...],
+                     evidence: tuple[EvidencePair, ...]) -> tuple[Value, list[int]]:
+        """The value and this peer's similarities in its answer order (answers sorted by peer id)."""
         answers = sorted(entry.answers.values(), key=lambda a: a.signer)
         sims = self.engine.similarities(entry.query.message.question, [a.message.text for a in answers])
-        return grouping.build_value(
-            entry.query.envelope, answers, sims,
-            [self.validators.weight_of(a.signer) for a in answers],
+        value = grouping.build_value(
+            entry.query.envelope, answers, sims, [vs.weight_of(a.signer) for a in answers],
             self.genesis.params.similarity_threshold,
+            validators_hash=vs.set_hash(), scores=scores, evidence=evidence,
         )
+        return value, list(sims)
+
+    def _remember_sims(self, value_id: bytes, sims: list[int]) -> None:
+        self._local_sims[value_id] = sims
+        while len(self._local_sims) > 64:
+            del self._local_sims[next(iter(self._local_sims))]
 
     def _on_decide(self, decision: Decide) -> None:
         now = trio.current_time()
         value = decision.value
         cert = build_certificate(self.genesis, decision.height, decision.round, value, decision.precommits,
-                                 self._verified)
+                                 self._verified, validators=decision.validators)
         self.certificates[decision.height] = cert
         if self.ledger is not None:
             self.ledger.submit_certificate(decision.height, cert)
@@ -411,18 +486,61 @@ class Node:
         if waiter is not None:
             waiter.decision = record
             waiter.event.set()
+        for pair in value.evidence:  # committed: no need to carry it again
+            self._evidence.pop(evidence_id(decode_evidence(pair.model_dump())), None)
+        if self.core.chain.adaptive and decision.validators is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._score, decision.height, value, decision.validators)
+
+    # -- scoring ----------------------------------------------------------------
+
+    async def _score(self, height: int, value: Value, vs: ValidatorSet) -> None:
+        """Score every answer of a decided value with this peer's own view; sign and spread the vector."""
+        keys = vs.public_key_of
+        answers = [open_envelope(Answer, e, keys, self._verified).message for e in value.answers]
+        question = open_envelope(Query, value.query, keys, self._verified).message.question
+        sims = self._local_sims.get(value.value_id())
+        if sims is None:  # decided without this peer judging it (e.g. it joined late)
+            sims = await trio.to_thread.run_sync(self.engine.similarities, question, [a.text for a in answers])
+        judged = await self._judge(question, answers, sims)
+        scores = scores_from_similarity([a.peer for a in answers], sims, [vs.weight_of(a.peer) for a in answers],
+                                        judged)
+        scores = self._scored_by_behaviour(scores)
+        vector = sign(ScoreVector(scorer=self.key.peer_id, height=height, query_id=value.query_id(),
+                                  scores=scores), self.key)
+        self._verified.add(ScoreVector.KIND, vector.envelope)
+        self._add_score(vector)
+        self.transport.broadcast_nowait(encode_message(vector))
+
+    async def _judge(self, question: str, answers: list[Answer], sims: list[int]) -> list[JudgeResult]:
+        """LLM-as-a-judge verdicts on the close calls (none without a judge or with judge_band = 0)."""
+        return []
+
+    def _scored_by_behaviour(self, scores: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+        """Fault injection hook: a colluding peer rewrites its scores (identity for honest peers)."""
+        return scores
+
+    def _add_score(self, signed: Signed[ScoreVector]) -> None:
+        vec = signed.message
+        if vec.height < self.core.height - SCORE_WINDOW - 1 or vec.height >= self.core.height + 4:
+            return
+        self._scores.setdefault((vec.height, vec.scorer), signed)
 
     def _on_ledger_certificate(self, height: int, cert: dict[str, Any]) -> None:
-        """The ledger ordered a verified certificate: catch the core up if it is behind."""
+        """The ledger ordered a verified certificate: catch the core up, height by height, if it is behind."""
         if height < self.core.height:
             return
-        from peers.ledger import query_id_of_certificate
+        from peers.ledger import value_of_certificate
 
-        query_id = query_id_of_certificate(cert)
-        if query_id is not None:
-            self.pool.mark_decided(query_id)
+        value = value_of_certificate(cert)
+        if value is None:
+            return
+        self.pool.mark_decided(value.query_id())
         log.info("catching up from the ledger", extra=fields(height=height, core_height=self.core.height))
-        self._inputs_tx.send_nowait(Commit(height))
+        if height == self.core.height:
+            self._inputs_tx.send_nowait(Commit(height, value))
+        else:
+            self._ledger_values[height] = value  # fed once the core reaches it (_entered_height)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,13 @@ class QueryPool:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def set_validators(self, validators: ValidatorSet, now: float) -> None:
+        """Weigh answers with the set in force at the current height (same members, new weights)."""
+        self._validators = validators
+        for entry in self._pending.values():
+            if entry.quorum_at is None and validators.has_quorum(self.answer_weight(entry)):
+                entry.quorum_at = now
+
     def get(self, query_id: bytes) -> PendingQuery | None:
         return self._pending.get(query_id)
 

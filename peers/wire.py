@@ -21,6 +21,7 @@ import msgpack
 from pydantic import ValidationError
 
 from consensus.messages import KINDS, Envelope, MessageError, Signed, VerifiedCache, open_envelope
+from consensus.scores import ScoreVector
 from dag.messages import DAG_KINDS
 from multillmn import canonical
 
@@ -183,7 +184,7 @@ def decode_message(
         raise WireRejection("malformed", "message fields have wrong types (k: str, b: bytes, s: bytes)")
     if canonical.pack(outer) != payload:
         raise WireRejection("non-canonical", "message map is not in canonical form")
-    model = KINDS.get(kind) or DAG_KINDS.get(kind)
+    model = KINDS.get(kind) or DAG_KINDS.get(kind) or (ScoreVector if kind == ScoreVector.KIND else None)
     if model is None:
         raise WireRejection("unknown-kind", f"unknown message kind {kind[:40]!r}")
     if len(sig) != SIG_LEN:

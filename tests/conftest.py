@@ -37,7 +37,8 @@ class Net:
         sims = [1000 if texts[i] == texts[j] else 0 for i in range(n) for j in range(i + 1, n)]
         weights = [self.genesis.validators.weight_of(a.signer) for a in answers]
         return grouping.build_value(query.envelope, answers, sims, weights,
-                                    self.genesis.params.similarity_threshold)
+                                    self.genesis.params.similarity_threshold,
+                                    validators_hash=self.genesis.validators.set_hash())
 
     def precommit(self, i: int, height: int, round_: int, value: Value | None) -> Signed[Vote]:
         k = self.keys[i]

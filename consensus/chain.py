@@ -1,0 +1,217 @@
+"""The chain: decided heights and the validator sets they imply (pure).
+
+The core owns one :class:`Chain`. Each decided value is folded in with
+:meth:`Chain.apply`, in height order: its signed score vectors and evidence
+go through :func:`consensus.weights.update`, whose new weights take effect
+``delay_heights`` later. So the set in force at ``h + 1`` is already fixed
+when ``h`` is decided, every honest peer derives it from committed data
+only, and :meth:`validators_at` is the same function on all of them.
+
+What a value may carry (:meth:`check_extras`; the proposer picks with
+:meth:`includable`):
+
+* ``validators_hash`` = the hash of the set in force at the value's height;
+* signed score vectors for the queries decided at earlier heights, at most
+  ``SCORE_WINDOW`` back and after the last counted height, one per
+  (height, scorer), not committed before;
+* evidence of equivocation by a validator, not applied before and not older
+  than ``evidence_max_age``.
+
+Proposer selection is CometBFT's weighted round robin made incremental: the
+priorities at the start of each height are carried over and advanced with
+the weights in force at that height, so a changing set costs O(n) per
+height instead of a replay from genesis.
+
+A chain built with ``params=None`` keeps the genesis weights for ever (the
+``equal`` and ``majority`` baselines, and genesis files with static weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
+
+from consensus.evidence import DuplicateVoteEvidence, Evidence, check_evidence, decode_evidence, evidence_id
+from consensus.messages import Envelope, EvidencePair, MessageError, Signed, Value, open_envelope
+from consensus.scores import ScoreVector
+from consensus.validators import ValidatorSet
+from consensus.weights import WeightParams, WeightState, update
+from multillmn.identity import PeerId
+
+if TYPE_CHECKING:
+    from consensus.messages import VerifiedCache
+
+__all__ = ["Chain", "SCORE_WINDOW"]
+
+SCORE_WINDOW = 16
+"""Score vectors older than this many heights are not included any more."""
+
+
+class Chain:
+    """Decided heights folded into weights; see the module docstring."""
+
+    def __init__(self, base: ValidatorSet, params: WeightParams | None) -> None:
+        self.base = base
+        self.params = params.validate() if params is not None else None
+        self.height = 0  # last applied height
+        self.state: WeightState | None = WeightState.genesis(base, params) if params is not None else None
+        self.queries: dict[int, bytes] = {}  # decided query id per recent height
+        self._vectors: dict[tuple[int, bytes], dict[PeerId, ScoreVector]] = {}  # committed, not yet counted
+        self._sets: dict[int, ValidatorSet] = {}  # by schedule start
+        self._prios: tuple[int, ...] = tuple(0 for _ in base)
+        self._round_prios: tuple[int, int, tuple[int, ...], int] | None = None  # height, round, prios, chosen
+
+    @property
+    def adaptive(self) -> bool:
+        return self.state is not None
+
+    # --- views -------------------------------------------------------------
+    def validators_at(self, height: int) -> ValidatorSet:
+        """The set in force at ``height`` (for heights beyond ``self.height + delay``: the latest known)."""
+        if self.state is None:
+            return self.base
+        start = max((s for s, _ in self.state.schedule if s <= height), default=None)
+        if start is None:
+            raise ValueError(f"no validator set for height {height}")
+        vs = self._sets.get(start)
+        if vs is None:
+            live = {s for s, _ in self.state.schedule}
+            self._sets = {s: v for s, v in self._sets.items() if s in live}
+            vs = self._sets[start] = self.state.validator_set(self.base, height)
+        return vs
+
+    def proposer(self, height: int, round: int) -> PeerId:
+        """Proposer of (``height``, ``round``); ``height`` must be the next one to decide."""
+        if self.state is None:
+            return self.base.proposer(height, round)  # static: the replay form is O(1) amortised
+        if height != self.height + 1 or round < 0:
+            raise ValueError(f"proposer is known for height {self.height + 1} only, not {height}")
+        vs = self.validators_at(height)
+        cached = self._round_prios
+        if cached is not None and cached[0] == height and cached[1] == round:
+            return vs.ids[cached[3]]
+        if cached is not None and cached[0] == height and cached[1] < round:
+            prios, chosen = vs.advance_priorities(cached[2], round - cached[1])
+        else:
+            prios, chosen = vs.advance_priorities(self._prios, round + 1)
+        self._round_prios = (height, round, prios, chosen)
+        return vs.ids[chosen]
+
+    def weights_digest(self) -> bytes | None:
+        """Hash of the weight state (equal on every honest peer at the same height)."""
+        return None if self.state is None else self.state.digest()
+
+    # --- what a value may carry ---------------------------------------------
+    def check_extras(self, value: Value, height: int, cache: VerifiedCache | None = None) -> str | None:
+        """``None`` if ``value``'s set hash, score vectors and evidence are valid at ``height``, else why not."""
+        vs = self.validators_at(height)
+        if value.validators_hash != vs.set_hash():
+            return f"validators_hash is not the hash of the set in force at height {height}"
+        if self.state is None and (value.scores or value.evidence):
+            return "weights are static: a value carries no score vectors or evidence"
+        seen: set[tuple[int, PeerId]] = set()
+        for k, env in enumerate(value.scores):
+            try:
+                vec = open_envelope(ScoreVector, env, vs.public_key_of, cache).message
+            except MessageError as exc:
+                return f"score vector {k}: {exc}"
+            reason = self._score_reason(vec, height)
+            if reason is None and (vec.height, vec.scorer) in seen:
+                reason = "a second vector of this scorer for this height"
+            if reason is not None:
+                return f"score vector {k} by {vec.scorer} for height {vec.height}: {reason}"
+            seen.add((vec.height, vec.scorer))
+        ids: set[bytes] = set()
+        for k, pair in enumerate(value.evidence):
+            try:
+                ev = decode_evidence(pair.model_dump())
+            except MessageError as exc:
+                return f"evidence {k}: {exc}"
+            reason = self._evidence_reason(ev, height, vs)
+            if reason is None and evidence_id(ev) in ids:
+                reason = "included twice"
+            if reason is not None:
+                return f"evidence {k}: {reason}"
+            ids.add(evidence_id(ev))
+        return None
+
+    def _score_reason(self, vec: ScoreVector, height: int) -> str | None:
+        assert self.state is not None
+        if not max(self.state.scored_through, height - 1 - SCORE_WINDOW) < vec.height < height:
+            return f"outside the window of includable heights before {height}"
+        if self.queries.get(vec.height) != vec.query_id:
+            return "not the query decided at that height"
+        if vec.scorer in self._vectors.get((vec.height, vec.query_id), {}):
+            return "already committed"
+        return None
+
+    def _evidence_reason(self, ev: Evidence, height: int, vs: ValidatorSet) -> str | None:
+        assert self.state is not None and self.params is not None
+        checked = check_evidence(ev, vs)
+        if isinstance(checked, str):
+            return checked
+        _, ev_height = checked
+        if not height - self.params.evidence_max_age <= ev_height <= height:
+            return f"evidence of height {ev_height} is outside the admissible age"
+        if any(i == evidence_id(ev) for _, i in self.state.evidence):
+            return "already applied"
+        return None
+
+    def includable(
+        self, vectors: Iterable[Signed[ScoreVector]], evidence: Iterable[Evidence], height: int, *,
+        max_vectors: int = 256, max_evidence: int = 16,
+    ) -> tuple[tuple[Envelope, ...], tuple[EvidencePair, ...]]:
+        """The score vectors and evidence a value proposed at ``height`` should carry, in canonical order."""
+        if self.state is None:
+            return (), ()
+        vs = self.validators_at(height)
+        chosen: dict[tuple[int, PeerId], Signed[ScoreVector]] = {}
+        for signed in vectors:
+            vec = signed.message
+            if vec.scorer in vs and self._score_reason(vec, height) is None:
+                chosen.setdefault((vec.height, vec.scorer), signed)
+        scores = tuple(chosen[k].envelope for k in sorted(chosen)[:max_vectors])
+        pairs: dict[bytes, EvidencePair] = {}
+        for ev in evidence:
+            if self._evidence_reason(ev, height, vs) is None:
+                kind: Literal["duplicate_vote", "conflicting_proposal"] = (
+                    "duplicate_vote" if isinstance(ev, DuplicateVoteEvidence) else "conflicting_proposal")
+                pairs.setdefault(evidence_id(ev), EvidencePair(kind=kind, first=ev.first, second=ev.second))
+        return scores, tuple(pairs[i] for i in sorted(pairs)[:max_evidence])
+
+    # --- folding a decision in ------------------------------------------------
+    def apply(self, height: int, value: Value) -> None:
+        """Fold the value decided at ``height`` into the chain.
+
+        ``height`` must be ``self.height + 1``; a static chain may skip heights
+        (a peer that caught up by certificates without their values).
+        """
+        static = self.state is None or self.params is None
+        if height != self.height + 1 and not (static and height > self.height):
+            raise ValueError(f"height {height} cannot follow {self.height}")
+        self.queries[height] = value.query_id()
+        for h in [h for h in self.queries if h < height - SCORE_WINDOW]:
+            del self.queries[h]
+        if self.state is None or self.params is None:
+            self.height = height
+            return
+        vs = self.validators_at(height)
+        self._prios, _ = vs.advance_priorities(self._prios, 1)
+        self._round_prios = None
+        self.height = height
+        for env in value.scores:  # validated by the quorum; skip defensively anything that does not open
+            try:
+                vec = open_envelope(ScoreVector, env, vs.public_key_of).message
+            except MessageError:
+                continue
+            self._vectors.setdefault((vec.height, vec.query_id), {}).setdefault(vec.scorer, vec)
+        evidence: list[Evidence] = []
+        for pair in value.evidence:
+            try:
+                evidence.append(decode_evidence(pair.model_dump()))
+            except MessageError:
+                continue
+        pending = [v for group in self._vectors.values() for v in group.values()]
+        self.state = update(self.state, vs, pending, evidence, height=height, params=self.params)
+        floor = max(self.state.scored_through, height - SCORE_WINDOW)
+        self._vectors = {k: g for k, g in self._vectors.items() if k[0] > floor}

@@ -1,0 +1,169 @@
+"""The chain: weights folded from decided values, what a value may carry, incremental proposers."""
+
+from __future__ import annotations
+
+import pytest
+
+from consensus import grouping
+from consensus.chain import SCORE_WINDOW, Chain
+from consensus.evidence import DuplicateVoteEvidence
+from consensus.messages import EvidencePair, Signed, Value, Vote, sign
+from consensus.scores import ScoreVector
+from consensus.state_machine import Commit, Core, Decide
+from consensus.weights import WeightParams
+from tests.conftest import Net, make_net
+
+PARAMS = WeightParams.for_tests()
+
+
+def value_at(net: Net, chain: Chain, height: int, texts: list[str], *, scores: tuple[Signed[ScoreVector], ...] = (),
+             evidence: tuple[EvidencePair, ...] = ()) -> Value:
+    """A value for ``height`` over answers ``texts`` (peer i answers texts[i]) carrying the given extras."""
+    query = net.query(f"question {height}?")
+    answers = [net.answer(query, i, t) for i, t in enumerate(texts)]
+    n = len(texts)
+    sims = [1000 if texts[i] == texts[j] else 0 for i in range(n) for j in range(i + 1, n)]
+    vs = chain.validators_at(height)
+    return grouping.build_value(query.envelope, answers, sims, [vs.weight_of(a.signer) for a in answers],
+                                800, validators_hash=vs.set_hash(), scores=[s.envelope for s in scores],
+                                evidence=evidence)
+
+
+def score(net: Net, scorer: int, height: int, value: Value, given: list[int]) -> Signed[ScoreVector]:
+    ids = [k.peer_id for k in net.keys]
+    return sign(ScoreVector(scorer=ids[scorer], height=height, query_id=value.query_id(),
+                            scores=tuple(sorted(zip(ids, given)))), net.keys[scorer])
+
+
+def double_vote(net: Net, i: int, height: int) -> EvidencePair:
+    k = net.keys[i]
+    a = sign(Vote(type="prevote", height=height, round=0, value_id=None, voter=k.peer_id), k)
+    b = sign(Vote(type="prevote", height=height, round=0, value_id=b"\x01" * 32, voter=k.peer_id), k)
+    ev = DuplicateVoteEvidence(first=a.envelope, second=b.envelope)
+    return EvidencePair(kind=ev.KIND, first=ev.first, second=ev.second)
+
+
+def run(net: Net, chains: list[Chain], heights: int, wrong: int) -> None:
+    """Decide ``heights`` values; peer ``wrong`` answers wrongly and everyone scores it 0."""
+    pending: list[Signed[ScoreVector]] = []
+    for h in range(1, heights + 1):
+        texts = ["Paris" if i != wrong else "Lyon" for i in range(len(net.keys))]
+        scores, _ = chains[0].includable(pending, [], h)
+        value = value_at(net, chains[0], h, texts, scores=tuple(s for s in pending if s.envelope in scores))
+        for chain in chains:
+            assert chain.check_extras(value, h) is None
+            chain.apply(h, value)
+        pending = [score(net, i, h, value, [0 if j == wrong else 1000 for j in range(len(net.keys))])
+                   for i in range(len(net.keys))]
+
+
+def test_committed_scores_move_weights_identically_on_every_replica() -> None:
+    net = make_net([1, 1, 1, 1])
+    chains = [Chain(net.genesis.validators, PARAMS) for _ in range(3)]
+    run(net, chains, 12, wrong=3)
+    digests = {c.weights_digest() for c in chains}
+    assert len(digests) == 1 and None not in digests
+    final = chains[0].validators_at(13)
+    wrong_id = net.keys[3].peer_id
+    assert 3 * final.weight_of(wrong_id) < final.total  # the liar is far below a third
+    assert all(final.weight_of(k.peer_id) > final.weight_of(wrong_id) for k in net.keys[:3])
+    # delay: the vectors of height 1 are committed at 2, and weights change from 2 + 2
+    fresh = Chain(net.genesis.validators, PARAMS)
+    run(net, [fresh], 2, wrong=3)
+    assert fresh.validators_at(3) == net.genesis.validators != fresh.validators_at(4)
+
+
+def test_proposer_is_incremental_and_equals_the_replay_for_unchanged_weights() -> None:
+    net = make_net([3, 1, 2, 1])
+    chain = Chain(net.genesis.validators, PARAMS)
+    for h in range(1, 40):
+        for r in (0, 1, 3):
+            assert chain.proposer(h, r) == net.genesis.validators.proposer(h, r), (h, r)
+        chain.apply(h, value_at(net, chain, h, ["a", "a", "a", "a"]))
+    with pytest.raises(ValueError, match="height 40 only"):
+        chain.proposer(42, 0)
+
+
+def test_values_carrying_bad_extras_are_refused_with_the_reason() -> None:
+    net = make_net([1, 1, 1, 1])
+    chain = Chain(net.genesis.validators, PARAMS)
+    v1 = value_at(net, chain, 1, ["a"] * 4)
+    chain.apply(1, v1)
+    good = score(net, 0, 1, v1, [1000] * 4)
+    assert chain.check_extras(value_at(net, chain, 2, ["a"] * 4, scores=(good,)), 2) is None
+    cases = {
+        "the set in force": value_at(net, chain, 2, ["a"] * 4).model_copy(update={"validators_hash": b"\0" * 32}),
+        "window": value_at(net, chain, 2, ["a"] * 4, scores=(score(net, 0, 2, v1, [1000] * 4),)),
+        "not the query decided": value_at(net, chain, 2, ["a"] * 4,
+                                          scores=(score(net, 0, 1, value_at(net, chain, 2, ["b"] * 4), [1] * 4),)),
+        "second vector": value_at(net, chain, 2, ["a"] * 4, scores=(good, score(net, 0, 1, v1, [999] * 4))),
+        "signature": value_at(net, chain, 2, ["a"] * 4, scores=(good,)).model_copy(
+            update={"scores": (good.envelope.model_copy(update={"sig": b"\0" * 64}),)}),
+    }
+    for reason, value in cases.items():
+        assert reason in (chain.check_extras(value, 2) or ""), reason
+    chain.apply(2, value_at(net, chain, 2, ["a"] * 4, scores=(good,)))
+    assert "already committed" in (chain.check_extras(value_at(net, chain, 3, ["a"] * 4, scores=(good,)), 3) or "")
+
+
+def test_evidence_in_a_value_cuts_the_offender_once() -> None:
+    net = make_net([1, 1, 1, 1])
+    chain = Chain(net.genesis.validators, PARAMS)
+    chain.apply(1, value_at(net, chain, 1, ["a"] * 4))
+    ev = double_vote(net, 2, 1)
+    v2 = value_at(net, chain, 2, ["a"] * 4, evidence=(ev,))
+    assert chain.check_extras(v2, 2) is None
+    assert "included twice" in (chain.check_extras(value_at(net, chain, 2, ["a"] * 4, evidence=(ev, ev)), 2) or "")
+    chain.apply(2, v2)
+    after = chain.validators_at(4)
+    # trust 0 and quality 0: only the cap (3/10 each for the other three) leaves it the remaining 1/10
+    assert after.weight_of(net.keys[2].peer_id) == after.total // 10 < min(
+        after.weight_of(k.peer_id) for k in net.keys if k is not net.keys[2])
+    assert "already applied" in (chain.check_extras(value_at(net, chain, 3, ["a"] * 4, evidence=(ev,)), 3) or "")
+    scores, evidence = chain.includable([], [DuplicateVoteEvidence(first=ev.first, second=ev.second)], 3)
+    assert scores == () and evidence == ()
+
+
+def test_static_chain_refuses_extras_and_keeps_genesis_weights() -> None:
+    net = make_net([1, 1, 1, 1])
+    chain = Chain(net.genesis.validators, None)
+    v1 = value_at(net, chain, 1, ["a"] * 4)
+    chain.apply(1, v1)
+    with_scores = value_at(net, chain, 2, ["a"] * 4, scores=(score(net, 0, 1, v1, [1000] * 4),))
+    assert "static" in (chain.check_extras(with_scores, 2) or "")
+    chain.apply(5, v1)  # a static chain may skip heights (catch-up by certificate)
+    assert chain.validators_at(9) == net.genesis.validators
+
+
+def test_core_folds_decisions_and_commits_into_its_chain() -> None:
+    net = make_net([1, 1, 1, 1])
+    core = Core(Chain(net.genesis.validators, PARAMS), net.keys[0].peer_id)
+    v1 = value_at(net, core.chain, 1, ["a"] * 4)
+    assert core.step(Commit(2, v1)) == [] and core.height == 1  # out of order: ignored
+    core.step(Commit(1, v1))
+    assert (core.height, core.chain.height) == (2, 1)
+    v2 = value_at(net, core.chain, 2, ["a", "a", "a", "b"], scores=(score(net, 0, 1, v1, [1000, 1000, 1000, 0]),
+                                                                     score(net, 1, 1, v1, [1000, 1000, 1000, 0]),
+                                                                     score(net, 2, 1, v1, [1000, 1000, 1000, 0])))
+    decided = [o for o in _decide(net, core, v2) if isinstance(o, Decide)]
+    assert decided and core.chain.height == 2
+    assert core.chain.validators_at(4).weight_of(net.keys[3].peer_id) < core.chain.validators_at(4).weight_of(
+        net.keys[0].peer_id)
+    with pytest.raises(ValueError, match="needs a chain at height"):
+        Core(Chain(net.genesis.validators, PARAMS), net.keys[0].peer_id, height=5)
+    assert SCORE_WINDOW >= 2
+
+
+def _decide(net: Net, core: Core, value: Value) -> list[object]:
+    from consensus.messages import Proposal
+    from consensus.state_machine import ProposalInput, VoteInput
+
+    h = core.height
+    proposer = core.chain.proposer(h, 0)
+    key = next(k for k in net.keys if k.peer_id == proposer)
+    out: list[object] = list(core.step(ProposalInput(sign(Proposal(height=h, round=0, valid_round=-1, value=value,
+                                                                   proposer=proposer), key), valid=True)))
+    for k in net.keys[1:]:
+        out += core.step(VoteInput(sign(Vote(type="precommit", height=h, round=0, value_id=value.value_id(),
+                                             voter=k.peer_id), k)))
+    return out
