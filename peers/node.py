@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus import grouping
+from consensus.grouping import pair_index
 from consensus.chain import SCORE_WINDOW
 from consensus.evidence import Evidence, decode_evidence, evidence_id, from_equivocation
 from consensus.messages import (
@@ -75,7 +76,8 @@ from multillmn.config import PeerConfig
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields
-from peers.engine import AnswerEngine
+from peers.byzantine import PeerCrashed, make_behaviour
+from peers.engine import AnswerEngine, Reply
 from peers.pool import PendingQuery, PoolFull, QueryPool
 from peers.transport import Transport
 from peers.wire import RejectStats, decode_message, encode_message
@@ -131,6 +133,7 @@ class Node:
         self.core = Core(genesis.chain(), key.peer_id, timeouts=timeouts)
         self.pool = QueryPool(self.validators)
         self.rejects = RejectStats()
+        self.behaviour = make_behaviour(key.peer_id, cfg)
         self._verified = VerifiedCache()
         self.certificates: dict[int, dict[str, Any]] = {}  # in memory until the ledger (dag/) holds them
         self._waiters: dict[bytes, _Waiter] = {}
@@ -144,6 +147,8 @@ class Node:
         self._local_sims: dict[bytes, list[int]] = {}
         self._future_proposals: dict[int, list[Signed[Proposal]]] = {}
         self._ledger_values: dict[int, Value] = {}
+        self._proposals: dict[tuple[int, int], Signed[Proposal]] = {}  # first seen per (height, round)
+        self._exposed: set[tuple[int, int, str]] = set()
         self.ledger = ledger
         if ledger is not None:
             ledger.rejects = self.rejects
@@ -273,10 +278,26 @@ class Node:
                 self._nursery.start_soon(self._check_proposal, signed)
             elif isinstance(message, Vote):
                 self._inputs_tx.send_nowait(VoteInput(signed))
+                self._expose_conflict(signed)
             elif isinstance(message, ScoreVector):
                 self._add_score(signed)
             elif isinstance(message, (DagSync, DagEvents, DagWant)) and self.ledger is not None:
                 self.ledger.handle(peer, signed)
+
+    def _expose_conflict(self, vote: Signed[Vote]) -> None:
+        """A vote for another value than the proposal we hold for its round: show the voter our proposal.
+
+        A proposer that sends different values to different peers is caught
+        this way: the voter then holds both signed proposals (evidence),
+        while an honest network relays no proposal at all.
+        """
+        v = vote.message
+        held = self._proposals.get((v.height, v.round))
+        if v.value_id is None or held is None or held.message.value.value_id() == v.value_id:
+            return
+        if (v.height, v.round, v.voter) not in self._exposed:
+            self._exposed.add((v.height, v.round, v.voter))
+            self.transport.send_nowait(v.voter, encode_message(held))
 
     async def _check_proposal(self, signed: Signed[Proposal]) -> None:
         """Judge a proposal's value, then hand it to the core.
@@ -286,6 +307,7 @@ class Node:
         worker thread.
         """
         height = signed.message.height
+        self._proposals.setdefault((height, signed.message.round), signed)
         if height > self.core.height:  # the chain cannot judge its extras yet: judge it at that height
             if height <= self.core.height + self.core.future_heights:
                 self._future_proposals.setdefault(height, []).append(signed)
@@ -331,10 +353,7 @@ class Node:
             entry = self.pool.get(query_id := query_id_of(query.envelope))
             if entry is None:
                 continue  # decided or expired meanwhile
-            max_tokens = min(query.message.max_tokens, self.cfg.max_new_tokens)
-            reply = await trio.to_thread.run_sync(
-                self.engine.answer, query.message.question, max_tokens, abandon_on_cancel=True
-            )
+            reply = await self._reply(query, entry)
             answer = sign(
                 Answer(query_id=query_id, peer=self.key.peer_id, model=self.engine.model_name,
                        text=reply.text[:MAX_ANSWER_CHARS], gen_ms=int(reply.seconds * 1000)),
@@ -346,6 +365,25 @@ class Node:
             self.transport.broadcast_nowait(encode_message(answer))
             if self.pool.add_answer(answer, trio.current_time()):
                 self._notify_pool()
+
+    async def _reply(self, query: Signed[Query], entry: PendingQuery) -> Reply:
+        """This peer's reply: its model's, unless a fault-injection behaviour says otherwise."""
+        question = query.message.question
+        max_tokens = min(query.message.max_tokens, self.cfg.max_new_tokens)
+
+        async def honest() -> Reply:
+            return await trio.to_thread.run_sync(self.engine.answer, question, max_tokens, abandon_on_cancel=True)
+
+        async def others() -> list[str]:
+            """The others' answers once they carry half the weight or all are in (bounded wait)."""
+            vs = self.validators
+            with trio.move_on_after(self.cfg.answer_wait_ms / 4000):
+                while not (2 * vs.weight_of_set(entry.answers) >= vs.total
+                           or len(entry.answers) >= len(vs) - 1):
+                    await self._pool_changed.wait()
+            return [a.message.text for p, a in entry.answers.items() if p != self.key.peer_id]
+
+        return await self.behaviour.answer(question, honest, others)
 
     def _notify_pool(self) -> None:
         self._pool_changed.set()
@@ -370,7 +408,7 @@ class Node:
         async for item in self._inputs_rx:
             height = self.core.height
             if not isinstance(item, _PoolChanged):
-                for output in self.core.step(item):
+                for output in self.behaviour.outputs(self.core.step(item)):
                     self._execute(output)
             if self.core.height != height:
                 self._entered_height()
@@ -380,6 +418,9 @@ class Node:
         """The core moved on: new weights for the pool, judge deferred proposals, feed ordered catch-up."""
         assert self._nursery is not None
         height = self.core.height
+        crash_at = self.behaviour.crashes_at()
+        if crash_at is not None and height >= crash_at:
+            raise PeerCrashed(f"fault injection: crashing at height {height}")
         self.pool.set_validators(self.validators, trio.current_time())
         for h in [h for h in self._future_proposals if h < height]:
             del self._future_proposals[h]
@@ -387,6 +428,8 @@ class Node:
             self._nursery.start_soon(self._check_proposal, signed)
         for h in [h for h in self._ledger_values if h < height]:
             del self._ledger_values[h]
+        self._proposals = {k: p for k, p in self._proposals.items() if k[0] >= height - 1}
+        self._exposed = {k for k in self._exposed if k[0] >= height - 1}
         value = self._ledger_values.pop(height, None)
         if value is not None:
             self._inputs_tx.send_nowait(Commit(height, value))
@@ -396,7 +439,7 @@ class Node:
     def _maybe_start(self) -> None:
         if self.core.started or self.pool.next_ready() is None:
             return
-        for output in self.core.step(Start()):
+        for output in self.behaviour.outputs(self.core.step(Start())):
             self._execute(output)
 
     def _execute(self, output: Any) -> None:
@@ -404,12 +447,12 @@ class Node:
         if isinstance(output, BroadcastVote):
             signed_vote = sign(output.vote, self.key)
             self._verified.add(Vote.KIND, signed_vote.envelope)
-            self.transport.broadcast_nowait(encode_message(signed_vote))
             self._inputs_tx.send_nowait(VoteInput(signed_vote))
+            self._send_own(output.vote, signed_vote)
         elif isinstance(output, BroadcastProposal):
             signed_prop = sign(output.proposal, self.key)
-            self.transport.broadcast_nowait(encode_message(signed_prop))
             self._inputs_tx.send_nowait(ProposalInput(signed_prop, valid=True))
+            self._send_own(output.proposal, signed_prop)
         elif isinstance(output, ScheduleTimeout):
             self._nursery.start_soon(self._timer, output)
         elif isinstance(output, RequestValue):
@@ -422,6 +465,46 @@ class Node:
             self._evidence.setdefault(evidence_id(evidence), evidence)
             if self.ledger is not None:
                 self.ledger.submit_equivocation(output)
+
+    def _send_own(self, message: Vote | Proposal, signed: Signed[Vote] | Signed[Proposal]) -> None:
+        """Send our vote or proposal (as the fault-injection behaviour, if any, has it)."""
+        assert self._nursery is not None
+        peers = [p for p in self.validators.ids if p != self.key.peer_id]
+        for send in self.behaviour.sends(message, peers, self._rival_proposal):
+            payload = encode_message(signed if send.message is message else sign(send.message, self.key))
+            if send.delay_s > 0:
+                self._nursery.start_soon(self._send_later, send.to, payload, send.delay_s)
+            else:
+                self._deliver(send.to, payload)
+
+    def _deliver(self, to: tuple[str, ...] | None, payload: bytes) -> None:
+        if to is None:
+            self.transport.broadcast_nowait(payload)
+        else:
+            for peer in to:
+                self.transport.send_nowait(peer, payload)
+
+    async def _send_later(self, to: tuple[str, ...] | None, payload: bytes, delay_s: float) -> None:
+        await trio.sleep(delay_s)
+        self._deliver(to, payload)
+
+    def _rival_proposal(self, proposal: Proposal) -> Proposal | None:
+        """Another valid-looking value for the same (height, round): for the conflicting-proposals behaviour."""
+        value = proposal.value
+        if value.scores:
+            rival = value.model_copy(update={"scores": value.scores[1:]})
+        elif len(value.answers) > 1:
+            keys = self.validators.public_key_of
+            answers = [open_envelope(Answer, e, keys, self._verified) for e in value.answers[:-1]]
+            n, m = len(value.answers), len(answers)
+            sims = [value.sims[pair_index(n, i, j)] for i in range(m) for j in range(i + 1, m)]
+            rival = grouping.build_value(
+                value.query, answers, sims, [self.validators.weight_of(a.signer) for a in answers],
+                self.genesis.params.similarity_threshold, validators_hash=value.validators_hash,
+                evidence=value.evidence)
+        else:
+            return None
+        return proposal.model_copy(update={"value": rival})
 
     async def _timer(self, timeout: ScheduleTimeout) -> None:
         await trio.sleep(timeout.duration_ms / 1000)
@@ -505,7 +588,8 @@ class Node:
         judged = await self._judge(question, answers, sims)
         scores = scores_from_similarity([a.peer for a in answers], sims, [vs.weight_of(a.peer) for a in answers],
                                         judged)
-        scores = self._scored_by_behaviour(scores)
+        own = next((a.text for a in answers if a.peer == self.key.peer_id), None)
+        scores = self.behaviour.scores(scores, {a.peer: a.text for a in answers}, own)
         vector = sign(ScoreVector(scorer=self.key.peer_id, height=height, query_id=value.query_id(),
                                   scores=scores), self.key)
         self._verified.add(ScoreVector.KIND, vector.envelope)
@@ -515,10 +599,6 @@ class Node:
     async def _judge(self, question: str, answers: list[Answer], sims: list[int]) -> list[JudgeResult]:
         """LLM-as-a-judge verdicts on the close calls (none without a judge or with judge_band = 0)."""
         return []
-
-    def _scored_by_behaviour(self, scores: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
-        """Fault injection hook: a colluding peer rewrites its scores (identity for honest peers)."""
-        return scores
 
     def _add_score(self, signed: Signed[ScoreVector]) -> None:
         vec = signed.message
