@@ -90,7 +90,7 @@ def _question_of(messages: list[ChatMessage]) -> str:
 
 
 def _decision_json(node: Node, decision: Decision, total_ms: int) -> dict[str, Any]:
-    vs = node.validators
+    vs = decision.validators or node.validators
     winners = set(decision.value.winners)
     agreed = vs.weight_of_set(winners)
     return {
@@ -118,6 +118,7 @@ def _decision_json(node: Node, decision: Decision, total_ms: int) -> dict[str, A
             "total_ms": total_ms,
             "generation_ms": decision.generation_ms,
             "consensus_ms": decision.consensus_ms,
+            "protocol_ms": decision.protocol_ms,
         },
         "certificate": decision.certificate,
     }

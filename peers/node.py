@@ -105,6 +105,8 @@ class Decision:
     answers: list[Answer]
     generation_ms: int
     consensus_ms: int
+    protocol_ms: int = 0  # from the first proposal of the height at this peer to the decision
+    validators: ValidatorSet | None = None  # the set in force at ``height``
 
 
 @dataclass
@@ -149,6 +151,7 @@ class Node:
         self._ledger_values: dict[int, Value] = {}
         self._proposals: dict[tuple[int, int], Signed[Proposal]] = {}  # first seen per (height, round)
         self._exposed: set[tuple[int, int, str]] = set()
+        self._proposal_at: dict[int, float] = {}  # when the first proposal of a height reached this peer
         self.ledger = ledger
         if ledger is not None:
             ledger.rejects = self.rejects
@@ -308,6 +311,7 @@ class Node:
         """
         height = signed.message.height
         self._proposals.setdefault((height, signed.message.round), signed)
+        self._proposal_at.setdefault(height, trio.current_time())
         if height > self.core.height:  # the chain cannot judge its extras yet: judge it at that height
             if height <= self.core.height + self.core.future_heights:
                 self._future_proposals.setdefault(height, []).append(signed)
@@ -429,6 +433,7 @@ class Node:
         for h in [h for h in self._ledger_values if h < height]:
             del self._ledger_values[h]
         self._proposals = {k: p for k, p in self._proposals.items() if k[0] >= height - 1}
+        self._proposal_at = {h: t for h, t in self._proposal_at.items() if h >= height}
         self._exposed = {k for k in self._exposed if k[0] >= height - 1}
         value = self._ledger_values.pop(height, None)
         if value is not None:
@@ -527,6 +532,7 @@ class Node:
         scores, evidence = self.core.chain.includable(self._scores.values(), self._evidence.values(), height)
         value, sims = await trio.to_thread.run_sync(self._build_value, entry, vs, scores, evidence)
         self._remember_sims(value.value_id(), sims)
+        self._proposal_at.setdefault(height, trio.current_time())
         self._inputs_tx.send_nowait(ProposeValue(height, round_, value))
 
     def _build_value(self, entry: PendingQuery, vs: ValidatorSet, scores: tuple[Envelope, ...],
@@ -562,6 +568,8 @@ class Node:
         record = Decision(
             height=decision.height, round=decision.round, value=value, certificate=cert, answers=answers,
             generation_ms=int((quorum_at - arrived) * 1000), consensus_ms=int((now - quorum_at) * 1000),
+            protocol_ms=int((now - self._proposal_at.pop(decision.height, now)) * 1000),
+            validators=decision.validators,
         )
         log.info("decided", extra=fields(height=decision.height, round=decision.round, answer=value.answer,
                                            consensus_ms=record.consensus_ms))

@@ -31,7 +31,7 @@ async def test_query_status_certificates_and_chat() -> None:
                 assert body["answer"] == "Paris" and body["agreed_share"] >= 0.75
                 assert {a["model"] for a in body["answers"]} <= {"m0", "m1", "m2", "m3"}
                 assert all(len(a["signature"]) == 128 for a in body["answers"])
-                assert set(body["timings"]) == {"total_ms", "generation_ms", "consensus_ms"}
+                assert set(body["timings"]) == {"total_ms", "generation_ms", "consensus_ms", "protocol_ms"}
                 assert verify(body["certificate"], net.genesis).answer == "Paris"
 
                 status = (await client.get("/v1/status")).json()
