@@ -17,8 +17,8 @@ precommits are for this height, round and value id, from distinct validators,
 carrying more than 2/3 of the weight of the height's set.
 
 What offline verification cannot check is that the height's weights are the
-ones the weight rule produced: that needs the committed history (the ledger
-holds every decided value; ``multillmn verify --peer`` compares with it).
+ones the weight rule produced: that needs the committed history (every
+peer's ledger holds every decided value; see ADR 0010).
 Every honest precommit attests ``validators_hash``, so a forged set needs a
 quorum of that forged set to sign, which the cap on any peer's share (3/10)
 makes at least four colluding peers.
