@@ -117,3 +117,30 @@ def test_cli_verify_exit_codes(net4: Net, tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(CertificateError, match="not JSON"):
         verify_file(notjson)
     assert Genesis.load(genesis).chain_id == "test-chain"
+
+
+def test_the_heights_own_set_counts_and_must_be_the_one_the_value_commits_to() -> None:
+    from consensus import grouping
+    from consensus.validators import Validator, ValidatorSet
+
+    net = make_net([1, 1, 1, 1])
+    later = ValidatorSet(Validator(v.peer_id, v.public_key, w, v.moniker)
+                         for v, w in zip(net.genesis.validators, [500, 300, 100, 100]))
+    query = net.query()
+    answers = [net.answer(query, i, t) for i, t in enumerate(["Paris", "Paris", "Lyon", "Lyon"])]
+    value = grouping.build_value(query.envelope, answers, [1000, 0, 0, 0, 0, 1000], [500, 300, 100, 100], 800,
+                                 validators_hash=later.set_hash())
+    # peers 0 and 1 hold 800 of 1000 in this height's set: a quorum, though only half of the genesis weight
+    cert = build_certificate(net.genesis, 7, 0, value, tuple(net.precommit(i, 7, 0, value) for i in (0, 1)),
+                             validators=later)
+    checked = verify(cert, net.genesis)
+    assert (checked.precommit_weight, checked.total_weight, checked.answer) == (800, 1000, "Paris")
+    heavier = _mutate(cert, "validators.2.weight", 900)  # shift weight: the value committed to another set
+    with pytest.raises(CertificateError, match="not the set the value commits to"):
+        verify(heavier, net.genesis)
+    stranger = _mutate(cert, "validators.0.moniker", "mallory")
+    with pytest.raises(CertificateError, match="members or keys differ from the genesis"):
+        verify(stranger, net.genesis)
+    static = Genesis.from_json({**net.genesis.to_json(), "params": {"weights": "static"}})
+    with pytest.raises(CertificateError, match="weights are static"):
+        verify({**cert, "genesis": static.to_json()})
