@@ -152,6 +152,8 @@ class Node:
         self._proposals: dict[tuple[int, int], Signed[Proposal]] = {}  # first seen per (height, round)
         self._exposed: set[tuple[int, int, str]] = set()
         self._proposal_at: dict[int, float] = {}  # when the first proposal of a height reached this peer
+        self._own: dict[int, list[bytes]] = {}  # our signed votes and proposals of the current height
+        self._own_answers: dict[bytes, bytes] = {}  # our signed answers to still pending queries
         self.ledger = ledger
         if ledger is not None:
             ledger.rejects = self.rejects
@@ -191,6 +193,7 @@ class Node:
             nursery.start_soon(self._answer_loop)
             nursery.start_soon(self._consensus_loop)
             nursery.start_soon(self._expire_loop)
+            nursery.start_soon(self._regossip_loop)
             if self.ledger is not None:
                 nursery.start_soon(self.ledger.run)
             task_status.started()
@@ -366,7 +369,8 @@ class Node:
             log.info("answered", extra=fields(query=query_id.hex()[:12], text=answer.message.text,
                                                 gen_ms=answer.message.gen_ms))
             self._verified.add(Answer.KIND, answer.envelope)
-            self.transport.broadcast_nowait(encode_message(answer))
+            self._own_answers[query_id] = encode_message(answer)
+            self.transport.broadcast_nowait(self._own_answers[query_id])
             if self.pool.add_answer(answer, trio.current_time()):
                 self._notify_pool()
 
@@ -434,6 +438,7 @@ class Node:
             del self._ledger_values[h]
         self._proposals = {k: p for k, p in self._proposals.items() if k[0] >= height - 1}
         self._proposal_at = {h: t for h, t in self._proposal_at.items() if h >= height}
+        self._own = {h: m for h, m in self._own.items() if h >= height}
         self._exposed = {k for k in self._exposed if k[0] >= height - 1}
         value = self._ledger_values.pop(height, None)
         if value is not None:
@@ -475,6 +480,7 @@ class Node:
         """Send our vote or proposal (as the fault-injection behaviour, if any, has it)."""
         assert self._nursery is not None
         peers = [p for p in self.validators.ids if p != self.key.peer_id]
+        self._own.setdefault(message.height, []).append(encode_message(signed))
         for send in self.behaviour.sends(message, peers, self._rival_proposal):
             payload = encode_message(signed if send.message is message else sign(send.message, self.key))
             if send.delay_s > 0:
@@ -510,6 +516,29 @@ class Node:
         else:
             return None
         return proposal.model_copy(update={"value": rival})
+
+    async def _regossip_loop(self) -> None:
+        """If the height has not moved for a while, re-send our answers to pending queries and our own
+        votes and proposal of the height.
+
+        Links are TCP, but a peer that reconnects (or a lossy link shaper)
+        loses what was queued; without this, a vote lost at the wrong moment
+        could stall a height until the ledger catches it up.
+        """
+        interval = max(1.0, 2 * self.cfg.timeout_propose_ms / 1000)
+        last: tuple[int, int, str] | None = None
+        while True:
+            await trio.sleep(interval)
+            now = (self.core.height, self.core.round, self.core.step_name)
+            if now == last:
+                messages = self._own.get(self.core.height, [])[-32:] if self.core.started else []
+                self._own_answers = {q: a for q, a in self._own_answers.items() if self.pool.get(q) is not None}
+                messages += list(self._own_answers.values())[-8:]
+                for payload in messages:
+                    self.transport.broadcast_nowait(payload)
+                if messages:
+                    log.info("re-sent own messages", extra=fields(height=now[0], round=now[1], count=len(messages)))
+            last = now
 
     async def _timer(self, timeout: ScheduleTimeout) -> None:
         await trio.sleep(timeout.duration_ms / 1000)

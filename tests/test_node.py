@@ -129,3 +129,27 @@ async def test_garbage_and_forged_messages_are_counted_not_fatal() -> None:
 async def _wait_height(nodes: list[Node], height: int) -> None:
     while any(n.height < height for n in nodes):
         await trio.sleep(0.05)
+
+
+async def test_own_votes_lost_on_a_link_are_sent_again_when_the_height_is_stuck() -> None:
+    net = make_net([1, 1, 1, 1])
+    cfg = replace(PeerConfig.for_tests(), timeout_propose_ms=400, timeout_prevote_ms=60_000,
+                  timeout_precommit_ms=60_000)  # rounds would take a minute: only re-sending can help
+    async with running(net, honest(4), skip={3}, cfg=cfg) as nodes:
+        lossy = nodes[0].transport.shaper
+        for other in nodes[1:]:
+            lossy.set(other.key.peer_id, loss=1.0)  # every message of peer 0 is lost ...
+        with trio.fail_after(30):
+            submitted = trio.Event()
+
+            async def heal() -> None:
+                while not nodes[0]._own.get(1):  # ... until it has voted at height 1
+                    await trio.sleep(0.05)
+                await trio.sleep(0.3)
+                lossy.clear()
+                submitted.set()
+
+            async with trio.open_nursery() as n:
+                n.start_soon(heal)
+                decision = await nodes[1].submit(Q)
+    assert submitted.is_set() and decision.value.answer == "Paris" and decision.round == 0
