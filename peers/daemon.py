@@ -27,6 +27,7 @@ from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields, setup_logging
 from peers.api import PeerHandle, create_app
+from peers.byzantine import PeerCrashed
 from peers.engine import AnswerEngine, ModelEngine
 from peers.ledger import LedgerService
 from peers.node import Node
@@ -103,7 +104,15 @@ async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
             return
 
 
+CRASH_EXIT_CODE = 3
+"""Exit status of a peer told to crash by fault injection (``[byzantine] behaviour = "crash"``)."""
+
+
 def main(config_path: Path) -> None:
     """Entry point of ``multillmn peer start``."""
     cfg = PeerConfig.load(config_path)
-    trio.run(run_peer, cfg)
+    try:
+        trio.run(run_peer, cfg)
+    except* PeerCrashed as group:
+        logging.getLogger("multillmn.daemon").error("crashed", extra=fields(reason=str(group.exceptions[0])))
+        raise SystemExit(CRASH_EXIT_CODE) from None
