@@ -259,6 +259,9 @@ async def test_restarted_node_replays_its_store_then_catches_up(tmp_path: Path) 
             while node.height != 4:
                 await trio.sleep(0.05)
         assert {n.height for n in c.nodes} == {4}
+        # it rebuilt its weights from the certified values: the same state as every other peer
+        assert len({n.core.chain.weights_digest() for n in c.nodes}) == 1
+        assert node.validators == c.nodes[0].validators
         cert3 = node.certificate(3)  # served from the ledger: this run decided nothing itself
         assert node.certificates == {}
         assert cert3 is not None and cert3["value_id"] == c.nodes[0].certificates[3]["value_id"]
