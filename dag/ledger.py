@@ -10,7 +10,13 @@ Every transaction is canonical msgpack of a map with a ``type``:
   decides it; a later one with the same ``value_id`` is a duplicate, one with
   another ``value_id`` is a conflict; both are ignored and counted.
 * ``weights``: ``{type, height >= 1, weights: {peer_id: int > 0}}``, the
-  weights that apply from ``height``; the first for a height wins.
+  weights that apply from ``height``; the first for a height wins. A ledger
+  given a ``chain`` (:class:`consensus.chain.Chain`, as every peer's is)
+  ignores these and *derives* the weights instead: it folds the certified
+  values in height order through the chain and records the weights in force
+  at every height where they change, so they are the ones the consensus core
+  used; a certificate whose validator set differs is counted under
+  ``certificate set differs``.
 * ``evidence``: ``{type, kind: str, peer_id, data: bytes}``, misbehaviour
   proof, kept once. For ``kind == "fork"`` (:func:`fork_evidence_tx`),
   ``data`` packs the two encoded events, which must decode, be by
@@ -26,11 +32,14 @@ same order. :meth:`Ledger.state_hash` is SHA-256 of the canonical state.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from consensus.chain import Chain
+from consensus.messages import decode_value
 from dag.event import Event, EventError, decode_event, encode_event, verify_event
 from dag.hashgraph import ForkEvidence
 from multillmn import canonical
@@ -95,9 +104,11 @@ class Ledger:
     """The state machine fed by the consensus order; ``apply`` is its only input."""
 
     def __init__(self, certificate_check: Callable[[Any], None] | None = None,
-                 public_key_of: Callable[[PeerId], bytes | None] | None = None) -> None:
+                 public_key_of: Callable[[PeerId], bytes | None] | None = None,
+                 chain: Chain | None = None) -> None:
         self._check = certificate_check
         self._key_of = public_key_of
+        self._chain = chain
         self.position = 0
         self.answers: dict[int, bytes] = {}
         self._value_ids: dict[int, str] = {}
@@ -171,9 +182,33 @@ class Ledger:
                 raise _Skip("unverified certificate") from None
         self.answers[height] = blob
         self._value_ids[height] = value_id
+        self._fold()
+
+    def _fold(self, *, count: bool = True) -> None:
+        """Fold certified values into the chain in height order; record the derived weights."""
+        chain = self._chain
+        while chain is not None and (h := chain.height + 1) in self.answers:
+            cert = json.loads(self.answers[h].decode("utf-8"))
+            try:
+                value = decode_value(canonical.unpack(base64.b64decode(cert["value"])))
+                chain.apply(h, value)
+            except (KeyError, TypeError, ValueError, canonical.CanonicalError):
+                self._chain = None  # cannot happen for verified certificates; stop deriving rather than guess
+                self.ignored["underivable weights"] = self.ignored.get("underivable weights", 0) + 1
+                return
+            weights = {v.peer_id: v.weight for v in chain.validators_at(h)}
+            if self.weights_at(h) != weights:
+                self.weights[h] = weights
+            carried = cert.get("validators")
+            if count and isinstance(carried, list) and [
+                    (v.get("peer_id"), v.get("weight")) for v in carried if isinstance(v, dict)
+            ] != sorted(weights.items()):
+                self.ignored["certificate set differs"] = self.ignored.get("certificate set differs", 0) + 1
 
     def _weights(self, tx: dict[str, Any]) -> None:
         _keys(tx, {"type", "height", "weights"})
+        if self._chain is not None:
+            raise _Skip("derived weights")
         height = _height(tx["height"])
         table = tx["weights"]
         if not isinstance(table, dict) or not table or not all(
@@ -261,11 +296,15 @@ class Ledger:
 
     @classmethod
     def restore(cls, data: bytes, certificate_check: Callable[[Any], None] | None = None,
-                public_key_of: Callable[[PeerId], bytes | None] | None = None) -> Ledger:
-        """Rebuild a ledger from :meth:`snapshot` bytes (raises ``ValueError`` if malformed)."""
+                public_key_of: Callable[[PeerId], bytes | None] | None = None,
+                chain: Chain | None = None) -> Ledger:
+        """Rebuild a ledger from :meth:`snapshot` bytes (raises ``ValueError`` if malformed).
+
+        A fresh ``chain`` is brought back to the snapshot by folding its certified values again.
+        """
         try:
             raw = canonical.unpack(data, max_len=1 << 30)
-            led = cls(certificate_check, public_key_of)
+            led = cls(certificate_check, public_key_of, chain)
             led.position = int(raw["position"])
             for h, blob in raw["answers"]:
                 led.answers[h] = blob
@@ -283,4 +322,5 @@ class Ledger:
             raise ValueError(f"malformed ledger snapshot: {exc}") from None
         if canonical.pack(led._state() | {"log": raw["log"]}) != data:
             raise ValueError("ledger snapshot is not canonical")
+        led._fold(count=False)
         return led

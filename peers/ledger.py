@@ -163,7 +163,7 @@ class LedgerService:
         verify(cert, self.genesis)  # CertificateError is a ValueError: the ledger ignores and counts it
 
     def _new_ledger(self) -> Ledger:
-        return Ledger(self._check_certificate, self.validators.public_key_of)
+        return Ledger(self._check_certificate, self.validators.public_key_of, self.genesis.chain())
 
     def _restore(self) -> None:
         hg = self.hashgraph
@@ -172,7 +172,8 @@ class LedgerService:
         snap = self.store.latest_snapshot() if self.store is not None else None
         if snap is not None and snap[0] <= len(ordered):
             try:
-                self.ledger = Ledger.restore(snap[1], self._check_certificate, self.validators.public_key_of)
+                self.ledger = Ledger.restore(snap[1], self._check_certificate, self.validators.public_key_of,
+                                             self.genesis.chain())
                 start = snap[0]
             except ValueError as exc:
                 log.warning("ledger snapshot unusable; re-applying the whole order", extra=fields(error=str(exc)))

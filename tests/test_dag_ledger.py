@@ -154,3 +154,30 @@ def test_fork_evidence_is_checked_and_kept_once_per_fork() -> None:
         sorted((encode_event(x.first), encode_event(x.second)))[0] for x in (first, later)]
     assert led.ignored == {"duplicate evidence": 1, "bad evidence": 4, "bad certificate": 1}
     assert Ledger.restore(led.snapshot()).state_hash() == led.state_hash()
+
+
+def test_a_ledger_with_a_chain_derives_weights_in_height_order_and_flags_a_wrong_set() -> None:
+    from consensus import grouping
+    from consensus.chain import Chain
+    from consensus.weights import WeightParams
+    from consensus.validators import Validator, ValidatorSet
+
+    net = make_net([1, 1, 1, 1])
+    vs = net.genesis.validators
+    certs = []
+    for h in (1, 2, 3):
+        value = net.value(["Paris", "Paris", "Paris", "Paris"], net.query(f"q{h}?"))
+        certs.append(build_certificate(net.genesis, h, 0, value, tuple(net.precommit(i, h, 0, value) for i in range(3))))
+    forged = ValidatorSet(Validator(v.peer_id, v.public_key, w, v.moniker) for v, w in zip(vs, [9, 1, 1, 1]))
+    certs[2]["validators"] = [{"peer_id": v.peer_id, "public_key": v.public_key.hex(), "weight": v.weight,
+                               "moniker": v.moniker} for v in forged]
+    led = Ledger(chain=Chain(vs, WeightParams.for_tests()))
+    txs = [certificate_tx(c["height"], json.dumps(c).encode()) for c in (certs[1], certs[2], certs[0])]
+    led.apply(events(txs))
+    assert sorted(led.answers) == [1, 2, 3]  # ordered 2, 3, 1: folded 1, 2, 3
+    assert led.weights_at(3) == {v.peer_id: v.weight for v in vs}
+    assert led.ignored == {"certificate set differs": 1}
+    assert led.apply(events([weights_tx(5, {vs.ids[0]: 7})])) == 0  # weights are derived, never declared
+    assert led.ignored["derived weights"] == 1
+    restored = Ledger.restore(led.snapshot(), chain=Chain(vs, WeightParams.for_tests()))
+    assert restored.state_hash() == led.state_hash()

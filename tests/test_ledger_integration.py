@@ -262,6 +262,10 @@ async def test_restarted_node_replays_its_store_then_catches_up(tmp_path: Path) 
         # it rebuilt its weights from the certified values: the same state as every other peer
         assert len({n.core.chain.weights_digest() for n in c.nodes}) == 1
         assert node.validators == c.nodes[0].validators
+        for n in c.nodes:  # the ledger derived the same weights from the certified values
+            derived = _ledger(n).ledger
+            assert derived.weights_at(3) == {v.peer_id: v.weight for v in n.core.chain.validators_at(3)}
+            assert "certificate set differs" not in derived.ignored
         cert3 = node.certificate(3)  # served from the ledger: this run decided nothing itself
         assert node.certificates == {}
         assert cert3 is not None and cert3["value_id"] == c.nodes[0].certificates[3]["value_id"]
