@@ -32,6 +32,7 @@ from peers.engine import AnswerEngine, ModelEngine
 from peers.ledger import LedgerService
 from peers.node import Node
 from peers.transport import Transport
+from peers.wal import ConsensusWal
 
 __all__ = ["run_peer", "load_identity"]
 
@@ -87,7 +88,8 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
             log.error("cannot open the ledger store; move it aside to resync from the peers",
                       extra=fields(path=str(cfg.path(cfg.ledger_path)), error=str(exc)))
             raise
-        node = Node(cfg, key, genesis, engine, transport, ledger)
+        wal = ConsensusWal(cfg.path(cfg.ledger_path).with_suffix(".wal"))  # next to the ledger
+        node = Node(cfg, key, genesis, engine, transport, ledger, wal)
         await nursery.start(node.run)
         handle.node = node
         handle.phase = "ready"

@@ -80,6 +80,7 @@ from peers.byzantine import PeerCrashed, make_behaviour
 from peers.engine import AnswerEngine, Reply
 from peers.pool import PendingQuery, PoolFull, QueryPool
 from peers.transport import Transport
+from peers.wal import ConsensusWal, own_signer
 from peers.wire import RejectStats, decode_message, encode_message
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Node:
 
     def __init__(
         self, cfg: PeerConfig, key: KeyPair, genesis: Genesis, engine: AnswerEngine, transport: Transport,
-        ledger: LedgerService | None = None,
+        ledger: LedgerService | None = None, wal: ConsensusWal | None = None,
     ) -> None:
         self.cfg = cfg
         self.key = key
@@ -159,6 +160,10 @@ class Node:
             ledger.rejects = self.rejects
             ledger.on_certificate = self._on_ledger_certificate
             self._replay_ledger(ledger)
+        self.wal = wal
+        self._replayed: list[Any] = []  # outputs of the WAL replay to carry out once running
+        if wal is not None:
+            self._replay_wal(wal)
 
     def _replay_ledger(self, ledger: LedgerService) -> None:
         """Restarted: fold every certified height into the core, so its weights match everyone's."""
@@ -173,6 +178,25 @@ class Node:
             self.pool.mark_decided(value.query_id())
             self.core.step(Commit(height, value))
         self.pool.set_validators(self.validators, 0.0)
+
+    def _replay_wal(self, wal: ConsensusWal) -> None:
+        """Restarted mid-height: step the core through its logged inputs again (same locks, same votes)."""
+        height = self.core.height
+        records = [inp for h, inp in wal.records(self.genesis.validators.public_key_of) if h == height]
+        for inp in records:
+            if own_signer(inp, self.key.peer_id):
+                assert isinstance(inp, (VoteInput, ProposalInput))
+                self._own.setdefault(height, []).append(encode_message(inp.signed))
+            for output in self.behaviour.outputs(self.core.step(inp)):
+                if not isinstance(output, (BroadcastVote, BroadcastProposal)):  # those were sent before the crash
+                    self._replayed.append(output)
+        if records:
+            log.info("replayed the consensus WAL", extra=fields(height=height, inputs=len(records),
+                                                                  round=self.core.round))
+
+    def _log(self, inp: Any) -> None:
+        if self.wal is not None and not isinstance(inp, (_PoolChanged, Commit)):
+            self.wal.append(self.core.height, inp)
 
     @property
     def validators(self) -> ValidatorSet:
@@ -194,6 +218,9 @@ class Node:
             nursery.start_soon(self._consensus_loop)
             nursery.start_soon(self._expire_loop)
             nursery.start_soon(self._regossip_loop)
+            for output in self._replayed:
+                self._execute(output)
+            self._replayed = []
             if self.ledger is not None:
                 nursery.start_soon(self.ledger.run)
             task_status.started()
@@ -416,6 +443,8 @@ class Node:
         async for item in self._inputs_rx:
             height = self.core.height
             if not isinstance(item, _PoolChanged):
+                if not own_signer(item, self.key.peer_id):  # our own were logged before they were sent
+                    self._log(item)
                 for output in self.behaviour.outputs(self.core.step(item)):
                     self._execute(output)
             if self.core.height != height:
@@ -449,6 +478,7 @@ class Node:
     def _maybe_start(self) -> None:
         if self.core.started or self.pool.next_ready() is None:
             return
+        self._log(Start())
         for output in self.behaviour.outputs(self.core.step(Start())):
             self._execute(output)
 
@@ -457,12 +487,14 @@ class Node:
         if isinstance(output, BroadcastVote):
             signed_vote = sign(output.vote, self.key)
             self._verified.add(Vote.KIND, signed_vote.envelope)
-            self._inputs_tx.send_nowait(VoteInput(signed_vote))
-            self._send_own(output.vote, signed_vote)
+            own_vote = VoteInput(signed_vote)
+            self._send_own(output.vote, signed_vote, own_vote)  # logged, then sent ...
+            self._inputs_tx.send_nowait(own_vote)  # ... then counted like anyone's
         elif isinstance(output, BroadcastProposal):
             signed_prop = sign(output.proposal, self.key)
-            self._inputs_tx.send_nowait(ProposalInput(signed_prop, valid=True))
-            self._send_own(output.proposal, signed_prop)
+            own_proposal = ProposalInput(signed_prop, valid=True)
+            self._send_own(output.proposal, signed_prop, own_proposal)
+            self._inputs_tx.send_nowait(own_proposal)
         elif isinstance(output, ScheduleTimeout):
             self._nursery.start_soon(self._timer, output)
         elif isinstance(output, RequestValue):
@@ -476,11 +508,14 @@ class Node:
             if self.ledger is not None:
                 self.ledger.submit_equivocation(output)
 
-    def _send_own(self, message: Vote | Proposal, signed: Signed[Vote] | Signed[Proposal]) -> None:
+    def _send_own(self, message: Vote | Proposal, signed: Signed[Vote] | Signed[Proposal],
+                  own_input: VoteInput | ProposalInput) -> None:
         """Send our vote or proposal (as the fault-injection behaviour, if any, has it)."""
         assert self._nursery is not None
         peers = [p for p in self.validators.ids if p != self.key.peer_id]
         self._own.setdefault(message.height, []).append(encode_message(signed))
+        if self.wal is not None:  # durable before it leaves: a restart never signs a different one
+            self.wal.append(message.height, own_input)
         for send in self.behaviour.sends(message, peers, self._rival_proposal):
             payload = encode_message(signed if send.message is message else sign(send.message, self.key))
             if send.delay_s > 0:
