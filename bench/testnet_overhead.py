@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
+from bench.query_latency import QUESTIONS  # noqa: E402
 from multillmn.client import ask  # noqa: E402
-from multillmn.questions import load_questions  # noqa: E402
 from testnet.launcher import down, status, up  # noqa: E402
 from testnet.manifest import Manifest  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10)
     args = parser.parse_args()
     counts = [int(c) for c in args.peers.split(",")]
-    questions = [q.question for q in load_questions()[: args.queries]]
+    questions = (QUESTIONS * (1 + args.queries // len(QUESTIONS)))[: args.queries]
     us = verify_us()
     rows = []
     for n in counts:
