@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections import OrderedDict
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ class Embedder:
         self._model: Any = SentenceTransformer(str(self.path), device="cpu")
         self._model.eval()
         self._lock = threading.Lock()
+        self._cache: OrderedDict[str, Any] = OrderedDict()  # normalised text -> embedding (LRU)
+        self.cache_size = 4096
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Embedder:
@@ -72,11 +75,23 @@ class Embedder:
         import torch
 
         inputs = [normalise_answer(t) or t.strip() for t in texts]
+        if not inputs:
+            return torch.empty((0, 0))
         with self._lock, torch.inference_mode():
-            return self._model.encode(
-                inputs, convert_to_tensor=True,
-                normalize_embeddings=True, show_progress_bar=False,
-            )
+            missing = list(dict.fromkeys(t for t in inputs if t not in self._cache))
+            if missing:
+                fresh = self._model.encode(
+                    missing, convert_to_tensor=True,
+                    normalize_embeddings=True, show_progress_bar=False,
+                )
+                for text, row in zip(missing, fresh):
+                    self._cache[text] = row
+            for text in inputs:
+                self._cache.move_to_end(text)
+            rows = [self._cache[t] for t in inputs]
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return torch.stack(rows)
 
     def similarities(self, texts: list[str]) -> list[list[float]]:
         """Symmetric cosine-similarity matrix; 1.0 exactly where normalised answers are equal."""

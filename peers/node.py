@@ -155,6 +155,7 @@ class Node:
         self._proposal_at: dict[int, float] = {}  # when the first proposal of a height reached this peer
         self._own: dict[int, list[bytes]] = {}  # our signed votes and proposals of the current height
         self._own_answers: dict[bytes, bytes] = {}  # our signed answers to still pending queries
+        self._warming: set[bytes] = set()  # queries whose answers are being embedded ahead of a proposal
         self.ledger = ledger
         if ledger is not None:
             ledger.rejects = self.rejects
@@ -306,6 +307,7 @@ class Node:
             elif isinstance(message, Answer):
                 if self.pool.add_answer(signed, now):
                     self._notify_pool()
+                    self._warm(message.query_id)
             elif isinstance(message, Proposal):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._check_proposal, signed)
@@ -400,6 +402,7 @@ class Node:
             self.transport.broadcast_nowait(self._own_answers[query_id])
             if self.pool.add_answer(answer, trio.current_time()):
                 self._notify_pool()
+                self._warm(query_id)
 
     async def _reply(self, query: Signed[Query], entry: PendingQuery) -> Reply:
         """This peer's reply: its model's, unless a fault-injection behaviour says otherwise."""
@@ -419,6 +422,27 @@ class Node:
             return [a.message.text for p, a in entry.answers.items() if p != self.key.peer_id]
 
         return await self.behaviour.answer(question, honest, others)
+
+    def _warm(self, query_id: bytes) -> None:
+        if query_id not in self._warming:
+            assert self._nursery is not None
+            self._warming.add(query_id)
+            self._nursery.start_soon(self._warm_similarities, query_id)
+
+    async def _warm_similarities(self, query_id: bytes) -> None:
+        """Embed a pending query's answers as they arrive, so judging its proposal later is cheap.
+
+        The engine caches embeddings by text; this takes them off the
+        critical path between the proposal and this peer's prevote.
+        """
+        try:
+            done = 0
+            while (entry := self.pool.get(query_id)) is not None and len(entry.answers) > done:
+                texts = [a.message.text for a in entry.answers.values()]
+                done = len(texts)
+                await trio.to_thread.run_sync(self.engine.similarities, entry.query.message.question, texts)
+        finally:
+            self._warming.discard(query_id)
 
     def _notify_pool(self) -> None:
         self._pool_changed.set()

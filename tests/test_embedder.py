@@ -54,3 +54,16 @@ def test_quantise() -> None:
     assert isinstance(quantise(0.5), int)
     with pytest.raises(ValueError):
         quantise(float("nan"))
+
+
+def test_embeddings_are_cached_by_normalised_text(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = ["The capital is Paris.", "Berlin", "the capital is paris"]
+    first = embedder.similarities(texts)
+    calls: list[list[str]] = []
+    encode = embedder._model.encode
+    monkeypatch.setattr(embedder._model, "encode", lambda inputs, **kw: calls.append(list(inputs)) or encode(inputs, **kw))
+    again = embedder.similarities([*texts, "Lyon"])
+    assert calls == [["lyon"]]  # only the new text reaches the model
+    for i in range(3):
+        for j in range(3):
+            assert abs(again[i][j] - first[i][j]) < 1e-5
