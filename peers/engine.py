@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from consensus.grouping import pair_index
 
+from peers.judge import Judge, LLMJudge, ScriptedJudge
+
 if TYPE_CHECKING:
     from peers.embedder import Embedder
     from peers.llm import Generator
@@ -30,6 +32,7 @@ class Reply:
 
 class AnswerEngine(Protocol):
     model_name: str
+    judge: Judge | None  # this peer's model as a judge of close calls (None: similarity only)
 
     def answer(self, question: str, max_new_tokens: int) -> Reply: ...
 
@@ -55,6 +58,7 @@ class ModelEngine:
         self._generator = generator
         self._embedder = embedder
         self.model_name = model_name
+        self.judge: Judge | None = LLMJudge(generator)
 
     @classmethod
     def load(cls, model: str, cache_dir: Path, threads: int) -> ModelEngine:
@@ -85,12 +89,16 @@ class ModelEngine:
 
 
 class ScriptedEngine:
-    """Answers from a table (question -> answer); similarity 1000 for equal normalised text, else 0."""
+    """Answers from a table (question -> answer); similarity 1000 for equal normalised text, else 0.
+
+    Its judge prefers the answer equal to the table's (:class:`~peers.judge.ScriptedJudge`).
+    """
 
     def __init__(self, table: dict[str, str], model_name: str = "scripted", delay_s: float = 0.0) -> None:
         self._table = table
         self._delay = delay_s
         self.model_name = model_name
+        self.judge: Judge | None = ScriptedJudge(table)
 
     def answer(self, question: str, max_new_tokens: int) -> Reply:
         start = time.monotonic()

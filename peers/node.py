@@ -78,6 +78,7 @@ from multillmn.identity import KeyPair
 from multillmn.logs import fields
 from peers.byzantine import PeerCrashed, make_behaviour
 from peers.engine import AnswerEngine, Reply
+from peers.judge import judge_close_calls
 from peers.pool import PendingQuery, PoolFull, QueryPool
 from peers.transport import Transport
 from peers.wal import ConsensusWal, own_signer
@@ -694,7 +695,16 @@ class Node:
 
     async def _judge(self, question: str, answers: list[Answer], sims: list[int]) -> list[JudgeResult]:
         """LLM-as-a-judge verdicts on the close calls (none without a judge or with judge_band = 0)."""
-        return []
+        judge = self.engine.judge
+        if judge is None or self.cfg.judge_band == 0 or len(answers) < 2:
+            return []
+        results = await trio.to_thread.run_sync(
+            judge_close_calls, judge, question, [a.peer for a in answers], [a.text for a in answers], sims,
+            self.genesis.params.similarity_threshold, self.cfg.judge_band)
+        if results:
+            log.info("judged close calls", extra=fields(pairs=len(results),
+                                                         winners=[r.winner() for r in results]))
+        return results
 
     def _add_score(self, signed: Signed[ScoreVector]) -> None:
         vec = signed.message

@@ -297,3 +297,16 @@ def test_smollm2_cached_reload_is_fast(smollm2: Generator) -> None:
     assert again.generate("What is the capital of France?", 16).text == smollm2.generate(
         "What is the capital of France?", 16
     ).text
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_the_judge_prefers_the_correct_answer_in_both_orders(name: str, request: pytest.FixtureRequest) -> None:
+    from peers.judge import LLMJudge, judge_pair
+
+    judge = LLMJudge(request.getfixturevalue(name))
+    q = "What is the capital of France?"
+    result = judge_pair(judge, q, "right", "The capital of France is Paris.", "wrong", "The capital of France is Berlin.")
+    assert (result.a_first, result.b_first) == ("right", "right")
+    legs = judge_pair(judge, "How many legs does a spider have?", "six", "A spider has six legs.",
+                      "eight", "A spider has eight legs.")
+    assert legs.winner() == "eight"

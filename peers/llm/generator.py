@@ -103,6 +103,24 @@ class Generator:
             return str(text)
         return few_shot_prompt(question)
 
+    def answer_logprob(self, question: str, answer: str) -> float:
+        """Mean per-token log-probability of ``answer`` as this model's reply to ``question``.
+
+        One forward pass over the model's own answer prompt followed by the
+        answer; the mean (not the sum) so a full sentence is not penalised
+        against a one-word answer.
+        """
+        chat = self.spec.prompt_style == "chat"
+        prompt = self.tokenizer(self.prompt(question), add_special_tokens=not chat)["input_ids"]
+        cont = self.tokenizer(("" if chat else " ") + " ".join(answer.split()), add_special_tokens=False)["input_ids"]
+        if not cont:
+            return float("-inf")
+        ids = torch.tensor([list(prompt) + list(cont)])
+        with self._lock, torch.inference_mode():
+            logits = self.model(input_ids=ids).logits[0, len(prompt) - 1:-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(cont)), torch.tensor(cont)]
+        return float(logp.mean())
+
     def generate(self, question: str, max_new_tokens: int) -> Generation:
         """Answer ``question`` greedily with at most ``max_new_tokens`` new tokens."""
         t0 = time.monotonic()

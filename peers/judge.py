@@ -1,0 +1,114 @@
+"""LLM-as-a-judge for close calls: a peer's own model picks the correct one of two answers.
+
+Which answers are judged (:func:`close_pairs`): pairs whose quantised
+similarity lies within ``band`` per mille of the grouping threshold, where
+MiniLM alone cannot tell "same meaning" from "different" (PolyLink's TIQE
+cascade: cheap embedding first, the LLM only for close calls).
+
+How (:class:`LLMJudge`): the peer's model scores each answer by its mean
+per-token log-probability as the model's own reply to the question (one
+forward pass per answer, cached; deterministic), and prefers the likelier
+one unless they are within ``margin`` nats (a tie). Asking the model "A or
+B?" was measured and rejected: both small models show a strong position
+bias and, even debiased over both orders, pick the correct answer in only
+65% (SmolLM2) and 28% (Gemma-3) of pairs, against 88% and 98% by likelihood
+(ADR 0009). Every pair is still judged in both orders and an answer wins
+only if it wins in both (MT-Bench's rule against position bias), so a judge
+with a position preference can only produce ties;
+:func:`consensus.scores.scores_from_similarity` turns the results into
+scores.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from consensus.grouping import pair_index
+from consensus.scores import JudgeResult
+from multillmn.identity import PeerId
+
+if TYPE_CHECKING:
+    from peers.llm import Generator
+
+__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "close_pairs", "judge_pair", "judge_close_calls"]
+
+
+class Judge(Protocol):
+    def prefer(self, question: str, first: str, second: str) -> int | None:
+        """0 if ``first`` is the correct answer, 1 if ``second`` is, ``None`` if it cannot tell."""
+        ...
+
+
+class LLMJudge:
+    """A :class:`Judge` backed by a loaded model: the likelier answer (mean token log-probability) wins."""
+
+    def __init__(self, generator: Generator, margin: float = 0.05, cache_size: int = 256) -> None:
+        self.generator = generator
+        self.margin = margin
+        self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._cache_size = cache_size
+
+    def logprob(self, question: str, answer: str) -> float:
+        key = (question, answer)
+        if key not in self._cache:
+            self._cache[key] = self.generator.answer_logprob(question, answer)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return self._cache[key]
+
+    def prefer(self, question: str, first: str, second: str) -> int | None:
+        a, b = self.logprob(question, first), self.logprob(question, second)
+        if a - b > self.margin:
+            return 0
+        if b - a > self.margin:
+            return 1
+        return None
+
+
+class ScriptedJudge:
+    """For tests: prefers the answer equal (normalised) to its table's answer; ``None`` otherwise."""
+
+    def __init__(self, table: dict[str, str], *, always_first: bool = False) -> None:
+        self.table = table
+        self.always_first = always_first  # a judge with pure position bias
+
+    def prefer(self, question: str, first: str, second: str) -> int | None:
+        if self.always_first:
+            return 0
+        right = _norm(self.table.get(question, ""))
+        hits = [_norm(first) == right, _norm(second) == right]
+        return hits.index(True) if hits.count(True) == 1 else None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip(" .!").split())
+
+
+def close_pairs(n: int, sims: Sequence[int], threshold: int, band: int) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``, ``i < j``, whose similarity is within ``band`` of ``threshold`` (none if ``band == 0``)."""
+    if band <= 0:
+        return []
+    return [(i, j) for i in range(n) for j in range(i + 1, n)
+            if abs(sims[pair_index(n, i, j)] - threshold) <= band]
+
+
+def judge_pair(judge: Judge, question: str, a: PeerId, a_text: str, b: PeerId, b_text: str) -> JudgeResult:
+    """Ask ``judge`` in both orders; the verdicts become winners by peer id."""
+    first = judge.prefer(question, a_text, b_text)
+    second = judge.prefer(question, b_text, a_text)
+    return JudgeResult(
+        a=a, b=b,
+        a_first=None if first is None else (a, b)[first],
+        b_first=None if second is None else (b, a)[second],
+    )
+
+
+def judge_close_calls(judge: Judge, question: str, peers: Sequence[PeerId], texts: Sequence[str],
+                      sims: Sequence[int], threshold: int, band: int, max_pairs: int = 6) -> list[JudgeResult]:
+    """Judge the closest calls among the answers (at most ``max_pairs``, closest to the threshold first)."""
+    n = len(peers)
+    pairs = sorted(close_pairs(n, sims, threshold, band),
+                   key=lambda p: (abs(sims[pair_index(n, *p)] - threshold), p))[:max_pairs]
+    return [judge_pair(judge, question, peers[i], texts[i], peers[j], texts[j]) for i, j in pairs]
