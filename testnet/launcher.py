@@ -409,12 +409,15 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]) -> list[P
             log=str(home / "peer.log"), config=str(home / "config.toml")))
     Genesis.build(manifest.chain_id, [(p.name, keys[p.name].public_key, p.weight)
                                       for p in manifest.peers]).save(dir / "genesis.json")
+    specs = {p.name: p for p in manifest.peers}
     for r in records:
+        spec = specs[r.name]
         cfg = PeerConfig(
             moniker=r.name, key_file="peer_key.pem", genesis_file="../genesis.json",
             p2p_listen=r.p2p, api_listen=r.api_url.removeprefix("http://"),
             persistent_peers=tuple(PeerAddress(o.peer_id, o.p2p) for o in records if o is not r),
             model=r.model, threads=manifest.threads_per_peer, max_new_tokens=manifest.max_new_tokens,
+            behaviour=spec.byzantine, slow_ms=spec.slow_ms, crash_at_height=spec.crash_at_height,
         ).validate()
         Path(r.config).write_text(render_toml(cfg))
     return records

@@ -11,7 +11,10 @@ A manifest is a TOML file::
     name = "peer0"               # unique, [a-z0-9-]+
     model = "smollm2"            # smollm2 | gemma3 | path to a Hugging Face model dir
     weight = 1                   # default; positive integer voting weight
-    byzantine = "none"           # reserved: only "none" for now
+    byzantine = "none"           # fault injection: none | wrong | junk | copy-late | collude |
+                                 # double-vote | conflicting-proposals | withhold | crash | slow
+    slow_ms = 2000               # for byzantine = "slow": delay of its votes and proposals
+    crash_at_height = 3          # for byzantine = "crash": the height at which it exits
     # network = {}               # reserved: only an empty table for now
 
 Unknown keys are rejected by name. :meth:`Manifest.from_args` builds the
@@ -26,13 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multillmn.config import BYZANTINE_BEHAVIOURS
+
 __all__ = ["KNOWN_MODELS", "MAX_PEERS", "Manifest", "ManifestError", "PeerSpec", "check_model"]
 
 KNOWN_MODELS = ("smollm2", "gemma3")
 MAX_PEERS = 64
 _NAME = re.compile(r"^[a-z0-9-]+$")
 _TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens")
-_PEER_KEYS = ("name", "model", "weight", "byzantine", "network")
+_PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "network")
 
 
 class ManifestError(ValueError):
@@ -80,6 +85,8 @@ class PeerSpec:
     model: str
     weight: int = 1
     byzantine: str = "none"
+    slow_ms: int = 2000
+    crash_at_height: int = 3
 
     @classmethod
     def from_dict(cls, index: int, data: object, base_dir: Path) -> PeerSpec:
@@ -100,15 +107,22 @@ class PeerSpec:
             raise ManifestError(f"{where}: {exc}") from None
         weight = _int(f"{where}: weight", data.get("weight", 1), 1, 2**40)
         byzantine = data.get("byzantine", "none")
-        if byzantine != "none":
-            raise ManifestError(f"{where}: byzantine behaviour {byzantine!r} is not supported yet (only 'none')")
+        if byzantine not in BYZANTINE_BEHAVIOURS:
+            raise ManifestError(f"{where}: byzantine: expected one of {', '.join(BYZANTINE_BEHAVIOURS)}, "
+                                f"got {byzantine!r}")
+        for key, needs in (("slow_ms", "slow"), ("crash_at_height", "crash")):
+            if key in data and byzantine != needs:
+                raise ManifestError(f"{where}: {key} applies only to byzantine = {needs!r}")
+        slow_ms = _int(f"{where}: slow_ms", data.get("slow_ms", 2000), 0, 3_600_000)
+        crash_at_height = _int(f"{where}: crash_at_height", data.get("crash_at_height", 3), 1, 2**31)
         network = data.get("network", {})
         if not isinstance(network, dict):
             raise ManifestError(f"{where}: network must be a table")
         if network:
             raise ManifestError(f"{where}: network settings ({', '.join(sorted(network))}) "
                                 "are not supported yet (only an empty table)")
-        return cls(name=name, model=model, weight=weight, byzantine=byzantine)
+        return cls(name=name, model=model, weight=weight, byzantine=byzantine, slow_ms=slow_ms,
+                   crash_at_height=crash_at_height)
 
 
 @dataclass(frozen=True)

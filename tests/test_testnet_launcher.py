@@ -304,3 +304,17 @@ def test_restart_brings_a_killed_peer_back(tmp_path: Path) -> None:
             launcher.restart(tmp_path, "nobody", peer_command=FAKE)
     finally:
         launcher.down(tmp_path)
+
+
+def test_byzantine_peers_get_their_behaviour_in_their_config(tmp_path: Path) -> None:
+    from multillmn.config import PeerConfig
+
+    manifest_file = tmp_path / "m.toml"
+    manifest_file.write_text('[[peer]]\nname = "good"\nmodel = "smollm2"\n\n'
+                             '[[peer]]\nname = "bad"\nmodel = "smollm2"\nbyzantine = "slow"\nslow_ms = 250\n')
+    state = launcher.up(Manifest.load(manifest_file), tmp_path / "net", peer_command=FAKE, ready_timeout_s=60)
+    try:
+        good, bad = (PeerConfig.load(Path(p.config)) for p in state.peers)
+        assert (good.behaviour, bad.behaviour, bad.slow_ms) == ("none", "slow", 250)
+    finally:
+        launcher.down(tmp_path / "net")
