@@ -83,6 +83,7 @@ class PeerConfig:
     behaviour: str = "none"
     slow_ms: int = 2000
     crash_at_height: int = 3
+    behaviour_from_height: int = 1
     # where the file was read from (not a key)
     base_dir: Path = field(default=Path("."), compare=False)
 
@@ -129,6 +130,7 @@ class PeerConfig:
                               f"got {self.behaviour!r}")
         _check_range("byzantine.slow_ms", self.slow_ms, 0, 3_600_000)
         _check_range("byzantine.crash_at_height", self.crash_at_height, 1, 2**31)
+        _check_range("byzantine.from_height", self.behaviour_from_height, 1, 2**31)
         if not self.ledger_path:
             raise ConfigError("ledger.path: must not be empty")
         _check_range("ledger.sync_interval_ms", self.ledger_sync_interval_ms, 10, 60_000)
@@ -211,7 +213,8 @@ _KEYS: dict[str, dict[str, str]] = {
                                  "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms", "judge_band")},
     "ledger": {"path": "ledger_path", "sync_interval_ms": "ledger_sync_interval_ms"},
     "log": {"level": "log_level"},
-    "byzantine": {"behaviour": "behaviour", "slow_ms": "slow_ms", "crash_at_height": "crash_at_height"},
+    "byzantine": {"behaviour": "behaviour", "slow_ms": "slow_ms", "crash_at_height": "crash_at_height",
+                  "from_height": "behaviour_from_height"},
 }
 
 _COMMENTS: dict[str, str] = {
@@ -243,6 +246,8 @@ _COMMENTS: dict[str, str] = {
                  + ". Never set this on a real peer.",
     "slow_ms": "For behaviour = slow: extra delay of every vote and proposal this peer sends.",
     "crash_at_height": "For behaviour = crash: the peer exits (code 3) once it reaches this height.",
+    "behaviour_from_height": "Before this height a faulty peer only answers wrongly (behaviour = wrong); "
+                             "from it on it plays its behaviour (an attack after the weights adapted).",
 }
 
 

@@ -69,6 +69,7 @@ class Behaviour:
         self.peer_id = peer_id
         self.cfg = cfg
         self.rng = random.Random(peer_id)
+        self.height = 1  # the runner keeps this at its core's height
 
     async def answer(self, question: str, honest: Callable[[], Awaitable[Reply]],
                      others: Callable[[], Awaitable[list[str]]]) -> Reply:
@@ -213,6 +214,38 @@ BEHAVIOURS: dict[str, type[Behaviour]] = {
 }
 
 
+class Phased(Behaviour):
+    """``Wrong`` before ``from_height``, then ``late``: an attack launched once weights have adapted."""
+
+    def __init__(self, peer_id: PeerId, cfg: PeerConfig, late: Behaviour) -> None:
+        super().__init__(peer_id, cfg)
+        self.early, self.late = Wrong(peer_id, cfg), late
+
+    def _now(self) -> Behaviour:
+        return self.late if self.height >= self.cfg.behaviour_from_height else self.early
+
+    async def answer(self, question: str, honest: Callable[[], Awaitable[Reply]],
+                     others: Callable[[], Awaitable[list[str]]]) -> Reply:
+        return await self._now().answer(question, honest, others)
+
+    def outputs(self, outputs: list[Output]) -> list[Output]:
+        return self._now().outputs(outputs)
+
+    def sends(self, message: Vote | Proposal, peers: Sequence[PeerId],
+              alternative: Callable[[Proposal], Proposal | None]) -> list[Send]:
+        return self._now().sends(message, peers, alternative)
+
+    def scores(self, scores: tuple[tuple[PeerId, int], ...], texts: dict[PeerId, str],
+               own_text: str | None) -> tuple[tuple[PeerId, int], ...]:
+        return self._now().scores(scores, texts, own_text)
+
+    def crashes_at(self) -> int | None:
+        return self.late.crashes_at()
+
+
 def make_behaviour(peer_id: PeerId, cfg: PeerConfig) -> Behaviour:
     """The behaviour ``cfg.behaviour`` names (the config validated it against the same names)."""
-    return BEHAVIOURS[cfg.behaviour](peer_id, cfg)
+    late = BEHAVIOURS[cfg.behaviour](peer_id, cfg)
+    if cfg.behaviour == "none" or cfg.behaviour_from_height <= 1:
+        return late
+    return Phased(peer_id, cfg, late)

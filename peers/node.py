@@ -480,6 +480,7 @@ class Node:
         """The core moved on: new weights for the pool, judge deferred proposals, feed ordered catch-up."""
         assert self._nursery is not None
         height = self.core.height
+        self.behaviour.height = height
         crash_at = self.behaviour.crashes_at()
         if crash_at is not None and height >= crash_at:
             raise PeerCrashed(f"fault injection: crashing at height {height}")

@@ -418,6 +418,7 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]) -> list[P
             persistent_peers=tuple(PeerAddress(o.peer_id, o.p2p) for o in records if o is not r),
             model=r.model, threads=manifest.threads_per_peer, max_new_tokens=manifest.max_new_tokens,
             behaviour=spec.byzantine, slow_ms=spec.slow_ms, crash_at_height=spec.crash_at_height,
+            behaviour_from_height=spec.from_height,
         ).validate()
         Path(r.config).write_text(render_toml(cfg))
     return records

@@ -15,6 +15,7 @@ A manifest is a TOML file::
                                  # double-vote | conflicting-proposals | withhold | crash | slow
     slow_ms = 2000               # for byzantine = "slow": delay of its votes and proposals
     crash_at_height = 3          # for byzantine = "crash": the height at which it exits
+    from_height = 1              # before this height a byzantine peer only answers wrongly
     # network = {}               # reserved: only an empty table for now
 
 Unknown keys are rejected by name. :meth:`Manifest.from_args` builds the
@@ -37,7 +38,7 @@ KNOWN_MODELS = ("smollm2", "gemma3")
 MAX_PEERS = 64
 _NAME = re.compile(r"^[a-z0-9-]+$")
 _TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens")
-_PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "network")
+_PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "from_height", "network")
 
 
 class ManifestError(ValueError):
@@ -87,6 +88,7 @@ class PeerSpec:
     byzantine: str = "none"
     slow_ms: int = 2000
     crash_at_height: int = 3
+    from_height: int = 1
 
     @classmethod
     def from_dict(cls, index: int, data: object, base_dir: Path) -> PeerSpec:
@@ -115,6 +117,9 @@ class PeerSpec:
                 raise ManifestError(f"{where}: {key} applies only to byzantine = {needs!r}")
         slow_ms = _int(f"{where}: slow_ms", data.get("slow_ms", 2000), 0, 3_600_000)
         crash_at_height = _int(f"{where}: crash_at_height", data.get("crash_at_height", 3), 1, 2**31)
+        from_height = _int(f"{where}: from_height", data.get("from_height", 1), 1, 2**31)
+        if "from_height" in data and byzantine == "none":
+            raise ManifestError(f"{where}: from_height applies only to a byzantine peer")
         network = data.get("network", {})
         if not isinstance(network, dict):
             raise ManifestError(f"{where}: network must be a table")
@@ -122,7 +127,7 @@ class PeerSpec:
             raise ManifestError(f"{where}: network settings ({', '.join(sorted(network))}) "
                                 "are not supported yet (only an empty table)")
         return cls(name=name, model=model, weight=weight, byzantine=byzantine, slow_ms=slow_ms,
-                   crash_at_height=crash_at_height)
+                   crash_at_height=crash_at_height, from_height=from_height)
 
 
 @dataclass(frozen=True)

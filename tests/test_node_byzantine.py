@@ -121,3 +121,23 @@ async def test_n4f1_crash_at_height_stops_that_peer_only() -> None:
     assert answers == [TABLE[q] for q in QUESTIONS[:5]]
     assert crashed == ["fault injection: crashing at height 3"]
     assert nodes[BAD].height == 3 and nodes[0].height == 6
+
+
+async def test_a_phased_attacker_answers_wrongly_then_plays_its_behaviour() -> None:
+    from peers.byzantine import make_behaviour
+    from peers.engine import Reply
+
+    cfg = replace(PeerConfig.for_tests(), behaviour="collude", behaviour_from_height=3)
+    a, b = (make_behaviour(k.peer_id, cfg) for k in make_net([1, 1]).keys)
+
+    async def honest() -> Reply:
+        return Reply("It is 0.", 0.1)
+
+    async def others() -> list[str]:
+        return []
+
+    early = [(await x.answer(QUESTIONS[0], honest, others)).text for x in (a, b)]
+    a.height = b.height = 3
+    late = [(await x.answer(QUESTIONS[0], honest, others)).text for x in (a, b)]
+    assert early[0] != early[1]  # wrong, each its own
+    assert late[0] == late[1] != "It is 0."  # colluding: one shared wrong answer
