@@ -13,6 +13,11 @@ side by side:
   (the same grouping rule and similarities the network used);
 * WBFT: the decided answer;
 
+With half of the peers malicious by count, no weight rule can start safe
+(they hold half the weight), so in that scenario they first answer wrongly
+(each its own wrong answer) for ten heights, and collude from height 11:
+the issue's "once weights have adapted".
+
 and the malicious peers' weight share per height (from the certificates'
 validator sets) is plotted to ``docs/img/malicious_weight_share.png`` when
 matplotlib is installed (``pip install -e '.[bench]'``).
@@ -40,8 +45,8 @@ from peers.ledger import value_of_certificate  # noqa: E402
 from testnet.launcher import down, status, up  # noqa: E402
 from testnet.manifest import Manifest  # noqa: E402
 
-# name -> (peers, malicious)
-SCENARIOS: dict[str, tuple[int, int]] = {"0": (6, 0), "1/4": (8, 2), "1/3": (6, 2), "1/2": (8, 4)}
+# name -> (peers, malicious, height from which the malicious peers collude; before it they answer wrongly)
+SCENARIOS: dict[str, tuple[int, int, int]] = {"0": (6, 0, 1), "1/4": (8, 2, 1), "1/3": (6, 2, 1), "1/2": (8, 4, 11)}
 
 
 @dataclass
@@ -81,7 +86,7 @@ class Result:
         }
 
 
-def manifest_text(peers: int, malicious: int, behaviour: str) -> str:
+def manifest_text(peers: int, malicious: int, behaviour: str, from_height: int = 1) -> str:
     """Malicious peers last; honest ones alternate SmolLM2 and Gemma-3."""
     lines = ['[testnet]', 'chain_id = "accuracy"', 'threads_per_peer = 1', 'max_new_tokens = 32', '']
     for i in range(peers):
@@ -90,17 +95,19 @@ def manifest_text(peers: int, malicious: int, behaviour: str) -> str:
                   f'model = "{"smollm2" if i % 2 == 0 else "gemma3"}"', 'weight = 1']
         if bad:
             lines.append(f'byzantine = "{behaviour}"')
+            if from_height > 1:
+                lines.append(f"from_height = {from_height}")
         lines.append('')
     return "\n".join(lines)
 
 
 def run_scenario(name: str, questions: list[Question], behaviour: str, base: Path) -> Result:
-    peers, malicious = SCENARIOS[name]
-    result = Result(name, peers, malicious, behaviour)
+    peers, malicious, from_height = SCENARIOS[name]
+    result = Result(name, peers, malicious, behaviour if from_height == 1 else f"wrong, {behaviour} from h{from_height}")
     directory = base / f"net-{name.replace('/', '_')}"
     directory.mkdir(parents=True)
     manifest_path = directory / "manifest.toml"
-    manifest_path.write_text(manifest_text(peers, malicious, behaviour))
+    manifest_path.write_text(manifest_text(peers, malicious, behaviour, from_height))
     up(Manifest.load(manifest_path), directory / "net", progress=lambda line: print("  " + line, file=sys.stderr))
     start = time.monotonic()
     try:
@@ -180,7 +187,9 @@ def main() -> None:
         parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
     if args.queries < 1:
         parser.error("--queries must be positive")
-    questions = load_questions()[: args.queries]
+    every = load_questions()
+    step = max(1, len(every) // args.queries)  # spread over every topic, not only the first (capitals)
+    questions = every[::step][: args.queries]
     base = Path(tempfile.mkdtemp(prefix="multillmn-accuracy-"))
     results = [run_scenario(n, questions, args.behaviour, base) for n in names]
     summaries = [r.summary() for r in results]
