@@ -34,9 +34,10 @@ def _progress(line: str) -> None:
 
 def format_table(rows: list[PeerStatus]) -> str:
     """Status as an aligned text table."""
-    head = ("NAME", "PEER ID", "MODEL", "API URL", "HEIGHT", "PEERS", "PHASE")
+    head = ("NAME", "PEER ID", "MODEL", "API URL", "HEIGHT", "PEERS", "WEIGHT", "PHASE")
     body = [(s.name, s.peer_id[:12], s.model, s.api_url, "-" if s.height is None else str(s.height),
-             "-" if s.connected_peers is None else str(s.connected_peers), s.phase) for s in rows]
+             "-" if s.connected_peers is None else str(s.connected_peers),
+             "-" if s.weight_share is None else f"{100 * s.weight_share:.1f}%", s.phase) for s in rows]
     widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (head, *body))
 

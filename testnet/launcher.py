@@ -111,6 +111,7 @@ class PeerStatus:
     phase: str
     height: int | None
     connected_peers: int | None
+    weight_share: float | None = None  # of the set in force, as the first reachable peer reports it
 
 
 def load_state(dir: Path) -> TestnetState:
@@ -361,6 +362,7 @@ def status(dir: Path) -> list[PeerStatus]:
     alive = [_alive(p.pid) for p in state.peers]
     answers = _fetch_all([p.api_url for p, a in zip(state.peers, alive) if a])
     it = iter(answers)
+    shares = _weight_shares(next((s for s in answers if s), None))
     out = []
     for p, a in zip(state.peers, alive):
         s = next(it) if a else None
@@ -369,8 +371,20 @@ def status(dir: Path) -> list[PeerStatus]:
             name=p.name, peer_id=p.peer_id, model=p.model, api_url=p.api_url, pid=p.pid, alive=a,
             ready=bool(s and s.get("ready") is True), phase=str(s.get("phase", "?")) if s else "down",
             height=s.get("height") if s else None,
-            connected_peers=len(connected) if isinstance(connected, list) else None))
+            connected_peers=len(connected) if isinstance(connected, list) else None,
+            weight_share=shares.get(p.peer_id)))
     return out
+
+
+def _weight_shares(status: dict[str, Any] | None) -> dict[str, float]:
+    """Each validator's share of the total weight in a peer's ``/v1/status`` (empty if malformed)."""
+    try:
+        assert status is not None
+        weights = {v["peer_id"]: int(v["weight"]) for v in status["validators"]}
+        total = sum(weights.values())
+        return {p: round(w / total, 4) for p, w in weights.items()} if total > 0 else {}
+    except (AssertionError, KeyError, TypeError, ValueError):
+        return {}
 
 
 def logs(dir: Path, name: str | None = None, lines: int = 50) -> str:

@@ -64,6 +64,7 @@ def main() -> int:
                 "phase": "ready" if ready else "loading-model", "height": 1 if ready else 0,
                 "connected_peers": [p.id for p in cfg.persistent_peers] if ready else [],
                 "omp_threads": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid(),
+                "validators": [{"peer_id": v.peer_id, "weight": v.weight} for v in genesis.validators],
             }).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

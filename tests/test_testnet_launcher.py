@@ -271,7 +271,8 @@ def test_cli_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
         ("peer0", "smollm2", "ready"), ("peer1", "gemma3", "ready"), ("peer2", "smollm2", "ready")]
     assert run("status", "--dir", d) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["NAME", "PEER", "ID", "MODEL", "API", "URL", "HEIGHT", "PEERS", "PHASE"]
+    assert table[0].split() == ["NAME", "PEER", "ID", "MODEL", "API", "URL", "HEIGHT", "PEERS", "WEIGHT", "PHASE"]
+    assert [r["weight_share"] for r in rows] == [0.3333] * 3 and table[1].split()[-2] == "33.3%"
     assert table[2].split()[:2] == ["peer1", rows[1]["peer_id"][:12]] and table[2].split()[-1] == "ready"
     assert run("logs", "--dir", d, "--peer", "peer0", "-n", "2") == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
