@@ -91,6 +91,10 @@ class Behaviour:
     def crashes_at(self) -> int | None:
         return None
 
+    def judges(self) -> bool:
+        """Whether this peer spends its model on judging close calls (faulty answerers do not bother)."""
+        return True
+
 
 class Wrong(Behaviour):
     """Consistently wrong answers (each such peer has its own)."""
@@ -100,6 +104,9 @@ class Wrong(Behaviour):
     async def answer(self, question: str, honest: Callable[[], Awaitable[Reply]],
                      others: Callable[[], Awaitable[list[str]]]) -> Reply:
         return Reply(_pick(question, self.peer_id), 0.0)
+
+    def judges(self) -> bool:
+        return False
 
 
 class Junk(Behaviour):
@@ -111,6 +118,9 @@ class Junk(Behaviour):
                      others: Callable[[], Awaitable[list[str]]]) -> Reply:
         letters = "abcdefghijklmnopqrstuvwxyz      0123456789"
         return Reply("".join(self.rng.choice(letters) for _ in range(self.rng.randrange(1, 60))), 0.0)
+
+    def judges(self) -> bool:
+        return False
 
 
 class CopyLate(Behaviour):
@@ -127,6 +137,9 @@ class CopyLate(Behaviour):
         best = max(counts.values())
         return Reply(next(t for t in texts if counts[normalise(t)] == best), 0.0)
 
+    def judges(self) -> bool:
+        return False
+
 
 class Collude(Behaviour):
     """A colluding group: the same wrong answer on every member; members score each other 1000, others 0."""
@@ -141,6 +154,9 @@ class Collude(Behaviour):
                own_text: str | None) -> tuple[tuple[PeerId, int], ...]:
         mine = normalise(own_text) if own_text is not None else None
         return tuple((p, 1000 if mine is not None and normalise(texts.get(p, "")) == mine else 0) for p, _ in scores)
+
+    def judges(self) -> bool:
+        return False
 
 
 class DoubleVote(Behaviour):
@@ -241,6 +257,9 @@ class Phased(Behaviour):
 
     def crashes_at(self) -> int | None:
         return self.late.crashes_at()
+
+    def judges(self) -> bool:
+        return self._now().judges()
 
 
 def make_behaviour(peer_id: PeerId, cfg: PeerConfig) -> Behaviour:

@@ -1,9 +1,11 @@
 """LLM-as-a-judge for close calls: a peer's own model picks the correct one of two answers.
 
-Which answers are judged (:func:`close_pairs`): pairs whose quantised
+Which answers are judged (:func:`judge_close_calls`): pairs whose quantised
 similarity lies within ``band`` per mille of the grouping threshold, where
-MiniLM alone cannot tell "same meaning" from "different" (PolyLink's TIQE
-cascade: cheap embedding first, the LLM only for close calls).
+MiniLM alone cannot tell "same meaning" from "different", and, when the
+decision was contested (the winning group held at most 2/3 of the answering
+weight), each losing answer against the winner (PolyLink's TIQE cascade:
+cheap agreement first, the LLM only for close calls).
 
 How (:class:`LLMJudge`): the peer's model scores each answer by its mean
 per-token log-probability as the model's own reply to the question (one
@@ -32,7 +34,8 @@ from multillmn.identity import PeerId
 if TYPE_CHECKING:
     from peers.llm import Generator
 
-__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "close_pairs", "judge_pair", "judge_close_calls"]
+__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "close_pairs", "contested_pairs", "judge_pair",
+           "judge_close_calls"]
 
 
 class Judge(Protocol):
@@ -105,10 +108,28 @@ def judge_pair(judge: Judge, question: str, a: PeerId, a_text: str, b: PeerId, b
     )
 
 
+def contested_pairs(n: int, winners: Sequence[int]) -> list[tuple[int, int]]:
+    """Each losing answer against the winning group's first answer (for a contested decision)."""
+    if not winners:
+        return []
+    rep = winners[0]
+    return [(min(rep, j), max(rep, j)) for j in range(n) if j not in winners]
+
+
 def judge_close_calls(judge: Judge, question: str, peers: Sequence[PeerId], texts: Sequence[str],
-                      sims: Sequence[int], threshold: int, band: int, max_pairs: int = 6) -> list[JudgeResult]:
-    """Judge the closest calls among the answers (at most ``max_pairs``, closest to the threshold first)."""
+                      sims: Sequence[int], threshold: int, band: int, max_pairs: int = 6, *,
+                      contested_winners: Sequence[int] = ()) -> list[JudgeResult]:
+    """Judge the close calls among the answers (at most ``max_pairs``).
+
+    Close calls are the pairs near the similarity threshold (closest first)
+    and, when the decision was contested (``contested_winners``: the indices
+    of a winning group that held at most 2/3 of the answering weight), every
+    losing answer against the winning one: a split network is exactly where
+    agreement alone cannot tell a right minority from a wrong bloc.
+    """
+    if band <= 0:
+        return []
     n = len(peers)
-    pairs = sorted(close_pairs(n, sims, threshold, band),
-                   key=lambda p: (abs(sims[pair_index(n, *p)] - threshold), p))[:max_pairs]
+    near = sorted(close_pairs(n, sims, threshold, band), key=lambda p: (abs(sims[pair_index(n, *p)] - threshold), p))
+    pairs = list(dict.fromkeys([*contested_pairs(n, contested_winners), *near]))[:max_pairs]
     return [judge_pair(judge, question, peers[i], texts[i], peers[j], texts[j]) for i, j in pairs]

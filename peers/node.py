@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 import os
 import time
 from dataclasses import dataclass, field
@@ -683,7 +684,7 @@ class Node:
         sims = self._local_sims.get(value.value_id())
         if sims is None:  # decided without this peer judging it (e.g. it joined late)
             sims = await trio.to_thread.run_sync(self.engine.similarities, question, [a.text for a in answers])
-        judged = await self._judge(question, answers, sims)
+        judged = await self._judge(question, answers, sims, value, vs)
         scores = scores_from_similarity([a.peer for a in answers], sims, [vs.weight_of(a.peer) for a in answers],
                                         judged)
         own = next((a.text for a in answers if a.peer == self.key.peer_id), None)
@@ -694,14 +695,19 @@ class Node:
         self._add_score(vector)
         self.transport.broadcast_nowait(encode_message(vector))
 
-    async def _judge(self, question: str, answers: list[Answer], sims: list[int]) -> list[JudgeResult]:
+    async def _judge(self, question: str, answers: list[Answer], sims: list[int], value: Value,
+                     vs: ValidatorSet) -> list[JudgeResult]:
         """LLM-as-a-judge verdicts on the close calls (none without a judge or with judge_band = 0)."""
         judge = self.engine.judge
-        if judge is None or self.cfg.judge_band == 0 or len(answers) < 2:
+        if judge is None or self.cfg.judge_band == 0 or len(answers) < 2 or not self.behaviour.judges():
             return []
-        results = await trio.to_thread.run_sync(
-            judge_close_calls, judge, question, [a.peer for a in answers], [a.text for a in answers], sims,
-            self.genesis.params.similarity_threshold, self.cfg.judge_band)
+        peers = [a.peer for a in answers]
+        winners = [peers.index(p) for p in value.winners if p in peers]
+        contested = 3 * vs.weight_of_set(value.winners) <= 2 * vs.weight_of_set(peers)
+        results = await trio.to_thread.run_sync(partial(
+            judge_close_calls, judge, question, peers, [a.text for a in answers], sims,
+            self.genesis.params.similarity_threshold, self.cfg.judge_band,
+            contested_winners=winners if contested else ()))
         if results:
             log.info("judged close calls", extra=fields(pairs=len(results),
                                                          winners=[r.winner() for r in results]))

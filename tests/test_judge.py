@@ -32,6 +32,16 @@ def test_both_orders_cancel_a_judge_that_always_prefers_the_first_answer() -> No
     assert (biased.a_first, biased.b_first, biased.winner()) == ("a", "b", None)
 
 
+def test_a_contested_decision_judges_every_loser_against_the_winner_first() -> None:
+    texts = ["Paris", "Berlin", "Paris", "Lyon"]
+    sims = [0, 1000, 0, 0, 0, 0]  # nothing near the threshold
+    judge = ScriptedJudge({Q: "Paris"})
+    assert judge_close_calls(judge, Q, ["p0", "p1", "p2", "p3"], texts, sims, 800, 100) == []
+    results = judge_close_calls(judge, Q, ["p0", "p1", "p2", "p3"], texts, sims, 800, 100, contested_winners=[0, 2])
+    assert [(r.a, r.b, r.winner()) for r in results] == [("p0", "p1", "p0"), ("p0", "p3", "p0")]
+    assert judge_close_calls(judge, Q, ["p0", "p1"], texts[:2], [0], 800, 0, contested_winners=[0]) == []
+
+
 def test_closest_calls_are_judged_first_and_bounded() -> None:
     texts = ["Paris", "Berlin", "Lyon", "Paris."]
     sims = [790, 700, 810, 600, 650, 805]
@@ -65,8 +75,9 @@ async def test_the_runner_scores_close_calls_with_its_own_judge() -> None:
     vector = nodes[0]._scores[(1, net.keys[0].peer_id)].message
     answers = decision.answers
     sims = [1000 if a.text == b.text else 0 for i, a in enumerate(answers) for b in answers[i + 1:]]
+    winners = [i for i, a in enumerate(answers) if a.peer in decision.value.winners]  # 2 of 4: contested
     judged = judge_close_calls(ScriptedJudge({Q: "Paris"}), Q, [a.peer for a in answers], [a.text for a in answers],
-                               sims, 800, 800)
+                               sims, 800, 800, contested_winners=winners)
     expected = scores_from_similarity([a.peer for a in answers], sims, [1] * 4, judged)
     assert vector.scores == expected
     assert expected != scores_from_similarity([a.peer for a in answers], sims, [1] * 4)  # the judge mattered
