@@ -23,8 +23,10 @@ scores per mille, stakes ``s_i`` = weights of the set in force at ``h``):
    the counted groups. See ADR 0006 for why not Yuma's one-sided clip.
 4. *Trust* (EMA, ``ema`` = p/d): ``T_j <- floor((T_j * (d - p) + Q_j * p) / d)``.
    Without counted groups trust is unchanged and ``Q_j := T_j``.
-5. *Shares* (WBFT): ``x_j = alpha * Q_j / sum Q + beta * T_j / sum T``
-   (a zero sum gives equal parts to the non-offenders).
+5. *Shares* (WBFT): ``x_j = alpha * Q_j / sum Q + beta * T_j / sum T``.
+   If every quality is 0 (nobody's answer was agreed with: no information),
+   ``x_j = T_j / sum T``; a zero trust sum gives equal parts to the
+   non-offenders.
 6. *Integer weights* summing to exactly ``scale``: cap
    ``c = max(floor(cap_share * scale), ceil(scale / n), floor)``; target
    ``y_j = floor + (R - |U| * floor) * x_j / sum_U x`` over the unpinned set
@@ -354,7 +356,10 @@ def update(
         return {j: Fraction(values[j], total) for j in ids}
 
     qn, tn = normalised(quality), normalised(trust)
-    shares = {j: params.alpha_quality * qn[j] + params.beta_trust * tn[j] for j in ids}
+    if sum(quality.values()) == 0:  # no information about quality: do not pull shares towards equal
+        shares = tn
+    else:
+        shares = {j: params.alpha_quality * qn[j] + params.beta_trust * tn[j] for j in ids}
     weights = allocate(shares, params)
     entry = (height + params.delay_heights, tuple((j, weights[j]) for j in ids))
     future = tuple((h, w) for h, w in future if h < entry[0])

@@ -310,3 +310,14 @@ def test_guards() -> None:
         s.weights_at(0)
     with pytest.raises(ValueError):
         WeightState.from_body({"height": "x"})
+
+
+def test_a_query_nobody_agreed_on_keeps_shares_by_trust_instead_of_equalising() -> None:
+    b = base([2, 1, 1, 1, 1, 1, 1])
+    state = WeightState.genesis(b, DEFAULT)
+    zeros = [vec(i, {j: 0 for j in range(7)}) for i in range(7)]  # every answer different: all scores 0
+    after = update(state, b, zeros, [], height=2, params=DEFAULT)
+    weights = dict(after.schedule[-1][1])
+    # shares stay 2:1 as trust has them (pulling a quarter towards equal would give 1.72:1)
+    assert 1.98 < weights[P[0]] / weights[P[1]] < 2.02
+    assert after.trust == tuple((p, t * 9 // 10) for p, t in state.trust)  # trust decays towards quality 0
