@@ -148,7 +148,8 @@ def record(result: Result, q: Question, cert: dict[str, Any], bad_ids: set[str])
     result.malicious_share.append((cert["height"], round(share, 4)))
 
 
-def plot(results: list[Result], path: Path) -> bool:
+def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """Plot the malicious weight share per height of each scenario's summary (see :meth:`Result.summary`)."""
     try:
         import matplotlib
 
@@ -159,13 +160,13 @@ def plot(results: list[Result], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
-        if r.malicious:
-            ax.plot([h for h, _ in r.malicious_share], [s for _, s in r.malicious_share], marker=".",
-                    label=f"{r.malicious}/{r.peers} malicious ({r.behaviour})")
+        if r["malicious"]:
+            ax.plot([h for h, _ in r["malicious_share"]], [s for _, s in r["malicious_share"]], marker=".",
+                    label=f"{r['malicious']}/{r['peers']} malicious ({r['behaviour']})")
     ax.axhline(1 / 3, color="grey", linestyle="--", label="1/3 of weight")
     ax.set_xlabel("height")
     ax.set_ylabel("malicious peers' weight share")
-    ax.set_ylim(0, 0.6)
+    ax.set_ylim(0, 1)
     ax.legend()
     ax.set_title("WBFT on the real testnet: malicious weight over heights")
     fig.tight_layout()
@@ -181,7 +182,11 @@ def main() -> None:
     parser.add_argument("--behaviour", default="collude", help="what the malicious peers do (a manifest name)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--plot", type=Path, default=Path("docs/img/malicious_weight_share.png"))
+    parser.add_argument("--replot", type=Path, help="only redraw the plot from a --json file of an earlier run")
     args = parser.parse_args()
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text()), args.plot)
+        return
     names = args.scenarios.split(",")
     if unknown := [n for n in names if n not in SCENARIOS]:
         parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
@@ -196,7 +201,7 @@ def main() -> None:
     print(json.dumps(summaries, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summaries, indent=1) + "\n")
-    if plot(results, args.plot):
+    if plot(summaries, args.plot):
         print(f"plot: {args.plot}", file=sys.stderr)
 
 
