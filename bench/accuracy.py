@@ -14,9 +14,10 @@ side by side:
 * WBFT: the decided answer;
 
 With half of the peers malicious by count, no weight rule can start safe
-(they hold half the weight), so in that scenario they first answer wrongly
-(each its own wrong answer) for ten heights, and collude from height 11:
-the issue's "once weights have adapted".
+(they would hold half the weight, and a weighted median follows whoever
+holds more than half), so that scenario starts from adapted weights: each
+honest peer weighs 3 and each malicious one 1 (a quarter of the weight), the
+issue's "once weights have adapted ... (their weight below 1/3)".
 
 and the malicious peers' weight share per height (from the certificates'
 validator sets) is plotted to ``docs/img/malicious_weight_share.png`` when
@@ -45,8 +46,8 @@ from peers.ledger import value_of_certificate  # noqa: E402
 from testnet.launcher import down, status, up  # noqa: E402
 from testnet.manifest import Manifest  # noqa: E402
 
-# name -> (peers, malicious, height from which the malicious peers collude; before it they answer wrongly)
-SCENARIOS: dict[str, tuple[int, int, int]] = {"0": (6, 0, 1), "1/4": (8, 2, 1), "1/3": (6, 2, 1), "1/2": (8, 4, 11)}
+# name -> (peers, malicious, genesis weight of an honest peer; malicious peers weigh 1)
+SCENARIOS: dict[str, tuple[int, int, int]] = {"0": (6, 0, 1), "1/4": (8, 2, 1), "1/3": (6, 2, 1), "1/2": (8, 4, 3)}
 
 
 @dataclass
@@ -86,28 +87,26 @@ class Result:
         }
 
 
-def manifest_text(peers: int, malicious: int, behaviour: str, from_height: int = 1) -> str:
+def manifest_text(peers: int, malicious: int, behaviour: str, honest_weight: int = 1) -> str:
     """Malicious peers last; honest ones alternate SmolLM2 and Gemma-3."""
     lines = ['[testnet]', 'chain_id = "accuracy"', 'threads_per_peer = 1', 'max_new_tokens = 32', '']
     for i in range(peers):
         bad = i >= peers - malicious
         lines += ['[[peer]]', f'name = "{"bad" if bad else "peer"}{i}"',
-                  f'model = "{"smollm2" if i % 2 == 0 else "gemma3"}"', 'weight = 1']
+                  f'model = "{"smollm2" if i % 2 == 0 else "gemma3"}"', f"weight = {1 if bad else honest_weight}"]
         if bad:
             lines.append(f'byzantine = "{behaviour}"')
-            if from_height > 1:
-                lines.append(f"from_height = {from_height}")
         lines.append('')
     return "\n".join(lines)
 
 
 def run_scenario(name: str, questions: list[Question], behaviour: str, base: Path) -> Result:
-    peers, malicious, from_height = SCENARIOS[name]
-    result = Result(name, peers, malicious, behaviour if from_height == 1 else f"wrong, {behaviour} from h{from_height}")
+    peers, malicious, honest_weight = SCENARIOS[name]
+    result = Result(name, peers, malicious, behaviour if honest_weight == 1 else f"{behaviour}, honest weigh {honest_weight}")
     directory = base / f"net-{name.replace('/', '_')}"
     directory.mkdir(parents=True)
     manifest_path = directory / "manifest.toml"
-    manifest_path.write_text(manifest_text(peers, malicious, behaviour, from_height))
+    manifest_path.write_text(manifest_text(peers, malicious, behaviour, honest_weight))
     up(Manifest.load(manifest_path), directory / "net", progress=lambda line: print("  " + line, file=sys.stderr))
     start = time.monotonic()
     try:
