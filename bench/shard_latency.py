@@ -17,9 +17,13 @@ Run from the repository root::
    first profiled with the whole model on it (its busy time over the in-process
    calibration gives its speed); then for the DP latency plan, the DP throughput
    plan and the three baselines: predicted vs measured latency (one sequence)
-   and throughput (``--sessions`` sequences at once), side by side.
+   and throughput (``--sessions`` sequences at once), side by side;
+5. a sharded peer end to end (``--engine-questions`` questions, ``--engine-only`` for just this):
+   ``ShardedEngine.answer`` (prompt, prefill, greedy decoding until EOS/newline, over 2 and 3
+   workers on loopback) against ``ModelEngine.answer`` (the unsharded peer), per answer; the
+   answers must be identical.
 
-Only decode tokens count (the first token, which includes the prefill, is left out).
+Only decode tokens count in 1-4 (the first token, which includes the prefill, is left out).
 """
 
 from __future__ import annotations
@@ -287,6 +291,77 @@ async def heterogeneous(
     return prob, plans, results, scale
 
 
+# --- a sharded peer, end to end -------------------------------------------------------------
+
+
+def uniform_budget_mb(profile: ModelProfile, k: int) -> int:
+    """The smallest memory (MiB, +2%) that, given to each of ``k`` devices, lets the model fit on them."""
+    from peers.shard.planner import NoFeasiblePlan
+
+    def fits(mb: int) -> bool:
+        devices = tuple(Device(f"e{i}", mb * MB) for i in range(k))
+        try:
+            plan(Problem(profile, devices, Network.star({d.name: Link(0.0) for d in devices})))
+            return True
+        except NoFeasiblePlan:
+            return False
+
+    lo, hi = 1, int(profile.total_bytes() / MB) + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return int(hi * 1.02) + 1
+
+
+def engine_latency(model_name: str, model_dir: Path, profile: ModelProfile, questions: list[str], tmp: Path,
+                   log: Any, max_new_tokens: int = 48) -> dict[str, Any]:
+    """Seconds per answer of ShardedEngine over 2 and 3 workers vs ModelEngine; the answers must agree."""
+    from peers.embedder import Embedder
+    from peers.engine import ModelEngine
+    from peers.llm import Generator
+    from peers.shard.devices import DeviceEntry, render_device_file
+    from peers.shard.engine import ShardedEngine
+
+    def run(engine: Any) -> tuple[list[str], list[float]]:
+        engine.answer(questions[0], 4)  # warm up
+        texts, secs = [], []
+        for q in questions:
+            reply = engine.answer(q, max_new_tokens)
+            texts.append(reply.text)
+            secs.append(reply.seconds)
+        return texts, secs
+
+    embedder = Embedder.load()
+    reference, base = run(ModelEngine(Generator.load(resolve_model(model_name), default_cache_dir(), threads=1),
+                                      embedder, model_name))
+    out: dict[str, Any] = {"questions": questions, "unsharded_s": base, "sharded": {}}
+    print(f"  {'unsharded (ModelEngine, 1 thread)':40s} {statistics.median(base):6.2f} s/answer (median)")
+    total_mb = profile.total_bytes() / MB
+    for k in (2, 3):
+        budget = uniform_budget_mb(profile, k)  # so small that fewer devices cannot hold the model
+        specs = [DeviceSpec(f"e{i}", 1, 1.0, 0.0, 0.0, budget / total_mb) for i in range(k)]
+        workers = start_workers(model_dir, specs, tmp, log)
+        try:
+            entries = [DeviceEntry(s.name, memory_mb=budget, link_ms=0.0, threads=1,
+                                   address=f"{w.host}:{w.port}", peer_id=w.peer_id)
+                       for s, w in zip(specs, workers.values())]
+            path = tmp / f"devices-{k}.toml"
+            path.write_text(render_device_file(entries))
+            with ShardedEngine.load(model_name, default_cache_dir(), path, DRIVER_KEY, embedder=embedder,
+                                    warm_up=False) as engine:
+                texts, secs = run(engine)
+                shards = str(engine.plan)
+        finally:
+            for w in workers.values():
+                w.stop()
+        same = texts == reference
+        ratio = statistics.median(secs) / statistics.median(base)
+        print(f"  {f'sharded over {k} workers {shards}':40s} {statistics.median(secs):6.2f} s/answer "
+              f"({ratio:.2f}x), identical answers: {same}")
+        out["sharded"][k] = {"plan": shards, "seconds": secs, "ratio": ratio, "identical": same}
+    return out
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -297,7 +372,11 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=3, help="concurrent sequences for the throughput runs")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--homogeneous-only", action="store_true", help="skip the heterogeneous-devices part")
+    ap.add_argument("--engine-questions", type=int, default=8, help="questions for the sharded-peer part (0: skip)")
+    ap.add_argument("--engine-only", action="store_true", help="only the sharded peer vs unsharded peer part")
     args = ap.parse_args()
+    if args.engine_only:
+        return engine_main(args)
 
     model_dir = load_or_convert(resolve_model(args.model), default_cache_dir())
     model = load_full_model(model_dir)
@@ -373,8 +452,28 @@ def main() -> int:
                              "latency_meas_ms": m.latency_ms, "busy_meas_ms": m.compute_ms, "tps_pred": pred_tps,
                              "tps_meas": m.throughput_tps, "bottleneck_pred_ms": p.bottleneck_ms})
             out["heterogeneous"][scenario] = {"device_scale": scale, "plans": rows}
+    if args.engine_questions > 0:
+        engine_main(args, out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def engine_main(args: argparse.Namespace, out: dict[str, Any] | None = None) -> int:
+    """Part 5 alone (or appended to ``out``)."""
+    from multillmn.questions import load_questions
+
+    model_dir = load_or_convert(resolve_model(args.model), default_cache_dir())
+    profile = profile_from_shape(KNOWN_SHAPES[args.model], context_tokens=2048)
+    questions = [q.question for q in load_questions()[: max(1, args.engine_questions)]]
+    print(f"\n== a sharded peer end to end: {args.model}, {len(questions)} questions, answer latency")
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp_name, open(Path(tmp_name) / "workers.log", "w") as log:
+        result = engine_latency(args.model, model_dir, profile, questions, Path(tmp_name), log)
+    if out is not None:
+        out["engine"] = result
+    elif args.json:
+        args.json.write_text(json.dumps({"model": args.model, "engine": result}, indent=2, default=str))
     return 0
 
 

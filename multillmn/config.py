@@ -16,13 +16,17 @@ from typing import Any
 
 from multillmn.identity import is_peer_id
 
-__all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render_toml", "BYZANTINE_BEHAVIOURS"]
+__all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render_toml", "BYZANTINE_BEHAVIOURS",
+           "SHARD_OBJECTIVES"]
 
 BYZANTINE_BEHAVIOURS = (
     "none", "wrong", "junk", "copy-late", "collude", "double-vote",
     "conflicting-proposals", "withhold", "crash", "slow",
 )
 """Fault-injection behaviours a peer can be told to play (testnets and benchmarks only)."""
+
+SHARD_OBJECTIVES = ("latency", "throughput")
+"""What the EdgeShard planner minimises for a sharded peer (``peers.shard.planner.OBJECTIVES``)."""
 
 
 class ConfigError(ValueError):
@@ -58,6 +62,8 @@ class PeerConfig:
     persistent_peers: tuple[PeerAddress, ...] = ()
     max_frame_bytes: int = 2 * 1024 * 1024
     send_queue: int = 1024
+    link_delay_ms: int = 0
+    link_loss: float = 0.0
     # [api]
     api_listen: str = "127.0.0.1:8080"
     query_timeout_s: float = 300.0
@@ -84,6 +90,11 @@ class PeerConfig:
     slow_ms: int = 2000
     crash_at_height: int = 3
     behaviour_from_height: int = 1
+    # [shard]
+    shard_devices_file: str = ""
+    shard_objective: str = "latency"
+    shard_request_timeout_s: float = 30.0
+    shard_startup_timeout_s: float = 300.0
     # where the file was read from (not a key)
     base_dir: Path = field(default=Path("."), compare=False)
 
@@ -116,6 +127,9 @@ class PeerConfig:
             parse_hostport(p.address, f"p2p.peers[{i}].address")
         _check_range("p2p.max_frame_bytes", self.max_frame_bytes, 1024, 64 * 1024 * 1024)
         _check_range("p2p.send_queue", self.send_queue, 1, 1_000_000)
+        _check_range("p2p.link_delay_ms", self.link_delay_ms, 0, 60_000)
+        if not 0.0 <= self.link_loss < 1.0:
+            raise ConfigError(f"p2p.link_loss: {self.link_loss} is outside [0, 1)")
         _check_range("api.query_timeout_s", self.query_timeout_s, 1, 86400)
         _check_range("model.max_new_tokens", self.max_new_tokens, 1, 1024)
         _check_range("model.threads", self.threads, 1, 256)
@@ -138,6 +152,10 @@ class PeerConfig:
             raise ConfigError(f"log.level: expected debug|info|warning|error, got {self.log_level!r}")
         if not self.model:
             raise ConfigError("model.name: must not be empty")
+        if self.shard_objective not in SHARD_OBJECTIVES:
+            raise ConfigError(f"shard.objective: expected {' | '.join(SHARD_OBJECTIVES)}, got {self.shard_objective!r}")
+        _check_range("shard.request_timeout_s", self.shard_request_timeout_s, 0.1, 3600)
+        _check_range("shard.startup_timeout_s", self.shard_startup_timeout_s, 1, 86400)
         return self
 
     @classmethod
@@ -205,7 +223,8 @@ def _parse_peers(item: Any) -> tuple[PeerAddress, ...]:
 _KEYS: dict[str, dict[str, str]] = {
     "peer": {"moniker": "moniker", "key_file": "key_file", "genesis_file": "genesis_file"},
     "p2p": {"listen": "p2p_listen", "peers": "persistent_peers",
-            "max_frame_bytes": "max_frame_bytes", "send_queue": "send_queue"},
+            "max_frame_bytes": "max_frame_bytes", "send_queue": "send_queue",
+            "link_delay_ms": "link_delay_ms", "link_loss": "link_loss"},
     "api": {"listen": "api_listen", "query_timeout_s": "query_timeout_s"},
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
               "cache_dir": "cache_dir"},
@@ -215,6 +234,8 @@ _KEYS: dict[str, dict[str, str]] = {
     "log": {"level": "log_level"},
     "byzantine": {"behaviour": "behaviour", "slow_ms": "slow_ms", "crash_at_height": "crash_at_height",
                   "from_height": "behaviour_from_height"},
+    "shard": {"devices_file": "shard_devices_file", "objective": "shard_objective",
+              "request_timeout_s": "shard_request_timeout_s", "startup_timeout_s": "shard_startup_timeout_s"},
 }
 
 _COMMENTS: dict[str, str] = {
@@ -225,6 +246,8 @@ _COMMENTS: dict[str, str] = {
     "persistent_peers": "Peers to keep a link to: [{ id = \"<peer id>\", address = \"host:port\" }].",
     "max_frame_bytes": "Largest frame accepted from a peer; larger ones are refused.",
     "send_queue": "Messages queued per peer before new ones are dropped (and counted).",
+    "link_delay_ms": "Testnets: one-way delay added to every message this peer sends (emulated link).",
+    "link_loss": "Testnets: probability in [0, 1) that a message this peer sends is lost (emulated link).",
     "api_listen": "Address of the HTTP API (/v1/query, /v1/status, /v1/chat/completions).",
     "query_timeout_s": "How long an HTTP query waits for consensus before answering 504.",
     "model": "smollm2 | gemma3 (bundled GGUF models) or a path to a Hugging Face model directory.",
@@ -248,6 +271,13 @@ _COMMENTS: dict[str, str] = {
     "crash_at_height": "For behaviour = crash: the peer exits (code 3) once it reaches this height.",
     "behaviour_from_height": "Before this height a faulty peer only answers wrongly (behaviour = wrong); "
                              "from it on it plays its behaviour (an attack after the weights adapted).",
+    "shard_devices_file": "EdgeShard: device file (TOML [[device]] tables with each shard worker's address and "
+                          "peer_id) to split the model over; relative to this file. \"\" = run the model here.",
+    "shard_objective": "EdgeShard plan objective: latency (fastest token) | throughput (slowest pipeline stage).",
+    "shard_request_timeout_s": "A shard worker that does not answer a step within this time is dropped "
+                               "and the model re-planned on the others.",
+    "shard_startup_timeout_s": "At start, how long to wait for every shard worker to accept a connection; "
+                               "then the model is planned on those that did.",
 }
 
 

@@ -31,7 +31,7 @@ from peers.byzantine import PeerCrashed
 from peers.engine import AnswerEngine, ModelEngine
 from peers.ledger import LedgerService
 from peers.node import Node
-from peers.transport import Transport
+from peers.transport import LinkCondition, LinkShaper, Transport
 from peers.wal import ConsensusWal
 
 __all__ = ["run_peer", "load_identity"]
@@ -51,6 +51,11 @@ def load_identity(cfg: PeerConfig) -> tuple[KeyPair, Genesis]:
 
 
 def _default_engine(cfg: PeerConfig) -> AnswerEngine:
+    """The model here, or split over shard workers when ``[shard] devices_file`` is set (issue 5)."""
+    if cfg.shard_devices_file:
+        from peers.shard.engine import ShardedEngine
+
+        return ShardedEngine.from_config(cfg)
     return ModelEngine.load(cfg.model, cfg.path(cfg.cache_dir), cfg.threads)
 
 
@@ -72,9 +77,11 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
         nursery.start_soon(partial(serve, create_app(handle), http, shutdown_trigger=shutdown.wait))
         log.info("starting", extra=fields(peer_id=key.peer_id, api=cfg.api_listen, p2p=cfg.p2p_listen))
         peers = {p.id: parse_hostport(p.address, "p2p.peers") for p in cfg.persistent_peers}
+        shaper = LinkShaper()  # [p2p] link_delay_ms / link_loss: emulated conditions on every outgoing link
+        shaper.default = LinkCondition(cfg.link_delay_ms / 1000, cfg.link_loss)
         transport = Transport(
             key, parse_hostport(cfg.p2p_listen, "p2p.listen"), peers,
-            max_frame=cfg.max_frame_bytes, send_queue=cfg.send_queue,
+            max_frame=cfg.max_frame_bytes, send_queue=cfg.send_queue, shaper=shaper,
         )
         await nursery.start(transport.run)  # links come up while the model loads
         handle.phase = "loading-model"

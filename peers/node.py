@@ -391,7 +391,11 @@ class Node:
             entry = self.pool.get(query_id := query_id_of(query.envelope))
             if entry is None:
                 continue  # decided or expired meanwhile
-            reply = await self._reply(query, entry)
+            try:
+                reply = await self._reply(query, entry)
+            except Exception as exc:  # e.g. a sharded model whose workers are gone: skip this query, stay up
+                log.warning("could not answer", extra=fields(query=query_id.hex()[:12], error=str(exc)))
+                continue
             answer = sign(
                 Answer(query_id=query_id, peer=self.key.peer_id, model=self.engine.model_name,
                        text=reply.text[:MAX_ANSWER_CHARS], gen_ms=int(reply.seconds * 1000)),

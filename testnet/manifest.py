@@ -1,4 +1,4 @@
-"""Testnet manifest: which peers to run, with which model and weight.
+"""Testnet manifest: which peers to run, with which model, weight, faults, links and devices.
 
 A manifest is a TOML file::
 
@@ -16,7 +16,24 @@ A manifest is a TOML file::
     slow_ms = 2000               # for byzantine = "slow": delay of its votes and proposals
     crash_at_height = 3          # for byzantine = "crash": the height at which it exits
     from_height = 1              # before this height a byzantine peer only answers wrongly
-    # network = {}               # reserved: only an empty table for now
+    network = { delay_ms = 20, loss = 0.01 }   # emulated conditions on every message it sends
+    # EdgeShard: split this peer's model over devices, one shard worker process each
+    devices = [
+      { name = "laptop", threads = 1, memory_mb = 400, delay_ms = 2 },
+      { name = "phone", memory_mb = 350, delay_ms = 10, loss = 0.01, bandwidth_kbit = 50000 },
+    ]
+
+``network``: ``delay_ms`` (integer, 0-60000) and ``loss`` (probability in
+[0, 1)) become the peer's ``[p2p] link_delay_ms`` / ``link_loss``, applied by
+its transport's ``LinkShaper`` to every outgoing message. ``devices``: the
+launcher starts one shard worker per device and writes the peer's device file
+and ``[shard]`` section; ``name`` ([a-z0-9-]+, unique in the peer) and
+``memory_mb`` (> 0, the memory its shard may use) are required, ``threads``
+(default 1), ``delay_ms`` / ``loss`` (the driving peer's ``LinkShaper`` on that
+worker's link, both directions; default 0) and ``bandwidth_kbit`` (a ``tc tbf``
+rate on a veth pair into a network namespace of its own: needs root; default
+unlimited, on loopback) are optional. A peer whose model fits on no split of
+its devices (the planner's memory model, as the peer will plan) is rejected.
 
 Unknown keys are rejected by name. :meth:`Manifest.from_args` builds the
 manifest behind ``multillmn testnet up --peers N --models a,b``.
@@ -24,6 +41,8 @@ manifest behind ``multillmn testnet up --peers N --models a,b``.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -31,14 +50,23 @@ from pathlib import Path
 from typing import Any
 
 from multillmn.config import BYZANTINE_BEHAVIOURS
+from peers.shard.planner import Device, Link, Network, NoFeasiblePlan, Problem, plan
+from peers.shard.profiles import KNOWN_SHAPES, ModelShape, profile_from_shape
 
-__all__ = ["KNOWN_MODELS", "MAX_PEERS", "Manifest", "ManifestError", "PeerSpec", "check_model"]
+__all__ = ["KNOWN_MODELS", "MAX_DEVICES", "MAX_PEERS", "DeviceSpec", "Manifest", "ManifestError", "PeerSpec",
+           "check_model"]
 
 KNOWN_MODELS = ("smollm2", "gemma3")
 MAX_PEERS = 64
 _NAME = re.compile(r"^[a-z0-9-]+$")
 _TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens")
-_PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "from_height", "network")
+_PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "from_height", "network",
+              "devices")
+_NETWORK_KEYS = ("delay_ms", "loss")
+_DEVICE_KEYS = ("name", "threads", "memory_mb", "delay_ms", "loss", "bandwidth_kbit")
+MAX_DEVICES = 8
+MAX_DELAY_MS = 60_000
+SHARD_CONTEXT_TOKENS = 2048  # as peers.shard.engine plans
 
 
 class ManifestError(ValueError):
@@ -71,11 +99,53 @@ def _int(where: str, value: object, low: int, high: int) -> int:
     return value
 
 
+def _number(where: str, value: object, low: float, high: float, *, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ManifestError(f"{where}: expected a number, got {value!r}")
+    if not low <= value <= high or (high_open and value == high):
+        raise ManifestError(f"{where}: {value} is outside [{low}, {high}{')' if high_open else ']'}")
+    return float(value)
+
+
 def _unknown(where: str, keys: dict[str, Any], allowed: tuple[str, ...]) -> None:
     extra = sorted(set(keys) - set(allowed))
     if extra:
         raise ManifestError(f"{where}: unknown key{'s' if len(extra) > 1 else ''} {', '.join(extra)} "
                             f"(allowed: {', '.join(allowed)})")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device holding part of a peer's model: one shard worker process."""
+
+    name: str
+    memory_mb: float
+    threads: int = 1
+    delay_ms: float = 0.0
+    loss: float = 0.0
+    bandwidth_kbit: int | None = None  # None: unlimited (loopback); else tc tbf in a network namespace
+
+    @classmethod
+    def from_dict(cls, where: str, index: int, data: object) -> DeviceSpec:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: devices[{index}]: expected a table {{ name, memory_mb, ... }}")
+        _unknown(f"{where}: devices[{index}]", data, _DEVICE_KEYS)
+        for key in ("name", "memory_mb"):
+            if key not in data:
+                raise ManifestError(f"{where}: devices[{index}]: missing required key {key}")
+        name = data["name"]
+        if not isinstance(name, str) or not _NAME.match(name) or len(name) > 32:
+            raise ManifestError(f"{where}: devices[{index}].name: expected 1-32 characters of [a-z0-9-], got {name!r}")
+        at = f"{where}: device {name!r}"
+        kbit = data.get("bandwidth_kbit")
+        return cls(
+            name=name,
+            memory_mb=_number(f"{at}: memory_mb", data["memory_mb"], 1, 2**20),
+            threads=_int(f"{at}: threads", data.get("threads", 1), 1, 256),
+            delay_ms=_number(f"{at}: delay_ms", data.get("delay_ms", 0), 0, MAX_DELAY_MS),
+            loss=_number(f"{at}: loss", data.get("loss", 0.0), 0, 1, high_open=True),
+            bandwidth_kbit=None if kbit is None else _int(f"{at}: bandwidth_kbit", kbit, 1, 100_000_000),
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +159,9 @@ class PeerSpec:
     slow_ms: int = 2000
     crash_at_height: int = 3
     from_height: int = 1
+    link_delay_ms: int = 0
+    link_loss: float = 0.0
+    devices: tuple[DeviceSpec, ...] = ()
 
     @classmethod
     def from_dict(cls, index: int, data: object, base_dir: Path) -> PeerSpec:
@@ -122,12 +195,46 @@ class PeerSpec:
             raise ManifestError(f"{where}: from_height applies only to a byzantine peer")
         network = data.get("network", {})
         if not isinstance(network, dict):
-            raise ManifestError(f"{where}: network must be a table")
-        if network:
-            raise ManifestError(f"{where}: network settings ({', '.join(sorted(network))}) "
-                                "are not supported yet (only an empty table)")
-        return cls(name=name, model=model, weight=weight, byzantine=byzantine, slow_ms=slow_ms,
-                   crash_at_height=crash_at_height, from_height=from_height)
+            raise ManifestError(f"{where}: network must be a table {{ delay_ms, loss }}")
+        _unknown(f"{where}: network", network, _NETWORK_KEYS)
+        delay = _int(f"{where}: network.delay_ms", network.get("delay_ms", 0), 0, MAX_DELAY_MS)
+        loss = _number(f"{where}: network.loss", network.get("loss", 0.0), 0, 1, high_open=True)
+        raw_devices = data.get("devices", [])
+        if not isinstance(raw_devices, list) or len(raw_devices) > MAX_DEVICES:
+            raise ManifestError(f"{where}: devices must be an array of at most {MAX_DEVICES} tables")
+        devices = tuple(DeviceSpec.from_dict(where, i, d) for i, d in enumerate(raw_devices))
+        names = [d.name for d in devices]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ManifestError(f"{where}: duplicate device name {dup!r}")
+        spec = cls(name=name, model=model, weight=weight, byzantine=byzantine, slow_ms=slow_ms,
+                   crash_at_height=crash_at_height, from_height=from_height, link_delay_ms=delay, link_loss=loss,
+                   devices=devices)
+        if devices:
+            spec.check_devices_fit()
+        return spec
+
+    def shard_problem(self) -> Problem:
+        """The EdgeShard planning problem of this peer's devices (what its ShardedEngine will solve)."""
+        if self.model in KNOWN_SHAPES:
+            shape = KNOWN_SHAPES[self.model]
+        else:
+            try:
+                shape = ModelShape.from_hf_config(Path(self.model).name, json.loads(
+                    (Path(self.model) / "config.json").read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:
+                raise ManifestError(f"peer {self.name!r}: cannot read the shape of model {self.model}: {exc}") from None
+        devices = tuple(Device(d.name, int(d.memory_mb * 2**20), speed=float(d.threads)) for d in self.devices)
+        links = {d.name: Link(d.delay_ms, d.bandwidth_kbit * 1000 / 8 if d.bandwidth_kbit else math.inf)
+                 for d in self.devices}
+        return Problem(profile_from_shape(shape, context_tokens=SHARD_CONTEXT_TOKENS), devices, Network.star(links))
+
+    def check_devices_fit(self) -> None:
+        """:class:`ManifestError` if the model fits on no split of the peer's devices (memory)."""
+        try:
+            plan(self.shard_problem())
+        except NoFeasiblePlan as exc:
+            raise ManifestError(f"peer {self.name!r}: devices: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,28 @@ def test_byzantine_and_judge_keys_are_validated() -> None:
         PeerConfig.from_dict({"byzantine": {"behaviour": "evil"}})
     with pytest.raises(ConfigError, match="consensus.judge_band"):
         PeerConfig.from_dict({"consensus": {"judge_band": 1001}})
+
+
+def test_shard_section_and_link_emulation_keys() -> None:
+    cfg = PeerConfig.from_dict({"shard": {"devices_file": "devices.toml", "objective": "throughput",
+                                          "request_timeout_s": 5, "startup_timeout_s": 60},
+                                "p2p": {"link_delay_ms": 25, "link_loss": 0.1}})
+    assert (cfg.shard_devices_file, cfg.shard_objective, cfg.shard_request_timeout_s) == ("devices.toml", "throughput", 5.0)
+    assert (cfg.shard_startup_timeout_s, cfg.link_delay_ms, cfg.link_loss) == (60.0, 25, 0.1)
+    default = PeerConfig()
+    assert (default.shard_devices_file, default.link_delay_ms, default.link_loss) == ("", 0, 0.0)
+    assert "[shard]" in render_toml(default) and "devices_file = \"\"" in render_toml(default)
+    for data, message in [
+        ({"shard": {"objective": "speed"}}, "shard.objective: expected latency | throughput"),
+        ({"shard": {"devices_file": 3}}, "shard.devices_file: expected str"),
+        ({"shard": {"request_timeout_s": 0}}, r"shard.request_timeout_s: 0.0 is outside"),
+        ({"shard": {"startup_timeout_s": -1}}, r"shard.startup_timeout_s: -1.0 is outside"),
+        ({"shard": {"workers": []}}, "unknown key shard.workers"),
+        ({"p2p": {"link_delay_ms": -1}}, r"p2p.link_delay_ms: -1 is outside \[0, 60000\]"),
+        ({"p2p": {"link_delay_ms": 1.5}}, "p2p.link_delay_ms: expected int"),
+        ({"p2p": {"link_loss": 1}}, r"p2p.link_loss: 1.0 is outside \[0, 1\)"),
+        ({"p2p": {"link_loss": -0.1}}, r"p2p.link_loss: -0.1 is outside"),
+        ({"p2p": {"link_loss": "some"}}, "p2p.link_loss: expected float"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            PeerConfig.from_dict(data)

@@ -16,7 +16,7 @@ import trio
 from consensus.messages import Vote, sign
 from multillmn.certificate import verify
 from multillmn.config import PeerConfig
-from peers.engine import ScriptedEngine
+from peers.engine import Reply, ScriptedEngine
 from peers.node import Node, QueryFailed
 from peers.transport import Transport
 from peers.wire import encode_message
@@ -153,3 +153,19 @@ async def test_own_votes_lost_on_a_link_are_sent_again_when_the_height_is_stuck(
                 n.start_soon(heal)
                 decision = await nodes[1].submit(Q)
     assert submitted.is_set() and decision.value.answer == "Paris" and decision.round == 0
+
+
+class _BrokenEngine(ScriptedEngine):
+    def answer(self, question: str, max_new_tokens: int) -> Reply:
+        raise RuntimeError("no plan fits the workers left")
+
+
+async def test_an_engine_that_fails_skips_the_query_and_the_peer_stays_up() -> None:
+    net = make_net([1, 1, 1, 1])
+    engines = honest(3) + [_BrokenEngine({Q: "Paris"})]
+    async with running(net, engines) as nodes:
+        with trio.fail_after(20):
+            first = await nodes[0].submit(Q)
+            second = await nodes[3].submit(Q)  # the broken peer still takes part in consensus
+    assert first.value.answer == second.value.answer == "Paris"
+    assert net.keys[3].peer_id not in {a.peer for a in second.answers}

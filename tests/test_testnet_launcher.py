@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from multillmn.config import PeerConfig
 from multillmn.genesis import Genesis
+from multillmn.identity import KeyPair
 from testnet import cli, launcher
 from testnet.launcher import TestnetError
 from testnet.manifest import Manifest
@@ -82,7 +84,8 @@ model = "smollm2"
 weight = 3
 """)
     lines: list[str] = []
-    state = launcher.up(manifest, tmp_path, progress=lines.append, peer_command=FAKE, ready_timeout_s=60)
+    slow = [*FAKE[:-1], "1.5"]  # loading long enough that a status poll (every 0.5 s, on a busy machine) sees it
+    state = launcher.up(manifest, tmp_path, progress=lines.append, peer_command=slow, ready_timeout_s=60)
     assert [p.name for p in state.peers] == ["a", "b", "c"]
     assert any("b loading-model" in line for line in lines)
     assert lines[-1].endswith("a ready, b ready, c ready")
@@ -319,3 +322,127 @@ def test_byzantine_peers_get_their_behaviour_in_their_config(tmp_path: Path) -> 
         assert (good.behaviour, bad.behaviour, bad.slow_ms) == ("none", "slow", 250)
     finally:
         launcher.down(tmp_path / "net")
+
+
+# --- sharded peers: shard workers per device ---------------------------------------------
+
+SHARDED = """
+[[peer]]
+name = "edge"
+model = "smollm2"
+network = { delay_ms = 15, loss = 0.05 }
+devices = [
+  { name = "laptop", memory_mb = 400, delay_ms = 2 },
+  { name = "phone", memory_mb = 400, threads = 1, loss = 0.01 BANDWIDTH },
+]
+[[peer]]
+name = "plain"
+model = "smollm2"
+"""
+
+
+def _netns_refused() -> str | None:
+    from testnet import netns
+
+    probe = f"mlln-l{os.getpid()}-probe"
+    try:
+        netns.add_namespace(probe)
+    except netns.NetnsError as exc:
+        return str(exc)
+    netns.delete_namespace(probe)
+    return None
+
+
+async def _workers_answer(dir: Path, peer: str) -> dict[str, str]:
+    """Connect to every worker of ``peer`` with that peer's key, as its ShardedEngine does; the failures."""
+    from peers.shard.devices import load_device_file
+    from peers.shard.driver import ShardDriver
+    from peers.shard.engine import build_problem, worker_addresses
+    from peers.shard.profiles import KNOWN_SHAPES
+
+    entries = load_device_file(dir / peer / "devices.toml")
+    key = KeyPair.load(dir / peer / "peer_key.pem")
+    async with ShardDriver.open(key, build_problem(entries, KNOWN_SHAPES["smollm2"]), worker_addresses(entries),
+                                request_timeout=20) as driver:
+        await driver.wait_connected(60)
+        return driver.stats.failures
+
+
+def test_sharded_peer_gets_its_workers_devices_file_and_down_stops_them(tmp_path: Path) -> None:
+    import trio
+
+    from peers.shard.devices import load_device_file
+
+    net = tmp_path / "net"
+    state = launcher.up(Manifest.loads(SHARDED.replace("BANDWIDTH", "")), net, peer_command=FAKE, ready_timeout_s=120)
+    try:
+        assert [(w.name, w.peer) for w in state.workers] == [("edge/laptop", "edge"), ("edge/phone", "edge")]
+        edge, plain = (PeerConfig.load(Path(p.config)) for p in state.peers)
+        assert (edge.shard_devices_file, edge.link_delay_ms, edge.link_loss) == ("devices.toml", 15, 0.05)
+        assert (plain.shard_devices_file, plain.link_delay_ms, plain.link_loss) == ("", 0, 0.0)
+        entries = load_device_file(edge.path(edge.shard_devices_file))
+        assert [(e.name, e.address, e.peer_id) for e in entries] == [
+            ("laptop", state.workers[0].address, state.workers[0].peer_id),
+            ("phone", state.workers[1].address, state.workers[1].peer_id)]
+        assert [(e.link_ms, e.shape_delay_ms, e.shape_loss) for e in entries] == [(2.0, 2.0, 0.0), (0.0, 0.0, 0.01)]
+        assert all(w.address.startswith("127.0.0.1:") and w.netns is None for w in state.workers)
+        assert trio.run(_workers_answer, net, "edge") == {}  # both workers serve the peer's key
+        assert all(w.pid is not None and not _gone(w.pid) for w in state.workers)
+    finally:
+        report = launcher.down(net, timeout_s=10)
+    assert report[2:] == [f"edge/laptop: stopped (pid {state.workers[0].pid})",
+                          f"edge/phone: stopped (pid {state.workers[1].pid})"]
+    assert all(p.pid is not None and _gone(p.pid) for p in state.processes())
+    assert _children() == []
+    saved = json.loads((net / "testnet.json").read_text())
+    assert [w["pid"] for w in saved["workers"]] == [None, None]
+
+
+@pytest.mark.skipif(_netns_refused() is not None, reason="`ip netns add` is not permitted here")
+def test_a_device_bandwidth_puts_its_worker_in_a_rate_limited_namespace(tmp_path: Path) -> None:
+    import trio
+
+    from peers.shard.devices import load_device_file
+    from testnet import netns
+
+    net = tmp_path / "net"
+    manifest = Manifest.loads('[[peer]]\nname = "edge"\nmodel = "smollm2"\n'
+                              'devices = [{ name = "phone", memory_mb = 700, bandwidth_kbit = 8000 }]\n')
+    state = launcher.up(manifest, net, peer_command=FAKE, ready_timeout_s=120)
+    phone = state.workers[0]
+    try:
+        assert phone.netns in netns.namespaces() and not phone.address.startswith("127.")
+        qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", str(phone.veth)], capture_output=True, text=True)
+        assert "tbf" in qdiscs.stdout and "8Mbit" in qdiscs.stdout  # our end (the peer's uplink) ...
+        inside = subprocess.run([*netns.exec_prefix(phone.netns), "tc", "qdisc", "show"], capture_output=True,
+                                text=True)
+        assert "tbf" in inside.stdout and "8Mbit" in inside.stdout  # ... and the worker's end
+        assert load_device_file(net / "edge" / "devices.toml")[0].bandwidth_mbps == 8.0
+        assert trio.run(_workers_answer, net, "edge") == {}  # the peer reaches it over the veth pair
+    finally:
+        report = launcher.down(net, timeout_s=10)
+    assert report == [f"edge: stopped (pid {state.peers[0].pid})", f"edge/phone: stopped (pid {phone.pid})",
+                      f"edge/phone: network namespace {phone.netns} deleted"]
+    assert phone.netns not in netns.namespaces() and _children() == []
+    assert phone.veth not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+
+
+def test_a_worker_exiting_at_startup_fails_the_testnet(tmp_path: Path) -> None:
+    manifest = Manifest.loads(SHARDED.replace("BANDWIDTH", ""))
+    with pytest.raises(TestnetError, match=r"shard worker edge/laptop exited during start-up \(exit code 5\)"
+                                           r"(.|\n)*last lines of .*edge/workers/laptop.log(.|\n)*no model here"):
+        launcher.up(manifest, tmp_path, peer_command=FAKE, ready_timeout_s=60,
+                    worker_command=[sys.executable, "-c", "import sys; print('no model here'); sys.exit(5)"])
+    assert _children() == []
+    assert all(w["pid"] is None for w in json.loads((tmp_path / "testnet.json").read_text())["workers"])
+
+
+def test_bandwidth_without_namespaces_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from testnet import netns
+
+    monkeypatch.setattr(netns, "unavailable_reason", lambda: "cannot create a network namespace (permission denied)")
+    manifest = Manifest.loads(SHARDED.replace("BANDWIDTH", ", bandwidth_kbit = 8000"))
+    with pytest.raises(TestnetError, match=r"devices? edge/phone declare bandwidth_kbit, .* tc tbf .* "
+                                           r"\(permission denied\); run as root or drop bandwidth_kbit"):
+        launcher.up(manifest, tmp_path, peer_command=FAKE)
+    assert not (tmp_path / "testnet.json").exists()

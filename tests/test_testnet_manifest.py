@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from testnet.manifest import Manifest, ManifestError, PeerSpec, check_model
+from peers.shard.planner import plan
+from testnet.manifest import DeviceSpec, Manifest, ManifestError, PeerSpec, check_model
 
 
 def _hf_dir(path: Path) -> Path:
@@ -105,8 +106,32 @@ _P = '[[peer]]\nname = "p0"\nmodel = "smollm2"\n'
     (_P + 'byzantine = "equivocate"\n', "byzantine: expected one of none, wrong, junk"),
     (_P + 'byzantine = "wrong"\nslow_ms = 5\n', "slow_ms applies only to byzantine = 'slow'"),
     (_P + 'byzantine = "crash"\ncrash_at_height = 0\n', r"crash_at_height: 0 is outside \[1, "),
-    (_P + "network = { delay_ms = 10 }\n", r"network settings \(delay_ms\) are not supported yet"),
-    (_P + "network = 5\n", "network must be a table"),
+    (_P + "network = 5\n", "peer 'p0': network must be a table"),
+    (_P + "network = { delay = 10 }\n", "peer 'p0': network: unknown key delay"),
+    (_P + "network = { delay_ms = -1 }\n", r"peer 'p0': network.delay_ms: -1 is outside \[0, 60000\]"),
+    (_P + "network = { delay_ms = 2.5 }\n", "peer 'p0': network.delay_ms: expected an integer"),
+    (_P + "network = { loss = 1.0 }\n", r"peer 'p0': network.loss: 1.0 is outside \[0, 1\)"),
+    (_P + "network = { loss = 'high' }\n", "peer 'p0': network.loss: expected a number"),
+    (_P + "devices = 3\n", "peer 'p0': devices must be an array"),
+    (_P + "devices = [3]\n", r"peer 'p0': devices\[0\]: expected a table"),
+    (_P + "devices = [{ name = 'a' }]\n", r"peer 'p0': devices\[0\]: missing required key memory_mb"),
+    (_P + "devices = [{ memory_mb = 700 }]\n", r"peer 'p0': devices\[0\]: missing required key name"),
+    (_P + "devices = [{ name = 'A B', memory_mb = 700 }]\n", r"peer 'p0': devices\[0\].name: expected"),
+    (_P + "devices = [{ name = 'a', memory_mb = 700, gpu = 1 }]\n", r"peer 'p0': devices\[0\]: unknown key gpu"),
+    (_P + "devices = [{ name = 'a', memory_mb = 0 }]\n", r"peer 'p0': device 'a': memory_mb: 0 is outside"),
+    (_P + "devices = [{ name = 'a', memory_mb = 700, threads = 0 }]\n", r"device 'a': threads: 0 is outside"),
+    (_P + "devices = [{ name = 'a', memory_mb = 700, delay_ms = -3 }]\n", r"device 'a': delay_ms: -3 is outside"),
+    (_P + "devices = [{ name = 'a', memory_mb = 700, loss = 1 }]\n", r"device 'a': loss: 1 is outside \[0, 1\)"),
+    (_P + "devices = [{ name = 'a', memory_mb = 700, bandwidth_kbit = 0 }]\n",
+     r"peer 'p0': device 'a': bandwidth_kbit: 0 is outside \[1, "),
+    (_P + "devices = [{ name = 'a', memory_mb = 700, bandwidth_kbit = 1.5 }]\n",
+     "device 'a': bandwidth_kbit: expected an integer"),
+    (_P + "devices = [{ name = 'a', memory_mb = 400 }, { name = 'a', memory_mb = 400 }]\n",
+     "peer 'p0': duplicate device name 'a'"),
+    (_P + "devices = [{ name = 'a', memory_mb = 200 }, { name = 'b', memory_mb = 200 }]\n",
+     r"peer 'p0': devices: model 'smollm2' \(30 layers\) fits on no split over the devices \[a, b\]"),
+    (_P + "devices = [" + ", ".join(f"{{ name = 'd{i}', memory_mb = 700 }}" for i in range(9)) + "]\n",
+     "devices must be an array of at most 8 tables"),
     (_P + '[[peer]]\nname = "p0"\nmodel = "gemma3"\n', "duplicate peer name 'p0'"),
     ("[testnet]\nchain_id = ''\n" + _P, "testnet.chain_id: expected 1-64 characters"),
     ("[testnet]\nchain_id = 5\n" + _P, "testnet.chain_id: expected a string"),
@@ -122,6 +147,23 @@ def test_bad_manifest_is_rejected(toml: str, message: str) -> None:
         Manifest.loads(toml)
 
 
+def test_network_and_devices_are_parsed() -> None:
+    m = Manifest.loads(_P + """network = { delay_ms = 20, loss = 0.01 }
+devices = [
+  { name = "laptop", threads = 2, memory_mb = 400, delay_ms = 2 },
+  { name = "phone", memory_mb = 350.5, delay_ms = 10.5, loss = 0.02, bandwidth_kbit = 50000 },
+]
+byzantine = "slow"
+slow_ms = 300
+""")
+    (p,) = m.peers
+    assert (p.link_delay_ms, p.link_loss, p.byzantine, p.slow_ms) == (20, 0.01, "slow", 300)
+    assert p.devices == (DeviceSpec("laptop", 400.0, threads=2, delay_ms=2.0),
+                         DeviceSpec("phone", 350.5, threads=1, delay_ms=10.5, loss=0.02, bandwidth_kbit=50000))
+    assert set(plan(p.shard_problem()).devices) == {"laptop", "phone"}  # the model fits only on both
+    assert Manifest.loads(_P).peers[0].devices == () and Manifest.loads(_P + "network = {}\n").peers[0].link_loss == 0
+
+
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "m.toml"
     with pytest.raises(ManifestError, match="cannot read manifest"):
@@ -129,3 +171,13 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text(_P + "weight = 0\n")
     with pytest.raises(ManifestError, match=f"manifest {path}: peer 'p0': weight"):
         Manifest.load(path)
+
+
+@pytest.mark.parametrize("name", ["byzantine.toml", "weighted.toml", "sharded.toml"])
+def test_example_manifests_are_valid(name: str) -> None:
+    m = Manifest.load(Path(__file__).resolve().parents[1] / "testnet" / "examples" / name)
+    assert len(m.peers) >= 4
+    if name == "sharded.toml":
+        edge, far = m.peers[0], m.peers[1]
+        assert [d.name for d in edge.devices] == ["laptop", "phone"] and edge.devices[1].bandwidth_kbit == 50000
+        assert (far.link_delay_ms, far.link_loss) == (40, 0.02) and m.peers[3].byzantine == "wrong"

@@ -13,6 +13,8 @@ The device file (TOML) lists the devices near the driving peer::
     link_ms = 2.0            # one-way latency between this device and the driving peer
     bandwidth_mbps = 100     # link bandwidth, Mbit/s (optional: unlimited)
 
+A sharded peer's device file also names each worker (``address``, ``peer_id``;
+see :mod:`peers.shard.devices`); the plan ignores those keys.
 Activations are relayed through the driving peer, so a transfer between two
 devices crosses both of their links. Speed from ``threads`` assumes ideal
 scaling (``speed = threads``); give ``speed`` for a measured figure.
@@ -24,10 +26,10 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from .devices import DeviceFileError, load_device_file, planner_inputs
 from .planner import (
     OBJECTIVES,
     Device,
@@ -45,68 +47,12 @@ from .profiles import KNOWN_SHAPES, profile_from_shape
 
 __all__ = ["DeviceFileError", "add_shard_commands", "load_devices", "format_plans"]
 
-_KEYS = {"name", "threads", "speed", "memory_mb", "link_ms", "bandwidth_mbps"}
 MIB = 2**20
 
 
-class DeviceFileError(ValueError):
-    """The device file is missing, not TOML, or has a bad entry (the message names it)."""
-
-
-def _number(entry: dict[str, Any], key: str, where: str, *, positive: bool = True) -> float:
-    v = entry[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise DeviceFileError(f"{where}: {key} must be a number, got {v!r}")
-    if (positive and v <= 0) or v < 0:
-        raise DeviceFileError(f"{where}: {key} must be {'> 0' if positive else '>= 0'}, got {v!r}")
-    return float(v)
-
-
 def load_devices(path: Path) -> tuple[list[Device], dict[str, Link]]:
-    """Devices and their links to the driving peer from a device file."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DeviceFileError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise DeviceFileError(f"{path} is not valid TOML: {exc}") from None
-    extra = set(data) - {"device"}
-    if extra:
-        raise DeviceFileError(f"{path}: unknown top-level keys {sorted(extra)}; expected [[device]] tables")
-    entries = data.get("device")
-    if not isinstance(entries, list) or not entries:
-        raise DeviceFileError(f"{path}: no [[device]] tables")
-    devices: list[Device] = []
-    links: dict[str, Link] = {}
-    for i, entry in enumerate(entries):
-        where = f"{path}: device #{i + 1}"
-        unknown = set(entry) - _KEYS
-        if unknown:
-            raise DeviceFileError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise DeviceFileError(f"{where}: name must be a non-empty string")
-        where = f"{path}: device {name!r}"
-        if name in links:
-            raise DeviceFileError(f"{where}: duplicate name")
-        for key in ("memory_mb", "link_ms"):
-            if key not in entry:
-                raise DeviceFileError(f"{where}: missing {key}")
-        if ("threads" in entry) == ("speed" in entry):
-            raise DeviceFileError(f"{where}: give exactly one of threads or speed")
-        if "threads" in entry:
-            threads = entry["threads"]
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise DeviceFileError(f"{where}: threads must be a positive integer, got {threads!r}")
-            speed = float(threads)
-        else:
-            speed = _number(entry, "speed", where)
-        memory = _number(entry, "memory_mb", where, positive=False)
-        latency = _number(entry, "link_ms", where, positive=False)
-        bandwidth = _number(entry, "bandwidth_mbps", where) * 1e6 / 8 if "bandwidth_mbps" in entry else math.inf
-        devices.append(Device(name, int(memory * MIB), speed=speed))
-        links[name] = Link(latency, bandwidth)
-    return devices, links
+    """Devices and their links to the driving peer from a device file (worker keys are ignored)."""
+    return planner_inputs(load_device_file(path))
 
 
 def _row(label: str, p: Plan | None, problem: Problem) -> tuple[str, ...]:

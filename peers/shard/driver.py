@@ -9,6 +9,11 @@ again on the remaining devices and the request is replayed as a prefill of
 prompt + tokens generated so far, so the new shards rebuild their KV caches
 (as Petals does). If no plan fits the survivors the query fails with
 :class:`ShardingFailed`, which names the failures and the memory shortfall.
+
+Emulated links (testnets): a :class:`peers.transport.LinkShaper` keyed by worker
+peer id delays each request before it is sent and each reply after it arrives
+(one-way delay, both directions); a frame it loses is resent after
+:data:`RETRANSMIT_S`, as TCP would, so loss costs time, never the connection.
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ import trio
 
 from multillmn.identity import KeyPair, PeerId
 from peers.secure import HandshakeError, SecureChannel, handshake
+from peers.transport import LinkShaper
 from peers.shard.planner import NoFeasiblePlan, Objective, Plan, Problem, Shard
 from peers.shard.planner import plan as make_plan
 from peers.shard.protocol import MAX_FRAME, Request, Response, pack_request, unpack_response
 from peers.wire import RemoteProtocolError
 
-__all__ = ["WorkerAddress", "WorkerFailed", "ShardingFailed", "DriverStats", "ShardDriver"]
+__all__ = ["WorkerAddress", "WorkerFailed", "ShardingFailed", "DriverStats", "ShardDriver", "RETRANSMIT_S"]
 
 log = logging.getLogger("multillmn.shard.driver")
+
+RETRANSMIT_S = 0.2
+"""Added per frame the link shaper loses: the frame is sent again after TCP's minimum timeout (Linux)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class DriverStats:
     replayed_tokens: int = 0
     loads: int = 0
     failures: dict[str, str] = field(default_factory=dict)
+    failed_at: dict[str, float] = field(default_factory=dict)  # trio clock of each failure
     events: list[str] = field(default_factory=list)
     compute_ms: dict[str, deque[float]] = field(default_factory=dict)
 
@@ -81,8 +91,8 @@ class DriverStats:
 class _Conn:
     """One authenticated link to a worker; concurrent calls are matched to replies by id."""
 
-    def __init__(self, name: str, chan: SecureChannel) -> None:
-        self.name, self.chan = name, chan
+    def __init__(self, name: str, chan: SecureChannel, shaper: LinkShaper | None = None) -> None:
+        self.name, self.chan, self.shaper = name, chan, shaper
         self.pending: dict[int, trio.MemorySendChannel[Response]] = {}
         self.failure: str | None = None
         self.loaded: tuple[int, int] | None = None
@@ -110,6 +120,18 @@ class _Conn:
             waiter.close()
         self.pending.clear()
 
+    async def _shape(self) -> None:
+        """Emulated link conditions (testnets): the shaper's delay, plus a retransmission per lost frame."""
+        if self.shaper is None:
+            return
+        extra = 0.0
+        delay = self.shaper.plan(self.chan.remote_peer_id)
+        while delay is None:
+            extra += RETRANSMIT_S
+            delay = self.shaper.plan(self.chan.remote_peer_id)
+        if delay + extra > 0:
+            await trio.sleep(delay + extra)
+
     async def call(self, req: Request, timeout: float) -> Response:
         if self.failure is not None:
             raise WorkerFailed(self.name, self.failure)
@@ -120,8 +142,11 @@ class _Conn:
         self.pending[rid] = send
         try:
             with trio.fail_after(timeout):
+                await self._shape()
                 await self.chan.send(pack_request(req))
-                return await recv.receive()
+                resp = await recv.receive()
+                await self._shape()
+                return resp
         except trio.TooSlowError:
             self.fail(f"no reply to {req.op} within {timeout:g} s")
             await trio.aclose_forcefully(self.chan.stream)
@@ -147,6 +172,7 @@ class ShardDriver:
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         load_timeout: float = 180.0,
+        shaper: LinkShaper | None = None,
     ) -> None:
         names = {d.name for d in problem.devices}
         self.workers = {w.name: w for w in workers}
@@ -154,6 +180,7 @@ class ShardDriver:
             raise ValueError(f"workers {sorted(self.workers)} must match the problem's devices {sorted(names)}")
         self.key, self.problem, self.objective = key, problem, objective
         self.connect_timeout, self.request_timeout, self.load_timeout = connect_timeout, request_timeout, load_timeout
+        self.shaper = shaper  # emulated delay / loss per worker peer id (testnets); None: none
         self.plan: Plan | None = None
         self.epoch = 0
         self.stats = DriverStats()
@@ -174,11 +201,12 @@ class ShardDriver:
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         load_timeout: float = 180.0,
+        shaper: LinkShaper | None = None,
     ) -> AsyncIterator[ShardDriver]:
         """A driver whose connections live in a nursery closed on exit."""
         async with trio.open_nursery() as nursery:
             driver = cls(key, problem, workers, nursery, objective=objective, connect_timeout=connect_timeout,
-                         request_timeout=request_timeout, load_timeout=load_timeout)
+                         request_timeout=request_timeout, load_timeout=load_timeout, shaper=shaper)
             try:
                 yield driver
             finally:
@@ -215,7 +243,7 @@ class ShardDriver:
             chan = await handshake(stream, self.key, w.peer_id, timeout=self.connect_timeout, max_frame=MAX_FRAME)
         except (OSError, trio.TooSlowError, HandshakeError) as exc:
             raise WorkerFailed(name, f"cannot connect to {w.host}:{w.port}: {exc or type(exc).__name__}") from None
-        conn = _Conn(name, chan)
+        conn = _Conn(name, chan, self.shaper)
         self._nursery.start_soon(conn.read_loop)
         info = await conn.call(Request(0, "info"), self.request_timeout)
         n = self.problem.model.n_layers
@@ -229,11 +257,54 @@ class ShardDriver:
     def _mark_failed(self, exc: WorkerFailed) -> None:
         if exc.name not in self.stats.failures:
             self.stats.failures[exc.name] = exc.reason
+            self.stats.failed_at[exc.name] = trio.current_time()
             self._event(f"worker {exc.name} failed: {exc.reason}")
         conn = self._conns.pop(exc.name, None)
         if conn is not None:
             conn.fail(exc.reason)
             self._nursery.start_soon(trio.aclose_forcefully, conn.chan.stream)
+
+    async def wait_connected(self, timeout: float, names: Sequence[str] | None = None) -> dict[str, str]:
+        """Dial every worker (or ``names``) until each answers ``info``, for at most ``timeout`` seconds.
+
+        For start-up, when workers may still be starting: refused connections are retried. Workers
+        still unreachable at the deadline are marked failed (plans leave them out until
+        :meth:`revive`); returns them with the last reason.
+        """
+        async def one(name: str) -> None:
+            while True:
+                try:
+                    await self._connect(name)
+                    return
+                except WorkerFailed as exc:
+                    last[name] = exc.reason
+                await trio.sleep(0.2)
+
+        last: dict[str, str] = {}
+        wanted = list(names if names is not None else self.workers)
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for name in wanted:
+                    nursery.start_soon(one, name)
+        down = {n: f"unreachable for {timeout:g} s: {last.get(n, 'no answer')}" for n in wanted if n not in self._conns}
+        for name, reason in down.items():
+            self._mark_failed(WorkerFailed(name, reason))
+        return down
+
+    def revive(self, older_than: float) -> list[str]:
+        """Forget failures older than ``older_than`` seconds so the next plan may use those workers again.
+
+        A worker that is still down fails again at once (connection refused) and is marked anew.
+        Returns the revived names; the current plan is dropped if there are any.
+        """
+        now = trio.current_time()
+        names = [n for n, t in self.stats.failed_at.items() if now - t >= older_than]
+        for n in names:
+            del self.stats.failures[n], self.stats.failed_at[n]
+        if names:
+            self.plan = None
+            self._event(f"retrying workers {', '.join(sorted(names))}")
+        return names
 
     async def ensure_plan(self) -> Plan:
         """Plan on the devices not failed so far and load the chosen layer ranges."""
@@ -312,8 +383,12 @@ class ShardDriver:
         *,
         eos_token_id: int | Sequence[int] | None = None,
         on_token: Callable[[int, int], None] | None = None,
+        stop: Callable[[int], bool] | None = None,
     ) -> list[int]:
-        """Greedy new tokens for ``prompt``, surviving worker failures by re-planning and replaying."""
+        """Greedy new tokens for ``prompt``, surviving worker failures by re-planning and replaying.
+
+        Ends after ``max_new_tokens``, an EOS token or a token for which ``stop`` is true (kept).
+        """
         if not prompt:
             raise ValueError("empty prompt")
         eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
@@ -351,7 +426,7 @@ class ShardDriver:
             tokens.append(token)
             if on_token is not None:
                 on_token(len(tokens) - 1, token)
-            if token in eos:
+            if token in eos or (stop is not None and stop(token)):
                 break
         await self._reset(session)
         return tokens

@@ -1,6 +1,7 @@
 """A shard worker: one process ("device") serving a layer range over authenticated links.
 
-Run as ``python -m peers.shard.worker --model-dir DIR --key KEY.pem --allow PEER_ID``;
+Run as ``python -m peers.shard.worker --model-dir DIR --key KEY.pem --allow PEER_ID`` (or
+``--model smollm2`` to use the peer's model cache);
 it prints ``READY <port> <peer_id>`` on stdout once it listens. Only the allowed
 driving peers pass the handshake (:func:`peers.secure.handshake`). Per
 connection three tasks run: the reader validates requests
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -273,7 +275,11 @@ def _peer_id(text: str) -> PeerId:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m peers.shard.worker", description="serve a layer range of a model")
-    p.add_argument("--model-dir", type=Path, required=True, help="Hugging Face model directory")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-dir", type=Path, help="Hugging Face model directory")
+    which.add_argument("--model", help="a peer's model: smollm2 | gemma3 | a GGUF file or model directory "
+                                       "(converted through the model cache, as a peer does)")
+    p.add_argument("--cache-dir", type=Path, help="model cache for --model (default: the peer default)")
     p.add_argument("--key", type=Path, required=True, help="this worker's Ed25519 key (PEM, mode 0600)")
     p.add_argument("--allow", type=_peer_id, action="append", required=True, help="driver peer id allowed to connect")
     p.add_argument("--host", default="127.0.0.1")
@@ -287,8 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(levelname)s %(message)s")
     torch.set_num_threads(max(1, args.threads))
     key = KeyPair.load(args.key)
+    model_dir: Path = args.model_dir
+    if model_dir is None:
+        from peers.llm.cache import default_cache_dir, load_or_convert
+        from peers.llm.models import ModelError, resolve_model
+
+        try:
+            model_dir = load_or_convert(resolve_model(args.model), (args.cache_dir or default_cache_dir()).expanduser())
+        except ModelError as exc:
+            p.error(str(exc))
     cfg = WorkerConfig(
-        model_dir=args.model_dir, key=key, allowed=frozenset(args.allow), host=args.host, port=args.port,
+        model_dir=model_dir, key=key, allowed=frozenset(args.allow), host=args.host, port=args.port,
         threads=args.threads, layers=args.layers, slowdown=args.slowdown,
         send_delay_ms=args.send_delay_ms, bandwidth_mbps=args.bandwidth_mbps,
     )
@@ -363,16 +378,21 @@ def spawn_worker(
     bandwidth_mbps: float = 0.0,
     stderr: Any = None,
     env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    prefix: Sequence[str] = (),
 ) -> subprocess.Popen[str]:
     """Start ``python -m peers.shard.worker``; call :func:`wait_ready` to get its port.
 
     ``env`` adds environment variables (e.g. ``OMP_WAIT_POLICY=PASSIVE`` so that idle OpenMP
     threads of several workers sharing one machine do not spin on each other's cores).
+    ``prefix`` goes before the command (e.g. ``ip netns exec NAME`` to run it in a network namespace).
     """
     cmd = [
-        sys.executable, "-m", "peers.shard.worker", "--model-dir", str(model_dir), "--key", str(key_file),
+        *prefix, sys.executable, "-m", "peers.shard.worker", "--model-dir", str(model_dir), "--key", str(key_file),
         "--allow", allow, "--threads", str(threads), "--slowdown", str(slowdown),
         "--send-delay-ms", str(send_delay_ms), "--bandwidth-mbps", str(bandwidth_mbps),
+        "--host", host, "--port", str(port),
     ]
     if layers is not None:
         cmd += ["--layers", f"{layers[0]}:{layers[1]}"]
