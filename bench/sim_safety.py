@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/sim_safety.py                      # 10,000 seeds, then 4..64 peers
     .venv/bin/python bench/sim_safety.py --seeds 2000 --peers 4,16 --json out.json
+    .venv/bin/python bench/sim_safety.py --static-weights     # genesis weights for ever
+
+Weights adapt to committed scores by default (3 heights per scenario: the
+first computed set applies from height 4, so only the carrying and checking
+of score vectors is exercised; ``bench/sim_weights.py`` runs longer chains).
 
 1. **Safety**: ``random_scenario(seed)`` for every seed: 4-7 peers, random
    weights, mixed Byzantine behaviours with faulty weight < 1/3, and sometimes
@@ -24,6 +29,7 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,7 @@ from multillmn.identity import verify_signature  # noqa: E402
 CONSENSUS = ("core", "vote-sign", "vote-verify", "proposal-sign", "proposal-verify", "validate")
 
 
-def safety(seeds: range, *, progress: bool) -> dict[str, Any]:
+def safety(seeds: range, *, progress: bool, adaptive: bool = True) -> dict[str, Any]:
     """Run every seed's random scenario; count violations by kind."""
     kinds: Counter[str] = Counter()
     termination_seeds: list[int] = []
@@ -46,7 +52,7 @@ def safety(seeds: range, *, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     cpu0 = time.process_time()
     for seed in seeds:
-        config = random_scenario(seed)
+        config = replace(random_scenario(seed), adaptive_weights=adaptive)
         result = run(config, seed, check=False)
         runs += 1
         decisions += result.heights_decided
@@ -93,15 +99,19 @@ def verify_cost_us(samples: int = 3000) -> float:
     return sorted(batches)[2]
 
 
-def overhead(n: int, seeds: int, heights: int) -> dict[str, Any]:
-    """CPU per decision per peer with real signatures, by category, against the 2n-verification floor."""
+def overhead(n: int, seeds: int, heights: int, *, adaptive: bool = True) -> dict[str, Any]:
+    """CPU per decision per peer with real signatures, by category, against the 2n-verification floor.
+
+    ``core`` includes folding decided values into the weights (``Chain.apply``, which verifies every
+    carried score vector again) and ``validate`` checking a value's extras; ``scores`` is signing and
+    verifying gossiped score vectors (adaptive weights only)."""
     floor_us = verify_cost_us()
     cpu: Counter[str] = Counter()
     calls: Counter[str] = Counter()
     node_decisions = 0
     total_ns = 0
     for seed in range(seeds):
-        config = SimConfig(peers=n, heights=heights, real_signatures=True)
+        config = SimConfig(peers=n, heights=heights, real_signatures=True, adaptive_weights=adaptive)
         t0 = time.thread_time_ns()
         result = run(config, seed, cpu_clock=time.thread_time_ns)
         total_ns += time.thread_time_ns() - t0
@@ -115,12 +125,14 @@ def overhead(n: int, seeds: int, heights: int) -> dict[str, Any]:
     floor = 2 * n * floor_us
     return {
         "peers": n,
+        "adaptive_weights": adaptive,
         "decisions": node_decisions // n,
         "verify_us": round(floor_us, 1),
         "floor_us": round(floor, 1),
         "consensus_us": round(consensus_us, 1),
         "ratio": round(consensus_us / floor, 2),
         "ratio_without_value_check": round(messaging_us / floor, 2),
+        "ratio_with_score_gossip": round((consensus_us + per.get("scores", 0.0)) / floor, 2),
         "total_us": round(total_ns / node_decisions / 1000, 1),
         "by_category_us": {k: round(v, 1) for k, v in sorted(per.items())},
         "verifications_per_decision_per_peer": round(
@@ -136,12 +148,14 @@ def main() -> int:
     parser.add_argument("--overhead-seeds", type=int, default=2)
     parser.add_argument("--skip-safety", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--static-weights", action="store_true", help="keep the genesis weights")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     if not args.skip_safety:
         print(f"safety: {args.seeds} random scenarios (faulty weight < 1/3, mixed behaviours, network faults)")
-        s = safety(range(args.seed_start, args.seed_start + args.seeds), progress=True)
+        s = safety(range(args.seed_start, args.seed_start + args.seeds), progress=True,
+                   adaptive=not args.static_weights)
         report["safety"] = s
         print(f"  runs {s['runs']}  decisions {s['decisions']}  safety violations {s['safety_violations']}  "
               f"termination failures {s['termination_failures']}  ({s['runs_per_s']} runs/s, {s['wall_s']} s)")
@@ -156,7 +170,7 @@ def main() -> int:
         rows = []
         for n in (int(x) for x in args.peers.split(",")):
             heights = 3 if n <= 16 else 2
-            row = overhead(n, args.overhead_seeds if n <= 16 else 1, heights)
+            row = overhead(n, args.overhead_seeds if n <= 16 else 1, heights, adaptive=not args.static_weights)
             rows.append(row)
             print(f"  {n:>5} {row['verify_us']:>6}u {row['floor_us'] / 1000:>8.2f}m {row['consensus_us'] / 1000:>9.2f}m "
                   f"{row['ratio']:>6} {row['ratio_without_value_check']:>8} {row['total_us'] / 1000:>8.2f}m "

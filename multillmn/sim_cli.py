@@ -1,8 +1,12 @@
 """The ``multillmn sim`` command: run the deterministic WBFT simulator over many seeds.
 
 Exit codes: 0 when every run kept its promises, 1 when a run within the fault
-model (faulty weight below 1/3; not the majority baseline) violated an
-invariant, 2 on bad flags.
+model (faulty weight below 1/3 at every height; not the majority baseline)
+violated an invariant, 2 on bad flags.
+
+Under ``wbft`` weights adapt to committed answer scores unless
+``--static-weights``; the summary reports the faulty peers' share of the
+weight at the last height and per height (``--json``).
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ def add_sim_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--real-signatures", action="store_true", help="sign and verify every message with Ed25519")
     p.add_argument("--baseline", choices=["wbft", "equal", "majority"], default="wbft",
                    help="wbft (default), equal (same core, all weights 1) or majority (no rounds)")
+    p.add_argument("--static-weights", action="store_true",
+                   help="wbft: keep the genesis weights (default: weights follow committed answer scores)")
+    p.add_argument("--attack-from-height", type=int_range(1), default=None,
+                   help="Byzantine peers only answer wrong (following the protocol) before this height, "
+                        "then also misbehave (default: from the start)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_sim)
     return p
@@ -110,7 +119,9 @@ def build_config(args: argparse.Namespace) -> Any:
     try:
         return SimConfig(peers=n, weights=args.weights, byzantine_pick=(behaviour,) * args.byzantine,
                          heights=args.heights, loss=args.loss, latency_ms=args.latency_ms, partitions=partitions,
-                         real_signatures=args.real_signatures, baseline=args.baseline).validate()
+                         real_signatures=args.real_signatures, baseline=args.baseline,
+                         adaptive_weights=not args.static_weights,
+                         attack_from_height=args.attack_from_height).validate()
     except SimConfigError as exc:
         return str(exc)
 
@@ -126,8 +137,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     assert isinstance(config, SimConfig)
     weights = config.weight_list()
     if args.byzantine and 3 * sum(sorted(weights)[-args.byzantine:]) >= sum(weights):
-        print(f"note: {args.byzantine} Byzantine peers may hold 1/3 of the weight or more; "
-              "runs where they do promise neither safety nor termination", file=sys.stderr)
+        print(f"note: {args.byzantine} Byzantine peers may hold 1/3 of the weight or more at genesis; "
+              "runs where they do at a height they attack promise neither safety nor termination",
+              file=sys.stderr)
     behaviours = _behaviours()
 
     def config_for(seed: int) -> SimConfig:
@@ -144,7 +156,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     header = {"peers": args.peers, "byzantine": args.byzantine, "behaviour": args.behaviour,
               "weights": list(weights), "heights": args.heights, "seed_start": args.seed_start,
               "loss": args.loss, "latency_ms": args.latency_ms, "partition": args.partition,
-              "real_signatures": args.real_signatures, "baseline": args.baseline}
+              "real_signatures": args.real_signatures, "baseline": args.baseline,
+              "adaptive_weights": config.adaptive, "attack_from_height": args.attack_from_height}
     if args.json:
         print(json.dumps({**header, **out}, indent=2))
     else:
@@ -159,7 +172,9 @@ def _render(header: dict[str, Any], out: dict[str, Any]) -> str:
     lines = [
         f"sim: {header['peers']} peers, {header['byzantine']} Byzantine ({header['behaviour']}), "
         f"{header['heights']} heights, baseline {header['baseline']}, "
-        f"{'real' if header['real_signatures'] else 'fast-path'} signatures",
+        f"{'real' if header['real_signatures'] else 'fast-path'} signatures, "
+        f"{'adaptive' if header['adaptive_weights'] else 'static'} weights"
+        + (f", attack from height {header['attack_from_height']}" if header["attack_from_height"] else ""),
         f"  runs                  {out['runs']}",
         f"  decisions             {out['decisions']}",
         f"  safety violations     {out['safety_violations']}",
@@ -167,6 +182,9 @@ def _render(header: dict[str, Any], out: dict[str, Any]) -> str:
         f"  mean rounds/height    {'-' if out['mean_rounds_per_height'] is None else out['mean_rounds_per_height']}",
         f"  accuracy              {pct(out['accuracy'])}",
         f"  decisions/s (wall)    {out['decisions_per_second']}",
+        f"  faulty weight share   {pct(out['faulty_share_last'])} at the last height (mean; max "
+        f"{pct(out['faulty_share_last_max'])})",
+        f"  runs outside model    {out['runs_outside_model']} (faulty weight >= 1/3 at some height)",
         f"  first failing seed    {'-' if out['first_failing_seed'] is None else out['first_failing_seed']}",
     ]
     if out["first_failure"]:

@@ -4,17 +4,37 @@
 the real runner's logic (answer quorum before ``Start``, ``build_value``,
 ``validate_value``, signing and feeding back), over a simulated network with
 seeded latency, loss, partitions, crashes and slowness, and Byzantine
-behaviours per node. It then checks agreement, validity, termination and
-equivocation detection, raising :class:`SimFailure` with the seed and a
-one-line replay command. ``replay(seed, config)`` reproduces a run exactly
-(same ``trace_hash``). Baselines run in the same harness: ``equal`` (the same
-core, all weights 1) and ``majority`` (no rounds; most common answer).
+behaviours per node. It then checks agreement, validity, termination,
+equivocation detection and equal weights on honest peers, raising
+:class:`SimFailure` with the seed and a one-line replay command.
+``replay(seed, config)`` reproduces a run exactly (same ``trace_hash``).
+Baselines run in the same harness: ``equal`` (the same core, all weights 1)
+and ``majority`` (no rounds; most common answer).
+
+Weights adapt under ``wbft`` (``SimConfig.adaptive_weights``, default on):
+each core owns an adaptive :class:`~consensus.chain.Chain`; peers score
+decided answers, gossip signed score vectors, carry them and equivocation
+evidence in values, and fold decided values into the weights in force two
+heights later, as ``peers/node.py`` does. The fault model is then checked
+per height (faulty weight below 1/3 of the set in force), and results report
+the faulty peers' share of the weight per height. ``attack_from_height``
+makes faulty peers mere wrong answerers until then, to model an attack
+launched once weights have adapted.
 
 Fast path vs real signatures: see :mod:`consensus.sim._world`.
 """
 
-from consensus.sim._behaviours import BEHAVIOURS, Behaviour, behaviour_names, register
-from consensus.sim._config import BASELINES, Baseline, Crash, Partition, SimConfig, SimConfigError
+from consensus.sim._behaviours import BEHAVIOURS, Behaviour, Phased, behaviour_names, register
+from consensus.sim._config import (
+    BASELINES,
+    WEIGHT_PRESETS,
+    Baseline,
+    Crash,
+    Partition,
+    SimConfig,
+    SimConfigError,
+    WeightPreset,
+)
 from consensus.sim._engine import DecisionRecord, EquivocationRecord, Simulation, proposer_of, validator_set
 from consensus.sim._invariants import Violation, check_run
 from consensus.sim._scenarios import random_scenario
@@ -23,8 +43,9 @@ from consensus.sim._world import Question, answer_table, normalise, sim_keys, si
 
 __all__ = [
     "BASELINES", "BEHAVIOURS", "Baseline", "Behaviour", "Crash", "DecisionRecord", "EquivocationRecord",
-    "Partition", "Question", "RunResult", "SimConfig", "SimConfigError", "SimFailure", "Simulation",
+    "Partition", "Phased", "Question", "RunResult", "SimConfig", "SimConfigError", "SimFailure", "Simulation",
     "Summary", "Violation", "answer_table", "behaviour_names", "check_run", "normalise", "proposer_of",
     "random_scenario", "register",
     "replay", "replay_command", "run", "sim_keys", "similarities", "summarise", "validator_set",
+    "WEIGHT_PRESETS", "WeightPreset",
 ]

@@ -1,10 +1,15 @@
 """Byzantine behaviours: wrappers around a simulated peer's answers, core outputs and sends.
 
-A :class:`Behaviour` sees three seams of an otherwise honest peer:
+A :class:`Behaviour` sees four seams of an otherwise honest peer:
 
 * ``answer_delay`` / ``answer_text``: what the peer's "model" answers and when;
 * ``on_outputs``: the consensus core's outputs before the runner acts on them;
-* ``on_send``: every packet the peer sends (to whom, and how late).
+* ``on_send``: every packet the peer sends (to whom, and how late);
+* ``score_vector``: the scores it signs for a decided value (adaptive weights).
+
+With ``SimConfig.attack_from_height`` every faulty behaviour is wrapped in
+:class:`Phased`: before that height the peer only answers wrong (and follows
+the protocol), so the weights can adapt; from it on it also attacks.
 
 The names below are the ones the testnet manifest will use. Under the
 ``majority`` baseline there are no votes or proposals, so ``double-vote`` and
@@ -20,6 +25,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, ClassVar
 
 from consensus.messages import Proposal, Vote
+from consensus.scores import MAX_SCORE, Scores
 from consensus.sim._packets import Packet, Send
 from consensus.sim._world import Question, normalise, wrong_text
 from consensus.state_machine import BroadcastVote, Output
@@ -34,6 +40,7 @@ __all__ = [
     "register",
     "behaviour_names",
     "make_behaviour",
+    "Phased",
 ]
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {}
@@ -51,11 +58,15 @@ def behaviour_names(*, include_hidden: bool = False) -> list[str]:
 
 
 def make_behaviour(name: str, index: int, rng: random.Random, config: SimConfig) -> Behaviour:
+    """The behaviour ``name`` of node ``index``; faulty ones are :class:`Phased` under ``attack_from_height``."""
     try:
         cls = BEHAVIOURS[name]
     except KeyError:
         raise ValueError(f"unknown behaviour {name!r}; choose from {', '.join(behaviour_names())}") from None
-    return cls(index, rng, config)
+    behaviour = cls(index, rng, config)
+    if config.attack_from_height is not None and cls.faulty and cls is not Wrong:
+        return Phased(index, rng, config, behaviour, config.attack_from_height)
+    return behaviour
 
 
 class Behaviour:
@@ -70,7 +81,7 @@ class Behaviour:
         self.rng = rng
         self.config = config
 
-    def answer_delay(self, base_us: int) -> int:
+    def answer_delay(self, peer: Peer, base_us: int) -> int:
         """How long answering takes, given the honest model's time."""
         return base_us
 
@@ -85,6 +96,10 @@ class Behaviour:
     def on_send(self, peer: Peer, packet: Packet, dsts: tuple[int, ...]) -> list[Send]:
         """Turn one broadcast into the sends that really happen."""
         return [Send(packet, dsts)]
+
+    def score_vector(self, peer: Peer, scores: Scores) -> Scores:
+        """The scores to sign for a decided value, given the honest ones (sorted by peer id)."""
+        return scores
 
     def crash_at_ms(self) -> int | None:
         """Virtual time at which the peer stops for good, if it does."""
@@ -124,7 +139,7 @@ class CopyLate(Behaviour):
     name = "copy-late"
     faulty = True
 
-    def answer_delay(self, base_us: int) -> int:
+    def answer_delay(self, peer: Peer, base_us: int) -> int:
         return 3 * base_us + 1000 * self.config.answer_grace_ms // 2
 
     def answer_text(self, peer: Peer, question: Question, honest: str) -> str | None:
@@ -138,13 +153,17 @@ class CopyLate(Behaviour):
 
 @register
 class Collude(Behaviour):
-    """A colluding group: every such peer gives the same wrong answer."""
+    """A colluding group: the same wrong answer on every member; members score each other 1000, others 0."""
 
     name = "collude"
     faulty = True
 
     def answer_text(self, peer: Peer, question: Question, honest: str) -> str | None:
         return wrong_text(question, "collude")
+
+    def score_vector(self, peer: Peer, scores: Scores) -> Scores:
+        group = peer.sim.colluders
+        return tuple((p, MAX_SCORE if peer.sim.index_of.get(p) in group else 0) for p, _ in scores)
 
 
 class _Equivocator(Behaviour):
@@ -231,9 +250,55 @@ class Slow(Behaviour):
     name = "slow"
     faulty = True
 
-    def answer_delay(self, base_us: int) -> int:
+    def answer_delay(self, peer: Peer, base_us: int) -> int:
         return 4 * base_us
 
     def on_send(self, peer: Peer, packet: Packet, dsts: tuple[int, ...]) -> list[Send]:
         delay = 1000 * self.config.slow_ms if packet.kind in ("vote", "proposal") else 0
         return [Send(packet, dsts, delay)]
+
+
+class Phased(Behaviour):
+    """``wrong`` before ``from_height``, then ``late`` as well: an attack launched once weights have adapted.
+
+    The peer keeps answering wrong after the switch unless ``late`` has an
+    answer rule of its own (``collude``, ``junk``, ``copy-late``, ...): a
+    malicious peer adds the attack to its wrong answers. The phase is the
+    height the peer is working on (:attr:`Peer.height`).
+    """
+
+    name = "phased"
+    faulty = True
+
+    def __init__(self, index: int, rng: random.Random, config: SimConfig, late: Behaviour, from_height: int) -> None:
+        super().__init__(index, rng, config)
+        self.early = Wrong(index, rng, config)
+        self.late = late
+        self.from_height = from_height
+        own_answers = type(late).answer_text is not Behaviour.answer_text or (
+            type(late).answer_delay is not Behaviour.answer_delay)
+        self.late_answers: Behaviour = late if own_answers else self.early
+
+    def _now(self, peer: Peer) -> Behaviour:
+        return self.late if peer.height >= self.from_height else self.early
+
+    def _answers(self, peer: Peer) -> Behaviour:
+        return self.late_answers if peer.height >= self.from_height else self.early
+
+    def answer_delay(self, peer: Peer, base_us: int) -> int:
+        return self._answers(peer).answer_delay(peer, base_us)
+
+    def answer_text(self, peer: Peer, question: Question, honest: str) -> str | None:
+        return self._answers(peer).answer_text(peer, question, honest)
+
+    def on_outputs(self, peer: Peer, outputs: list[Output]) -> list[Output]:
+        return self._now(peer).on_outputs(peer, outputs)
+
+    def on_send(self, peer: Peer, packet: Packet, dsts: tuple[int, ...]) -> list[Send]:
+        return self._now(peer).on_send(peer, packet, dsts)
+
+    def score_vector(self, peer: Peer, scores: Scores) -> Scores:
+        return self._now(peer).score_vector(peer, scores)
+
+    def crash_at_ms(self) -> int | None:
+        return self.late.crash_at_ms()  # a time, not a height: 'crash' is not phased

@@ -4,6 +4,15 @@ A :class:`SimConfig` plus a seed determines a run completely. Configs are
 frozen, validated by :meth:`SimConfig.validate` (raising
 :class:`SimConfigError` naming the field), and round-trip through JSON so a
 failing run can be replayed from one command line.
+
+Weights: ``weights`` are the genesis weights; under ``wbft`` with
+``adaptive_weights`` they then follow committed score vectors
+(``consensus.weights``, with ``WeightParams.default()`` or, for
+``weight_params = "tests"``, ``WeightParams.for_tests()``). With
+``attack_from_height`` every faulty peer answers wrong and otherwise follows
+the protocol before that height (its working height), then acts out its
+behaviour; the fault model (faulty weight below 1/3) is required only from
+that height on.
 """
 
 from __future__ import annotations
@@ -19,10 +28,14 @@ __all__ = [
     "SimConfig",
     "BASELINES",
     "Baseline",
+    "WEIGHT_PRESETS",
+    "WeightPreset",
 ]
 
 Baseline = Literal["wbft", "equal", "majority"]
 BASELINES: tuple[Baseline, ...] = ("wbft", "equal", "majority")
+WeightPreset = Literal["default", "tests"]
+WEIGHT_PRESETS: tuple[WeightPreset, ...] = ("default", "tests")
 
 
 class SimConfigError(ValueError):
@@ -73,6 +86,9 @@ class SimConfig:
     query_interval_ms: int = 1000  # query h is issued at (h-1) * interval
     real_signatures: bool = False
     baseline: Baseline = "wbft"
+    adaptive_weights: bool = True  # wbft: weights follow committed score vectors (ADR 0006); else static
+    weight_params: WeightPreset = "default"  # WeightParams.default() or .for_tests()
+    attack_from_height: int | None = None  # faulty peers answer wrong (and follow the protocol) before this
     timeouts_ms: tuple[int, int, int, int] = (3000, 1000, 1000, 500)  # propose, prevote, precommit, delta
     answer_grace_ms: int = 1500
     gossip_ms: int = 1000  # re-send own messages when stuck this long (0: never, as the current runner)
@@ -89,6 +105,11 @@ class SimConfig:
     extra: tuple[tuple[str, str], ...] = field(default=())  # free-form labels (ignored by the engine)
 
     # --- derived ---------------------------------------------------------
+    @property
+    def adaptive(self) -> bool:
+        """Whether validator sets follow committed scores (``wbft`` with ``adaptive_weights``)."""
+        return self.baseline == "wbft" and self.adaptive_weights
+
     def weight_list(self) -> tuple[int, ...]:
         """The validators' weights (all 1 for the ``equal`` and ``majority`` baselines)."""
         if self.baseline != "wbft" or self.weights is None:
@@ -119,6 +140,12 @@ class SimConfig:
               "timeouts_ms", "(propose, prevote, precommit >= 1, delta >= 0)", self.timeouts_ms)
         for name in ("answer_grace_ms", "gossip_ms", "slow_ms"):
             _need(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+        _need(isinstance(self.adaptive_weights, bool), "adaptive_weights", "true or false", self.adaptive_weights)
+        _need(self.weight_params in WEIGHT_PRESETS, "weight_params", f"one of {', '.join(WEIGHT_PRESETS)}",
+              self.weight_params)
+        if self.attack_from_height is not None:
+            _need(isinstance(self.attack_from_height, int) and self.attack_from_height >= 1, "attack_from_height",
+                  "an integer >= 1", self.attack_from_height)
         _need(0 <= self.threshold <= 1000, "threshold", "in [0, 1000]", self.threshold)
         _need(0 <= self.tolerance <= 200, "tolerance", "in [0, 200]", self.tolerance)
         known = behaviour_names(include_hidden=True)

@@ -4,6 +4,12 @@ Time is an integer number of virtual microseconds; nothing reads the wall
 clock (an optional CPU clock only *measures*). Every random choice comes from
 a stream derived from the seed, and every processed event is hashed into the
 trace hash, so ``(config, seed)`` determines a run and its hash exactly.
+
+The engine also keeps what the invariants and reports need about weights:
+the validator set in force at each height reached (from honest decisions
+and cores), each node's weight-state digest after each folded height, and
+so whether the run stayed inside the fault model (faulty weight below 1/3
+at every height, from ``attack_from_height`` on when that is set).
 """
 
 from __future__ import annotations
@@ -15,16 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from fractions import Fraction
+
 from consensus import grouping
-from consensus.messages import Query, Signed, Value, Vote, query_id_of
+from consensus.chain import Chain
+from consensus.messages import Query, Signed, Value, VerifiedCache, Vote, query_id_of, sign
 from consensus.sim._behaviours import Behaviour, make_behaviour
 from consensus.sim._config import SimConfig
 from consensus.sim._node import WbftPeer
 from consensus.sim._peer import MajorityPeer, Peer
 from consensus.sim._packets import Packet, PacketKind, Send
-from consensus.sim._world import Question, answer_table, derive_rng, normalise, sim_keys
+from consensus.sim._world import DUMMY_ENVELOPE, Question, answer_table, derive_rng, normalise, sim_keys
 from consensus.state_machine import Decide, Equivocation
 from consensus.validators import Validator, ValidatorSet
+from consensus.weights import WeightParams
 
 __all__ = ["Simulation", "DecisionRecord", "EquivocationRecord", "validator_set", "proposer_of"]
 
@@ -44,6 +54,7 @@ class DecisionRecord:
     query_index: int
     time_us: int
     precommits: tuple[Signed[Vote], ...] = ()
+    validators: ValidatorSet | None = None  # the set the decision was counted in (None: genesis)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,28 +88,37 @@ class Simulation:
         self.seed = seed
         self.n = config.peers
         self.keys = sim_keys(self.n)
-        weights = config.weight_list()
         self.validators = validator_set(config)
+        self.weight_params: WeightParams | None = None
+        if config.adaptive:
+            self.weight_params = WeightParams.for_tests() if config.weight_params == "tests" else WeightParams()
         self.index_of = {k.peer_id: i for i, k in enumerate(self.keys)}
         self.questions: tuple[Question, ...] = answer_table(seed, config.heights)
         self.query_index: dict[bytes, int] = {}
+        self.behaviour_names: list[str] = []
         self.behaviours = self._assign_behaviours()
+        self.colluders = frozenset(i for i, name in enumerate(self.behaviour_names) if name == "collude")
         self.permanently_down = {c.node for c in config.crashes if c.restart_ms is None}
         self.honest = tuple(i for i, b in enumerate(self.behaviours)
                             if not b.faulty and i not in self.permanently_down)
-        faulty_weight = sum(weights[i] for i in range(self.n) if i not in self.honest)
-        self.within_model = 3 * faulty_weight < self.validators.total
+        self.sets: dict[int, ValidatorSet] = {}  # the set in force per height reached (after run())
+        self.within_model = self._within_model({1: self.validators})
+        self.digests: list[dict[int, bytes]] = [{} for _ in range(self.n)]  # weight-state digest per folded height
+        self.digest_conflicts: list[str] = []  # a node that recomputed a different digest (after a restart)
+        self._real: dict[bytes, Signed[Any]] = {}
+        self.shared_verified = VerifiedCache(1 << 16)  # the fast path's signature cache, shared by all peers
         self.cpu_clock = cpu_clock
         self.counters = _Counters()
         self.rejected = 0
         self.applied_commits = 0
+        self.deferred_proposals = 0  # proposals for a later height, judged once the peer got there
         self.now = 0
         self._net = derive_rng(seed, "net")
         self._heap: list[_Event] = []
         self._seq = 0
         self._trace = hashlib.sha256()
         self._value_ids: dict[int, tuple[Value, bytes]] = {}
-        self._judged: dict[int, tuple[Value, bool]] = {}
+        self._judged: dict[tuple[int, bytes], tuple[Value, bool]] = {}
         self._link_queue: dict[tuple[int, int, int], int] = {}
         self.decisions: list[dict[int, DecisionRecord]] = [{} for _ in range(self.n)]
         self.equivocations: list[EquivocationRecord] = []
@@ -118,6 +138,7 @@ class Simulation:
         pick = derive_rng(self.seed, "pick")
         for name, node in zip(self.config.byzantine_pick, pick.sample(free, len(self.config.byzantine_pick))):
             names[node] = name
+        self.behaviour_names = names
         return [make_behaviour(name, i, derive_rng(self.seed, "behaviour", i), self.config)
                 for i, name in enumerate(names)]
 
@@ -191,6 +212,41 @@ class Simulation:
             if counters.events >= cfg.max_events:
                 self.exhausted = True
                 break
+        self.sets = self._sets_by_height()
+        self.within_model = self._within_model(self.sets)
+
+    # --- weights and the fault model -------------------------------------------------
+    def new_chain(self) -> Chain:
+        """A fresh chain at genesis: adaptive under ``wbft`` with ``adaptive_weights``, else static."""
+        return Chain(self.validators, self.weight_params)
+
+    def faulty_weight(self, vs: ValidatorSet) -> int:
+        """The weight in ``vs`` of every node that is not honest (faulty or down for good)."""
+        honest = {self.keys[i].peer_id for i in self.honest}
+        return sum(v.weight for v in vs if v.peer_id not in honest)
+
+    def faulty_share(self, vs: ValidatorSet) -> Fraction:
+        return Fraction(self.faulty_weight(vs), vs.total)
+
+    def _sets_by_height(self) -> dict[int, ValidatorSet]:
+        """The set in force at every height some honest node decided or works on."""
+        out: dict[int, ValidatorSet] = {}
+        for i in self.honest:
+            for h, rec in self.decisions[i].items():
+                if 1 <= h <= self.config.heights:
+                    out.setdefault(h, rec.validators or self.validators)
+            node = self.nodes[i]
+            if node.height <= self.config.heights:
+                out.setdefault(node.height, node.validators)
+        for h in range(1, max(out, default=1) + 1):
+            out.setdefault(h, self.validators)  # not reached by a record: only possible with static weights
+        return dict(sorted(out.items()))
+
+    def _within_model(self, sets: dict[int, ValidatorSet]) -> bool:
+        """Faulty weight below 1/3 at every height (from ``attack_from_height`` on, when set: before it
+        faulty peers only answer wrong, which the protocol tolerates at any weight)."""
+        start = self.config.attack_from_height or 1
+        return all(3 * self.faulty_weight(vs) < vs.total for h, vs in sets.items() if h >= start)
 
     @property
     def trace_hash(self) -> str:
@@ -208,6 +264,8 @@ class Simulation:
             label = f"prop {m.height}.{m.round} {self.value_id(m.value).hex()[:6]} by {who}"
         elif kind == "answer":
             label = f"ans q{self.query_index.get(m.query_id, -1)} by {who} {m.text[:12]!r}"
+        elif kind == "scores":
+            label = f"scores h{m.height} by {who}"
         else:
             label = f"query by {who}"
         return Packet(kind, signed, label=label)
@@ -291,26 +349,49 @@ class Simulation:
         return hit[1]
 
     def judge(self, value: Value, peer: WbftPeer) -> bool:
-        """``validate_value`` with the peer's own similarities (memoised per value on the fast path)."""
+        """The runner's check at the peer's current height: the value's extras against the peer's own
+        chain (never shared), then ``validate_value`` with its own similarities and the set in force
+        (memoised per value object and set on the fast path)."""
         if self.config.real_signatures:
             return self.timed("validate", self._validate, value, peer)
-        hit = self._judged.get(id(value))
-        if hit is None:
-            hit = self._judged[id(value)] = (value, self._validate(value, peer))
+        if peer.core.chain.check_extras(value, peer.core.height, peer.verified) is not None:
+            return False
+        vs = peer.core.validators
+        key = (id(value), vs.set_hash())
+        hit = self._judged.get(key)
+        if hit is None or hit[0] is not value:
+            hit = self._judged[key] = (value, self._grouping_ok(value, peer, vs))
         return hit[1]
 
-    def judged(self, value: Value) -> bool | None:
-        """The memoised fast-path judgement of this value object, if there is one."""
-        hit = self._judged.get(id(value))
+    def judged(self, value: Value, vs: ValidatorSet) -> bool | None:
+        """The memoised fast-path judgement of this value object under ``vs``, if there is one."""
+        hit = self._judged.get((id(value), vs.set_hash()))
         return hit[1] if hit is not None and hit[0] is value else None
 
     def _validate(self, value: Value, peer: WbftPeer) -> bool:
+        if peer.core.chain.check_extras(value, peer.core.height, peer.verified) is not None:
+            return False
+        return self._grouping_ok(value, peer, peer.core.validators)
+
+    def _grouping_ok(self, value: Value, peer: WbftPeer, vs: ValidatorSet) -> bool:
         sims = peer.local_sims(value)
         if sims is None:
             return False
-        return grouping.validate_value(value, validators=self.validators, local_sims=sims,
+        return grouping.validate_value(value, validators=vs, local_sims=sims,
                                        threshold=self.config.threshold, tolerance=self.config.tolerance,
                                        cache=peer.verified) is None
+
+    def really_signed(self, signed: Signed[Any]) -> Signed[Any]:
+        """``signed`` with its real Ed25519 envelope: evidence must verify, and on the fast path votes and
+        proposals carry a dummy one (the simulator holds every key; Ed25519 is deterministic, so this is
+        the envelope the signer would have sent)."""
+        if self.config.real_signatures or signed.envelope.sig != DUMMY_ENVELOPE.sig or signed.envelope.body:
+            return signed
+        body = signed.message.canonical()
+        hit = self._real.get(body)
+        if hit is None:
+            hit = self._real[body] = sign(signed.message, self.keys[self.index_of[signed.signer]])
+        return hit
 
     def register_query(self, query: Signed[Query], index: int) -> None:
         self.query_index[query_id_of(query.envelope)] = index
@@ -330,7 +411,13 @@ class Simulation:
     def record_decision(self, node: int, d: Decide) -> None:
         qidx = self.query_index.get(d.value.query_id(), -1)
         self._count(node, d.height, DecisionRecord(node, d.height, d.round, d.value, d.value.answer, qidx,
-                                                   self.now, d.precommits))
+                                                   self.now, d.precommits, d.validators))
+
+    def record_digest(self, node: int, height: int, digest: bytes) -> None:
+        """Node ``node`` folded ``height`` into a weight state with this digest."""
+        seen = self.digests[node].setdefault(height, digest)
+        if seen != digest:
+            self.digest_conflicts.append(f"node {node} recomputed another weight state for height {height}")
 
     def record_majority(self, node: int, qid: bytes, answer: str) -> None:
         qidx = self.query_index.get(qid, -1)

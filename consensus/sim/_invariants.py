@@ -9,7 +9,13 @@
   (only promised while faulty weight stays below 1/3);
 * **equivocation detection**: an honest node that received two conflicting
   votes of one voter for its current height reported an ``Equivocation``,
-  and no honest signer was ever reported.
+  and no honest signer was ever reported;
+* **weights**: honest nodes that folded the same height hold the same
+  weight-state digest, and a node that rebuilt its chain after a restart
+  recomputed the digests it had before (adaptive weights only).
+
+Validity is checked against the validator set the decision was counted in
+(the set in force at its height), whose hash the value must carry.
 
 Under the ``majority`` baseline only *disagreement* (honest nodes adopting
 different answers) and termination are measured.
@@ -23,6 +29,7 @@ from consensus import grouping
 from consensus.messages import Answer, MessageError, Value, Vote, open_envelope
 from consensus.sim._engine import DecisionRecord, Simulation
 from consensus.sim._world import normalise, similarities
+from consensus.validators import ValidatorSet
 
 __all__ = ["Violation", "check_run"]
 
@@ -47,6 +54,7 @@ def check_run(sim: Simulation) -> list[Violation]:
         _agreement(sim, out)
         _validity(sim, out)
         _equivocations(sim, out)
+        _weights(sim, out)
     _termination(sim, out)
     return out
 
@@ -75,16 +83,18 @@ def _disagreement(sim: Simulation, out: list[Violation]) -> None:
 
 
 def _validity(sim: Simulation, out: list[Violation]) -> None:
-    checked: dict[bytes, str | None] = {}
+    checked: dict[tuple[bytes, bytes], str | None] = {}
     query_height: dict[bytes, int] = {}
     for h, recs in _by_height(sim).items():
         for rec in recs:
             value = rec.value
             assert value is not None
             vid = sim.value_id(value)
-            if vid not in checked:
-                checked[vid] = _value_reason(sim, value)
-            reason = checked[vid] or _precommit_reason(sim, rec, vid)
+            vs = rec.validators or sim.validators
+            key = (vid, vs.set_hash())
+            if key not in checked:
+                checked[key] = _value_reason(sim, value, vs)
+            reason = checked[key] or _precommit_reason(sim, rec, vid)
             if reason is not None:
                 out.append(Violation("validity", f"node {rec.node} height {h}: {reason}"))
                 return
@@ -95,19 +105,21 @@ def _validity(sim: Simulation, out: list[Violation]) -> None:
             out.append(Violation("validity", f"query decided at heights {query_height[qid]} and {h}"))
 
 
-def _value_reason(sim: Simulation, value: Value) -> str | None:
-    if sim.judged(value) is True:  # fast path: this very object already passed validate_value
+def _value_reason(sim: Simulation, value: Value, vs: ValidatorSet) -> str | None:
+    if value.validators_hash != vs.set_hash():
+        return "the value does not carry the hash of the set in force at its height"
+    if sim.judged(value, vs) is True:  # fast path: this very object already passed validate_value
         return None
     try:
-        texts = [open_envelope(Answer, e, sim.validators.public_key_of).message.text for e in value.answers]
+        texts = [open_envelope(Answer, e, vs.public_key_of).message.text for e in value.answers]
     except MessageError as exc:
         return f"decided value holds a bad answer: {exc}"
-    return grouping.validate_value(value, validators=sim.validators, local_sims=similarities(texts),
+    return grouping.validate_value(value, validators=vs, local_sims=similarities(texts),
                                    threshold=sim.config.threshold, tolerance=sim.config.tolerance)
 
 
 def _precommit_reason(sim: Simulation, rec: DecisionRecord, vid: bytes) -> str | None:
-    vs = sim.validators
+    vs = rec.validators or sim.validators
     voters: set[str] = set()
     for signed in rec.precommits:
         v = signed.message
@@ -137,6 +149,21 @@ def _equivocations(sim: Simulation, out: list[Violation]) -> None:
             node, voter, h, r, t = key
             out.append(Violation("undetected-equivocation",
                                  f"node {node} got two {t}s from node {voter} at {h}.{r} and reported nothing"))
+            return
+
+
+def _weights(sim: Simulation, out: list[Violation]) -> None:
+    if sim.digest_conflicts:
+        out.append(Violation("weights-divergence", sim.digest_conflicts[0]))
+        return
+    heights: dict[int, dict[bytes, list[int]]] = {}
+    for i in sim.honest:
+        for h, digest in sim.digests[i].items():
+            heights.setdefault(h, {}).setdefault(digest, []).append(i)
+    for h in sorted(heights):
+        if len(heights[h]) > 1:
+            who = "; ".join(f"{d.hex()[:8]}: nodes {nodes}" for d, nodes in heights[h].items())
+            out.append(Violation("weights-divergence", f"height {h}: honest nodes hold different weights ({who})"))
             return
 
 

@@ -7,6 +7,20 @@ building the value with :func:`~consensus.grouping.build_value`; judging
 proposals with :func:`~consensus.grouping.validate_value` (and "not decided
 before"); signing the core's votes and proposals and feeding them back.
 
+Weights (``peers/node.py``'s ``_score``, ``includable``, ``check_extras``):
+the core owns a :class:`~consensus.chain.Chain`, adaptive under ``wbft``.
+After each decision the peer scores every answer of the decided value on
+its own similarities (through the behaviour's ``score_vector`` seam), signs
+a :class:`~consensus.scores.ScoreVector` and gossips it; as proposer it
+carries ``chain.includable`` vectors and evidence (from ``Equivocation``
+outputs) in its value; it rejects values whose ``check_extras`` fails, and
+judges a proposal for a later height only once it reaches that height (the
+chain knows only the current height's extras). Catch-up and restarts feed
+``Commit(height, value)`` in height order, so every peer folds the same
+decided values into the same weights. As the runner, a peer shows its
+proposal to a voter that voted for another value in that round, so a
+proposer that equivocates is caught.
+
 What the real runner does not do yet, and the simulator adds because the
 protocol needs it for liveness (each can be turned off in
 :class:`~consensus.sim.SimConfig`; the scenario tests show what breaks):
@@ -30,7 +44,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from consensus import grouping
+from consensus.chain import SCORE_WINDOW
+from consensus.evidence import Evidence, decode_evidence, evidence_id, from_equivocation
 from consensus.messages import Answer, MessageError, Proposal, Signed, Value, Vote, open_envelope
+from consensus.scores import ScoreVector, scores_from_similarity
 from consensus.sim._behaviours import Behaviour
 from consensus.sim._packets import CatchUpItem, Packet
 from consensus.sim._peer import Peer, _Entry
@@ -38,6 +55,7 @@ from consensus.sim._world import similarities
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
+    Commit,
     Core,
     Decide,
     Equivocation,
@@ -53,6 +71,7 @@ from consensus.state_machine import (
     Timeouts,
     VoteInput,
 )
+from consensus.validators import ValidatorSet
 from multillmn import canonical
 from multillmn.identity import PeerId
 
@@ -75,8 +94,16 @@ class WbftPeer(Peer):
         self.decided: dict[int, Decide] = {}
         self.packages: dict[int, CatchUpItem] = {}
         self.wal: list[tuple[int, Input]] = []
-        self.core = Core(sim.validators, self.peer_id, timeouts=self.timeouts)
+        self.core = Core(sim.new_chain(), self.peer_id, timeouts=self.timeouts)
         self._reset_round_state()
+
+    @property
+    def height(self) -> int:
+        return self.core.height
+
+    @property
+    def validators(self) -> ValidatorSet:
+        return self.core.validators
 
     def _reset_round_state(self) -> None:
         self.request: tuple[int, int] | None = None
@@ -90,6 +117,10 @@ class WbftPeer(Peer):
         self.last_progress: tuple[int, int, StepName, bool] | None = None
         self.local: deque[Input] = deque()
         self.feeding = False
+        self.future: dict[int, list[Signed[Proposal]]] = {}  # proposals for later heights, judged there
+        self.exposed: set[tuple[int, int, PeerId]] = set()
+        self.scores: dict[tuple[int, PeerId], Signed[ScoreVector]] = {}  # vectors a value may carry
+        self.evidence: dict[bytes, Evidence] = {}  # equivocations not committed yet
 
     # --- feeding the core -------------------------------------------------------
     def feed(self, inp: Input) -> None:
@@ -106,11 +137,28 @@ class WbftPeer(Peer):
             self.feeding = False
 
     def _step(self, inp: Input) -> None:
-        if self.cfg.wal:
+        if self.cfg.wal and not isinstance(inp, Commit):  # a commit is durable as a decision
             self.wal.append((self.core.height, inp))
+        height = self.core.height
         outputs = self.sim.timed("core", self.core.step, inp)
         for output in self.behaviour.on_outputs(self, outputs):
             self._execute(output)
+        if self.core.height != height:
+            self._entered_height()
+
+    def _entered_height(self) -> None:
+        """The core moved on: record the weight state, reweigh the pool, judge deferred proposals."""
+        chain = self.core.chain
+        digest = chain.weights_digest()
+        if digest is not None:
+            self.sim.record_digest(self.index, chain.height, digest)
+        height = self.core.height
+        self.pool.reweigh(self.sim.now)
+        self.future = {h: props for h, props in self.future.items() if h >= height}
+        for signed in self.future.pop(height, []):
+            self._feed_proposal(signed)
+        stale = height - SCORE_WINDOW - 1
+        self.scores = {k: v for k, v in self.scores.items() if k[0] > stale}
 
     def _maybe_start(self) -> None:
         if not self.core.started and self.pool.next_ready() is not None:
@@ -140,6 +188,10 @@ class WbftPeer(Peer):
             self._on_decide(output)
         elif isinstance(output, Equivocation):
             self.sim.record_equivocation(self.index, output)
+            if self.core.chain.adaptive:
+                real = Equivocation(self.sim.really_signed(output.first), self.sim.really_signed(output.second))
+                ev = from_equivocation(real)
+                self.evidence.setdefault(evidence_id(ev), ev)
 
     def _timeout(self, key: tuple[int, int, StepName]) -> None:
         self.feed(TimeoutInput(*key))
@@ -182,10 +234,13 @@ class WbftPeer(Peer):
         self._try_propose()
 
     def build_value(self, answers: list[Signed[Answer]], entry: _Entry) -> Value:
+        """The value for ``entry`` at the current height, with the score vectors and evidence it may carry."""
         answers = sorted(answers, key=lambda a: a.signer)
-        vs = self.sim.validators
+        vs = self.core.validators
+        scores, evidence = self.core.chain.includable(self.scores.values(), self.evidence.values(), self.core.height)
         return grouping.build_value(entry.query.envelope, answers, similarities([a.message.text for a in answers]),
-                                    [vs.weight_of(a.signer) for a in answers], self.cfg.threshold)
+                                    [vs.weight_of(a.signer) for a in answers], self.cfg.threshold,
+                                    validators_hash=vs.set_hash(), scores=scores, evidence=evidence)
 
     def alternative_value(self, value: Value) -> Value | None:
         """Another valid value for the same query: our own answer re-signed with other text."""
@@ -209,6 +264,10 @@ class WbftPeer(Peer):
             prop = self.open(Proposal, packet.signed)
             if prop is not None:
                 self._on_proposal(prop, src)
+        elif kind == "scores" and packet.signed is not None:
+            vector = self.open(ScoreVector, packet.signed)
+            if vector is not None:
+                self._add_score(vector)
         elif kind == "catchup-req":
             self._serve_catchup(src, packet.height)
         elif kind == "catchup":
@@ -225,6 +284,7 @@ class WbftPeer(Peer):
     def _on_vote(self, signed: Signed[Vote], src: int) -> None:
         v = signed.message
         self._seen(v.height, src)
+        self._expose_conflict(v)
         if v.height == self.core.height and v.round <= self.core.round + 1:
             key = (v.voter, v.height, v.round, v.type)
             if key not in self.first_votes:
@@ -235,35 +295,94 @@ class WbftPeer(Peer):
             self.seen_votes.setdefault((v.height, v.round), {}).setdefault((v.voter, v.type), signed)
         self.feed(VoteInput(signed))
 
+    def _expose_conflict(self, v: Vote) -> None:
+        """A vote for another value than the proposal held for its round: show the voter that proposal."""
+        held = self.proposals_seen.get((v.height, v.round))
+        if v.value_id is None or not held or v.voter == self.peer_id or held[0].signer == self.peer_id:
+            return
+        key = (v.height, v.round, v.voter)
+        if self.sim.value_id(held[0].message.value) != v.value_id and key not in self.exposed:
+            self.exposed.add(key)
+            self.broadcast(self.sim.packet("proposal", held[0]), (self.sim.index_of[v.voter],))
+
     def _on_proposal(self, signed: Signed[Proposal], src: int) -> None:
         p = signed.message
         self._seen(p.height, src)
-        valid = self._judge(p.value)
-        self.proposals_seen.setdefault((p.height, p.round), []).append(signed)
-        self.feed(ProposalInput(signed, valid))
+        if p.height > self.core.height:  # the chain cannot judge its extras yet: judge it at that height
+            waiting = self.future.setdefault(p.height, [])
+            if p.height <= self.core.height + self.core.future_heights and len(waiting) < 4 * self.sim.n:
+                waiting.append(signed)
+                self.sim.deferred_proposals += 1
+        elif p.height == self.core.height:
+            self._feed_proposal(signed)
+
+    def _feed_proposal(self, signed: Signed[Proposal]) -> None:
+        """Judge a proposal of the current height and feed it, once per (round, value)."""
+        p = signed.message
+        seen = self.proposals_seen.setdefault((p.height, p.round), [])
+        vid = self.sim.value_id(p.value)
+        if any(self.sim.value_id(s.message.value) == vid for s in seen):
+            return
+        seen.append(signed)
+        inp = ProposalInput(signed, self._judge(p.value))
+        if self.feeding:
+            self.local.append(inp)
+        else:
+            self.feed(inp)
 
     def _judge(self, value: Value) -> bool:
-        """The runner's validity check: not decided before, and ``validate_value`` with own similarities."""
+        """The runner's validity check: not decided before, the extras against our chain, and
+        ``validate_value`` with own similarities, at the current height."""
         if value.query_id() in self.pool.decided:
             return False
         return self.sim.judge(value, self)
 
-    def local_sims(self, value: Value) -> list[int] | None:
-        """Own similarities of the value's answers; ``None`` if an answer does not open."""
-        texts = []
+    def _answers_of(self, value: Value) -> list[tuple[PeerId, str]] | None:
+        """(answerer, text) of the value's answers; ``None`` if one does not open."""
+        out: list[tuple[PeerId, str]] = []
         for env in value.answers:
             if self.cfg.real_signatures:
                 try:
-                    texts.append(open_envelope(Answer, env, self.sim.validators.public_key_of, self.verified).message.text)
+                    a = open_envelope(Answer, env, self.sim.validators.public_key_of, self.verified).message
                 except MessageError:
                     return None
+                out.append((a.peer, a.text))
             else:
-                texts.append(str(canonical.unpack(env.body)["text"]))
-        return similarities(texts)
+                body = canonical.unpack(env.body)
+                out.append((str(body["peer"]), str(body["text"])))
+        return out
+
+    def local_sims(self, value: Value) -> list[int] | None:
+        """Own similarities of the value's answers; ``None`` if an answer does not open."""
+        answers = self._answers_of(value)
+        return None if answers is None else similarities([t for _, t in answers])
+
+    # --- weights: scoring decided values ---------------------------------------------
+    def _score(self, height: int, value: Value, vs: ValidatorSet) -> None:
+        """Score every answer of the value decided at ``height`` on our own similarities; sign and gossip."""
+        answers = self._answers_of(value)
+        if answers is None:
+            return
+        peers = [p for p, _ in answers]
+        scores = scores_from_similarity(peers, similarities([t for _, t in answers]),
+                                        [vs.weight_of(p) for p in peers])
+        scores = self.behaviour.score_vector(self, scores)
+        vector = self.sign(ScoreVector(scorer=self.peer_id, height=height, query_id=value.query_id(), scores=scores))
+        self._add_score(vector)
+        self.broadcast(self.sim.packet("scores", vector))
+
+    def _add_score(self, signed: Signed[ScoreVector]) -> None:
+        vec = signed.message
+        if self.core.height - SCORE_WINDOW - 1 <= vec.height < self.core.height + 4:
+            self.scores.setdefault((vec.height, vec.scorer), signed)
 
     # --- deciding and catching up -----------------------------------------------------
     def _on_decide(self, d: Decide) -> None:
         self.decided[d.height] = d
+        for pair in d.value.evidence:  # committed: no need to carry it again
+            self.evidence.pop(evidence_id(decode_evidence(pair.model_dump())), None)
+        if self.core.chain.adaptive and d.validators is not None:
+            self._score(d.height, d.value, d.validators)
         props = self.proposals_seen.get((d.height, d.round), [])
         prop = next((p for p in props if p.message.value is d.value), None)
         if prop is not None:
@@ -275,6 +394,7 @@ class WbftPeer(Peer):
         self.sent_own = {k: v for k, v in self.sent_own.items() if k[0] > h}
         self.first_votes = {k: v for k, v in self.first_votes.items() if k[1] > h}
         self.seen_votes = {k: v for k, v in self.seen_votes.items() if k[0] > h}
+        self.exposed = {k for k in self.exposed if k[0] > h}
         if self.request is not None and self.request[0] <= h:
             self.request = None
         if self.cfg.wal:
@@ -299,21 +419,18 @@ class WbftPeer(Peer):
         voters = {v.signer for v in precommits
                   if (v.message.type, v.message.height, v.message.round, v.message.value_id)
                   == ("precommit", p.height, p.round, vid)}
-        vs = self.sim.validators
+        vs = self.core.validators
         if vs.has_quorum(vs.weight_of_set(voters)):
             self._apply_commit(prop, tuple(sorted((v for v in precommits if v.signer in voters),
                                                   key=lambda v: v.signer)))
 
     def _apply_commit(self, prop: Signed[Proposal], precommits: tuple[Signed[Vote], ...]) -> None:
-        """Adopt a verified decision the core did not reach (as block sync does) and move to the next height."""
+        """Adopt a verified decision the core did not reach (as block sync does): ``Commit`` it, so the
+        chain folds it in, and move to the next height."""
         p = prop.message
         self.sim.applied_commits += 1
-        self.core = Core(self.sim.validators, self.peer_id, p.height + 1, timeouts=self.timeouts)
-        self._on_decide(Decide(p.height, p.round, p.value, precommits))
-        buffered = [inp for _, inp in self.wal if isinstance(inp, (ProposalInput, VoteInput))]
-        self.wal = []
-        for inp in buffered:
-            self.feed(inp)
+        self._on_decide(Decide(p.height, p.round, p.value, precommits, self.core.validators))
+        self.feed(Commit(p.height, p.value))
         self.feed_start()
 
     def _serve_catchup(self, src: int, height: int) -> None:
@@ -337,6 +454,9 @@ class WbftPeer(Peer):
                            tuple(sorted(peers)))
         if self.cfg.gossip_ms and stuck:
             self.gossip_answers()
+            for (h, scorer), vector in list(self.scores.items()):  # our vectors not committed yet
+                if scorer == self.peer_id and self.core.chain.includable([vector], [], core.height)[0]:
+                    self.broadcast(self.sim.packet("scores", vector))
             for (h, r, kind), signed in list(self.sent_own.items()):
                 if h == core.height and r >= core.round - 1:
                     self.broadcast(self.sim.packet("proposal" if kind == "proposal" else "vote", signed))
@@ -359,10 +479,16 @@ class WbftPeer(Peer):
         self._reset_round_state()
 
     def restart(self) -> None:
-        """Restart at the height after the last decision, replaying the write-ahead log if kept."""
+        """Rebuild the chain from the durable decisions (so the weights are everyone's), then resume at the
+        next height, replaying the write-ahead log if kept."""
         super().restart()
-        height = max(self.decided, default=0) + 1
-        self.core = Core(self.sim.validators, self.peer_id, height, timeouts=self.timeouts)
+        core = Core(self.sim.new_chain(), self.peer_id, timeouts=self.timeouts)
+        for h in sorted(self.decided):
+            core.step(Commit(h, self.decided[h].value))
+            digest = core.chain.weights_digest()
+            if digest is not None:
+                self.sim.record_digest(self.index, h, digest)
+        self.core = core
         self.pool.decided = {d.value.query_id() for d in self.decided.values()}
         log, self.wal = self.wal, []
         timers: dict[str, ScheduleTimeout] = {}

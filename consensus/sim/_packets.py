@@ -9,7 +9,7 @@ from consensus.messages import Proposal, Signed, Vote
 
 __all__ = ["PacketKind", "CatchUpItem", "Packet", "Send"]
 
-PacketKind = Literal["query", "answer", "proposal", "vote", "catchup-req", "catchup"]
+PacketKind = Literal["query", "answer", "proposal", "vote", "scores", "catchup-req", "catchup"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,11 @@ from consensus.messages import (
     query_id_of,
     sign,
 )
+from consensus.scores import ScoreVector
 from consensus.sim._behaviours import Behaviour
 from consensus.sim._packets import Packet
 from consensus.sim._world import derive_rng, fast_signed, honest_text, normalise
+from consensus.validators import ValidatorSet
 from multillmn.identity import PeerId
 
 if TYPE_CHECKING:
@@ -89,6 +91,12 @@ class _Pool:
             entry.quorum_at = now
         return True
 
+    def reweigh(self, now: int) -> None:
+        """The weights changed: an entry whose answers now carry a quorum becomes ready (as the runner)."""
+        for entry in self.pending.values():
+            if entry.quorum_at is None and self.has_quorum(entry.answers):
+                entry.quorum_at = now
+
     def next_ready(self) -> _Entry | None:
         for entry in self.pending.values():
             if entry.quorum_at is not None:
@@ -106,8 +114,9 @@ class Peer:
 
     def __init__(self, sim: Simulation, index: int, behaviour: Behaviour) -> None:
         self.sim = sim
-        self.verified = VerifiedCache()  # as the runner: a signature verified once is not checked again
         self.cfg = sim.config
+        # as the runner: a signature verified once is not checked again (fast path: once per run)
+        self.verified = VerifiedCache() if self.cfg.real_signatures else sim.shared_verified
         self.index = index
         self.key = sim.keys[index]
         self.peer_id: PeerId = self.key.peer_id
@@ -127,15 +136,26 @@ class Peer:
         self.answering: bytes | None = None
 
     def _answer_quorum(self, answers: dict[PeerId, Signed[Answer]]) -> bool:
-        return self.sim.validators.has_quorum(self.sim.validators.weight_of_set(answers))
+        vs = self.validators
+        return vs.has_quorum(vs.weight_of_set(answers))
+
+    @property
+    def height(self) -> int:
+        """The height (question, for the majority baseline) this peer works on."""
+        return 1
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The validator set in force where this peer is (genesis unless weights adapt)."""
+        return self.sim.validators
 
     # --- signing and opening ------------------------------------------------
     def sign(self, message: M) -> Signed[M]:
-        """Really sign queries and answers always, votes and proposals only with real signatures."""
+        """Really sign queries, answers and score vectors always (values embed them); votes and proposals
+        only with real signatures."""
         if self.cfg.real_signatures:
-            return self.sim.timed(f"{message.KIND}-sign" if message.KIND in ("vote", "proposal") else "answers",
-                                  sign, message, self.key)
-        if isinstance(message, (Query, Answer)):
+            return self.sim.timed(_category(message.KIND, "sign"), sign, message, self.key)
+        if isinstance(message, (Query, Answer, ScoreVector)):
             return sign(message, self.key)
         return fast_signed(message)  # type: ignore[return-value]
 
@@ -143,7 +163,7 @@ class Peer:
         """Open a received message as the wire does (real signatures) or take it as is (fast path)."""
         if not self.cfg.real_signatures:
             return signed
-        category = f"{model.KIND}-verify" if model in (Vote, Proposal) else "answers"
+        category = _category(model.KIND, "verify")
         try:
             return self.sim.timed(category, open_envelope, model, signed.envelope,
                                   self.sim.validators.public_key_of, self.verified)
@@ -190,7 +210,7 @@ class Peer:
                 continue
             self.answering = qid
             base = int(self.cfg.gen_ms * 1000 * self.rng.uniform(0.5, 1.5) * self.slowness)
-            self.sim.schedule(self.behaviour.answer_delay(base), self, self._answer_done, qid, label="gen")
+            self.sim.schedule(self.behaviour.answer_delay(self, base), self, self._answer_done, qid, label="gen")
 
     def _answer_done(self, qid: bytes) -> None:
         self.answering = None
@@ -305,6 +325,10 @@ class MajorityPeer(Peer):
         self.pool.mark_decided(entry.qid)
         self.sim.record_majority(self.index, entry.qid, choice)
 
+    @property
+    def height(self) -> int:
+        return len(self.done) + 1
+
     def start(self) -> None:
         if self.cfg.gossip_ms:
             first = int(self.cfg.gossip_ms * 1000 * self.rng.uniform(0.5, 1.5))
@@ -321,3 +345,10 @@ class MajorityPeer(Peer):
     def restart(self) -> None:
         super().restart()
         self.pool.decided = set(self.done)
+
+
+def _category(kind: str, op: str) -> str:
+    """CPU accounting category: votes and proposals per operation; score vectors; the application."""
+    if kind in (Vote.KIND, Proposal.KIND):
+        return f"{kind}-{op}"
+    return "scores" if kind == ScoreVector.KIND else "answers"

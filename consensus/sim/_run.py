@@ -16,7 +16,8 @@ from consensus.sim._invariants import Violation, check_run
 
 __all__ = ["RunResult", "SimFailure", "run", "replay", "replay_command", "Summary", "summarise"]
 
-SAFETY_KINDS = ("agreement", "validity", "honest-equivocation", "undetected-equivocation", "disagreement")
+SAFETY_KINDS = ("agreement", "validity", "honest-equivocation", "undetected-equivocation", "disagreement",
+                "weights-divergence")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class RunResult:
     honest_decisions: int  # decision records of honest nodes (any height)
     rounds: tuple[int, ...]  # rounds used (decision round + 1) per decided height
     decided_at_ms: tuple[float, ...]  # virtual time of the first honest decision per decided height
+    decided_heights: tuple[int, ...]  # the heights decided by every honest node, ascending
+    correct_flags: tuple[bool, ...]  # per decided height: whether the agreed answer is correct
+    faulty_shares: tuple[float, ...]  # faulty weight / total of the set in force at heights 1, 2, ... reached
     events: int
     end_ms: float
     messages_sent: int
@@ -48,6 +52,16 @@ class RunResult:
     @property
     def termination_failures(self) -> int:
         return sum(1 for v in self.violations if v.kind == "termination")
+
+    @property
+    def faulty_share_last(self) -> float | None:
+        """The faulty peers' share of the weight at the last height reached."""
+        return self.faulty_shares[-1] if self.faulty_shares else None
+
+    def accuracy_from(self, height: int) -> tuple[int, int]:
+        """(correct, decided) over the heights decided by every honest node from ``height`` on."""
+        flags = [c for h, c in zip(self.decided_heights, self.correct_flags) if h >= height]
+        return sum(flags), len(flags)
 
 
 class SimFailure(AssertionError):
@@ -99,24 +113,28 @@ def replay(seed: int, config: SimConfig) -> RunResult:
 
 
 def _result(sim: Simulation, violations: tuple[Violation, ...]) -> RunResult:
-    heights_decided = correct = 0
     rounds: list[int] = []
     times: list[float] = []
+    decided: list[int] = []
+    flags: list[bool] = []
     for h in range(1, sim.config.heights + 1):
         recs = [sim.decisions[i][h] for i in sim.honest if h in sim.decisions[i]]
         if not recs or len(recs) < len(sim.honest):
             continue
-        heights_decided += 1
+        decided.append(h)
         first = min(recs, key=lambda r: (r.time_us, r.node))
         rounds.append(first.round + 1)
         times.append(first.time_us / 1000)
-        correct += all(sim.correct(r) for r in recs)
+        flags.append(all(sim.correct(r) for r in recs))
+    heights_decided, correct = len(decided), sum(flags)
+    shares = tuple(round(float(sim.faulty_share(vs)), 6) for vs in sim.sets.values())
     c = sim.counters
     return RunResult(
         seed=sim.seed, config=sim.config, trace_hash=sim.trace_hash, violations=violations,
         within_model=sim.within_model, heights_decided=heights_decided, correct_heights=correct,
         honest_decisions=sum(len(sim.decisions[i]) for i in sim.honest), rounds=tuple(rounds),
-        decided_at_ms=tuple(times), events=c.events, end_ms=sim.now / 1000, messages_sent=c.sent, messages_lost=c.lost,
+        decided_at_ms=tuple(times), decided_heights=tuple(decided), correct_flags=tuple(flags),
+        faulty_shares=shares, events=c.events, end_ms=sim.now / 1000, messages_sent=c.sent, messages_lost=c.lost,
         equivocations_reported=len(sim.equivocations), cpu_ns=dict(c.cpu_ns), cpu_calls=dict(c.cpu_calls),
     )
 
@@ -138,6 +156,11 @@ class Summary:
     first_failure: str | None = None
     broken_runs: int = 0  # runs whose violations break a promise (faulty weight < 1/3, not the majority baseline)
     failing_seeds: list[int] = field(default_factory=list)
+    outside_model: int = 0  # runs whose faulty weight reached 1/3 at some height (termination not promised)
+    share_sums: list[float] = field(default_factory=list)  # per height: sum of faulty shares over runs
+    share_counts: list[int] = field(default_factory=list)  # per height: runs that reached it
+    share_last_sum: float = 0.0
+    share_last_max: float | None = None
 
     def add(self, r: RunResult) -> None:
         self.runs += 1
@@ -148,6 +171,17 @@ class Summary:
         self.correct += r.correct_heights
         self.events += r.events
         self.equivocations_reported += r.equivocations_reported
+        self.outside_model += not r.within_model
+        for k, share in enumerate(r.faulty_shares):
+            if k == len(self.share_sums):
+                self.share_sums.append(0.0)
+                self.share_counts.append(0)
+            self.share_sums[k] += share
+            self.share_counts[k] += 1
+        last = r.faulty_share_last
+        if last is not None:
+            self.share_last_sum += last
+            self.share_last_max = last if self.share_last_max is None else max(self.share_last_max, last)
         if r.violations and r.within_model and r.config.baseline != "majority":
             self.broken_runs += 1
         if r.violations:
@@ -155,6 +189,11 @@ class Summary:
             if self.first_failing_seed is None:
                 self.first_failing_seed = r.seed
                 self.first_failure = f"{r.violations[0]}  replay: {replay_command(r.seed, r.config)}"
+
+    @property
+    def faulty_share_by_height(self) -> list[float]:
+        """Mean over runs of the faulty weight share at heights 1, 2, ... (runs that reached the height)."""
+        return [round(t / c, 6) for t, c in zip(self.share_sums, self.share_counts)]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +209,10 @@ class Summary:
             "equivocations_reported": self.equivocations_reported,
             "wall_s": round(self.wall_s, 3),
             "broken_runs": self.broken_runs,
+            "runs_outside_model": self.outside_model,
+            "faulty_share_last": round(self.share_last_sum / self.runs, 6) if self.runs else None,
+            "faulty_share_last_max": self.share_last_max,
+            "faulty_share_by_height": self.faulty_share_by_height,
             "first_failing_seed": self.first_failing_seed,
             "first_failure": self.first_failure,
         }

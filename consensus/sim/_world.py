@@ -7,12 +7,18 @@ canonical form, signature), as the real runner's wire codec does.
 
 The *fast path* (the default) gives votes and proposals a dummy all-zero
 signature and an empty body and skips their verification: a receiver uses the
-sender's decoded message as is. Queries and answers are still really signed,
-because a :class:`~consensus.messages.Value` embeds them and
-:func:`~consensus.grouping.validate_value` (and the validity invariant) verify
-them; since every simulated peer computes the same similarities, the result
-of ``validate_value`` is memoised per value object across peers of one run.
-The fast path therefore tests the protocol, not the cryptography.
+sender's decoded message as is. Queries, answers and score vectors are still
+really signed, because a :class:`~consensus.messages.Value` embeds them and
+:func:`~consensus.grouping.validate_value`, ``Chain.check_extras`` and
+``Chain.apply`` (and the validity invariant) verify them; all peers share one
+verified-signature cache, so each is checked about once per run (``apply``
+takes no cache and verifies again). Since every simulated peer computes the
+same similarities, the grouping part of the check is memoised per value object
+and validator set across peers of one run; the extras are checked by each
+peer against its own chain. Evidence needs the offender's real signatures:
+the engine re-signs the two fast-path messages with the offender's key
+(Ed25519 is deterministic, so these are the bytes a real run carries). The
+fast path therefore tests the protocol, not the cryptography.
 """
 
 from __future__ import annotations
