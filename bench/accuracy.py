@@ -10,7 +10,7 @@ side by side:
 
 * each single model: its honest peers' answers;
 * majority vote: the largest group of answers with every peer weighing 1
-  (the same grouping rule and similarities the network used);
+  (the same grouping rule, eligibility and similarities the network used);
 * WBFT: the decided answer;
 
 With half of the peers malicious by count, no weight rule can start safe
@@ -74,6 +74,7 @@ class Result:
     models: dict[str, Tally] = field(default_factory=dict)
     malicious_share: list[tuple[int, float]] = field(default_factory=list)  # (height, share of total weight)
     wbft_after_adaptation: Tally = field(default_factory=Tally)  # from the first height with share < 1/3
+    heights: list[dict[str, Any]] = field(default_factory=list)  # per decision: answers, weights, decided
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -84,6 +85,7 @@ class Result:
             "majority": self.majority.rate(),
             "models": {m: t.rate() for m, t in sorted(self.models.items())},
             "malicious_share": self.malicious_share, "seconds": round(self.seconds, 1),
+            "heights": self.heights,
         }
 
 
@@ -113,10 +115,11 @@ def run_scenario(name: str, questions: list[Question], behaviour: str, base: Pat
         running = status(directory / "net")
         honest = [p for p in running if not p.name.startswith("bad")]
         bad_ids = {p.peer_id for p in running if p.name.startswith("bad")}
+        names = {p.peer_id: p.name for p in running}
         adapted = malicious == 0
         for k, q in enumerate(questions):
             reply = ask(honest[k % len(honest)].api_url, q.question)
-            record(result, q, reply["certificate"], bad_ids)
+            record(result, q, reply["certificate"], bad_ids, names)
             share = result.malicious_share[-1][1]
             adapted = adapted or 3 * share < 1
             if adapted:
@@ -130,14 +133,15 @@ def run_scenario(name: str, questions: list[Question], behaviour: str, base: Pat
     return result
 
 
-def record(result: Result, q: Question, cert: dict[str, Any], bad_ids: set[str]) -> None:
+def record(result: Result, q: Question, cert: dict[str, Any], bad_ids: set[str], names: dict[str, str]) -> None:
     """Score one decision: WBFT's answer, majority vote over the same answers, each honest model."""
     value = value_of_certificate(cert)
     assert value is not None, "a verified certificate decodes"
     answers = cert["summary"]["answers"]  # in the value's order, which the similarities follow
     threshold = cert["genesis"]["params"]["similarity_threshold"]
     result.wbft.add(is_correct(q, value.answer))
-    group = grouping.choose([1] * len(answers), value.sims, threshold)
+    eligible = grouping.eligibility(q.question, [a["text"] for a in answers])
+    group = grouping.choose([1] * len(answers), value.sims, threshold, eligible)
     result.majority.add(is_correct(q, answers[group.representative]["text"]))
     for a in answers:
         if a["peer_id"] not in bad_ids:
@@ -145,6 +149,13 @@ def record(result: Result, q: Question, cert: dict[str, Any], bad_ids: set[str])
     weights = {v["peer_id"]: v["weight"] for v in cert["validators"]}
     share = sum(w for p, w in weights.items() if p in bad_ids) / sum(weights.values())
     result.malicious_share.append((cert["height"], round(share, 4)))
+    result.heights.append({
+        "height": cert["height"], "question": q.question, "decided": value.answer,
+        "correct": is_correct(q, value.answer), "round": cert["round"],
+        "answers": [{"peer": names.get(a["peer_id"], a["peer_id"]), "text": a["text"],
+                     "correct": is_correct(q, a["text"])} for a in answers],
+        "weights": {names.get(p, p): w for p, w in sorted(weights.items(), key=lambda pw: names.get(pw[0], pw[0]))},
+    })
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> bool:

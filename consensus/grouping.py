@@ -13,8 +13,14 @@ Normative grouping rule (``threshold`` is a per-mille int):
    ``>= threshold``; then the lowest index.
 2. Its group is every unassigned answer (itself included) whose similarity to
    the representative is ``>= threshold``; those become assigned.
-3. The winning group has the largest total weight; ties: the group whose
-   representative has the lowest index.
+3. The winning group has the largest total weight. Ties, in order: a group
+   whose representative says something the question did not
+   (:func:`consensus.content.restates` is false) over one that restates it;
+   the larger *support*, the sum over answers outside the group of
+   ``weight * max(0, similarity to the representative)`` (the answer closest
+   in meaning to the rest); the lowest representative index. Restating only
+   breaks ties: "It is 0." rightly answers "What is 0 times 3?", so it must
+   never override weight.
 
 The choice is a pure function of the *claimed* integers in a value; honest
 validators only check that their own similarities are close to the claimed
@@ -38,7 +44,9 @@ from consensus.messages import (
     open_envelope,
     query_id_of,
 )
+from consensus.content import restates
 from consensus.validators import ValidatorSet
+from multillmn import canonical
 from multillmn.identity import PeerId
 
 __all__ = [
@@ -48,6 +56,7 @@ __all__ = [
     "quantise_similarity",
     "group_answers",
     "choose",
+    "eligibility",
     "check_claimed_sims",
     "validate_value",
     "build_value",
@@ -115,10 +124,27 @@ def group_answers(weights: Sequence[int], sims: Sequence[int], threshold: int) -
     return groups
 
 
-def choose(weights: Sequence[int], sims: Sequence[int], threshold: int) -> Group:
-    """The winning group: largest total weight; ties: lowest representative index."""
+def choose(weights: Sequence[int], sims: Sequence[int], threshold: int,
+           eligible: Sequence[bool] | None = None) -> Group:
+    """The winning group by rule 3; ``eligible[k]``: answer ``k`` says something new (default: all do)."""
+    n = len(weights)
     groups = group_answers(weights, sims, threshold)
-    return max(groups, key=lambda g: (g.weight, -g.representative))
+    if eligible is not None and len(eligible) != n:
+        raise ValueError(f"{n} answers need {n} eligibility flags, got {len(eligible)}")
+
+    def support(g: Group) -> int:
+        inside = set(g.members)
+        return sum(weights[k] * max(0, _sim(n, sims, g.representative, k)) for k in range(n) if k not in inside)
+
+    def says_something(g: Group) -> bool:
+        return eligible is None or eligible[g.representative]
+
+    return max(groups, key=lambda g: (g.weight, says_something(g), support(g), -g.representative))
+
+
+def eligibility(question: str, texts: Sequence[str]) -> list[bool]:
+    """Rule 3's tie-break flag per answer: it says something ``question`` did not."""
+    return [not restates(question, t) for t in texts]
 
 
 def check_claimed_sims(claimed: Sequence[int], local: Sequence[int], tolerance: int) -> str | None:
@@ -151,7 +177,7 @@ def validate_value(
     :func:`choose` yields on the claimed similarities.
     """
     try:
-        open_envelope(Query, value.query, validators.public_key_of, cache)
+        question = open_envelope(Query, value.query, validators.public_key_of, cache).message.question
     except MessageError as exc:
         return f"query: {exc}"
     qid = query_id_of(value.query)
@@ -183,7 +209,7 @@ def validate_value(
         reason = check_claimed_sims(value.sims, local_sims, tolerance)
         if reason is not None:
             return reason
-    group = choose(weights, value.sims, threshold)
+    group = choose(weights, value.sims, threshold, eligibility(question, [a.text for a in answers]))
     winners = tuple(answers[k].peer for k in group.members)
     if value.winners != winners:
         return f"winners {list(value.winners)} differ from the computed {list(winners)}"
@@ -225,8 +251,10 @@ def build_value(
     new_sims = [
         sims[pair_index(n, order[i], order[j])] for i in range(n) for j in range(i + 1, n)
     ]
-    group = choose(new_weights, new_sims, threshold)
     sorted_answers = [answers[k] for k in order]
+    question = str(canonical.unpack(query.body)["question"])  # our own query envelope: no need to verify
+    group = choose(new_weights, new_sims, threshold,
+                   eligibility(question, [a.message.text for a in sorted_answers]))
     return Value(
         query=query,
         answers=tuple(a.envelope for a in sorted_answers),

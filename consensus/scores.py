@@ -1,20 +1,28 @@
 """Score vectors: one validator's per-answer quality scores for a decided query.
 
 After a query is decided at height ``h``, every validator scores each answer
-in the decided value with :func:`scores_from_similarity` on *its own*
-similarities (and, optionally, its own LLM-judge verdicts), signs a
-:class:`ScoreVector` and gossips it. Committed vectors feed
-:func:`consensus.weights.update`, which takes the stake-weighted median per
-answerer, so no minority of scorers can move anyone's score.
+in the decided value with :func:`score_answers` on *its own* similarities
+(and, optionally, its own LLM-judge verdicts), signs a :class:`ScoreVector`
+and gossips it. Committed vectors feed :func:`consensus.weights.update`,
+which takes the stake-weighted median per answerer, so no minority of
+scorers can move anyone's score.
 
-Normative scoring rule (all integers, per mille)::
+Normative scoring rule (all integers, per mille; ``W`` = the decided group)::
 
-    s'_jk = max(0, sim(j, k))                     negative similarity counts as 0
-    A_j   = floor(sum_{k != j} w_k * s'_jk / sum_{k != j} w_k)     agreement
-    A_j   = 1000 if j is the only answer
-    J_j   = floor((1000 * wins_j + 500 * ties_j) / games_j)        judge score
+    A_j = 1000                                   if j is in W
+    A_j = 0                                      if j restates the question (consensus.content)
+    A_j = floor(max(0, max_{k in W} sim(j, k)) / 2)     otherwise: a near miss keeps some credit
+    J_j = floor((1000 * wins_j + 500 * ties_j) / games_j)        judge score
     score_j = A_j                                       if j played no judged game
     score_j = floor((A_j * (d - p) + J_j * p) / d)      else, judge_share = p/d
+
+Agreement is measured against the *decided* answer, not against every
+other answer: a bloc that always gives one shared answer agrees with itself,
+and scoring agreement with all answers let such a bloc earn credit from
+honest scorers while it lost every decision (docs/benchmarks.md, the
+accuracy runs of 2026-11-22). Judged games, when the decision was contested
+or a pair was a close call, let a losing answer that was in fact better win
+its score back.
 
 A judged game between answers ``a`` and ``b`` is shown to the judge in both
 orders; an answer wins only if it wins in both orders, anything else (split
@@ -24,7 +32,7 @@ used by PolyLink's TIQE.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Annotated, ClassVar
@@ -41,7 +49,7 @@ __all__ = [
     "Scores",
     "MAX_SCORE",
     "DEFAULT_JUDGE_SHARE",
-    "scores_from_similarity",
+    "score_answers",
 ]
 
 MAX_SCORE = 1000
@@ -116,36 +124,42 @@ def _judge_scores(peers: Sequence[PeerId], results: Sequence[JudgeResult]) -> di
     return {p: points[p] // games[p] for p in games}
 
 
-def scores_from_similarity(
+def score_answers(
     peers: Sequence[PeerId],
     sims: Sequence[int],
-    weights: Sequence[int],
+    decided: Collection[int],
+    eligible: Sequence[bool] | None = None,
     judge_results: Sequence[JudgeResult] = (),
     judge_share: Fraction = DEFAULT_JUDGE_SHARE,
 ) -> Scores:
     """Per-answerer scores by the module's rule, sorted by peer id.
 
     ``peers`` are the answerers in the order of ``sims`` (the upper triangle,
-    as in :mod:`consensus.grouping`) and ``weights`` their validator weights.
+    as in :mod:`consensus.grouping`), ``decided`` the indices of the decided
+    group and ``eligible[j]`` whether answer ``j`` says something the question
+    did not (:func:`consensus.grouping.eligibility`; default: all do).
     """
     n = len(peers)
     if n == 0 or len(set(peers)) != n:
         raise ValueError("answerers must be non-empty and distinct")
-    if len(weights) != n or any(w <= 0 for w in weights):
-        raise ValueError("one positive weight per answerer is required")
     if len(sims) != pair_count(n) or any(not -1000 <= s <= 1000 for s in sims):
         raise ValueError(f"{n} answers need {pair_count(n)} similarities in [-1000, 1000]")
+    winners = set(decided)
+    if not winners or any(not 0 <= k < n for k in winners):
+        raise ValueError(f"the decided group must be a non-empty set of indices below {n}")
+    if eligible is not None and len(eligible) != n:
+        raise ValueError(f"{n} answers need {n} eligibility flags")
     if not 0 <= judge_share <= 1:
         raise ValueError("judge_share must be in [0, 1]")
     judged = _judge_scores(peers, judge_results)
     out: list[tuple[PeerId, int]] = []
     for j in range(n):
-        others = sum(weights[k] for k in range(n) if k != j)
-        if others == 0:
+        if j in winners:
             agreement = MAX_SCORE
+        elif eligible is not None and not eligible[j]:
+            agreement = 0
         else:
-            num = sum(weights[k] * max(0, sims[pair_index(n, j, k)]) for k in range(n) if k != j)
-            agreement = num // others
+            agreement = max(0, max(sims[pair_index(n, j, k)] for k in winners)) // 2
         score = agreement
         if peers[j] in judged:
             p, d = judge_share.numerator, judge_share.denominator

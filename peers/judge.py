@@ -118,7 +118,7 @@ def contested_pairs(n: int, winners: Sequence[int]) -> list[tuple[int, int]]:
 
 def judge_close_calls(judge: Judge, question: str, peers: Sequence[PeerId], texts: Sequence[str],
                       sims: Sequence[int], threshold: int, band: int, max_pairs: int = 6, *,
-                      contested_winners: Sequence[int] = ()) -> list[JudgeResult]:
+                      contested_winners: Sequence[int] = (), own: int | None = None) -> list[JudgeResult]:
     """Judge the close calls among the answers (at most ``max_pairs``).
 
     Close calls are the pairs near the similarity threshold (closest first)
@@ -126,10 +126,17 @@ def judge_close_calls(judge: Judge, question: str, peers: Sequence[PeerId], text
     of a winning group that held at most 2/3 of the answering weight), every
     losing answer against the winning one: a split network is exactly where
     agreement alone cannot tell a right minority from a wrong bloc.
+
+    A judge recuses itself from games that involve its own answer (``own``,
+    the judging peer's index) or one that means the same (similarity at or
+    above ``threshold``): a model's likelihood favours its own greedy output,
+    so such a verdict would only repeat its vote.
     """
     if band <= 0:
         return []
     n = len(peers)
+    mine = set() if own is None else {k for k in range(n) if k == own or sims[pair_index(n, own, k)] >= threshold}
     near = sorted(close_pairs(n, sims, threshold, band), key=lambda p: (abs(sims[pair_index(n, *p)] - threshold), p))
-    pairs = list(dict.fromkeys([*contested_pairs(n, contested_winners), *near]))[:max_pairs]
+    pairs = [p for p in dict.fromkeys([*contested_pairs(n, contested_winners), *near])
+             if p[0] not in mine and p[1] not in mine][:max_pairs]
     return [judge_pair(judge, question, peers[i], texts[i], peers[j], texts[j]) for i, j in pairs]

@@ -54,7 +54,7 @@ from consensus.messages import (
     sign,
 )
 from consensus.validators import ValidatorSet
-from consensus.scores import JudgeResult, ScoreVector, scores_from_similarity
+from consensus.scores import JudgeResult, ScoreVector, score_answers
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
@@ -689,8 +689,9 @@ class Node:
         if sims is None:  # decided without this peer judging it (e.g. it joined late)
             sims = await trio.to_thread.run_sync(self.engine.similarities, question, [a.text for a in answers])
         judged = await self._judge(question, answers, sims, value, vs)
-        scores = scores_from_similarity([a.peer for a in answers], sims, [vs.weight_of(a.peer) for a in answers],
-                                        judged)
+        peers = [a.peer for a in answers]
+        scores = score_answers(peers, sims, [peers.index(p) for p in value.winners],
+                               grouping.eligibility(question, [a.text for a in answers]), judged)
         own = next((a.text for a in answers if a.peer == self.key.peer_id), None)
         scores = self.behaviour.scores(scores, {a.peer: a.text for a in answers}, own)
         vector = sign(ScoreVector(scorer=self.key.peer_id, height=height, query_id=value.query_id(),
@@ -711,7 +712,8 @@ class Node:
         results = await trio.to_thread.run_sync(partial(
             judge_close_calls, judge, question, peers, [a.text for a in answers], sims,
             self.genesis.params.similarity_threshold, self.cfg.judge_band,
-            contested_winners=winners if contested else ()))
+            contested_winners=winners if contested else (),
+            own=peers.index(self.key.peer_id) if self.key.peer_id in peers else None))
         if results:
             log.info("judged close calls", extra=fields(pairs=len(results),
                                                          winners=[r.winner() for r in results]))

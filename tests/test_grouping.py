@@ -14,6 +14,7 @@ from consensus.grouping import (
     build_value,
     check_claimed_sims,
     choose,
+    eligibility,
     group_answers,
     pair_count,
     pair_index,
@@ -141,6 +142,36 @@ def test_check_claimed_sims() -> None:
     assert check_claimed_sims([10, 20], [40, -10], 30) is None
     assert "similarity 1" in (check_claimed_sims([10, 20], [10, -11], 30) or "")
     assert "claimed 1" in (check_claimed_sims([10], [10, 20], 30) or "")
+
+
+def test_ties_go_to_the_group_closest_in_meaning_to_the_rest() -> None:
+    # three singletons of equal weight; answer 1 is nearest the others (pairs (0,1) (0,2) (1,2))
+    assert choose([1, 1, 1], [500, 0, 400], TH).representative == 1
+    # weight still comes first, and a full tie falls back to the lowest index
+    assert choose([1, 3, 1], [500, 900, 0], TH).representative == 1
+    assert choose([1, 1], [0], TH).representative == 0
+
+
+def test_a_group_that_restates_the_question_loses_ties_but_never_overrides_weight() -> None:
+    texts = ["Spain is the capital of Spain.", "Madrid.", "The answer is oxygen."]
+    flags = eligibility("What is the capital of Spain?", texts)
+    assert flags == [False, True, True]
+    sims = [300, 300, 0]  # (0,1) (0,2) (1,2): the echo is nearest to the rest
+    assert choose([1, 1, 1], sims, TH).representative == 0  # support alone favours the echo
+    assert choose([1, 1, 1], sims, TH, flags).representative == 1  # an answer beats an echo of equal weight
+    assert choose([2, 1, 1], sims, TH, flags).representative == 0  # but weight comes first
+    with pytest.raises(ValueError, match="eligibility"):
+        choose([1, 1, 1], sims, TH, [True])
+
+
+def test_validators_apply_the_restating_tie_break() -> None:
+    q = query(question="What is the capital of Spain?")
+    texts = ["Spain is the capital of Spain.", "Spain is the capital of Spain.", "Madrid.", "Madrid is it."]
+    sims = [1000, 200, 200, 200, 200, 900]
+    value = build_value(q, [answer(k, q, t) for k, t in zip(KEYS, texts)], sims, [1, 1, 1, 1], TH)
+    assert value.answer == "Madrid." and check(value) is None
+    echo = with_(value, winners=(KEYS[0].peer_id, KEYS[1].peer_id), answer=texts[0])
+    assert "winners" in (check(echo) or "")
 
 
 # --- values --------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import replace
 import trio
 
 from consensus.grouping import pair_index
-from consensus.scores import scores_from_similarity
+from consensus.scores import score_answers
 from multillmn.config import PeerConfig
 from peers.engine import ScriptedEngine
 from peers.judge import ScriptedJudge, close_pairs, judge_close_calls, judge_pair
@@ -42,6 +42,18 @@ def test_a_contested_decision_judges_every_loser_against_the_winner_first() -> N
     assert judge_close_calls(judge, Q, ["p0", "p1"], texts[:2], [0], 800, 0, contested_winners=[0]) == []
 
 
+def test_a_judge_recuses_itself_from_games_with_its_own_answer() -> None:
+    texts = ["Paris", "Berlin", "Paris", "Lyon"]
+    sims = [0, 1000, 0, 0, 0, 0]
+    judge = ScriptedJudge({Q: "Paris"})
+    games = judge_close_calls(judge, Q, ["p0", "p1", "p2", "p3"], texts, sims, 800, 100, contested_winners=[0, 2],
+                              own=2)  # p2 said Paris, as the winner p0 did: no game is left for it
+    assert games == []
+    games = judge_close_calls(judge, Q, ["p0", "p1", "p2", "p3"], texts, sims, 800, 100, contested_winners=[0, 2],
+                              own=1)
+    assert [(r.a, r.b) for r in games] == [("p0", "p3")]
+
+
 def test_closest_calls_are_judged_first_and_bounded() -> None:
     texts = ["Paris", "Berlin", "Lyon", "Paris."]
     sims = [790, 700, 810, 600, 650, 805]
@@ -71,13 +83,15 @@ async def test_the_runner_scores_close_calls_with_its_own_judge() -> None:
             await _wait_height(nodes, 2)
             while len(nodes[0]._scores) < 4:
                 await trio.sleep(0.02)
-    assert CountingJudge.calls >= 4 * 2 * 6  # every peer judged every pair, in both orders
+    # every pair is close; a peer recuses itself from games with its own answer's group, so the Paris
+    # peers judge 1 pair (Berlin-Lyon), the others 3 each; both orders
+    assert CountingJudge.calls == 2 * (1 + 1 + 3 + 3)
     vector = nodes[0]._scores[(1, net.keys[0].peer_id)].message
     answers = decision.answers
     sims = [1000 if a.text == b.text else 0 for i, a in enumerate(answers) for b in answers[i + 1:]]
     winners = [i for i, a in enumerate(answers) if a.peer in decision.value.winners]  # 2 of 4: contested
     judged = judge_close_calls(ScriptedJudge({Q: "Paris"}), Q, [a.peer for a in answers], [a.text for a in answers],
-                               sims, 800, 800, contested_winners=winners)
-    expected = scores_from_similarity([a.peer for a in answers], sims, [1] * 4, judged)
+                               sims, 800, 800, contested_winners=winners, own=0)
+    expected = score_answers([a.peer for a in answers], sims, winners, judge_results=judged)
     assert vector.scores == expected
-    assert expected != scores_from_similarity([a.peer for a in answers], sims, [1] * 4)  # the judge mattered
+    assert expected != score_answers([a.peer for a in answers], sims, winners)  # the judge mattered

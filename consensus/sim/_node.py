@@ -47,7 +47,7 @@ from consensus import grouping
 from consensus.chain import SCORE_WINDOW
 from consensus.evidence import Evidence, decode_evidence, evidence_id, from_equivocation
 from consensus.messages import Answer, MessageError, Proposal, Signed, Value, Vote, open_envelope
-from consensus.scores import ScoreVector, scores_from_similarity
+from consensus.scores import ScoreVector, score_answers
 from consensus.sim._behaviours import Behaviour
 from consensus.sim._packets import CatchUpItem, Packet
 from consensus.sim._peer import Peer, _Entry
@@ -364,8 +364,8 @@ class WbftPeer(Peer):
         if answers is None:
             return
         peers = [p for p, _ in answers]
-        scores = scores_from_similarity(peers, similarities([t for _, t in answers]),
-                                        [vs.weight_of(p) for p in peers])
+        winners = [peers.index(p) for p in value.winners]
+        scores = score_answers(peers, similarities([t for _, t in answers]), winners)
         scores = self.behaviour.score_vector(self, scores)
         vector = self.sign(ScoreVector(scorer=self.peer_id, height=height, query_id=value.query_id(), scores=scores))
         self._add_score(vector)
