@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,9 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus import grouping
-from consensus.grouping import pair_index
-from consensus.chain import SCORE_WINDOW
-from consensus.evidence import Evidence, decode_evidence, evidence_id, from_equivocation
+from consensus.evidence import from_equivocation
 from consensus.messages import (
     MAX_ANSWER_CHARS,
     Answer,
@@ -54,7 +51,7 @@ from consensus.messages import (
     sign,
 )
 from consensus.validators import ValidatorSet
-from consensus.scores import JudgeResult, ScoreVector, score_answers
+from consensus.scores import ScoreVector
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
@@ -79,8 +76,9 @@ from multillmn.identity import KeyPair
 from multillmn.logs import fields
 from peers.byzantine import PeerCrashed, make_behaviour
 from peers.engine import AnswerEngine, Reply
-from peers.judge import judge_close_calls
 from peers.pool import PendingQuery, PoolFull, QueryPool
+from peers.outbox import Outbox
+from peers.scoring import Scoring
 from peers.transport import Transport
 from peers.wal import ConsensusWal, own_signer
 from peers.wire import RejectStats, decode_message, encode_message
@@ -140,23 +138,19 @@ class Node:
         self.rejects = RejectStats()
         self.behaviour = make_behaviour(key.peer_id, cfg)
         self._verified = VerifiedCache()
+        self.scoring = Scoring(key, engine, self.behaviour, threshold=genesis.params.similarity_threshold,
+                               judge_band=cfg.judge_band, verified=self._verified)
         self.certificates: dict[int, dict[str, Any]] = {}  # in memory until the ledger (dag/) holds them
         self._waiters: dict[bytes, _Waiter] = {}
         self._inputs_tx, self._inputs_rx = trio.open_memory_channel[Any](math.inf)
         self._answers_tx, self._answers_rx = trio.open_memory_channel[Signed[Query]](256)
         self._pool_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
-        # weights: score vectors and evidence waiting to be carried in a value; local similarities per value
-        self._scores: dict[tuple[int, str], Signed[ScoreVector]] = {}
-        self._evidence: dict[bytes, Evidence] = {}
-        self._local_sims: dict[bytes, list[int]] = {}
         self._future_proposals: dict[int, list[Signed[Proposal]]] = {}
         self._ledger_values: dict[int, Value] = {}
         self._proposals: dict[tuple[int, int], Signed[Proposal]] = {}  # first seen per (height, round)
         self._exposed: set[tuple[int, int, str]] = set()
         self._proposal_at: dict[int, float] = {}  # when the first proposal of a height reached this peer
-        self._own: dict[int, list[bytes]] = {}  # our signed votes and proposals of the current height
-        self._own_answers: dict[bytes, bytes] = {}  # our signed answers to still pending queries
         self._warming: set[bytes] = set()  # queries whose answers are being embedded ahead of a proposal
         self.ledger = ledger
         if ledger is not None:
@@ -164,6 +158,8 @@ class Node:
             ledger.on_certificate = self._on_ledger_certificate
             self._replay_ledger(ledger)
         self.wal = wal
+        self.outbox = Outbox(key, transport, self.behaviour, wal, lambda: self.validators,
+                             genesis.params.similarity_threshold, self._verified)
         self._replayed: list[Any] = []  # outputs of the WAL replay to carry out once running
         if wal is not None:
             self._replay_wal(wal)
@@ -189,7 +185,7 @@ class Node:
         for inp in records:
             if own_signer(inp, self.key.peer_id):
                 assert isinstance(inp, (VoteInput, ProposalInput))
-                self._own.setdefault(height, []).append(encode_message(inp.signed))
+                self.outbox.remember(height, encode_message(inp.signed))
             for output in self.behaviour.outputs(self.core.step(inp)):
                 if not isinstance(output, (BroadcastVote, BroadcastProposal)):  # those were sent before the crash
                     self._replayed.append(output)
@@ -317,7 +313,7 @@ class Node:
                 self._inputs_tx.send_nowait(VoteInput(signed))
                 self._expose_conflict(signed)
             elif isinstance(message, ScoreVector):
-                self._add_score(signed)
+                self.scoring.add_vector(signed, self.core.height)
             elif isinstance(message, (DagSync, DagEvents, DagWant)) and self.ledger is not None:
                 self.ledger.handle(peer, signed)
 
@@ -359,7 +355,7 @@ class Node:
             question = open_envelope(Query, value.query, keys, self._verified).message.question
             texts = [open_envelope(Answer, e, keys, self._verified).message.text for e in value.answers]
             local_sims = await trio.to_thread.run_sync(self.engine.similarities, question, texts)
-            self._remember_sims(value.value_id(), local_sims)
+            self.scoring.remember_sims(value.value_id(), local_sims)
             params = self.genesis.params
             reason = grouping.validate_value(
                 value, validators=self.validators, local_sims=local_sims,
@@ -404,8 +400,7 @@ class Node:
             log.info("answered", extra=fields(query=query_id.hex()[:12], text=answer.message.text,
                                                 gen_ms=answer.message.gen_ms))
             self._verified.add(Answer.KIND, answer.envelope)
-            self._own_answers[query_id] = encode_message(answer)
-            self.transport.broadcast_nowait(self._own_answers[query_id])
+            self.outbox.send_answer(query_id, answer)
             if self.pool.add_answer(answer, trio.current_time()):
                 self._notify_pool()
                 self._warm(query_id)
@@ -498,13 +493,12 @@ class Node:
             del self._ledger_values[h]
         self._proposals = {k: p for k, p in self._proposals.items() if k[0] >= height - 1}
         self._proposal_at = {h: t for h, t in self._proposal_at.items() if h >= height}
-        self._own = {h: m for h, m in self._own.items() if h >= height}
+        self.outbox.entered(height)
         self._exposed = {k for k in self._exposed if k[0] >= height - 1}
         value = self._ledger_values.pop(height, None)
         if value is not None:
             self._inputs_tx.send_nowait(Commit(height, value))
-        stale = height - SCORE_WINDOW - 1
-        self._scores = {k: v for k, v in self._scores.items() if k[0] > stale}
+        self.scoring.entered(height)
 
     def _maybe_start(self) -> None:
         if self.core.started or self.pool.next_ready() is None:
@@ -519,12 +513,12 @@ class Node:
             signed_vote = sign(output.vote, self.key)
             self._verified.add(Vote.KIND, signed_vote.envelope)
             own_vote = VoteInput(signed_vote)
-            self._send_own(output.vote, signed_vote, own_vote)  # logged, then sent ...
+            self.outbox.send_own(self._nursery, signed_vote, own_vote)  # logged, then sent ...
             self._inputs_tx.send_nowait(own_vote)  # ... then counted like anyone's
         elif isinstance(output, BroadcastProposal):
             signed_prop = sign(output.proposal, self.key)
             own_proposal = ProposalInput(signed_prop, valid=True)
-            self._send_own(output.proposal, signed_prop, own_proposal)
+            self.outbox.send_own(self._nursery, signed_prop, own_proposal)
             self._inputs_tx.send_nowait(own_proposal)
         elif isinstance(output, ScheduleTimeout):
             self._nursery.start_soon(self._timer, output)
@@ -534,54 +528,9 @@ class Node:
             self._on_decide(output)
         elif isinstance(output, Equivocation):
             log.warning("equivocation", extra=fields(evidence=repr(output)))
-            evidence = from_equivocation(output)
-            self._evidence.setdefault(evidence_id(evidence), evidence)
+            self.scoring.add_evidence(from_equivocation(output))
             if self.ledger is not None:
                 self.ledger.submit_equivocation(output)
-
-    def _send_own(self, message: Vote | Proposal, signed: Signed[Vote] | Signed[Proposal],
-                  own_input: VoteInput | ProposalInput) -> None:
-        """Send our vote or proposal (as the fault-injection behaviour, if any, has it)."""
-        assert self._nursery is not None
-        peers = [p for p in self.validators.ids if p != self.key.peer_id]
-        self._own.setdefault(message.height, []).append(encode_message(signed))
-        if self.wal is not None:  # durable before it leaves: a restart never signs a different one
-            self.wal.append(message.height, own_input)
-        for send in self.behaviour.sends(message, peers, self._rival_proposal):
-            payload = encode_message(signed if send.message is message else sign(send.message, self.key))
-            if send.delay_s > 0:
-                self._nursery.start_soon(self._send_later, send.to, payload, send.delay_s)
-            else:
-                self._deliver(send.to, payload)
-
-    def _deliver(self, to: tuple[str, ...] | None, payload: bytes) -> None:
-        if to is None:
-            self.transport.broadcast_nowait(payload)
-        else:
-            for peer in to:
-                self.transport.send_nowait(peer, payload)
-
-    async def _send_later(self, to: tuple[str, ...] | None, payload: bytes, delay_s: float) -> None:
-        await trio.sleep(delay_s)
-        self._deliver(to, payload)
-
-    def _rival_proposal(self, proposal: Proposal) -> Proposal | None:
-        """Another valid-looking value for the same (height, round): for the conflicting-proposals behaviour."""
-        value = proposal.value
-        if value.scores:
-            rival = value.model_copy(update={"scores": value.scores[1:]})
-        elif len(value.answers) > 1:
-            keys = self.validators.public_key_of
-            answers = [open_envelope(Answer, e, keys, self._verified) for e in value.answers[:-1]]
-            n, m = len(value.answers), len(answers)
-            sims = [value.sims[pair_index(n, i, j)] for i in range(m) for j in range(i + 1, m)]
-            rival = grouping.build_value(
-                value.query, answers, sims, [self.validators.weight_of(a.signer) for a in answers],
-                self.genesis.params.similarity_threshold, validators_hash=value.validators_hash,
-                evidence=value.evidence)
-        else:
-            return None
-        return proposal.model_copy(update={"value": rival})
 
     async def _regossip_loop(self) -> None:
         """If the height has not moved for a while, re-send our answers to pending queries and our own
@@ -597,13 +546,10 @@ class Node:
             await trio.sleep(interval)
             now = (self.core.height, self.core.round, self.core.step_name)
             if now == last:
-                messages = self._own.get(self.core.height, [])[-32:] if self.core.started else []
-                self._own_answers = {q: a for q, a in self._own_answers.items() if self.pool.get(q) is not None}
-                messages += list(self._own_answers.values())[-8:]
-                for payload in messages:
-                    self.transport.broadcast_nowait(payload)
-                if messages:
-                    log.info("re-sent own messages", extra=fields(height=now[0], round=now[1], count=len(messages)))
+                count = self.outbox.resend(self.core.height, self.core.started,
+                                           lambda query_id: self.pool.get(query_id) is not None)
+                if count:
+                    log.info("re-sent own messages", extra=fields(height=now[0], round=now[1], count=count))
             last = now
 
     async def _timer(self, timeout: ScheduleTimeout) -> None:
@@ -624,9 +570,9 @@ class Node:
         if self.core.height != height:
             return
         vs = self.validators
-        scores, evidence = self.core.chain.includable(self._scores.values(), self._evidence.values(), height)
+        scores, evidence = self.scoring.includable(self.core.chain, height)
         value, sims = await trio.to_thread.run_sync(self._build_value, entry, vs, scores, evidence)
-        self._remember_sims(value.value_id(), sims)
+        self.scoring.remember_sims(value.value_id(), sims)
         self._proposal_at.setdefault(height, trio.current_time())
         self._inputs_tx.send_nowait(ProposeValue(height, round_, value))
 
@@ -641,11 +587,6 @@ class Node:
             validators_hash=vs.set_hash(), scores=scores, evidence=evidence,
         )
         return value, list(sims)
-
-    def _remember_sims(self, value_id: bytes, sims: list[int]) -> None:
-        self._local_sims[value_id] = sims
-        while len(self._local_sims) > 64:
-            del self._local_sims[next(iter(self._local_sims))]
 
     def _on_decide(self, decision: Decide) -> None:
         now = trio.current_time()
@@ -672,58 +613,14 @@ class Node:
         if waiter is not None:
             waiter.decision = record
             waiter.event.set()
-        for pair in value.evidence:  # committed: no need to carry it again
-            self._evidence.pop(evidence_id(decode_evidence(pair.model_dump())), None)
+        self.scoring.committed(value)
         if self.core.chain.adaptive and decision.validators is not None:
             assert self._nursery is not None
             self._nursery.start_soon(self._score, decision.height, value, decision.validators)
 
-    # -- scoring ----------------------------------------------------------------
-
     async def _score(self, height: int, value: Value, vs: ValidatorSet) -> None:
-        """Score every answer of a decided value with this peer's own view; sign and spread the vector."""
-        keys = vs.public_key_of
-        answers = [open_envelope(Answer, e, keys, self._verified).message for e in value.answers]
-        question = open_envelope(Query, value.query, keys, self._verified).message.question
-        sims = self._local_sims.get(value.value_id())
-        if sims is None:  # decided without this peer judging it (e.g. it joined late)
-            sims = await trio.to_thread.run_sync(self.engine.similarities, question, [a.text for a in answers])
-        judged = await self._judge(question, answers, sims, value, vs)
-        peers = [a.peer for a in answers]
-        scores = score_answers(peers, sims, [peers.index(p) for p in value.winners],
-                               grouping.eligibility(question, [a.text for a in answers]), judged)
-        own = next((a.text for a in answers if a.peer == self.key.peer_id), None)
-        scores = self.behaviour.scores(scores, {a.peer: a.text for a in answers}, own)
-        vector = sign(ScoreVector(scorer=self.key.peer_id, height=height, query_id=value.query_id(),
-                                  scores=scores), self.key)
-        self._verified.add(ScoreVector.KIND, vector.envelope)
-        self._add_score(vector)
+        vector = await self.scoring.score(height, value, vs)
         self.transport.broadcast_nowait(encode_message(vector))
-
-    async def _judge(self, question: str, answers: list[Answer], sims: list[int], value: Value,
-                     vs: ValidatorSet) -> list[JudgeResult]:
-        """LLM-as-a-judge verdicts on the close calls (none without a judge or with judge_band = 0)."""
-        judge = self.engine.judge
-        if judge is None or self.cfg.judge_band == 0 or len(answers) < 2 or not self.behaviour.judges():
-            return []
-        peers = [a.peer for a in answers]
-        winners = [peers.index(p) for p in value.winners if p in peers]
-        contested = 3 * vs.weight_of_set(value.winners) <= 2 * vs.weight_of_set(peers)
-        results = await trio.to_thread.run_sync(partial(
-            judge_close_calls, judge, question, peers, [a.text for a in answers], sims,
-            self.genesis.params.similarity_threshold, self.cfg.judge_band,
-            contested_winners=winners if contested else (),
-            own=peers.index(self.key.peer_id) if self.key.peer_id in peers else None))
-        if results:
-            log.info("judged close calls", extra=fields(pairs=len(results),
-                                                         winners=[r.winner() for r in results]))
-        return results
-
-    def _add_score(self, signed: Signed[ScoreVector]) -> None:
-        vec = signed.message
-        if vec.height < self.core.height - SCORE_WINDOW - 1 or vec.height >= self.core.height + 4:
-            return
-        self._scores.setdefault((vec.height, vec.scorer), signed)
 
     def _on_ledger_certificate(self, height: int, cert: dict[str, Any]) -> None:
         """The ledger ordered a verified certificate: catch the core up, height by height, if it is behind."""

@@ -18,10 +18,8 @@ rate-limited veth pair (:mod:`testnet.netns`); ``down`` deletes it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -29,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -37,7 +35,7 @@ from multillmn.config import PeerAddress, PeerConfig, render_toml
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from peers.shard.devices import DeviceEntry, render_device_file
-from testnet import netns
+from testnet import netns, processes
 from testnet.manifest import DeviceSpec, Manifest
 
 __all__ = ["DEFAULT_PEER_COMMAND", "DEFAULT_WORKER_COMMAND", "PeerRecord", "PeerStatus", "TestnetError",
@@ -94,11 +92,6 @@ class WorkerRecord:
     netns: str | None = None  # its network namespace (bandwidth_kbit), deleted by down
     veth: str | None = None  # our end of its veth pair
     log_offset: int = 0  # where this run's output starts in the (appended) log
-
-
-class _Process(Protocol):
-    name: str
-    pid: int | None
 
 
 @dataclass
@@ -169,164 +162,7 @@ def load_state(dir: Path) -> TestnetState:
         raise TestnetError(f"{path} is unreadable or corrupt ({exc}); remove {dir} and start again") from None
 
 
-# --- processes -------------------------------------------------------------
-
-
-def _reap(pid: int) -> int | None:
-    """Collect ``pid`` if it is our exited child; return its exit status (negative = signal)."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    if done == 0:
-        return None
-    return os.waitstatus_to_exitcode(status)
-
-
-def _collect(pid: int, timeout_s: float = 5.0) -> None:
-    """Reap our exited child ``pid``, waiting briefly: a thread-group leader already shows as a
-    zombie in /proc while its other threads are still exiting, and cannot be reaped until they have."""
-    end = time.monotonic() + timeout_s
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done or time.monotonic() > end:
-            return
-        time.sleep(0.01)
-
-
-def _alive(pid: int | None) -> bool:
-    """True if ``pid`` runs (zombies count as dead)."""
-    if pid is None:
-        return False
-    _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _ours(pid: int | None) -> bool:
-    """Alive and leading its own process group, as the peers we spawn do (guards against pid reuse)."""
-    if not _alive(pid):
-        return False
-    assert pid is not None
-    try:
-        return os.getpgid(pid) == pid
-    except ProcessLookupError:
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    _reap(pgid)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _alive(pgid) or _group_has_live_member(pgid)
-
-
-def _group_has_live_member(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Send ``sig`` to a process group; False if it no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except OSError as exc:
-        if exc.errno == errno.ESRCH:
-            return False
-        raise
-    return True
-
-
-def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> int:
-    """Start ``argv`` in a new session, stdout+stderr appended to ``log``; return its pid."""
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ]
-    return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True)
-
-
-def _stop(records: Sequence[_Process], timeout_s: float) -> list[str]:
-    """SIGTERM every process group (peers, workers), wait up to ``timeout_s``, SIGKILL stragglers; describe each."""
-    done: list[str] = []
-    waiting: dict[str, _Process] = {}
-    for r in records:
-        if r.pid is None:
-            done.append(f"{r.name}: not running")
-        elif not _ours(r.pid) and not _group_alive(r.pid):
-            done.append(f"{r.name}: already exited (pid {r.pid})")
-        elif _signal_group(r.pid, signal.SIGTERM):
-            waiting[r.name] = r
-        else:
-            done.append(f"{r.name}: already exited (pid {r.pid})")
-    deadline = time.monotonic() + timeout_s
-    while waiting and time.monotonic() < deadline:
-        for name, r in list(waiting.items()):
-            assert r.pid is not None
-            if not _group_alive(r.pid):
-                _collect(r.pid)  # the leader may be a zombie already counted as dead: collect it
-                done.append(f"{name}: stopped (pid {r.pid})")
-                del waiting[name]
-        if waiting:
-            time.sleep(0.05)
-    for name, r in waiting.items():
-        assert r.pid is not None
-        _signal_group(r.pid, signal.SIGKILL)
-        end = time.monotonic() + 5
-        while _group_alive(r.pid) and time.monotonic() < end:
-            time.sleep(0.05)
-        _collect(r.pid)
-        done.append(f"{name}: killed after not stopping within {timeout_s:g}s (pid {r.pid})")
-    order = {r.name: i for i, r in enumerate(records)}
-    return sorted(done, key=lambda line: order.get(line.split(":")[0], 0))
-
-
 # --- files and ports -------------------------------------------------------
-
-
-def _tail(path: Path, lines: int) -> str:
-    """The last ``lines`` lines of a file, reading only its end."""
-    if lines <= 0:
-        return ""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = pos = f.tell()
-            data = b""
-            while pos > 0 and data.count(b"\n") <= lines:
-                pos = max(0, pos - 65536)
-                f.seek(pos)
-                data = f.read(end - pos)
-    except OSError as exc:
-        return f"(cannot read {path}: {exc.strerror})"
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _free_ports(count: int) -> list[int]:
@@ -360,7 +196,7 @@ def _fixed_ports(base: int, count: int) -> list[int]:
 def _prepare_dir(dir: Path) -> None:
     if (dir / STATE_FILE).exists():
         state = load_state(dir)
-        running = [p.name for p in state.processes() if _ours(p.pid)]
+        running = [p.name for p in state.processes() if processes.ours(p.pid)]
         if running:
             raise TestnetError(f"a testnet is still running in {dir} (peers {', '.join(running)}); "
                                f"stop it first with: multillmn testnet down --dir {dir}")
@@ -372,7 +208,7 @@ def _prepare_dir(dir: Path) -> None:
 def is_running(dir: Path) -> bool:
     """True if ``dir`` holds a testnet with at least one live peer."""
     try:
-        return any(_ours(p.pid) for p in load_state(dir).processes())
+        return any(processes.ours(p.pid) for p in load_state(dir).processes())
     except TestnetError:
         return False
 
@@ -399,7 +235,7 @@ def _fetch_all(urls: list[str], timeout_s: float = 2.0) -> list[dict[str, Any] |
 def status(dir: Path) -> list[PeerStatus]:
     """Each peer's process and API state; unreachable peers have phase "down"."""
     state = load_state(dir)
-    alive = [_alive(p.pid) for p in state.peers]
+    alive = [processes.alive(p.pid) for p in state.peers]
     answers = _fetch_all([p.api_url for p, a in zip(state.peers, alive) if a])
     it = iter(answers)
     shares = _weight_shares(next((s for s in answers if s), None))
@@ -431,15 +267,15 @@ def logs(dir: Path, name: str | None = None, lines: int = 50) -> str:
     """The last ``lines`` lines of one peer's log, or of every peer's under a header each."""
     state = load_state(dir)
     if name is not None:
-        return _tail(Path(state.peer(name).log), lines)
-    return "\n".join(f"==> {p.name} ({p.log}) <==\n{_tail(Path(p.log), lines)}\n" for p in state.peers)
+        return processes.tail(Path(state.peer(name).log), lines)
+    return "\n".join(f"==> {p.name} ({p.log}) <==\n{processes.tail(Path(p.log), lines)}\n" for p in state.peers)
 
 
 def down(dir: Path, timeout_s: float = 15) -> list[str]:
     """Stop every peer and shard worker (SIGTERM, then SIGKILL after ``timeout_s``), delete their
     network namespaces, mark the testnet stopped."""
     state = load_state(dir)
-    report = _stop(state.processes(), timeout_s)
+    report = processes.stop(state.processes(), timeout_s)
     report += _delete_namespaces(state.workers)
     for p in state.processes():
         p.pid = None
@@ -536,14 +372,14 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]
 
 def _fail(state: TestnetState, message: str, names: list[str]) -> TestnetError:
     """Stop everything and build an error carrying the log tails of ``names`` (peers or workers)."""
-    _stop(state.processes(), timeout_s=5)
+    processes.stop(state.processes(), timeout_s=5)
     _delete_namespaces(state.workers)
     for p in state.processes():
         p.pid = None
     state.stopped = True
     state.save()
     logs = {r.name: r.log for r in state.processes()}
-    tails = "".join(f"\n--- last lines of {logs[n]} ---\n{_tail(Path(logs[n]), _TAIL_LINES)}" for n in names)
+    tails = "".join(f"\n--- last lines of {logs[n]} ---\n{processes.tail(Path(logs[n]), _TAIL_LINES)}" for n in names)
     return TestnetError(f"{message}; all peers were stopped{tails}")
 
 
@@ -599,7 +435,7 @@ def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_tim
             w.log_offset = Path(w.log).stat().st_size if Path(w.log).exists() else 0
             try:
                 # separate devices: idle OpenMP threads must not spin on the cores the others share
-                w.pid = _spawn(_worker_argv(w, state, wcommand), Path(w.log),
+                w.pid = processes.spawn(_worker_argv(w, state, wcommand), Path(w.log),
                                dict(_peer_env(w.threads), OMP_WAIT_POLICY="PASSIVE"))
             except OSError as exc:
                 raise _fail(state, f"cannot start shard worker {w.name} ({wcommand[0]}: {exc.strerror})", []) from None
@@ -607,7 +443,7 @@ def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_tim
             say(f"shard worker {w.name} started (pid {w.pid}, {w.address}{', netns ' + w.netns if w.netns else ''})")
         for r in records:
             try:
-                r.pid = _spawn([*command, "--config", r.config], Path(r.log), env)
+                r.pid = processes.spawn([*command, "--config", r.config], Path(r.log), env)
             except OSError as exc:
                 raise _fail(state, f"cannot start {r.name} ({command[0]}: {exc.strerror})", []) from None
             state.save()
@@ -636,28 +472,28 @@ def restart(dir: Path, name: str, *, ready_timeout_s: float = 900, peer_command:
     dir = dir.resolve()
     state = load_state(dir)
     r = state.peer(name)
-    if _ours(r.pid):
+    if processes.ours(r.pid):
         raise TestnetError(f"peer {name} is still running (pid {r.pid}); stop or kill it first")
     threads = PeerConfig.load(Path(r.config)).threads
     command = list(peer_command if peer_command is not None else DEFAULT_PEER_COMMAND)
     try:
-        r.pid = _spawn([*command, "--config", r.config], Path(r.log), _peer_env(threads))
+        r.pid = processes.spawn([*command, "--config", r.config], Path(r.log), _peer_env(threads))
     except OSError as exc:
         raise TestnetError(f"cannot start {name} ({command[0]}: {exc.strerror})") from None
     state.stopped = False
     state.save()
     deadline = time.monotonic() + ready_timeout_s
     while True:
-        code = _reap(r.pid)
-        if code is not None or not _alive(r.pid):
-            tail = _tail(Path(r.log), _TAIL_LINES)
+        code = processes.reap(r.pid)
+        if code is not None or not processes.alive(r.pid):
+            tail = processes.tail(Path(r.log), _TAIL_LINES)
             raise TestnetError(f"peer {name} exited during restart (exit status {code})\n"
                                f"--- last lines of {r.log} ---\n{tail}")
         s = _fetch_all([r.api_url], timeout_s=1.0)[0]
         if s is not None and s.get("peer_id") == r.peer_id and s.get("ready") is True:
             return r
         if time.monotonic() > deadline:
-            _stop([r], timeout_s=5)
+            processes.stop([r], timeout_s=5)
             r.pid = None
             state.save()
             raise TestnetError(f"peer {name} was not ready within {ready_timeout_s:g}s after restart; "
@@ -676,8 +512,8 @@ def _wait_ready(state: TestnetState, timeout_s: float, say: Callable[[str], None
         procs: list[tuple[str, PeerRecord | WorkerRecord]] = [*pending.items(), *starting.items()]
         for name, proc in procs:
             assert proc.pid is not None
-            code = _reap(proc.pid)
-            if code is not None or not _alive(proc.pid):
+            code = processes.reap(proc.pid)
+            if code is not None or not processes.alive(proc.pid):
                 how = f"exit code {code}" if code is not None and code >= 0 else \
                     f"killed by signal {-code}" if code is not None else "exited"
                 what = "shard worker" if name in starting else "peer"

@@ -81,12 +81,12 @@ async def test_the_runner_scores_close_calls_with_its_own_judge() -> None:
         with trio.fail_after(20):
             decision = await nodes[0].submit(Q)
             await _wait_height(nodes, 2)
-            while len(nodes[0]._scores) < 4:
+            while len(nodes[0].scoring.vectors) < 4:
                 await trio.sleep(0.02)
     # every pair is close; a peer recuses itself from games with its own answer's group, so the Paris
     # peers judge 1 pair (Berlin-Lyon), the others 3 each; both orders
     assert CountingJudge.calls == 2 * (1 + 1 + 3 + 3)
-    vector = nodes[0]._scores[(1, net.keys[0].peer_id)].message
+    vector = nodes[0].scoring.vectors[(1, net.keys[0].peer_id)].message
     answers = decision.answers
     sims = [1000 if a.text == b.text else 0 for i, a in enumerate(answers) for b in answers[i + 1:]]
     winners = [i for i, a in enumerate(answers) if a.peer in decision.value.winners]  # 2 of 4: contested

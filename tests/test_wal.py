@@ -62,7 +62,7 @@ def test_a_restarted_runner_resumes_its_height_with_its_votes_and_does_not_vote_
 
     restarted = node()
     assert (restarted.core.height, restarted.core.round, restarted.core.step_name) == (1, 0, "prevote")
-    assert len(restarted._own[1]) == 1  # its prevote, ready to be sent again if the height is stuck
+    assert len(restarted.outbox.own(1)) == 1  # its prevote, ready to be sent again if the height is stuck
     # the propose timeout of round 0 fires again after the restart: no second prevote is signed
     outputs = restarted.core.step(TimeoutInput(1, 0, "propose"))
     assert restarted.wal is not None
