@@ -13,14 +13,17 @@ Normative grouping rule (``threshold`` is a per-mille int):
    ``>= threshold``; then the lowest index.
 2. Its group is every unassigned answer (itself included) whose similarity to
    the representative is ``>= threshold``; those become assigned.
-3. The winning group has the largest total weight. Ties, in order: a group
-   whose representative says something the question did not
-   (:func:`consensus.content.restates` is false) over one that restates it;
-   the larger *support*, the sum over answers outside the group of
-   ``weight * max(0, similarity to the representative)`` (the answer closest
-   in meaning to the rest); the lowest representative index. Restating only
-   breaks ties: "It is 0." rightly answers "What is 0 times 3?", so it must
-   never override weight.
+3. The winning group has the largest total weight. Groups within
+   ``floor(answering weight / 10_000)`` of the heaviest count as tied (the
+   integer rounding of computed weights, at most one unit per validator,
+   must not decide); ties, in order: a group whose representative says
+   something the question did not (:func:`consensus.content.restates` is
+   false) over one that restates it; the larger *support*, the sum over
+   answers outside the group of ``weight * max(0, similarity to the
+   representative)`` (the answer closest in meaning to the rest); the larger
+   weight; the lowest representative index. Restating only breaks ties:
+   "It is 0." rightly answers "What is 0 times 3?", so it must never
+   override weight.
 
 The choice is a pure function of the *claimed* integers in a value; honest
 validators only check that their own similarities are close to the claimed
@@ -50,6 +53,7 @@ from multillmn import canonical
 from multillmn.identity import PeerId
 
 __all__ = [
+    "TIE_MARGIN",
     "Group",
     "pair_index",
     "pair_count",
@@ -61,6 +65,10 @@ __all__ = [
     "validate_value",
     "build_value",
 ]
+
+
+TIE_MARGIN = 10_000
+"""Groups within 1/TIE_MARGIN of the answering weight of the heaviest one are tied (rule 3)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,9 @@ def choose(weights: Sequence[int], sims: Sequence[int], threshold: int,
     def says_something(g: Group) -> bool:
         return eligible is None or eligible[g.representative]
 
-    return max(groups, key=lambda g: (g.weight, says_something(g), support(g), -g.representative))
+    heaviest = max(g.weight for g in groups)
+    tied = [g for g in groups if g.weight >= heaviest - sum(weights) // TIE_MARGIN]
+    return max(tied, key=lambda g: (says_something(g), support(g), g.weight, -g.representative))
 
 
 def eligibility(question: str, texts: Sequence[str]) -> list[bool]:

@@ -164,6 +164,16 @@ def test_a_group_that_restates_the_question_loses_ties_but_never_overrides_weigh
         choose([1, 1, 1], sims, TH, [True])
 
 
+def test_a_rounding_unit_of_weight_does_not_beat_the_tie_breaks() -> None:
+    flags = [False, False, False, True, True, True]  # an echo by three peers, an answer by three others
+    sims = [1000 if (i < 3) == (j < 3) else 0 for i in range(6) for j in range(i + 1, 6)]
+    rounded = [166_667, 166_667, 166_667, 166_667, 166_666, 166_666]  # 10**6 in six "equal" parts
+    assert choose(rounded, sims, TH, flags).representative == 3
+    assert choose([2, 2, 2, 1, 1, 1], sims, TH, flags).representative == 0  # a real difference still decides
+    heavier = [170_000, 170_000, 170_000, 163_334, 163_333, 163_333]  # beyond 1/10,000 of the weight
+    assert choose(heavier, sims, TH, flags).representative == 0
+
+
 def test_validators_apply_the_restating_tie_break() -> None:
     q = query(question="What is the capital of Spain?")
     texts = ["Spain is the capital of Spain.", "Spain is the capital of Spain.", "Madrid.", "Madrid is it."]
