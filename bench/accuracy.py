@@ -17,7 +17,10 @@ With half of the peers malicious by count, no weight rule can start safe
 (they would hold half the weight, and a weighted median follows whoever
 holds more than half), so that scenario starts from adapted weights: each
 honest peer weighs 3 and each malicious one 1 (a quarter of the weight), the
-issue's "once weights have adapted ... (their weight below 1/3)".
+issue's "once weights have adapted ... (their weight below 1/3)". The extra
+scenario ``1/2-late`` starts half of the peers at equal weight as plain
+wrong answerers (each its own wrong answer) and has them collude from
+height 11: adaptation under way rather than assumed.
 
 and the malicious peers' weight share per height (from the certificates'
 validator sets) is plotted to ``docs/img/malicious_weight_share.png`` when
@@ -46,8 +49,11 @@ from peers.ledger import value_of_certificate  # noqa: E402
 from testnet.launcher import down, status, up  # noqa: E402
 from testnet.manifest import Manifest  # noqa: E402
 
-# name -> (peers, malicious, genesis weight of an honest peer; malicious peers weigh 1)
-SCENARIOS: dict[str, tuple[int, int, int]] = {"0": (6, 0, 1), "1/4": (8, 2, 1), "1/3": (6, 2, 1), "1/2": (8, 4, 3)}
+# name -> (peers, malicious, genesis weight of an honest peer (malicious peers weigh 1),
+#          height from which the malicious peers misbehave; before it they only answer wrongly)
+SCENARIOS: dict[str, tuple[int, int, int, int]] = {
+    "0": (6, 0, 1, 1), "1/4": (8, 2, 1, 1), "1/3": (6, 2, 1, 1), "1/2": (8, 4, 3, 1), "1/2-late": (8, 4, 1, 11)}
+DEFAULT_SCENARIOS = ("0", "1/4", "1/3", "1/2")
 
 
 @dataclass
@@ -89,7 +95,7 @@ class Result:
         }
 
 
-def manifest_text(peers: int, malicious: int, behaviour: str, honest_weight: int = 1) -> str:
+def manifest_text(peers: int, malicious: int, behaviour: str, honest_weight: int = 1, from_height: int = 1) -> str:
     """Malicious peers last; honest ones alternate SmolLM2 and Gemma-3."""
     lines = ['[testnet]', 'chain_id = "accuracy"', 'threads_per_peer = 1', 'max_new_tokens = 32', '']
     for i in range(peers):
@@ -98,17 +104,20 @@ def manifest_text(peers: int, malicious: int, behaviour: str, honest_weight: int
                   f'model = "{"smollm2" if i % 2 == 0 else "gemma3"}"', f"weight = {1 if bad else honest_weight}"]
         if bad:
             lines.append(f'byzantine = "{behaviour}"')
+            if from_height > 1:
+                lines.append(f"from_height = {from_height}")
         lines.append('')
     return "\n".join(lines)
 
 
 def run_scenario(name: str, questions: list[Question], behaviour: str, base: Path) -> Result:
-    peers, malicious, honest_weight = SCENARIOS[name]
-    result = Result(name, peers, malicious, behaviour if honest_weight == 1 else f"{behaviour}, honest weigh {honest_weight}")
+    peers, malicious, honest_weight, from_height = SCENARIOS[name]
+    label = behaviour if honest_weight == 1 else f"{behaviour}, honest weigh {honest_weight}"
+    result = Result(name, peers, malicious, label if from_height == 1 else f"wrong, {label} from h{from_height}")
     directory = base / f"net-{name.replace('/', '_')}"
     directory.mkdir(parents=True)
     manifest_path = directory / "manifest.toml"
-    manifest_path.write_text(manifest_text(peers, malicious, behaviour, honest_weight))
+    manifest_path.write_text(manifest_text(peers, malicious, behaviour, honest_weight, from_height))
     up(Manifest.load(manifest_path), directory / "net", progress=lambda line: print("  " + line, file=sys.stderr))
     start = time.monotonic()
     try:
@@ -188,7 +197,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=30, help="consecutive questions per scenario (>= 20)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of 0,1/4,1/3,1/2")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: the issue's four)")
     parser.add_argument("--behaviour", default="collude", help="what the malicious peers do (a manifest name)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--plot", type=Path, default=Path("docs/img/malicious_weight_share.png"))
