@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["content_words", "restates"]
+__all__ = ["NUMBER_WORDS", "content_words", "restates"]
 
 _FUNCTION_WORDS = frozenset(
     """a an the this that these those it its it's there here what which who whom whose when where why how
@@ -29,19 +29,20 @@ _FUNCTION_WORDS = frozenset(
     if because while though although up down out over under again further once only own same such too""".split()
 )
 
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen twenty".split())}
-_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
+NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
                       "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000"})
+"""Number words and the digits they stand for (also used by :mod:`peers.similarity`)."""
 
 _TOKEN = re.compile(r"[^\W_]+(?:[.,'-][^\W_]+)*", re.UNICODE)
 
 
 def _canonical(token: str) -> str:
     lower = token.lower().replace(",", "")
-    if lower in _NUMBER_WORDS:
-        return _NUMBER_WORDS[lower]
+    if lower in NUMBER_WORDS:
+        return NUMBER_WORDS[lower]
     if lower.endswith("'s"):
         lower = lower[:-2]
     if len(lower) > 3 and lower.endswith("s") and not lower.endswith("ss") and not lower[-2].isdigit():

@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from consensus.content import NUMBER_WORDS
+
 __all__ = ["key_terms", "combine", "similarity_matrix", "CONTAINED_FLOOR", "ONE_SIDED_CAP"]
 
 CONTAINED_FLOOR = 0.9
@@ -33,12 +35,6 @@ CONTAINED_FLOOR = 0.9
 
 ONE_SIDED_CAP = 0.5
 """Similarity cap when only one of two answers has key terms."""
-
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
-_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
-                      "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000"})
 
 _OPENERS = frozenset(
     "the a an it its this that these those there here yes no i we you he she they my our "
@@ -58,8 +54,8 @@ def _terms(text: str) -> frozenset[str]:
         lower = token.lower()
         if any(c.isdigit() for c in token):
             terms.add(lower.rstrip(".,"))
-        elif lower in _NUMBER_WORDS:
-            terms.add(_NUMBER_WORDS[lower])
+        elif lower in NUMBER_WORDS:
+            terms.add(NUMBER_WORDS[lower])
         elif token[0].isupper() and lower not in _OPENERS:
             terms.add(lower)
     return frozenset(terms)
