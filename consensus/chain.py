@@ -50,8 +50,10 @@ SCORE_WINDOW = 16
 class Chain:
     """Decided heights folded into weights; see the module docstring."""
 
-    def __init__(self, base: ValidatorSet, params: WeightParams | None) -> None:
+    def __init__(self, base: ValidatorSet, params: WeightParams | None,
+                 verified: VerifiedCache | None = None) -> None:
         self.base = base
+        self.verified = verified  # the runner's signature cache: carried vectors it verified are not re-verified
         self.params = params.validate() if params is not None else None
         self.height = 0  # last applied height
         self.state: WeightState | None = WeightState.genesis(base, params) if params is not None else None
@@ -201,7 +203,7 @@ class Chain:
         self.height = height
         for env in value.scores:  # validated by the quorum; skip defensively anything that does not open
             try:
-                vec = open_envelope(ScoreVector, env, vs.public_key_of).message
+                vec = open_envelope(ScoreVector, env, vs.public_key_of, self.verified).message
             except MessageError:
                 continue
             self._vectors.setdefault((vec.height, vec.query_id), {}).setdefault(vec.scorer, vec)

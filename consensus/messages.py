@@ -278,29 +278,40 @@ class VerifiedCache:
     """Envelopes whose signatures already verified, so a message carried again is not re-verified.
 
     An answer is verified when it arrives, then travels inside proposals and
-    certificates; verifying it each time would cost several Ed25519 checks per
-    decision. Keyed by the exact (kind, body, signature), so a hit proves the
-    same bytes verified before. Bounded: the oldest entries are forgotten.
+    certificates; a score vector arrives by gossip, then inside a value, then
+    is folded into the weights. Opening each again would cost an Ed25519 check
+    and a schema validation every time. Keyed by the exact (kind, body,
+    signature), so a hit proves the same bytes verified before; the decoded
+    message is kept with it, so a hit skips decoding too. Bounded: the oldest
+    entries are forgotten.
     """
 
     def __init__(self, capacity: int = 8192) -> None:
         self._capacity = capacity
-        self._seen: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, bytes, bytes], Message | None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def check(self, kind: str, envelope: Envelope) -> bool:
-        key = (kind, envelope.body, envelope.sig)
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return True
-        return False
+        return self.lookup(kind, envelope) is not _MISS
 
-    def add(self, kind: str, envelope: Envelope) -> None:
-        self._seen[(kind, envelope.body, envelope.sig)] = None
+    def lookup(self, kind: str, envelope: Envelope) -> Message | None | object:
+        """The decoded message of a verified envelope (``None`` if only its signature is known), else
+        the private ``_MISS`` sentinel."""
+        key = (kind, envelope.body, envelope.sig)
+        if key not in self._seen:
+            return _MISS
+        self._seen.move_to_end(key)
+        return self._seen[key]
+
+    def add(self, kind: str, envelope: Envelope, message: Message | None = None) -> None:
+        self._seen[(kind, envelope.body, envelope.sig)] = message
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
+
+
+_MISS = object()
 
 
 def open_envelope(
@@ -312,6 +323,11 @@ def open_envelope(
     signer is unknown. With a ``cache``, a signature verified before is not
     checked again. Raises :class:`MessageError` with the reason otherwise.
     """
+    known = cache.lookup(model.KIND, envelope) if cache is not None else _MISS
+    if isinstance(known, model):  # these exact bytes were decoded, validated and verified before
+        if public_key_of(known.signer) is None:
+            raise MessageError(f"{model.KIND} signed by unknown peer {known.signer}")
+        return Signed(known, envelope)
     try:
         raw = canonical.unpack(envelope.body)
     except canonical.CanonicalError as exc:
@@ -322,12 +338,10 @@ def open_envelope(
     public_key = public_key_of(message.signer)
     if public_key is None:
         raise MessageError(f"{model.KIND} signed by unknown peer {message.signer}")
-    if cache is not None and cache.check(model.KIND, envelope):
-        return Signed(message, envelope)
-    if not verify_signature(public_key, model.KIND, envelope.body, envelope.sig):
+    if known is _MISS and not verify_signature(public_key, model.KIND, envelope.body, envelope.sig):
         raise MessageError(f"bad signature on {model.KIND} from {message.signer}")
     if cache is not None:
-        cache.add(model.KIND, envelope)
+        cache.add(model.KIND, envelope, message)
     return Signed(message, envelope)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.chain import Chain
+from consensus.messages import VerifiedCache
 from consensus.validators import Validator, ValidatorSet
 from consensus.weights import WeightParams
 from multillmn.identity import peer_id_of
@@ -64,9 +65,11 @@ class Genesis:
         vals = [Validator(peer_id=peer_id_of(pk), public_key=pk, weight=w, moniker=m) for m, pk, w in members]
         return cls(chain_id, ValidatorSet(vals), params.validate())
 
-    def chain(self) -> Chain:
-        """A fresh :class:`~consensus.chain.Chain` at height 0 with this genesis' weight rule."""
-        return Chain(self.validators, WeightParams.default() if self.params.weights == "adaptive" else None)
+    def chain(self, verified: VerifiedCache | None = None) -> Chain:
+        """A fresh :class:`~consensus.chain.Chain` at height 0 with this genesis' weight rule
+        (``verified``: a signature cache to share with it)."""
+        return Chain(self.validators, WeightParams.default() if self.params.weights == "adaptive" else None,
+                     verified)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -133,11 +133,11 @@ class Node:
             propose_ms=cfg.timeout_propose_ms, prevote_ms=cfg.timeout_prevote_ms,
             precommit_ms=cfg.timeout_precommit_ms, delta_ms=cfg.timeout_delta_ms,
         )
-        self.core = Core(genesis.chain(), key.peer_id, timeouts=timeouts)
+        self._verified = VerifiedCache()
+        self.core = Core(genesis.chain(self._verified), key.peer_id, timeouts=timeouts)
         self.pool = QueryPool(self.validators)
         self.rejects = RejectStats()
         self.behaviour = make_behaviour(key.peer_id, cfg)
-        self._verified = VerifiedCache()
         self.scoring = Scoring(key, engine, self.behaviour, threshold=genesis.params.similarity_threshold,
                                judge_band=cfg.judge_band, verified=self._verified)
         self.certificates: dict[int, dict[str, Any]] = {}  # in memory until the ledger (dag/) holds them

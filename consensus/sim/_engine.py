@@ -216,9 +216,10 @@ class Simulation:
         self.within_model = self._within_model(self.sets)
 
     # --- weights and the fault model -------------------------------------------------
-    def new_chain(self) -> Chain:
-        """A fresh chain at genesis: adaptive under ``wbft`` with ``adaptive_weights``, else static."""
-        return Chain(self.validators, self.weight_params)
+    def new_chain(self, verified: VerifiedCache | None = None) -> Chain:
+        """A fresh chain at genesis: adaptive under ``wbft`` with ``adaptive_weights``, else static;
+        ``verified``: the peer's signature cache, as the runner shares its own."""
+        return Chain(self.validators, self.weight_params, verified)
 
     def faulty_weight(self, vs: ValidatorSet) -> int:
         """The weight in ``vs`` of every node that is not honest (faulty or down for good)."""

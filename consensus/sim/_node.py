@@ -94,7 +94,7 @@ class WbftPeer(Peer):
         self.decided: dict[int, Decide] = {}
         self.packages: dict[int, CatchUpItem] = {}
         self.wal: list[tuple[int, Input]] = []
-        self.core = Core(sim.new_chain(), self.peer_id, timeouts=self.timeouts)
+        self.core = Core(sim.new_chain(self.verified), self.peer_id, timeouts=self.timeouts)
         self._reset_round_state()
 
     @property
@@ -482,7 +482,7 @@ class WbftPeer(Peer):
         """Rebuild the chain from the durable decisions (so the weights are everyone's), then resume at the
         next height, replaying the write-ahead log if kept."""
         super().restart()
-        core = Core(self.sim.new_chain(), self.peer_id, timeouts=self.timeouts)
+        core = Core(self.sim.new_chain(self.verified), self.peer_id, timeouts=self.timeouts)
         for h in sorted(self.decided):
             core.step(Commit(h, self.decided[h].value))
             digest = core.chain.weights_digest()
