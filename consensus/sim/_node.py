@@ -358,7 +358,7 @@ class WbftPeer(Peer):
         return None if answers is None else similarities([t for _, t in answers])
 
     # --- weights: scoring decided values ---------------------------------------------
-    def _score(self, height: int, value: Value, vs: ValidatorSet) -> None:
+    def _score(self, height: int, value: Value) -> None:
         """Score every answer of the value decided at ``height`` on our own similarities; sign and gossip."""
         answers = self._answers_of(value)
         if answers is None:
@@ -382,7 +382,7 @@ class WbftPeer(Peer):
         for pair in d.value.evidence:  # committed: no need to carry it again
             self.evidence.pop(evidence_id(decode_evidence(pair.model_dump())), None)
         if self.core.chain.adaptive and d.validators is not None:
-            self._score(d.height, d.value, d.validators)
+            self._score(d.height, d.value)
         props = self.proposals_seen.get((d.height, d.round), [])
         prop = next((p for p in props if p.message.value is d.value), None)
         if prop is not None:
