@@ -28,19 +28,8 @@ RATE_KBIT = 4000
 TOKENS = 128  # a 128 x 576 float32 hidden state: 295 KB each way, 1.2 s at 4 Mbit/s
 
 
-def _refused() -> str | None:
-    """Why this process may not create network namespaces (None: it may)."""
-    probe = f"mlln-t{os.getpid()}-probe"
-    try:
-        netns.add_namespace(probe)
-    except netns.NetnsError as exc:
-        return str(exc)
-    netns.delete_namespace(probe)
-    return None
-
-
-REFUSED = _refused()
-pytestmark = pytest.mark.skipif(REFUSED is not None, reason=f"`ip netns add` is not permitted here: {REFUSED}")
+REFUSED = netns.unavailable_reason()
+pytestmark = pytest.mark.skipif(REFUSED is not None, reason=f"network namespaces are not available here: {REFUSED}")
 
 # The driver side: authenticated link to the worker, load one middle layer, then one prefill of
 # TOKENS hidden states per line read from stdin; prints the wall time, the worker's compute time

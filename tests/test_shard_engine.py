@@ -17,7 +17,6 @@ import torch
 import trio
 
 from multillmn.config import PeerConfig
-from multillmn.identity import KeyPair
 from peers.embedder import Embedder
 from peers.engine import ModelEngine
 from peers.llm import Generator, resolve_model
@@ -27,9 +26,10 @@ from peers.shard.devices import DeviceEntry, DeviceFileError, render_device_file
 from peers.shard.driver import RETRANSMIT_S, ShardDriver, ShardingFailed
 from peers.shard.engine import ShardedEngine, build_problem, worker_addresses
 from peers.shard.profiles import KNOWN_SHAPES
-from peers.shard.worker import WorkerProcess, reap, spawn_worker, wait_ready
+from peers.shard.worker import WorkerProcess
 from peers.transport import LinkShaper, Transport
 from tests.conftest import make_net
+from tests.shardworkers import shard_workers
 
 QUESTION = "What is the capital of France?"
 NET = make_net([1, 1], seed=90)
@@ -43,17 +43,8 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def workers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, WorkerProcess]]:
-    tmp = tmp_path_factory.mktemp("engine-workers")
-    procs = []
-    with open(tmp / "workers.log", "w") as log:
-        try:
-            for i, name in enumerate(("a", "b")):
-                KeyPair.from_seed(bytes([0x60 + i]) * 32).save(tmp / f"{name}.pem")
-                procs.append(spawn_worker(model_dir, tmp / f"{name}.pem", SHARDED_KEY.peer_id, stderr=log))
-            yield {name: wait_ready(p, timeout=120) for name, p in zip(("a", "b"), procs)}
-        finally:
-            for p in procs:
-                reap(p, kill=True)
+    with shard_workers(model_dir, tmp_path_factory.mktemp("engine-workers"), SHARDED_KEY.peer_id, seed=0x60) as w:
+        yield w
 
 
 def _entries(workers: dict[str, WorkerProcess], **extra: float) -> list[DeviceEntry]:

@@ -21,7 +21,8 @@ from peers.shard.planner import Device, Link, Network, Problem
 from peers.shard.profiles import KNOWN_SHAPES, profile_from_shape
 from peers.shard.protocol import MAX_FRAME, Request, Response, pack_request, pack_response, unpack_request
 from peers.wire import RemoteProtocolError
-from peers.shard.worker import WorkerProcess, reap, spawn_worker, wait_ready
+from peers.shard.worker import WorkerProcess
+from tests.shardworkers import shard_workers
 
 PROMPT = [504, 3575, 282, 4649, 314, 7042, 30, 378, 3575, 282, 7158, 314]  # "The capital of France is Paris. ..."
 NEW_TOKENS = 10
@@ -37,21 +38,9 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def workers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, WorkerProcess]]:
-    tmp = tmp_path_factory.mktemp("shard-workers")
-    procs = []
-    with open(tmp / "workers.log", "w") as log:
-        try:
-            for i, name in enumerate("ab"):
-                key = KeyPair.from_seed(bytes([0x20 + i]) * 32)
-                key.save(tmp / f"{name}.pem")
-                layers = (0, 15) if name == "a" else (15, 30)  # what the first plan asks for
-                procs.append(spawn_worker(model_dir, tmp / f"{name}.pem", DRIVER_KEY.peer_id, layers=layers,
-                                          stderr=log))
-            started = {name: wait_ready(p, timeout=120) for name, p in zip("ab", procs)}
-            yield started
-        finally:
-            for p in procs:
-                reap(p, kill=True)
+    with shard_workers(model_dir, tmp_path_factory.mktemp("shard-workers"), DRIVER_KEY.peer_id, seed=0x20,
+                       layers={"a": (0, 15), "b": (15, 30)}) as w:  # what the first plan asks for
+        yield w
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 from multillmn.config import PeerConfig
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
-from testnet import cli, launcher
+from testnet import cli, launcher, netns
 from testnet.launcher import TestnetError
 from testnet.manifest import Manifest
 
@@ -341,18 +341,6 @@ model = "smollm2"
 """
 
 
-def _netns_refused() -> str | None:
-    from testnet import netns
-
-    probe = f"mlln-l{os.getpid()}-probe"
-    try:
-        netns.add_namespace(probe)
-    except netns.NetnsError as exc:
-        return str(exc)
-    netns.delete_namespace(probe)
-    return None
-
-
 async def _workers_answer(dir: Path, peer: str) -> dict[str, str]:
     """Connect to every worker of ``peer`` with that peer's key, as its ShardedEngine does; the failures."""
     from peers.shard.devices import load_device_file
@@ -398,7 +386,7 @@ def test_sharded_peer_gets_its_workers_devices_file_and_down_stops_them(tmp_path
     assert [w["pid"] for w in saved["workers"]] == [None, None]
 
 
-@pytest.mark.skipif(_netns_refused() is not None, reason="`ip netns add` is not permitted here")
+@pytest.mark.skipif(netns.unavailable_reason() is not None, reason="network namespaces are not permitted here")
 def test_a_device_bandwidth_puts_its_worker_in_a_rate_limited_namespace(tmp_path: Path) -> None:
     import trio
 

@@ -4,17 +4,9 @@ Hook into the main CLI with ``add_shard_commands(subparsers)``; the leaf parser
 sets ``func(args) -> int``. A bad device file or flag prints ``error: ...`` to
 stderr and returns 2; a model that fits no split returns 1.
 
-The device file (TOML) lists the devices near the driving peer::
-
-    [[device]]
-    name = "laptop"          # unique
-    threads = 4              # or: speed = 2.5 (relative to one core of the dev machine)
-    memory_mb = 800          # memory the shard may use
-    link_ms = 2.0            # one-way latency between this device and the driving peer
-    bandwidth_mbps = 100     # link bandwidth, Mbit/s (optional: unlimited)
-
-A sharded peer's device file also names each worker (``address``, ``peer_id``;
-see :mod:`peers.shard.devices`); the plan ignores those keys.
+The device file (TOML, format in :mod:`peers.shard.devices`) lists the
+devices near the driving peer; the plan ignores the keys only a sharded peer
+needs (``address``, ``peer_id``) and the testnet link conditions.
 Activations are relayed through the driving peer, so a transfer between two
 devices crosses both of their links. Speed from ``threads`` assumes ideal
 scaling (``speed = threads``); give ``speed`` for a measured figure.
