@@ -7,7 +7,7 @@ import pytest
 from consensus import grouping
 from consensus.chain import SCORE_WINDOW, Chain
 from consensus.evidence import DuplicateVoteEvidence
-from consensus.messages import EvidencePair, Signed, Value, Vote, sign
+from consensus.messages import EvidencePair, Signed, Value, VerifiedCache, Vote, sign
 from consensus.scores import ScoreVector
 from consensus.state_machine import Commit, Core, Decide
 from consensus.weights import WeightParams
@@ -167,3 +167,25 @@ def _decide(net: Net, core: Core, value: Value) -> list[object]:
         out += core.step(VoteInput(sign(Vote(type="precommit", height=h, round=0, value_id=value.value_id(),
                                              voter=k.peer_id), k)))
     return out
+
+
+def test_a_chain_sharing_the_signature_cache_does_not_verify_a_checked_vector_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import consensus.messages as messages
+
+    net = make_net([1, 1, 1, 1])
+    cache = VerifiedCache()
+    shared, alone = Chain(net.genesis.validators, PARAMS, cache), Chain(net.genesis.validators, PARAMS)
+    first = value_at(net, shared, 1, ["Paris"] * 4)
+    for chain in (shared, alone):
+        chain.apply(1, first)
+    vectors = tuple(score(net, i, 1, first, [1000] * 4) for i in range(4))
+    second = value_at(net, shared, 2, ["Paris"] * 4, scores=vectors)
+    assert shared.check_extras(second, 2, cache) is None  # verifies the four vectors, once
+    calls: list[int] = []
+    real = messages.verify_signature
+    monkeypatch.setattr(messages, "verify_signature", lambda *a: calls.append(1) or real(*a))
+    shared.apply(2, second)
+    assert calls == []
+    alone.apply(2, second)
+    assert len(calls) == 4 and shared.weights_digest() == alone.weights_digest()
