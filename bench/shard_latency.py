@@ -163,10 +163,10 @@ def unsharded_latency(model: Any, prompt: list[int], threads: int, tokens: int) 
     times = []
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        out = model(torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits
+        out = model(torch.tensor([prompt]), cache=cache, use_cache=True).logits
         for _ in range(tokens):
             t0 = time.perf_counter()
-            out = model(out[:, -1:].argmax(-1), past_key_values=cache, use_cache=True).logits
+            out = model(out[:, -1:].argmax(-1), cache=cache, use_cache=True).logits
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000
 

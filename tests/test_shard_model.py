@@ -66,10 +66,10 @@ def _reference(model: Any, ids: torch.Tensor, steps: int) -> tuple[list[torch.Te
 def _compute_reference(model: Any, ids: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], list[int]]:
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        logits = [model(ids, past_key_values=cache, use_cache=True).logits]
+        logits = [model(ids, cache=cache, use_cache=True).logits]
         tokens = [int(logits[0][0, -1].argmax())]
         for _ in range(steps):
-            out = model(torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True).logits
+            out = model(torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True).logits
             logits.append(out)
             tokens.append(int(out[0, -1].argmax()))
     return logits, tokens[:-1]

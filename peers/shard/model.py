@@ -215,21 +215,21 @@ class ShardRunner:
             make: Callable[..., Any] = create_causal_mask if t == _FULL else create_sliding_window_causal_mask
             masks[t] = make(
                 config=self.config, inputs_embeds=hidden, attention_mask=None,
-                past_key_values=st.cache, position_ids=position_ids, layer_idx=idx,
+                cache=st.cache, position_ids=position_ids, layer_idx=idx,
             )
         if self.model_type == "gemma3_text":
             rope = {t: self.rotary_emb(hidden, position_ids, t) for t in self._mask_layer}
             for layer, t in zip(self.layers, self.layer_types):
                 hidden = layer(
                     hidden, attention_mask=masks[t], position_embeddings=rope[t],
-                    position_ids=position_ids, past_key_values=st.cache,
+                    position_ids=position_ids, cache=st.cache,
                 )
         else:
             rope_all = self.rotary_emb(hidden, position_ids=position_ids)
             for layer in self.layers:
                 hidden = layer(
                     hidden, attention_mask=masks[_FULL], position_embeddings=rope_all,
-                    position_ids=position_ids, past_key_values=st.cache, use_cache=True,
+                    position_ids=position_ids, cache=st.cache, use_cache=True,
                 )
         st.seen += q
         if self.norm is None or self.lm_head is None:
