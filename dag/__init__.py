@@ -31,7 +31,7 @@ from dag.ledger import (
     membership_tx,
     weights_tx,
 )
-from dag.store import SCHEMA_VERSION, Store, StoreError, replay
+from dag.store import SCHEMA_VERSION, Network, NetworkMismatch, Store, StoreError, replay
 
 __all__ = [
     "KIND", "MAX_EVENT_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TRANSACTION_BYTES", "MAX_TRANSACTIONS",
@@ -41,5 +41,5 @@ __all__ = [
     "MAX_PAGE", "TX_TYPES", "Ledger", "LedgerEntry", "certificate_tx", "evidence_tx", "fork_evidence_tx",
     "membership_tx",
     "weights_tx",
-    "SCHEMA_VERSION", "Store", "StoreError", "replay",
+    "SCHEMA_VERSION", "Network", "NetworkMismatch", "Store", "StoreError", "replay",
 ]

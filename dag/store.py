@@ -5,7 +5,11 @@ crash or power loss), foreign keys on. Tables:
 
 * ``events(idx, hash, creator, seq, body)``: wire bytes in insertion order;
 * ``consensus_order(position, event_hash)``: each row references a stored event;
-* ``snapshots(position, state)``: ledger snapshots by order position.
+* ``snapshots(position, state)``: ledger snapshots by order position;
+* ``network(chain_id, genesis_hash)``: the network the ledger belongs to,
+  bound when the store is first opened for one; opening it for another
+  network raises :class:`NetworkMismatch`, so a peer never replays a ledger
+  whose events the genesis it was given cannot explain.
 
 Every append is one transaction, so a crash leaves a prefix of what was
 appended. Order rows can only reference events already committed (foreign
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -26,7 +31,7 @@ from consensus.validators import ValidatorSet
 from dag.event import Event, EventError, decode_event, encode_event
 from dag.hashgraph import DEFAULT_COIN_PERIOD, Hashgraph, InsertError
 
-__all__ = ["Store", "StoreError", "replay", "SCHEMA_VERSION"]
+__all__ = ["Network", "NetworkMismatch", "Store", "StoreError", "replay", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -47,11 +52,31 @@ CREATE TABLE IF NOT EXISTS snapshots (
     position INTEGER PRIMARY KEY,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS network (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    chain_id TEXT NOT NULL,
+    genesis_hash BLOB NOT NULL
+);
 """
 
 
 class StoreError(Exception):
     """The database is unusable, inconsistent, or an append breaks its invariants."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """What a ledger belongs to: a chain id and the hash of its genesis."""
+
+    chain_id: str
+    genesis_hash: bytes
+
+    def __str__(self) -> str:
+        return f"chain {self.chain_id!r} (genesis {self.genesis_hash.hex()[:16]})"
+
+
+class NetworkMismatch(StoreError):
+    """The store holds another network's ledger."""
 
 
 class Store:
@@ -62,8 +87,12 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        """Open or create the database at ``path``."""
+    def open(cls, path: str | Path, network: Network | None = None) -> Store:
+        """Open or create the database at ``path``; with ``network``, it must hold that network's ledger.
+
+        A store opened for a network for the first time is bound to it. Raises
+        :class:`NetworkMismatch` (naming both networks) if it is bound to another.
+        """
         p = Path(path)
         try:
             conn = sqlite3.connect(p, isolation_level=None, check_same_thread=True)
@@ -76,9 +105,19 @@ class Store:
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise StoreError(f"{p}: schema version {row[0]}, expected {SCHEMA_VERSION}")
+            if network is not None:
+                _bind(conn, p, network)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {p}: {exc}") from exc
+        except StoreError:
+            conn.close()
+            raise
         return cls(conn, p)
+
+    def network(self) -> Network | None:
+        """The network this ledger is bound to (None: not bound yet)."""
+        row = self._db.execute("SELECT chain_id, genesis_hash FROM network").fetchone()
+        return None if row is None else Network(str(row[0]), bytes(row[1]))
 
     def close(self) -> None:
         self._db.close()
@@ -168,6 +207,18 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
         return events, order
+
+
+def _bind(conn: sqlite3.Connection, path: Path, network: Network) -> None:
+    row = conn.execute("SELECT chain_id, genesis_hash FROM network").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO network (one, chain_id, genesis_hash) VALUES (1, ?, ?)",
+                     (network.chain_id, network.genesis_hash))
+        return
+    held = Network(str(row[0]), bytes(row[1]))
+    if held != network:
+        raise NetworkMismatch(f"the ledger {path} belongs to {held}, not to this peer's {network}; "
+                              "move it aside (or start the testnet with --reset) to begin a new ledger")
 
 
 def replay(store: Store, validators: ValidatorSet, *, coin_period: int = DEFAULT_COIN_PERIOD,

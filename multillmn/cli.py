@@ -45,18 +45,21 @@ def _cmd_peer_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_peer_start(args: argparse.Namespace) -> int:
+    from dag import StoreError
     from multillmn.config import ConfigError, PeerConfig
     from multillmn.genesis import GenesisError
     from multillmn.identity import KeyFileError
     from peers.daemon import load_identity, main
+    from peers.ledger import check_store
 
-    try:
-        load_identity(PeerConfig.load(args.config))
-    except (ConfigError, GenesisError, KeyFileError, ValueError) as exc:
+    try:  # everything that can be checked before the model loads
+        cfg = PeerConfig.load(args.config)
+        _, genesis = load_identity(cfg)
+        check_store(cfg.path(cfg.ledger_path), genesis)
+    except (ConfigError, GenesisError, KeyFileError, StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    main(args.config)
-    return 0
+    return main(args.config)
 
 
 def _load_trusted(path: Path | None) -> Genesis | None:

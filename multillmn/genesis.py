@@ -26,6 +26,7 @@ from consensus.chain import Chain
 from consensus.messages import VerifiedCache
 from consensus.validators import Validator, ValidatorSet
 from consensus.weights import WeightParams
+from multillmn import canonical
 from multillmn.identity import peer_id_of
 
 __all__ = ["Genesis", "GenesisError", "Params"]
@@ -82,6 +83,10 @@ class Genesis:
                 for v in self.validators.validators
             ],
         }
+
+    def digest(self) -> bytes:
+        """SHA-256 of the canonical form of :meth:`to_json`: names this network (with its chain id)."""
+        return canonical.digest(self.to_json())
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -117,11 +118,16 @@ CRASH_EXIT_CODE = 3
 """Exit status of a peer told to crash by fault injection (``[byzantine] behaviour = "crash"``)."""
 
 
-def main(config_path: Path) -> None:
-    """Entry point of ``multillmn peer start``."""
+def main(config_path: Path) -> int:
+    """Entry point of ``multillmn peer start``; returns the exit status (0 after SIGTERM or SIGINT)."""
     cfg = PeerConfig.load(config_path)
+    status = 0
     try:
         trio.run(run_peer, cfg)
     except* PeerCrashed as group:
-        logging.getLogger("multillmn.daemon").error("crashed", extra=fields(reason=str(group.exceptions[0])))
+        log.error("crashed", extra=fields(reason=str(group.exceptions[0])))
         raise SystemExit(CRASH_EXIT_CODE) from None
+    except* StoreError as group:  # logged where it was raised; one line, no traceback
+        print(f"error: {group.exceptions[0]}", file=sys.stderr)
+        status = 2
+    return status

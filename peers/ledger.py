@@ -45,6 +45,7 @@ from dag import (
     InsertError,
     Ledger,
     LedgerEntry,
+    Network,
     Store,
     SyncError,
     ancestors_missing,
@@ -68,7 +69,7 @@ from multillmn.logs import fields
 from peers.transport import Transport
 from peers.wire import RejectStats, encode_message
 
-__all__ = ["LedgerService", "SNAPSHOT_EVERY", "MAX_EVENT_PAYLOAD", "entry_json"]
+__all__ = ["LedgerService", "SNAPSHOT_EVERY", "MAX_EVENT_PAYLOAD", "check_store", "entry_json", "network_of"]
 
 log = logging.getLogger("multillmn.ledger")
 
@@ -147,12 +148,13 @@ class LedgerService:
         """Open (or create) the store at ``path`` and rebuild the same order and state as before a crash.
 
         ``path=None`` keeps everything in memory. Raises :class:`dag.StoreError` if the
-        store is unusable or inconsistent.
+        store is unusable or inconsistent, :class:`dag.NetworkMismatch` if it holds
+        another network's ledger.
         """
         store = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            store = Store.open(path)
+            store = Store.open(path, network_of(genesis))
         svc = cls(key, genesis, transport, store, **kwargs)
         if store is not None:
             svc.hashgraph = replay(store, svc.validators)
@@ -390,6 +392,18 @@ class LedgerService:
             log.info("ledger certificate", extra=fields(height=height, position=entry.position))
             if cert is not None and height is not None and self.on_certificate is not None:
                 self.on_certificate(height, cert)
+
+
+def network_of(genesis: Genesis) -> Network:
+    """The network a ledger store is bound to: the genesis' chain id and hash."""
+    return Network(genesis.chain_id, genesis.digest())
+
+
+def check_store(path: Path, genesis: Genesis) -> None:
+    """Fail fast, before a model loads: raise :class:`dag.StoreError` if the store at ``path`` (if any)
+    is unusable or belongs to another network."""
+    if path.exists():
+        Store.open(path, network_of(genesis)).close()
 
 
 def value_of_certificate(cert: dict[str, Any]) -> Value | None:

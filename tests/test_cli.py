@@ -45,6 +45,25 @@ def test_peer_start_rejects_a_key_outside_the_validator_set(tmp_path: Path, caps
     assert "is not a validator" in capsys.readouterr().err
 
 
+def test_peer_start_refuses_a_ledger_of_another_network_in_one_line(tmp_path: Path) -> None:
+    """The second-`make demo` failure: a ledger from an earlier network next to a new genesis."""
+    from dag import Store
+    from peers.ledger import network_of
+
+    main(["peer", "init", "--dir", str(tmp_path)])
+    cfg = PeerConfig.load(tmp_path / "config.toml")
+    old = Genesis.build("single-peer", [("old", KeyPair.generate().public_key, 1)])
+    ledger = cfg.path(cfg.ledger_path)
+    ledger.parent.mkdir(parents=True)
+    Store.open(ledger, network_of(old)).close()
+    r = subprocess.run([sys.executable, "-m", "multillmn", "peer", "start", "--config", str(tmp_path / "config.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert f"belongs to chain 'single-peer' (genesis {old.digest().hex()[:16]})" in r.stderr
+    assert f"(genesis {Genesis.load(tmp_path / 'genesis.json').digest().hex()[:16]})" in r.stderr
+
+
 def test_ask_an_unreachable_peer_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ask", "--peer", "http://127.0.0.1:9", "--timeout", "2", "hi?"]) == 2
     assert "cannot reach peer" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dag import Hashgraph, Ledger, Store, StoreError, replay
+from dag import Hashgraph, Ledger, Network, NetworkMismatch, Store, StoreError, replay
 from dag.sim import GossipSim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,21 @@ def test_restart_replays_to_the_same_order(tmp_path: Path) -> None:
         assert store.counts() == (len(node.inserted), len(node.ordered))
         snap = store.latest_snapshot()
         assert snap is not None and snap[0] == 50 and Ledger.restore(snap[1]).position == led.position
+
+
+def test_a_store_is_bound_to_the_first_network_that_opens_it(tmp_path: Path) -> None:
+    mine, other = Network("net-a", b"\x01" * 32), Network("net-a", b"\x02" * 32)
+    with Store.open(tmp_path / "dag.db") as store:
+        assert store.network() is None  # opened without a network: not bound
+    with Store.open(tmp_path / "dag.db", mine) as store:
+        assert store.network() == mine
+    with Store.open(tmp_path / "dag.db", mine) as store:  # the same network opens it again
+        assert store.network() == mine
+    with pytest.raises(NetworkMismatch, match=r"belongs to chain 'net-a' \(genesis 0101.*not to this peer's "
+                                              r"chain 'net-a' \(genesis 0202.*--reset"):
+        Store.open(tmp_path / "dag.db", other)
+    with pytest.raises(NetworkMismatch, match="chain 'net-a'.*chain 'net-b'"):
+        Store.open(tmp_path / "dag.db", Network("net-b", mine.genesis_hash))
 
 
 def test_appends_enforce_the_invariants(tmp_path: Path) -> None:
