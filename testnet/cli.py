@@ -59,7 +59,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return _err(f"--timeout must be positive, got {args.timeout:g}")
     try:
         launcher.up(manifest, args.dir, base_port=args.base_port, ready_timeout_s=args.timeout,
-                    progress=_progress)
+                    progress=_progress, reset=args.reset)
     except TestnetError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:
@@ -126,6 +126,8 @@ def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
                     help="seconds to wait for every peer to be ready (default: 900)")
     up.add_argument("--base-port", type=int, metavar="PORT",
                     help="use consecutive ports from PORT (p2p, api per peer) instead of free ones")
+    up.add_argument("--reset", action="store_true",
+                    help="DIR holds a stopped testnet: delete its keys, genesis and ledgers and start a new one")
     up.set_defaults(func=_cmd_up)
 
     st = with_dir(sub.add_parser("status", help="show each peer's phase, height and connections"))

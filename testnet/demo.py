@@ -1,6 +1,8 @@
 """``make demo``: a 4-peer testnet with real models answers one question.
 
-Starts two SmolLM2-135M-Instruct peers and two Gemma-3-270M peers on
+Starts a new testnet in ``.demo`` every time (new keys, new genesis: the
+previous run's are deleted, and a testnet still running there is stopped
+first), with two SmolLM2-135M-Instruct peers and two Gemma-3-270M peers on
 loopback, asks "What is the capital of France?", prints every peer's signed
 answer, the consensus answer with the weight share that agreed, verifies the
 certificate against the testnet's genesis, and shuts the testnet down (also
@@ -23,7 +25,10 @@ from testnet.manifest import Manifest
 QUESTION = "What is the capital of France?"
 
 
-def main(directory: Path = Path(".testnet")) -> int:
+DEMO_DIR = Path(".demo")
+
+
+def main(directory: Path = DEMO_DIR) -> int:
     started = time.monotonic()
     manifest = Manifest.from_args(4, ["smollm2", "gemma3"])
     if any(p.alive for p in _status_or_empty(directory)):
@@ -31,7 +36,7 @@ def main(directory: Path = Path(".testnet")) -> int:
         down(directory)
     try:
         print(f"starting a 4-peer testnet in {directory} (first run converts the GGUF models: about a minute)")
-        up(manifest, directory, progress=lambda line: print(f"  {line}", flush=True))
+        up(manifest, directory, progress=lambda line: print(f"  {line}", flush=True), reset=True)
         peers = status(directory)
         print(f"testnet ready in {time.monotonic() - started:.0f} s:")
         for p in peers:

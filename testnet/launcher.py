@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -193,13 +194,22 @@ def _fixed_ports(base: int, count: int) -> list[int]:
     return ports
 
 
-def _prepare_dir(dir: Path) -> None:
+def _prepare_dir(dir: Path, reset: bool) -> None:
+    """An empty directory for a new testnet; ``reset`` deletes a stopped testnet's keys, genesis and ledgers."""
     if (dir / STATE_FILE).exists():
         state = load_state(dir)
         running = [p.name for p in state.processes() if processes.ours(p.pid)]
         if running:
             raise TestnetError(f"a testnet is still running in {dir} (peers {', '.join(running)}); "
                                f"stop it first with: multillmn testnet down --dir {dir}")
+        if not reset:
+            raise TestnetError(f"{dir} holds the keys, genesis and ledgers of testnet {state.chain_id!r}; a new "
+                               f"testnet there needs --reset (which deletes them), or choose another --dir")
+        for child in dir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     elif dir.exists() and any(dir.iterdir()):
         raise TestnetError(f"{dir} is not empty and holds no {STATE_FILE}; choose another --dir")
     dir.mkdir(parents=True, exist_ok=True)
@@ -404,8 +414,11 @@ def _worker_argv(w: WorkerRecord, state: TestnetState, command: list[str]) -> li
 
 def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_timeout_s: float = 900,
        progress: Callable[[str], None] | None = None, peer_command: list[str] | None = None,
-       worker_command: list[str] | None = None) -> TestnetState:
-    """Start the testnet in ``dir`` and return once every peer (and shard worker) reports ready.
+       worker_command: list[str] | None = None, reset: bool = False) -> TestnetState:
+    """Start a new testnet in ``dir`` and return once every peer (and shard worker) reports ready.
+
+    ``dir`` must be empty, or hold a stopped testnet and ``reset`` be set (its
+    data is deleted: every run of ``up`` is a new network with new keys).
 
     Shard workers start first (a sharded peer waits for its workers while it loads). On a peer
     or worker exiting, a wrong peer answering, the timeout or an interrupt, everything is
@@ -415,7 +428,7 @@ def up(manifest: Manifest, dir: Path, *, base_port: int | None = None, ready_tim
     dir = dir.resolve()
     manifest.validate()
     _check_netns(manifest)
-    _prepare_dir(dir)
+    _prepare_dir(dir, reset)
     count = 2 * len(manifest.peers) + sum(1 for p in manifest.peers for d in p.devices if not d.bandwidth_kbit)
     ports = _fixed_ports(base_port, count) if base_port is not None else _free_ports(count)
     records, workers = _write_peer_files(manifest, dir, ports)

@@ -153,9 +153,24 @@ def test_up_refuses_a_dir_with_a_running_testnet(tmp_path: Path) -> None:
     assert state.peers[0].pid is not None and not _gone(state.peers[0].pid)
     assert launcher.status(tmp_path)[0].peer_id == state.peers[0].peer_id  # files untouched
     launcher.down(tmp_path)
-    again = launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE, ready_timeout_s=60)
-    assert again.peers[0].peer_id != state.peers[0].peer_id  # a stopped dir is reused with fresh keys
-    assert launcher.logs(tmp_path, "peer0", 100).count('"msg": "starting"') == 2  # log appended
+
+
+def test_up_on_a_stopped_testnet_refuses_without_reset_and_starts_clean_with_it(tmp_path: Path) -> None:
+    """A stopped testnet's keys, genesis and ledgers are another network's: `up` never mixes them in."""
+    first = launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE, ready_timeout_s=60)
+    launcher.down(tmp_path)
+    ledger = tmp_path / "peer0" / "data" / "ledger.sqlite"
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_bytes(b"the old network's ledger")
+    with pytest.raises(TestnetError, match="holds the keys, genesis and ledgers of testnet 'local-testnet'.*--reset"):
+        launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE, ready_timeout_s=60)
+    assert ledger.exists() and json.loads((tmp_path / "testnet.json").read_text())["peers"][0]["peer_id"] == \
+        first.peers[0].peer_id  # refused: nothing touched
+    again = launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE, ready_timeout_s=60,
+                        reset=True)
+    assert again.peers[0].peer_id != first.peers[0].peer_id  # a new network: new keys and genesis
+    assert not ledger.exists()  # and no old ledger left for a peer to choke on
+    assert launcher.logs(tmp_path, "peer0", 100).count('"msg": "starting"') == 1  # a fresh log
     launcher.down(tmp_path)
 
 
