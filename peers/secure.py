@@ -16,6 +16,16 @@ After it every frame is ``encode_frame(ChaCha20Poly1305(key, nonce, payload))``
 with nonce = 4 zero bytes + a little-endian 64-bit counter per direction.
 Any decryption failure is fatal for the link. The pure crypto state
 (:func:`derive_session`, :class:`FrameCipher`) is separate from the I/O.
+
+Before the remote is authenticated it can make us hold very little: the
+handshake reads exactly the bytes it needs, never more (the 32-byte key, a
+4-byte frame header, then that frame's body), so at most
+:data:`PREAUTH_MAX_BYTES` (308) bytes of the remote's are ever buffered. An
+identity frame announced larger than :data:`AUTH_FRAME_MAX` is refused on its
+header, before any of its body is read, and a remote that pipelines frames
+after its identity proof leaves them in the kernel until the channel reads
+them. The whole handshake runs under one deadline (``timeout``; a
+:class:`HandshakeTimeout` when it passes).
 """
 
 from __future__ import annotations
@@ -34,14 +44,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from multillmn import canonical
 from multillmn.identity import KeyPair, PeerId, peer_id_of
-from peers.wire import FrameDecoder, RemoteProtocolError, encode_frame
+from peers.wire import HEADER_LEN, FrameDecoder, RemoteProtocolError, encode_frame
 
 __all__ = [
     "INFO",
     "AUTH_DOMAIN",
     "TAG_LEN",
     "DEFAULT_MAX_FRAME",
+    "AUTH_FRAME_MAX",
+    "PREAUTH_MAX_BYTES",
     "HandshakeError",
+    "HandshakeTimeout",
     "SessionKeys",
     "derive_session",
     "x25519_shared",
@@ -59,6 +72,16 @@ EPH_LEN = 32
 DEFAULT_MAX_FRAME = 2 * 1024 * 1024
 _AUTH_MAX = 256
 _MAX_COUNTER = 2**64 - 1
+_READ_SIZE = 65536
+
+AUTH_FRAME_MAX = _AUTH_MAX + TAG_LEN
+"""Largest identity frame body (sealed ``{"pub", "sig"}``; a real one is 125 bytes).
+
+A larger frame header is refused before any of the body is read.
+"""
+
+PREAUTH_MAX_BYTES = EPH_LEN + HEADER_LEN + AUTH_FRAME_MAX
+"""Most bytes of a remote's that a handshake ever buffers before it is authenticated (308)."""
 
 
 class HandshakeError(RemoteProtocolError):
@@ -70,6 +93,10 @@ class HandshakeError(RemoteProtocolError):
     def __init__(self, reason: str, peer_id: PeerId | None = None) -> None:
         super().__init__(reason)
         self.peer_id = peer_id
+
+
+class HandshakeTimeout(HandshakeError):
+    """The handshake did not finish within its deadline (a silent or dripping remote)."""
 
 
 # --- pure crypto -------------------------------------------------------------
@@ -194,6 +221,21 @@ class SecureChannel:
         return self._stream
 
     @property
+    def max_receive(self) -> int:
+        """Largest payload :meth:`receive` accepts (``max_frame`` unless lowered).
+
+        A frame announced larger is refused on its header, before its body is
+        buffered; a link that only ever expects tiny frames sets this low.
+        """
+        return self._decoder.max_frame - TAG_LEN
+
+    @max_receive.setter
+    def max_receive(self, value: int) -> None:
+        if not 0 <= value <= self.max_frame:
+            raise ValueError(f"max_receive must be within [0, {self.max_frame}]")
+        self._decoder.max_frame = value + TAG_LEN
+
+    @property
     def send_counter(self) -> int:
         """Nonce counter of the next frame this side sends."""
         return self._send.counter
@@ -238,7 +280,7 @@ async def _read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder, cip
     while True:
         frame = decoder.next_frame()
         if not isinstance(frame, bytes):
-            data = await stream.receive_some(65536)
+            data = await stream.receive_some(_READ_SIZE)
             if not data:
                 if decoder.buffered:
                     raise RemoteProtocolError("connection closed in the middle of a frame")
@@ -248,19 +290,23 @@ async def _read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder, cip
         return cipher.open(frame)
 
 
-async def _send_and_read_eph(stream: trio.abc.Stream, local_eph: bytes, decoder: FrameDecoder) -> bytes:
-    # Both sides write before they read: fine for TCP and buffered memory streams,
-    # whose send_all never waits for the reader (lockstep streams would deadlock
-    # until the handshake timeout).
-    await stream.send_all(local_eph)
+async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    """Exactly ``n`` bytes; never reads past them, so nothing else is buffered here."""
     buf = bytearray()
-    while len(buf) < EPH_LEN:
-        data = await stream.receive_some(65536)
+    while len(buf) < n:
+        data = await stream.receive_some(n - len(buf))
         if not data:
             raise HandshakeError("connection closed during the handshake")
-        buf.extend(data)
-    decoder.feed(bytes(buf[EPH_LEN:]))  # the remote may already have sent its auth frame
-    return bytes(buf[:EPH_LEN])
+        buf += data
+    return bytes(buf)
+
+
+async def _receive_auth_frame(stream: trio.abc.ReceiveStream) -> bytes:
+    """The remote's sealed identity frame: header first, refused if over :data:`AUTH_FRAME_MAX`."""
+    length = int.from_bytes(await _receive_exactly(stream, HEADER_LEN), "big")
+    if length > AUTH_FRAME_MAX:
+        raise HandshakeError(f"identity frame of {length} bytes exceeds the limit of {AUTH_FRAME_MAX}")
+    return await _receive_exactly(stream, length)
 
 
 async def handshake(
@@ -276,8 +322,10 @@ async def handshake(
 
     ``expected_peer`` (dialer side) must equal the remote's proven id;
     ``allowed`` (listener side), if given, must contain it. Raises
-    :class:`HandshakeError` when the remote fails, is refused or is too slow,
-    and closes ``stream`` on any failure.
+    :class:`HandshakeError` when the remote fails or is refused,
+    :class:`HandshakeTimeout` when it is not done within ``timeout`` seconds,
+    and closes ``stream`` on any failure. At most :data:`PREAUTH_MAX_BYTES`
+    are read from the remote before it is authenticated.
     """
     ok = False
     try:
@@ -286,16 +334,17 @@ async def handshake(
             local_eph = eph_private.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             )
-            decoder = FrameDecoder(max(max_frame, _AUTH_MAX) + TAG_LEN)
-            remote_eph = await _send_and_read_eph(stream, local_eph, decoder)
+            # Both sides write before they read: fine for TCP and buffered memory
+            # streams, whose send_all never waits for the reader (lockstep streams
+            # would deadlock until the timeout).
+            await stream.send_all(local_eph)
+            remote_eph = await _receive_exactly(stream, EPH_LEN)
             keys = derive_session(x25519_shared(eph_private, remote_eph), local_eph, remote_eph)
             send_cipher, recv_cipher = FrameCipher(keys.send_key), FrameCipher(keys.recv_key)
             sealed = encode_frame(send_cipher.seal(auth_message(key, keys.challenge)))
             await stream.send_all(sealed)
             try:
-                plaintext = await _read_frame(stream, decoder, recv_cipher)
-            except trio.EndOfChannel as exc:
-                raise HandshakeError("connection closed during the handshake") from exc
+                plaintext = recv_cipher.open(await _receive_auth_frame(stream))
             except HandshakeError:
                 raise
             except RemoteProtocolError as exc:
@@ -305,13 +354,14 @@ async def handshake(
                 raise HandshakeError(f"expected peer {expected_peer}, got {remote_id}", remote_id)
             if allowed is not None and remote_id not in allowed:
                 raise HandshakeError(f"peer {remote_id} is not allowed", remote_id)
-        decoder.max_frame = max_frame + TAG_LEN
-        # The ciphers carry on from the auth frames (counter 1).
+        # The ciphers carry on from the auth frames (counter 1); nothing past the
+        # remote's auth frame has been read, so the channel's decoder starts empty.
+        decoder = FrameDecoder(max_frame + TAG_LEN)
         channel = SecureChannel(stream, send_cipher, recv_cipher, remote_pub, decoder, max_frame)
         ok = True
         return channel
     except trio.TooSlowError as exc:
-        raise HandshakeError(f"handshake timed out after {timeout} s") from exc
+        raise HandshakeTimeout(f"handshake timed out after {timeout} s") from exc
     except trio.BrokenResourceError as exc:
         raise HandshakeError(f"connection lost during the handshake: {exc}") from exc
     finally:

@@ -15,8 +15,11 @@ from multillmn import canonical
 from multillmn.identity import KeyPair
 from peers.secure import (
     AUTH_DOMAIN,
+    AUTH_FRAME_MAX,
+    PREAUTH_MAX_BYTES,
     FrameCipher,
     HandshakeError,
+    HandshakeTimeout,
     SecureChannel,
     auth_message,
     derive_session,
@@ -209,3 +212,108 @@ async def test_garbage_identity_frame_is_refused() -> None:
     await sb.send_all(pub + encode_frame(b"\x00" * 64))  # right length, wrong key
     with pytest.raises(HandshakeError):
         await handshake(sa, ALICE, None, timeout=1)
+
+
+# --- what a remote can make us hold before it is authenticated -------------------------
+
+
+class CountingStream(trio.abc.Stream):
+    """A stream that counts the bytes read from it (and can be slow to read)."""
+
+    def __init__(self, inner: trio.abc.Stream, read_delay: float = 0.0) -> None:
+        self.inner = inner
+        self.read = 0
+        self.read_delay = read_delay
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await trio.sleep(self.read_delay)
+        data = await self.inner.receive_some(max_bytes)
+        self.read += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_preauth_bounds() -> None:
+    assert AUTH_FRAME_MAX == 256 + 16
+    assert PREAUTH_MAX_BYTES == 32 + 4 + AUTH_FRAME_MAX == 308
+    assert len(encode_frame(FrameCipher(b"k" * 32).seal(auth_message(ALICE, b"c" * 32)))) == 4 + 125
+
+
+async def test_handshake_reads_exactly_the_handshake_and_leaves_pipelined_frames() -> None:
+    sa, sb = trio.testing.memory_stream_pair()
+    counted = CountingStream(sb, read_delay=0.01)  # slow, so Alice's next frames are already waiting
+    out: dict[str, Any] = {}
+
+    async def alice() -> None:
+        channel = await handshake(sa, ALICE, BOB.peer_id, timeout=5)
+        await channel.send(b"early 1")
+        await channel.send(b"x" * 100_000)
+
+    async def bob() -> None:
+        out["bob"] = await handshake(counted, BOB, None, timeout=5)
+        out["read"] = counted.read
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(alice)
+        nursery.start_soon(bob)
+    assert out["read"] == 32 + 4 + 125 <= PREAUTH_MAX_BYTES
+    assert await out["bob"].receive() == b"early 1"
+    assert await out["bob"].receive() == b"x" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("tail", "read", "match"),
+    [
+        ((2 * 1024 * 1024).to_bytes(4, "big") + b"\x00" * 100_000, 36, "exceeds the limit of 272"),
+        ((2**32 - 1).to_bytes(4, "big"), 36, "exceeds the limit"),
+        ((AUTH_FRAME_MAX + 1).to_bytes(4, "big") + b"\x00" * 1000, 36, "exceeds the limit"),
+        (encode_frame(b"\x00" * AUTH_FRAME_MAX) + b"\x00" * 100_000, PREAUTH_MAX_BYTES, "authentication"),
+    ],
+    ids=["2MiB-header", "4GiB-header", "one-over", "largest-garbage"],
+)
+async def test_preauth_frame_is_refused_within_the_bound(tail: bytes, read: int, match: str) -> None:
+    sa, sb = trio.testing.memory_stream_pair()
+    counted = CountingStream(sa)
+    _, pub = eph()
+    await sb.send_all(pub + tail)
+    with pytest.raises(HandshakeError, match=match):
+        await handshake(counted, ALICE, None, timeout=5)
+    assert counted.read == read <= PREAUTH_MAX_BYTES  # the oversized body was never read
+
+
+async def test_dripping_remote_times_out_with_handshake_timeout() -> None:
+    sa, sb = trio.testing.memory_stream_pair()
+
+    async def drip() -> None:
+        for _ in range(100):
+            await sb.send_all(b"\x01")
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drip)
+        with trio.fail_after(2):
+            with pytest.raises(HandshakeTimeout, match="timed out after 0.2 s"):
+                await handshake(sa, ALICE, None, timeout=0.2)
+        nursery.cancel_scope.cancel()
+    assert issubclass(HandshakeTimeout, HandshakeError)
+
+
+async def test_max_receive_refuses_a_bigger_header_before_its_body() -> None:
+    a, b, _, sb = await run_pair(ALICE, BOB, {"expected_peer": BOB.peer_id}, {"expected_peer": None})
+    assert a.max_receive == a.max_frame
+    a.max_receive = 26
+    await b.send(b"a" * 26)
+    assert await a.receive() == b"a" * 26
+    await b.send(b"a" * 27)
+    with pytest.raises(FrameTooLarge):
+        await a.receive()
+    with pytest.raises(ValueError):
+        a.max_receive = a.max_frame + 1
