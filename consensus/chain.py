@@ -10,7 +10,9 @@ only, and :meth:`validators_at` is the same function on all of them.
 What a value may carry (:meth:`check_extras`; the proposer picks with
 :meth:`includable`):
 
-* ``validators_hash`` = the hash of the set in force at the value's height;
+* ``validators_hash`` = the hash of the set in force at the value's height,
+  ``next_validators_hash`` = that of the set in force at the next height
+  (already fixed: changes folded at ``h`` apply from ``h + delay_heights``);
 * signed score vectors for the queries decided at earlier heights, at most
   ``SCORE_WINDOW`` back and after the last counted height, one per
   (height, scorer), not committed before;
@@ -109,6 +111,8 @@ class Chain:
         vs = self.validators_at(height)
         if value.validators_hash != vs.set_hash():
             return f"validators_hash is not the hash of the set in force at height {height}"
+        if value.next_validators_hash != self.validators_at(height + 1).set_hash():
+            return f"next_validators_hash is not the hash of the set in force at height {height + 1}"
         if self.state is None and (value.scores or value.evidence):
             return "weights are static: a value carries no score vectors or evidence"
         seen: set[tuple[int, PeerId]] = set()

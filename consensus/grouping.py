@@ -236,12 +236,13 @@ def build_value(
     threshold: int,
     *,
     validators_hash: bytes = b"",
+    next_validators_hash: bytes = b"",
     scores: Sequence[Envelope] = (),
     evidence: Sequence[EvidencePair] = (),
 ) -> Value:
     """The proposer's value: answers sorted by peer id, the claimed sims and the choice.
 
-    ``validators_hash``, ``scores`` and ``evidence`` are carried as given
+    ``validators_hash``, ``next_validators_hash``, ``scores`` and ``evidence`` are carried as given
     (see :meth:`consensus.chain.Chain.includable`).
 
     ``sims`` (upper triangle) and ``weights`` refer to ``answers`` in the order
@@ -272,6 +273,7 @@ def build_value(
         winners=tuple(sorted_answers[k].signer for k in group.members),
         answer=sorted_answers[group.representative].message.text,
         validators_hash=validators_hash,
+        next_validators_hash=next_validators_hash,
         scores=tuple(scores),
         evidence=tuple(evidence),
     )

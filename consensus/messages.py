@@ -24,6 +24,7 @@ __all__ = [
     "Query",
     "Answer",
     "Value",
+    "ValueHeader",
     "EvidencePair",
     "Proposal",
     "Vote",
@@ -131,9 +132,16 @@ class Value(Message):
 
     The value also commits what the weights of later heights derive from
     (:mod:`consensus.chain`): signed score vectors for earlier heights
-    (``scores``), equivocation ``evidence``, and ``validators_hash``, the hash
-    of the validator set in force at this height, so every precommit attests
-    the weights the quorum was counted with.
+    (``scores``) and equivocation ``evidence``; and the validator sets:
+    ``validators_hash``, the hash of the set in force at this height (the
+    one the quorum is counted in), and ``next_validators_hash``, the hash of
+    the set in force at the next height. So every precommit attests the next
+    set too, and a client that trusts one height's set can follow the chain
+    of sets (:mod:`multillmn.lightclient`).
+
+    The value id is the hash of a small *header*: the two set hashes and the
+    hash of everything else (:meth:`header`), so a light client checks the
+    set commitments of a height without the answers.
     """
 
     KIND: ClassVar[str] = "value"
@@ -143,6 +151,7 @@ class Value(Message):
     winners: Annotated[tuple[PeerIdField, ...], Field(min_length=1, max_length=MAX_PEERS)]
     answer: Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]
     validators_hash: Annotated[bytes, Field(max_length=32)] = b""
+    next_validators_hash: Annotated[bytes, Field(max_length=32)] = b""
     scores: Annotated[tuple[Envelope, ...], Field(max_length=MAX_SCORE_VECTORS)] = ()
     evidence: Annotated[tuple[EvidencePair, ...], Field(max_length=MAX_EVIDENCE)] = ()
 
@@ -154,15 +163,39 @@ class Value(Message):
             "winners": list(self.winners),
             "answer": self.answer,
             "validators_hash": self.validators_hash,
+            "next_validators_hash": self.next_validators_hash,
             "scores": [s.model_dump() for s in self.scores],
             "evidence": [e.model_dump() for e in self.evidence],
         }
 
+    def payload_hash(self) -> bytes:
+        """SHA-256 of the canonical body without the two set hashes."""
+        body = self.body()
+        del body["validators_hash"], body["next_validators_hash"]
+        return canonical.digest(body)
+
+    def header(self) -> ValueHeader:
+        """What the value id commits to: the set hashes and the payload hash."""
+        return ValueHeader(validators_hash=self.validators_hash, next_validators_hash=self.next_validators_hash,
+                           payload_hash=self.payload_hash())
+
     def value_id(self) -> bytes:
-        return canonical.digest(self.body())
+        return self.header().value_id()
 
     def query_id(self) -> bytes:
         return query_id_of(self.query)
+
+
+class ValueHeader(BaseModel):
+    """A value's commitments: ``value_id = SHA-256(canonical header)`` (see :class:`Value`)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    validators_hash: Annotated[bytes, Field(max_length=32)]
+    next_validators_hash: Annotated[bytes, Field(max_length=32)]
+    payload_hash: Hash32
+
+    def value_id(self) -> bytes:
+        return canonical.digest(self.model_dump())
 
 
 class Proposal(Message):

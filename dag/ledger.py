@@ -4,11 +4,23 @@ Every transaction is canonical msgpack of a map with a ``type``:
 
 * ``certificate``: ``{type, height >= 1, cert: bytes}``, ``cert`` the JSON
   certificate of the WBFT decision at ``height`` (UTF-8 JSON object whose
-  ``height`` equals ``height`` and with a 64-hex ``value_id``; pass
-  ``certificate_check`` to also verify it, e.g. with
-  ``multillmn.certificate.verify``). The first valid certificate for a height
-  decides it; a later one with the same ``value_id`` is a duplicate, one with
-  another ``value_id`` is a conflict; both are ignored and counted.
+  ``height`` equals ``height`` and with a 64-hex ``value_id``). A ledger
+  given a ``chain`` and a ``commit_check`` checks it with
+  ``commit_check(cert, chain)`` against the validator set *its own chain*
+  computed for that height (``multillmn.certificate.verify_commit``), which
+  under adaptive weights it can do only once the chain has folded the
+  height before: a certificate for a later height waits, at most one per
+  (height, event creator) and at most :data:`MAX_AHEAD` heights ahead, and
+  the waiting ones are tried in ledger order when the chain gets there.
+  Without a chain, ``certificate_check(cert)`` (if given) verifies it. The
+  first valid certificate for a height decides it; a later one with the same
+  ``value_id`` is a duplicate, one with another ``value_id`` is a conflict;
+  both are ignored and counted. A refused certificate whose precommits are
+  validly signed by validators who precommitted another value in the same
+  round of that height becomes duplicate-vote evidence (in ``evidence``, and
+  handed to ``on_evidence``); every refused certificate is also handed to
+  ``on_refused``, so a runner can show its precommits to its consensus core,
+  which catches a signer that precommits the real value in the same round.
 * ``weights``: ``{type, height >= 1, weights: {peer_id: int > 0}}``, the
   weights that apply from ``height``; the first for a height wins. A ledger
   given a ``chain`` (:class:`consensus.chain.Chain`, as every peer's is)
@@ -39,10 +51,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.chain import Chain
-from consensus.messages import decode_value
+from consensus.evidence import DuplicateVoteEvidence, Evidence
+from consensus.messages import Signed, Value, Vote, decode_value
 from dag.event import Event, EventError, decode_event, encode_event, verify_event
 from dag.hashgraph import ForkEvidence
 from multillmn import canonical
+from multillmn.certificate import certificate_precommits
 from multillmn.identity import PeerId, is_peer_id, peer_id_of
 
 __all__ = ["Ledger", "LedgerEntry", "TX_TYPES", "MAX_PAGE", "certificate_tx", "weights_tx", "evidence_tx",
@@ -50,7 +64,14 @@ __all__ = ["Ledger", "LedgerEntry", "TX_TYPES", "MAX_PAGE", "certificate_tx", "w
 
 TX_TYPES = ("certificate", "weights", "evidence", "membership")
 MAX_PAGE = 1000
+MAX_AHEAD = 64
+"""Heights beyond the chain's next one for which certificates wait to be checked."""
+_PRECOMMITS_KEPT = 16
+"""Recent certified heights whose precommits are kept, to blame signers of conflicting certificates."""
 _MAX_HEIGHT = 2**62
+
+CommitCheck = Callable[[Any, Chain], Value]
+"""Checks a certificate for the chain's next height against the chain; returns the value, raises ValueError."""
 
 
 @dataclass(frozen=True)
@@ -105,13 +126,18 @@ class Ledger:
 
     def __init__(self, certificate_check: Callable[[Any], None] | None = None,
                  public_key_of: Callable[[PeerId], bytes | None] | None = None,
-                 chain: Chain | None = None) -> None:
+                 chain: Chain | None = None, commit_check: CommitCheck | None = None) -> None:
         self._check = certificate_check
         self._key_of = public_key_of
         self._chain = chain
+        self._commit_check = commit_check
+        self.on_evidence: Callable[[Evidence], None] | None = None
+        self.on_refused: Callable[[int, dict[str, Any]], None] | None = None
         self.position = 0
         self.answers: dict[int, bytes] = {}
         self._value_ids: dict[int, str] = {}
+        self._precommits: dict[int, dict[tuple[int, PeerId], Signed[Vote]]] = {}  # recent certified heights
+        self._waiting: dict[int, dict[PeerId, tuple[bytes, dict[str, Any]]]] = {}  # height -> creator -> cert
         self.weights: dict[int, dict[PeerId, int]] = {}
         self.evidence: list[dict[str, Any]] = []
         self._evidence_ids: set[bytes] = set()
@@ -128,7 +154,7 @@ class Ledger:
                 pos = self.position
                 self.position += 1
                 try:
-                    kind = self._apply_tx(tx)
+                    kind = self._apply_tx(tx, ev.creator)
                 except _Skip as skip:
                     reason = str(skip)
                     self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -137,7 +163,7 @@ class Ledger:
                 accepted += 1
         return accepted
 
-    def _apply_tx(self, raw: bytes) -> str:
+    def _apply_tx(self, raw: bytes, creator: PeerId) -> str:
         try:
             tx = canonical.unpack(raw)
         except canonical.CanonicalError:
@@ -146,7 +172,7 @@ class Ledger:
             raise _Skip("malformed")
         kind = tx["type"]
         if kind == "certificate":
-            self._certificate(tx)
+            self._certificate(tx, creator)
         elif kind == "weights":
             self._weights(tx)
         elif kind == "evidence":
@@ -157,7 +183,7 @@ class Ledger:
             raise _Skip("unknown type")
         return str(kind)
 
-    def _certificate(self, tx: dict[str, Any]) -> None:
+    def _certificate(self, tx: dict[str, Any], creator: PeerId) -> None:
         _keys(tx, {"type", "height", "cert"})
         height = _height(tx["height"])
         blob = tx["cert"]
@@ -173,22 +199,76 @@ class Ledger:
                 or len(value_id) != 64 or any(ch not in "0123456789abcdef" for ch in value_id)):
             raise _Skip("bad certificate")
         if height in self.answers:
-            raise _Skip("duplicate certificate" if self._value_ids[height] == value_id
-                        else "conflicting certificate")
-        if self._check is not None:
-            try:
-                self._check(cert)
-            except ValueError:
-                raise _Skip("unverified certificate") from None
-        self.answers[height] = blob
-        self._value_ids[height] = value_id
+            if self._value_ids[height] != value_id:
+                self._blame(height, cert)
+                raise _Skip("conflicting certificate")
+            raise _Skip("duplicate certificate")
+        chain = self._chain
+        if chain is not None and self._commit_check is not None and chain.adaptive and height > chain.height + 1:
+            if height > chain.height + 1 + MAX_AHEAD:
+                raise _Skip("certificate too far ahead")
+            waiting = self._waiting.setdefault(height, {})
+            if creator in waiting:
+                raise _Skip("second waiting certificate of a creator")
+            waiting[creator] = (blob, cert)
+            return
+        self._accept(height, blob, cert)
         self._fold()
+
+    def _accept(self, height: int, blob: bytes, cert: dict[str, Any]) -> None:
+        """Check a certificate for ``height`` (under adaptive weights: the chain's next height); record it."""
+        chain = self._chain
+        try:
+            if chain is not None and self._commit_check is not None:
+                self._commit_check(cert, chain)
+            elif self._check is not None:
+                self._check(cert)
+        except ValueError:
+            self._blame(height, cert)
+            if self.on_refused is not None:
+                self.on_refused(height, cert)
+            raise _Skip("unverified certificate") from None
+        self.answers[height] = blob
+        self._value_ids[height] = str(cert["value_id"])
+
+    def _remember_precommits(self, height: int, cert: dict[str, Any], chain: Chain) -> None:
+        self._precommits[height] = {(v.message.round, v.signer): v
+                                    for v in certificate_precommits(cert, chain.validators_at(height).public_key_of)}
+        for h in [h for h in self._precommits if h <= height - _PRECOMMITS_KEPT]:
+            del self._precommits[h]
+
+    def _blame(self, height: int, cert: Any) -> None:
+        """Duplicate-vote evidence against validators whose precommits in a refused certificate conflict with
+        their own precommits for the value certified at ``height`` (when both are known)."""
+        accepted = self._precommits.get(height)
+        chain = self._chain
+        if not accepted or chain is None:
+            return
+        for vote in certificate_precommits(cert, chain.validators_at(height).public_key_of):
+            mine = accepted.get((vote.message.round, vote.signer))
+            if mine is None or vote.message.height != height or mine.message.value_id == vote.message.value_id:
+                continue
+            ev = DuplicateVoteEvidence(first=mine.envelope, second=vote.envelope)
+            entry = {"type": "evidence", "kind": "duplicate_vote", "peer_id": vote.signer,
+                     "data": canonical.pack(ev.body())}
+            ident = canonical.digest(entry)
+            if ident in self._evidence_ids:
+                continue
+            self._evidence_ids.add(ident)
+            self.evidence.append(entry)
+            if self.on_evidence is not None:
+                self.on_evidence(ev)
 
     def _fold(self, *, count: bool = True) -> None:
         """Fold certified values into the chain in height order; record the derived weights."""
         chain = self._chain
-        while chain is not None and (h := chain.height + 1) in self.answers:
+        while chain is not None:
+            h = chain.height + 1
+            if h not in self.answers and not self._try_waiting(h):
+                return
             cert = json.loads(self.answers[h].decode("utf-8"))
+            if self._commit_check is not None:
+                self._remember_precommits(h, cert, chain)
             try:
                 value = decode_value(canonical.unpack(base64.b64decode(cert["value"])))
                 chain.apply(h, value)
@@ -204,6 +284,23 @@ class Ledger:
                     (v.get("peer_id"), v.get("weight")) for v in carried if isinstance(v, dict)
             ] != sorted(weights.items()):
                 self.ignored["certificate set differs"] = self.ignored.get("certificate set differs", 0) + 1
+
+    def _try_waiting(self, height: int) -> bool:
+        """Check the certificates waiting for ``height`` in ledger order; True once one is accepted."""
+        accepted = False
+        for blob, cert in self._waiting.pop(height, {}).values():
+            try:
+                if not accepted:
+                    self._accept(height, blob, cert)
+                    accepted = True
+                elif self._value_ids[height] == cert["value_id"]:
+                    raise _Skip("duplicate certificate")
+                else:
+                    self._blame(height, cert)
+                    raise _Skip("conflicting certificate")
+            except _Skip as skip:
+                self.ignored[str(skip)] = self.ignored.get(str(skip), 0) + 1
+        return accepted
 
     def _weights(self, tx: dict[str, Any]) -> None:
         _keys(tx, {"type", "height", "weights"})
@@ -281,6 +378,7 @@ class Ledger:
             "evidence": list(self.evidence),
             "membership": [[p, self.membership[p]] for p in sorted(self.membership)],
             "ignored": dict(self.ignored),
+            "waiting": [[h, [[c, blob] for c, (blob, _) in self._waiting[h].items()]] for h in sorted(self._waiting)],
         }
 
     def state_hash(self) -> bytes:
@@ -297,14 +395,14 @@ class Ledger:
     @classmethod
     def restore(cls, data: bytes, certificate_check: Callable[[Any], None] | None = None,
                 public_key_of: Callable[[PeerId], bytes | None] | None = None,
-                chain: Chain | None = None) -> Ledger:
+                chain: Chain | None = None, commit_check: CommitCheck | None = None) -> Ledger:
         """Rebuild a ledger from :meth:`snapshot` bytes (raises ``ValueError`` if malformed).
 
         A fresh ``chain`` is brought back to the snapshot by folding its certified values again.
         """
         try:
             raw = canonical.unpack(data, max_len=1 << 30)
-            led = cls(certificate_check, public_key_of, chain)
+            led = cls(certificate_check, public_key_of, chain, commit_check)
             led.position = int(raw["position"])
             for h, blob in raw["answers"]:
                 led.answers[h] = blob
@@ -316,6 +414,8 @@ class Ledger:
                 led._evidence_ids.add(led._fork_key(ev) if ev["kind"] == "fork" else canonical.digest(ev))
             led.membership = {p: k for p, k in raw["membership"]}
             led.ignored = dict(raw["ignored"])
+            for h, entries in raw["waiting"]:
+                led._waiting[h] = {c: (blob, json.loads(blob.decode("utf-8"))) for c, blob in entries}
             led._log = [LedgerEntry(i, pos, h, t, tx) for i, (pos, h, t, tx) in enumerate(raw["log"])]
         except (canonical.CanonicalError, KeyError, TypeError, ValueError, AttributeError, RecursionError,
                 _Skip) as exc:

@@ -1,39 +1,55 @@
-"""Commit certificates: everything a client needs to check a decision offline.
+"""Commit certificates: everything a client needs to check a decision offline, from the genesis alone.
 
-A certificate is JSON. Its authoritative parts are the decided value as
-canonical msgpack (base64), the signed precommits and the validator set; the
-``summary`` block repeats the question, answer and answers in plain text for
-people and is checked against the signed data, so editing it is caught too.
+A certificate is JSON (version 3)::
 
-Verification (``verify``) checks, with no network and no model:
-the genesis is well formed (and equals a trusted genesis when given); the
-``validators`` of the certificate's height have exactly the genesis members
-and keys, and their hash is the one the value commits to (with static
-weights they must equal the genesis set);
-the value decodes and every answer and the query are signed by validators;
-the answers carry more than 2/3 of the weight and the chosen group and answer
-follow from the value's claimed similarities by the grouping rule; the
-precommits are for this height, round and value id, from distinct validators,
-carrying more than 2/3 of the weight of the height's set.
+    {"version": 3, "chain_id", "height", "round",
+     "value": base64 canonical msgpack, "value_id": hex,
+     "precommits": [{"body", "sig"}], "validators": [the set in force at height],
+     "genesis": {...}, "summary": {question, answer, winners, answers},
+     "trust_path": [light blocks from the genesis (or a later trusted height) to height - 1]}
 
-What offline verification cannot check is that the height's weights are the
-ones the weight rule produced: that needs the committed history (every
-peer's ledger holds every decided value; see ADR 0010).
-Every honest precommit attests ``validators_hash``, so a forged set needs a
-quorum of that forged set to sign, which the cap on any peer's share (3/10)
-makes at least four colluding peers.
+Its authoritative parts are the decided value, the signed precommits and
+the validator set; ``summary`` repeats the question and answers in plain
+text and is checked against the signed data. ``trust_path`` holds the
+intermediate decided heights (value header, precommits, set) a client
+needs to trust the height's set (:mod:`consensus.lightclient`): usually
+none, since more than 1/3 of the genesis weight signs most heights.
+
+:func:`verify` checks, with no network and no model, from a trusted
+genesis (or a later :class:`~consensus.lightclient.TrustedState`): every
+block of the trust path and then the certificate's own height by the
+light-client rule (adjacent set hash, or more than 1/3 of the trusted
+set's weight signing); the precommits carry more than 2/3 of the height's
+set; the value decodes and every answer and the query are signed by
+members of that set; the answers carry more than 2/3 of its weight and the
+chosen group and answer follow from the claimed similarities by the
+grouping rule; the summary matches. Without a trusted genesis, the one in
+the certificate is used, which proves only self-consistency.
+
+Peers check certificates from the ledger or catch-up with
+:func:`verify_commit` instead, against the validator set their own chain
+computed for that height.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consensus import grouping
-from consensus.validators import ValidatorSet
+from consensus.lightclient import (
+    LightBlock,
+    LightClientError,
+    TrustedState,
+    commit_signers,
+    verify_block,
+    verify_path,
+)
 from consensus.messages import (
     Answer,
     Envelope,
@@ -41,17 +57,28 @@ from consensus.messages import (
     Query,
     Signed,
     Value,
+    ValueHeader,
     VerifiedCache,
     Vote,
     decode_value,
     open_envelope,
 )
+from consensus.validators import ValidatorSet
 from multillmn import canonical
 from multillmn.genesis import Genesis, GenesisError
 
-__all__ = ["Certificate", "CertificateError", "build_certificate", "verify"]
+if TYPE_CHECKING:
+    from consensus.chain import Chain
 
-VERSION = 2
+__all__ = [
+    "Certificate", "CertificateError", "build_certificate", "certificate_precommits", "light_block_of", "trusted_state_from_json",
+    "trusted_state_json", "verify", "verify_commit", "verify_file", "with_trust_path",
+]
+
+VERSION = 3
+_KEYS = {"version", "chain_id", "height", "round", "value", "value_id", "precommits", "genesis", "validators",
+         "summary", "trust_path"}
+_MAX_HEIGHT = 2**62
 
 
 class CertificateError(ValueError):
@@ -60,7 +87,7 @@ class CertificateError(ValueError):
 
 @dataclass(frozen=True)
 class Certificate:
-    """A verified certificate's meaning."""
+    """A verified certificate's meaning, and the client's trusted state after accepting it."""
 
     chain_id: str
     height: int
@@ -72,6 +99,11 @@ class Certificate:
     precommit_weight: int
     total_weight: int
     answers: tuple[Answer, ...]
+    trusted: TrustedState
+    path_length: int = 0
+
+
+# --- JSON pieces ----------------------------------------------------------------
 
 
 def _b64(data: bytes) -> str:
@@ -83,8 +115,17 @@ def _unb64(text: Any, what: str) -> bytes:
         raise CertificateError(f"{what} must be a base64 string")
     try:
         return base64.b64decode(text, validate=True)
-    except ValueError:
+    except (ValueError, binascii.Error):
         raise CertificateError(f"{what} is not valid base64") from None
+
+
+def _unhex(text: Any, what: str, size: int) -> bytes:
+    if not isinstance(text, str) or len(text) != 2 * size:
+        raise CertificateError(f"{what} must be {2 * size} hex characters")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise CertificateError(f"{what} is not hex") from None
 
 
 def _envelope_json(env: Envelope) -> dict[str, str]:
@@ -102,16 +143,66 @@ def _envelope_from_json(data: Any, what: str) -> Envelope:
         raise CertificateError(f"{what}: {exc}") from None
 
 
+def _precommits_from_json(data: Any, what: str) -> tuple[Envelope, ...]:
+    if not isinstance(data, list) or len(data) > 1024:
+        raise CertificateError(f"{what} must be a list of at most 1024 precommits")
+    return tuple(_envelope_from_json(raw, f"{what}[{i}]") for i, raw in enumerate(data))
+
+
 def _validators_json(vs: ValidatorSet) -> list[dict[str, Any]]:
     return [{"peer_id": v.peer_id, "public_key": v.public_key.hex(), "weight": v.weight, "moniker": v.moniker}
             for v in vs.validators]
+
+
+def _validators_from_json(raw: Any, chain_id: str, what: str) -> ValidatorSet:
+    try:
+        return Genesis.from_json({"chain_id": chain_id, "validators": raw}).validators
+    except GenesisError as exc:
+        raise CertificateError(f"{what}: {exc}") from None
+
+
+def _header_json(header: ValueHeader) -> dict[str, str]:
+    return {"validators_hash": header.validators_hash.hex(), "next_validators_hash": header.next_validators_hash.hex(),
+            "payload_hash": header.payload_hash.hex()}
+
+
+def _header_from_json(raw: Any, what: str) -> ValueHeader:
+    if not isinstance(raw, dict) or set(raw) != {"validators_hash", "next_validators_hash", "payload_hash"}:
+        raise CertificateError(f"{what} must hold validators_hash, next_validators_hash and payload_hash")
+    return ValueHeader(validators_hash=_unhex(raw["validators_hash"], f"{what}.validators_hash", 32),
+                       next_validators_hash=_unhex(raw["next_validators_hash"], f"{what}.next_validators_hash", 32),
+                       payload_hash=_unhex(raw["payload_hash"], f"{what}.payload_hash", 32))
+
+
+def _int(value: Any, what: str, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < _MAX_HEIGHT:
+        raise CertificateError(f"{what} must be an integer >= {low}")
+    return value
+
+
+def light_block_json(block: LightBlock) -> dict[str, Any]:
+    return {"height": block.height, "round": block.round, "header": _header_json(block.header),
+            "precommits": [_envelope_json(e) for e in block.precommits],
+            "validators": _validators_json(block.validators)}
+
+
+def _light_block_from_json(raw: Any, chain_id: str, what: str) -> LightBlock:
+    if not isinstance(raw, dict) or set(raw) != {"height", "round", "header", "precommits", "validators"}:
+        raise CertificateError(f"{what} must hold height, round, header, precommits and validators")
+    return LightBlock(height=_int(raw["height"], f"{what}.height", 1), round=_int(raw["round"], f"{what}.round", 0),
+                      header=_header_from_json(raw["header"], f"{what}.header"),
+                      precommits=_precommits_from_json(raw["precommits"], f"{what}.precommits"),
+                      validators=_validators_from_json(raw["validators"], chain_id, f"{what}.validators"))
+
+
+# --- building ----------------------------------------------------------------------
 
 
 def build_certificate(
     genesis: Genesis, height: int, round_: int, value: Value, precommits: tuple[Signed[Vote], ...],
     cache: VerifiedCache | None = None, validators: ValidatorSet | None = None,
 ) -> dict[str, Any]:
-    """The JSON certificate for a decision (the runner calls this on Decide).
+    """The JSON certificate of a decision, without a trust path (:func:`with_trust_path` adds one).
 
     ``validators`` is the set in force at ``height`` (default: the genesis set).
     """
@@ -129,7 +220,36 @@ def build_certificate(
         "genesis": genesis.to_json(),
         "validators": _validators_json(vs),
         "summary": _summary(query, value, answers),
+        "trust_path": [],
     }
+
+
+def with_trust_path(cert: dict[str, Any], path: list[LightBlock]) -> dict[str, Any]:
+    """``cert`` carrying ``path`` (the blocks from the genesis to its height, as :func:`plan_path` gives them)."""
+    return {**cert, "trust_path": [light_block_json(b) for b in path]}
+
+
+def light_block_of(cert: dict[str, Any]) -> LightBlock:
+    """The light block of a certificate this peer already holds (parsed, not verified)."""
+    value = _decode_value(_unb64(cert.get("value"), "value"))
+    return LightBlock(height=_int(cert.get("height"), "height", 1), round=_int(cert.get("round"), "round", 0),
+                      header=value.header(), precommits=_precommits_from_json(cert.get("precommits"), "precommits"),
+                      validators=_validators_from_json(cert.get("validators"), str(cert.get("chain_id")),
+                                                       "validators"))
+
+
+def certificate_precommits(cert: Any, public_key_of: Callable[[str], bytes | None]) -> list[Signed[Vote]]:
+    """The validly signed precommits a certificate carries, whatever else is wrong with it."""
+    raw = cert.get("precommits") if isinstance(cert, dict) else None
+    out: list[Signed[Vote]] = []
+    for item in raw[:1024] if isinstance(raw, list) else []:
+        try:
+            vote = open_envelope(Vote, _envelope_from_json(item, "precommit"), public_key_of)
+        except (CertificateError, MessageError):
+            continue
+        if vote.message.type == "precommit":
+            out.append(vote)
+    return out
 
 
 def _summary(query: Query, value: Value, answers: list[Answer]) -> dict[str, Any]:
@@ -141,97 +261,110 @@ def _summary(query: Query, value: Value, answers: list[Answer]) -> dict[str, Any
     }
 
 
-def verify(cert: Any, trusted: Genesis | None = None) -> Certificate:
-    """Check a certificate (parsed JSON) offline; raise :class:`CertificateError` with the reason."""
+# --- verifying ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    genesis: Genesis
+    height: int
+    round: int
+    value: Value
+    block: LightBlock
+    path: list[LightBlock]
+
+
+def _parse(cert: Any, trusted: Genesis | None) -> _Parsed:
     if not isinstance(cert, dict):
         raise CertificateError("a certificate is a JSON object")
-    expected = {"version", "chain_id", "height", "round", "value", "value_id", "precommits", "genesis",
-                "validators", "summary"}
-    if set(cert) != expected:
-        missing, extra = expected - set(cert), set(cert) - expected
+    if set(cert) != _KEYS:
+        missing, extra = _KEYS - set(cert), set(cert) - _KEYS
         raise CertificateError(f"unexpected fields: missing {sorted(missing)}, unknown {sorted(extra)}")
     if cert["version"] != VERSION:
-        raise CertificateError(f"unsupported certificate version {cert['version']!r}")
+        raise CertificateError(f"unsupported certificate version {cert['version']!r} (this client reads {VERSION})")
     try:
         genesis = Genesis.from_json(cert["genesis"])
     except GenesisError as exc:
-        raise CertificateError(f"validator set: {exc}") from None
-    if trusted is not None and (
-        genesis.validators.set_hash() != trusted.validators.set_hash()
-        or genesis.chain_id != trusted.chain_id
-        or genesis.params != trusted.params
-    ):
-        raise CertificateError("the validator set or chain differs from the trusted genesis")
+        raise CertificateError(f"genesis: {exc}") from None
+    if trusted is not None and genesis.digest() != trusted.digest():
+        raise CertificateError("the certificate's genesis is not the trusted genesis")
     if genesis.chain_id != cert["chain_id"]:
         raise CertificateError("chain_id does not match the genesis")
-    height, round_ = cert["height"], cert["round"]
-    if not isinstance(height, int) or isinstance(height, bool) or height < 1:
-        raise CertificateError("height must be a positive integer")
-    if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 0:
-        raise CertificateError("round must be a non-negative integer")
-
+    height, round_ = _int(cert["height"], "height", 1), _int(cert["round"], "round", 0)
     value = _decode_value(_unb64(cert["value"], "value"))
-    value_id = value.value_id()
-    if cert["value_id"] != value_id.hex():
+    if cert["value_id"] != value.value_id().hex():
         raise CertificateError("value_id does not match the value")
-    vs = _height_set(cert["validators"], genesis, value)
+    block = LightBlock(height, round_, value.header(), _precommits_from_json(cert["precommits"], "precommits"),
+                       _validators_from_json(cert["validators"], genesis.chain_id, "validators"))
+    raw_path = cert["trust_path"]
+    if not isinstance(raw_path, list) or len(raw_path) > 64:
+        raise CertificateError("trust_path must be a list of at most 64 blocks")
+    path = [_light_block_from_json(b, genesis.chain_id, f"trust_path[{i}]") for i, b in enumerate(raw_path)]
+    if any(b.height >= height for b in path) or any(a.height >= b.height for a, b in zip(path, path[1:])):
+        raise CertificateError("trust_path must hold ascending heights below the certificate's")
+    return _Parsed(genesis, height, round_, value, block, path)
+
+
+def verify(cert: Any, trusted: Genesis | None = None, *, state: TrustedState | None = None) -> Certificate:
+    """Check a certificate (parsed JSON) offline; raise :class:`CertificateError` with the reason.
+
+    Trust starts at ``state`` when it is below the certificate's height,
+    else at the genesis (``trusted``, or the certificate's own without it).
+    """
+    p = _parse(cert, trusted)
+    anchor = state if state is not None and state.height < p.height else TrustedState.genesis(p.genesis.validators)
     verified = VerifiedCache()  # each signature is checked once, though the value is read twice
+    try:
+        at = verify_path(anchor, p.path, cache=verified)
+        after = verify_block(at, p.block, cache=verified)
+    except LightClientError as exc:
+        raise CertificateError(str(exc)) from None
+    vs = p.block.validators
     reason = grouping.validate_value(
-        value, validators=vs, local_sims=None,
-        threshold=genesis.params.similarity_threshold, tolerance=genesis.params.similarity_tolerance,
-        cache=verified,
-    )
+        p.value, validators=vs, local_sims=None, threshold=p.genesis.params.similarity_threshold,
+        tolerance=p.genesis.params.similarity_tolerance, cache=verified)
     if reason is not None:
         raise CertificateError(f"invalid value: {reason}")
-
-    voters: set[str] = set()
-    if not isinstance(cert["precommits"], list):
-        raise CertificateError("precommits must be a list")
-    for i, raw in enumerate(cert["precommits"]):
-        env = _envelope_from_json(raw, f"precommits[{i}]")
-        try:
-            vote = open_envelope(Vote, env, vs.public_key_of).message
-        except MessageError as exc:
-            raise CertificateError(f"precommits[{i}]: {exc}") from None
-        if vote.type != "precommit" or vote.height != height or vote.round != round_:
-            raise CertificateError(f"precommits[{i}] is not a precommit for height {height} round {round_}")
-        if vote.value_id != value_id:
-            raise CertificateError(f"precommits[{i}] is for another value")
-        if vote.voter in voters:
-            raise CertificateError(f"precommits[{i}] repeats voter {vote.voter}")
-        voters.add(vote.voter)
-    precommit_weight = sum(vs.weight_of(v) for v in voters)
-    if not vs.has_quorum(precommit_weight):
-        raise CertificateError(
-            f"precommits carry {precommit_weight} of {vs.total} weight; more than 2/3 is needed"
-        )
-
-    answers = tuple(open_envelope(Answer, env, vs.public_key_of, verified).message for env in value.answers)
-    query = open_envelope(Query, value.query, vs.public_key_of, verified).message
-    if cert["summary"] != _summary(query, value, list(answers)):
+    answers = tuple(open_envelope(Answer, env, vs.public_key_of, verified).message for env in p.value.answers)
+    query = open_envelope(Query, p.value.query, vs.public_key_of, verified).message
+    if cert["summary"] != _summary(query, p.value, list(answers)):
         raise CertificateError("the summary does not match the signed value")
+    voters = {v.signer for v in commit_signers(p.block, verified)}
     return Certificate(
-        chain_id=genesis.chain_id, height=height, round=round_, question=query.question,
-        answer=value.answer, winners=value.winners,
-        agreed_weight=sum(vs.weight_of(w) for w in value.winners),
-        precommit_weight=precommit_weight, total_weight=vs.total, answers=answers,
+        chain_id=p.genesis.chain_id, height=p.height, round=p.round, question=query.question,
+        answer=p.value.answer, winners=p.value.winners, agreed_weight=vs.weight_of_set(p.value.winners),
+        precommit_weight=vs.weight_of_set(voters), total_weight=vs.total, answers=answers, trusted=after,
+        path_length=len(p.path),
     )
 
 
-def _height_set(raw: Any, genesis: Genesis, value: Value) -> ValidatorSet:
-    """The certificate's validator set for its height, checked against the genesis and the value."""
+def verify_commit(cert: Any, chain: Chain, *, threshold: int, tolerance: int,
+                  cache: VerifiedCache | None = None) -> Value:
+    """A certificate for the chain's next height checked against the set *this peer's chain* computed.
+
+    For the ledger and catch-up: the precommits must carry a quorum of
+    ``chain.validators_at(height)`` (whatever set the certificate claims),
+    the value's set hashes, score vectors and evidence must be the ones the
+    chain admits at that height, and the value must be valid by the
+    grouping rule. Returns the decided value; raises :class:`CertificateError`.
+    """
+    if not isinstance(cert, dict) or not {"height", "round", "value", "precommits"} <= set(cert):
+        raise CertificateError("a certificate is an object with height, round, value and precommits")
+    height, round_ = _int(cert["height"], "height", 1), _int(cert["round"], "round", 0)
+    if chain.adaptive and height != chain.height + 1:
+        raise CertificateError(f"height {height} is not the chain's next height {chain.height + 1}")
+    value = _decode_value(_unb64(cert["value"], "value"))
+    vs = chain.validators_at(height)
+    block = LightBlock(height, round_, value.header(), _precommits_from_json(cert["precommits"], "precommits"), vs)
     try:
-        vs = Genesis.from_json({"chain_id": genesis.chain_id, "validators": raw}).validators
-    except GenesisError as exc:
-        raise CertificateError(f"validators: {exc}") from None
-    members = [(v.peer_id, v.public_key, v.moniker) for v in vs.validators]
-    if members != [(v.peer_id, v.public_key, v.moniker) for v in genesis.validators.validators]:
-        raise CertificateError("validators: the members or keys differ from the genesis")
-    if genesis.params.weights == "static" and vs != genesis.validators:
-        raise CertificateError("validators: weights are static but differ from the genesis")
-    if value.validators_hash != vs.set_hash() and (value.validators_hash or genesis.params.weights == "adaptive"):
-        raise CertificateError("validators: not the set the value commits to (validators_hash)")
-    return vs
+        commit_signers(block, cache)
+    except LightClientError as exc:
+        raise CertificateError(f"against this peer's validator set: {exc}") from None
+    reason = chain.check_extras(value, height, cache) or grouping.validate_value(
+        value, validators=vs, local_sims=None, threshold=threshold, tolerance=tolerance, cache=cache)
+    if reason is not None:
+        raise CertificateError(f"invalid value at height {height}: {reason}")
+    return value
 
 
 def _decode_value(data: bytes) -> Value:
@@ -248,19 +381,56 @@ def _decode_value(data: bytes) -> Value:
     return value
 
 
-def verify_file(path: Path, trusted_genesis: Path | None = None) -> Certificate:
-    """Read ``path`` (and optionally a trusted genesis file) and verify."""
+# --- files and trusted states ----------------------------------------------------------
+
+
+def trusted_state_json(genesis: Genesis, state: TrustedState) -> dict[str, Any]:
+    """A client's trusted state as a file holds it (with the genesis it started from)."""
+    return {"genesis": genesis.to_json(), "height": state.height, "validators": _validators_json(state.validators),
+            "next_hash": state.next_hash.hex()}
+
+
+def trusted_state_from_json(raw: Any) -> tuple[Genesis, TrustedState]:
+    if not isinstance(raw, dict) or set(raw) != {"genesis", "height", "validators", "next_hash"}:
+        raise CertificateError("a trusted state holds genesis, height, validators and next_hash")
     try:
-        data = json.loads(path.read_text())
+        genesis = Genesis.from_json(raw["genesis"])
+    except GenesisError as exc:
+        raise CertificateError(f"trusted state: genesis: {exc}") from None
+    height = _int(raw["height"], "trusted state height", 0)
+    vs = _validators_from_json(raw["validators"], genesis.chain_id, "trusted state validators")
+    return genesis, TrustedState(height, vs, _unhex(raw["next_hash"], "trusted state next_hash", 32))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
     except OSError as exc:
-        raise CertificateError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise CertificateError(f"{path} is not JSON: {exc}") from None
-    trusted = None
+        raise CertificateError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:
+        raise CertificateError(f"{what} {path} is not JSON: {exc}") from None
+
+
+def verify_file(path: Path, trusted_genesis: Path | None = None, trusted_state: Path | None = None) -> Certificate:
+    """Verify the certificate in ``path`` from a trusted genesis file and/or a trusted-state file.
+
+    With ``trusted_state``, trust starts at the state it holds (if it exists)
+    and the file is updated to the certificate's height after a success.
+    """
+    data = _read_json(path, "certificate")
+    genesis: Genesis | None = None
     if trusted_genesis is not None:
         try:
-            trusted = Genesis.load(trusted_genesis)
+            genesis = Genesis.load(trusted_genesis)
         except GenesisError as exc:
             raise CertificateError(f"trusted genesis: {exc}") from None
-    return verify(data, trusted)
-
+    state: TrustedState | None = None
+    if trusted_state is not None and trusted_state.exists():
+        held_genesis, state = trusted_state_from_json(_read_json(trusted_state, "trusted state"))
+        if genesis is not None and held_genesis.digest() != genesis.digest():
+            raise CertificateError(f"{trusted_state} was started from another genesis")
+        genesis = held_genesis
+    result = verify(data, genesis, state=state)
+    if trusted_state is not None and genesis is not None and (state is None or result.height > state.height):
+        trusted_state.write_text(json.dumps(trusted_state_json(genesis, result.trusted), indent=2) + "\n")
+    return result

@@ -97,11 +97,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from multillmn.certificate import CertificateError, verify_file
 
     try:
-        cert = verify_file(args.certificate, args.genesis)
+        cert = verify_file(args.certificate, args.genesis, args.trusted_state)
     except CertificateError as exc:
         print(f"INVALID: {exc}", file=sys.stderr)
         return 1
-    anchor = "the trusted genesis" if args.genesis else "the validator set in the certificate (pass --genesis to pin it)"
+    if args.genesis or args.trusted_state:
+        anchor = f"the trusted genesis through {cert.path_length} intermediate height(s)"
+    else:
+        anchor = "the genesis inside the certificate (pass --genesis to trust your own)"
     print(f"VALID: height {cert.height} round {cert.round} on {cert.chain_id}\n"
           f"question: {cert.question}\nanswer:   {cert.answer}\n"
           f"agreed weight {cert.agreed_weight}/{cert.total_weight}; precommits "
@@ -147,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check a certificate offline (exit 0 only if valid)")
     verify.add_argument("certificate", type=_existing_file)
     verify.add_argument("--genesis", type=_existing_file, help="trusted genesis (validator set) to pin")
+    verify.add_argument("--trusted-state", type=Path, metavar="FILE",
+                        help="a trusted state: start from it if it exists, and save the certificate's height to it")
     verify.set_defaults(func=_cmd_verify)
 
     add_ledger_commands(commands)

@@ -36,8 +36,9 @@ from typing import Any
 
 import trio
 
-from consensus.evidence import check_evidence, from_equivocation
-from consensus.messages import Message, Signed, Value, decode_value, sign
+from consensus.chain import Chain
+from consensus.evidence import Evidence, check_evidence, from_equivocation
+from consensus.messages import Message, Signed, Value, VerifiedCache, decode_value, sign
 from consensus.state_machine import Equivocation
 from dag import (
     Event,
@@ -62,7 +63,7 @@ from dag import (
 from dag.event import MAX_TRANSACTIONS
 from dag.messages import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_WANTED, DagEvents, DagSync, DagWant
 from multillmn import canonical
-from multillmn.certificate import verify
+from multillmn.certificate import verify_commit
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair, PeerId
 from multillmn.logs import fields
@@ -131,12 +132,15 @@ class LedgerService:
         self.snapshot_every = snapshot_every
         self._clock_ns = clock_ns
         self.rejects = RejectStats()
+        self.verified = VerifiedCache()
         self.on_certificate: CertificateHook | None = None
+        self.on_evidence: Callable[[Evidence], None] | None = None
+        self.on_refused: Callable[[int, dict[str, Any]], None] | None = None
         self.hashgraph = Hashgraph(self.validators)
         self.ledger = self._new_ledger()
         self._pending: dict[bytes, None] = {}
         self._unordered_tx: set[bytes] = set()
-        self._cert_heights: set[int] = set()
+        self._submitted: set[int] = set()  # heights whose certificate this peer queued (bounded below)
         self._snap_at = 0
         self._peers = [p for p in self.validators.ids if p != key.peer_id]
         self._next_peer = 0
@@ -161,11 +165,27 @@ class LedgerService:
         svc._restore()
         return svc
 
-    def _check_certificate(self, cert: Any) -> None:
-        verify(cert, self.genesis)  # CertificateError is a ValueError: the ledger ignores and counts it
+    def _check_commit(self, cert: Any, chain: Chain) -> Value:
+        """A certificate checked against the set this peer's own chain computed (CertificateError is a
+        ValueError: the ledger ignores and counts it)."""
+        params = self.genesis.params
+        return verify_commit(cert, chain, threshold=params.similarity_threshold,
+                             tolerance=params.similarity_tolerance, cache=self.verified)
 
     def _new_ledger(self) -> Ledger:
-        return Ledger(self._check_certificate, self.validators.public_key_of, self.genesis.chain())
+        ledger = Ledger(None, self.validators.public_key_of, self.genesis.chain(self.verified), self._check_commit)
+        ledger.on_evidence = self._on_evidence
+        ledger.on_refused = self._on_refused
+        return ledger
+
+    def _on_evidence(self, evidence: Evidence) -> None:
+        if self.on_evidence is not None:
+            self.on_evidence(evidence)
+
+    def _on_refused(self, height: int, cert: dict[str, Any]) -> None:
+        log.warning("refused a certificate", extra=fields(height=height, value_id=cert.get("value_id")))
+        if self.on_refused is not None:
+            self.on_refused(height, cert)
 
     def _restore(self) -> None:
         hg = self.hashgraph
@@ -174,8 +194,10 @@ class LedgerService:
         snap = self.store.latest_snapshot() if self.store is not None else None
         if snap is not None and snap[0] <= len(ordered):
             try:
-                self.ledger = Ledger.restore(snap[1], self._check_certificate, self.validators.public_key_of,
-                                             self.genesis.chain())
+                self.ledger = Ledger.restore(snap[1], None, self.validators.public_key_of,
+                                             self.genesis.chain(self.verified), self._check_commit)
+                self.ledger.on_evidence = self._on_evidence
+                self.ledger.on_refused = self._on_refused
                 start = snap[0]
             except ValueError as exc:
                 log.warning("ledger snapshot unusable; re-applying the whole order", extra=fields(error=str(exc)))
@@ -186,7 +208,6 @@ class LedgerService:
         for ev in hg:
             if ev.transactions and ev.hash not in done:
                 self._unordered_tx.add(ev.hash)
-            self._note_txs(ev)
         log.info("ledger opened", extra=fields(events=len(hg), ordered=len(ordered), entries=len(self.ledger),
                                                state_hash=self.state_hash()))
 
@@ -232,10 +253,15 @@ class LedgerService:
         self._pending.setdefault(tx, None)
 
     def submit_certificate(self, height: int, cert: dict[str, Any]) -> None:
-        """Queue a decision's certificate, unless the DAG already carries one for that height."""
-        if height in self._cert_heights:
+        """Queue a decision's certificate, unless the ledger already certified that height or this peer queued it.
+
+        Only a certificate the ledger *accepted* counts: another one it merely
+        carries (perhaps a forgery) must not stop this peer from posting the real one.
+        """
+        if height in self.ledger.answers or height in self._submitted:
             return
-        self._cert_heights.add(height)
+        self._submitted.add(height)
+        self._submitted = {h for h in self._submitted if h > height - 64}
         self.submit(certificate_tx(height, json.dumps(cert, sort_keys=True, separators=(",", ":")).encode()))
 
     def submit_equivocation(self, eq: Equivocation) -> None:
@@ -355,12 +381,6 @@ class LedgerService:
         if ordered:
             self._ordered(ordered)
 
-    def _note_txs(self, ev: Event) -> None:
-        for tx in ev.transactions:
-            h = _cert_height(tx)
-            if h is not None:
-                self._cert_heights.add(h)
-
     def _stored(self, events: list[Event]) -> None:
         """Persist newly inserted events (before they are gossiped and before their order rows)."""
         if self.store is not None:
@@ -368,7 +388,6 @@ class LedgerService:
         for ev in events:
             if ev.transactions:
                 self._unordered_tx.add(ev.hash)
-                self._note_txs(ev)
 
     def _ordered(self, events: list[Event]) -> None:
         hg = self.hashgraph

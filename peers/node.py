@@ -69,12 +69,13 @@ from consensus.state_machine import (
     VoteInput,
 )
 from dag.messages import DagEvents, DagSync, DagWant
-from multillmn.certificate import build_certificate
+from multillmn.certificate import build_certificate, certificate_precommits
 from multillmn.config import PeerConfig
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields
 from peers.byzantine import PeerCrashed, make_behaviour
+from peers.certificates import CertificateStore
 from peers.engine import AnswerEngine, Reply
 from peers.pool import PendingQuery, PoolFull, QueryPool
 from peers.outbox import Outbox
@@ -140,7 +141,7 @@ class Node:
         self.behaviour = make_behaviour(key.peer_id, cfg)
         self.scoring = Scoring(key, engine, self.behaviour, threshold=genesis.params.similarity_threshold,
                                judge_band=cfg.judge_band, verified=self._verified)
-        self.certificates: dict[int, dict[str, Any]] = {}  # in memory until the ledger (dag/) holds them
+        self.certificates = CertificateStore(genesis, ledger)
         self._waiters: dict[bytes, _Waiter] = {}
         self._inputs_tx, self._inputs_rx = trio.open_memory_channel[Any](math.inf)
         self._answers_tx, self._answers_rx = trio.open_memory_channel[Signed[Query]](256)
@@ -156,6 +157,8 @@ class Node:
         if ledger is not None:
             ledger.rejects = self.rejects
             ledger.on_certificate = self._on_ledger_certificate
+            ledger.on_evidence = self.scoring.add_evidence
+            ledger.on_refused = self._on_refused_certificate
             self._replay_ledger(ledger)
         self.wal = wal
         self.outbox = Outbox(key, transport, self.behaviour, wal, lambda: self.validators,
@@ -257,11 +260,8 @@ class Node:
         return waiter.decision
 
     def certificate(self, height: int) -> dict[str, Any] | None:
-        """The certificate decided at ``height``: from this run's decisions, else from the ledger."""
-        cert = self.certificates.get(height)
-        if cert is None and self.ledger is not None:
-            cert = self.ledger.certificate(height)
-        return cert
+        """The certificate decided at ``height`` (this run's decision, else the ledger's), with a trust path."""
+        return self.certificates.serve(height)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -270,7 +270,7 @@ class Node:
             "model": self.engine.model_name,
             "chain_id": self.genesis.chain_id,
             "height": self.core.height,
-            "decided_heights": len(self.certificates),
+            "decided_heights": self.certificates.decided,
             "pending_queries": len(self.pool),
             "connected_peers": self.transport.connected_peers(),
             "validators": [
@@ -571,12 +571,13 @@ class Node:
             return
         vs = self.validators
         scores, evidence = self.scoring.includable(self.core.chain, height)
-        value, sims = await trio.to_thread.run_sync(self._build_value, entry, vs, scores, evidence)
+        next_hash = self.core.chain.validators_at(height + 1).set_hash()
+        value, sims = await trio.to_thread.run_sync(self._build_value, entry, vs, next_hash, scores, evidence)
         self.scoring.remember_sims(value.value_id(), sims)
         self._proposal_at.setdefault(height, trio.current_time())
         self._inputs_tx.send_nowait(ProposeValue(height, round_, value))
 
-    def _build_value(self, entry: PendingQuery, vs: ValidatorSet, scores: tuple[Envelope, ...],
+    def _build_value(self, entry: PendingQuery, vs: ValidatorSet, next_hash: bytes, scores: tuple[Envelope, ...],
                      evidence: tuple[EvidencePair, ...]) -> tuple[Value, list[int]]:
         """The value and this peer's similarities in its answer order (answers sorted by peer id)."""
         answers = sorted(entry.answers.values(), key=lambda a: a.signer)
@@ -584,7 +585,7 @@ class Node:
         value = grouping.build_value(
             entry.query.envelope, answers, sims, [vs.weight_of(a.signer) for a in answers],
             self.genesis.params.similarity_threshold,
-            validators_hash=vs.set_hash(), scores=scores, evidence=evidence,
+            validators_hash=vs.set_hash(), next_validators_hash=next_hash, scores=scores, evidence=evidence,
         )
         return value, list(sims)
 
@@ -593,7 +594,7 @@ class Node:
         value = decision.value
         cert = build_certificate(self.genesis, decision.height, decision.round, value, decision.precommits,
                                  self._verified, validators=decision.validators)
-        self.certificates[decision.height] = cert
+        self.certificates.add(decision.height, cert)
         if self.ledger is not None:
             self.ledger.submit_certificate(decision.height, cert)
         entry = self.pool.mark_decided(value.query_id())
@@ -602,7 +603,8 @@ class Node:
         quorum_at = entry.quorum_at if entry and entry.quorum_at is not None else now
         arrived = entry.arrived if entry else now
         record = Decision(
-            height=decision.height, round=decision.round, value=value, certificate=cert, answers=answers,
+            height=decision.height, round=decision.round, value=value,
+            certificate=self.certificates.with_path(cert), answers=answers,
             generation_ms=int((quorum_at - arrived) * 1000), consensus_ms=int((now - quorum_at) * 1000),
             protocol_ms=int((now - self._proposal_at.pop(decision.height, now)) * 1000),
             validators=decision.validators,
@@ -621,6 +623,17 @@ class Node:
     async def _score(self, height: int, value: Value, vs: ValidatorSet) -> None:
         vector = await self.scoring.score(height, value, vs)
         self.transport.broadcast_nowait(encode_message(vector))
+
+    def _on_refused_certificate(self, height: int, cert: dict[str, Any]) -> None:
+        """The ledger refused a certificate: show its validly signed precommits of this or a later height to
+        the core, which reports an equivocation if a signer also precommits another value in that round."""
+        if height < self.core.height:
+            return
+        for vote in certificate_precommits(cert, self.validators.public_key_of)[:len(self.validators)]:
+            try:
+                self._inputs_tx.send_nowait(VoteInput(vote))
+            except trio.WouldBlock:
+                return
 
     def _on_ledger_certificate(self, height: int, cert: dict[str, Any]) -> None:
         """The ledger ordered a verified certificate: catch the core up, height by height, if it is behind."""

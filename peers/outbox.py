@@ -120,7 +120,8 @@ def rival_proposal(proposal: Proposal, validators: ValidatorSet, threshold: int,
         sims = [value.sims[pair_index(n, i, j)] for i in range(m) for j in range(i + 1, m)]
         rival = grouping.build_value(
             value.query, answers, sims, [validators.weight_of(a.signer) for a in answers], threshold,
-            validators_hash=value.validators_hash, evidence=value.evidence)
+            validators_hash=value.validators_hash, next_validators_hash=value.next_validators_hash,
+            evidence=value.evidence)
     else:
         return None
     return proposal.model_copy(update={"value": rival})

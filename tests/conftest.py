@@ -38,7 +38,8 @@ class Net:
         weights = [self.genesis.validators.weight_of(a.signer) for a in answers]
         return grouping.build_value(query.envelope, answers, sims, weights,
                                     self.genesis.params.similarity_threshold,
-                                    validators_hash=self.genesis.validators.set_hash())
+                                    validators_hash=self.genesis.validators.set_hash(),
+                                    next_validators_hash=self.genesis.validators.set_hash())
 
     def precommit(self, i: int, height: int, round_: int, value: Value | None) -> Signed[Vote]:
         k = self.keys[i]

@@ -10,8 +10,18 @@ from typing import Any
 
 import pytest
 
+from consensus import grouping
+from consensus.lightclient import TrustedState, plan_path
+from consensus.validators import Validator, ValidatorSet
 from multillmn import canonical
-from multillmn.certificate import CertificateError, build_certificate, verify, verify_file
+from multillmn.certificate import (
+    CertificateError,
+    build_certificate,
+    light_block_of,
+    verify,
+    verify_file,
+    with_trust_path,
+)
 from multillmn.cli import main as cli_main
 from multillmn.genesis import Genesis
 from tests.conftest import Net, make_net
@@ -66,7 +76,9 @@ def _flip_value_answer(cert: dict[str, Any]) -> dict[str, Any]:
         (lambda c: _mutate(c, "precommits", c["precommits"][:2] + c["precommits"][:1]), "repeats voter"),
         (lambda c: _mutate(c, "precommits.0.sig", base64.b64encode(b"\x00" * 64).decode()), "bad signature"),
         (lambda c: _mutate(c, "value", "###"), "not valid base64"),
-        (lambda c: _mutate(c, "genesis.validators.0.weight", 100), "differs from the trusted genesis"),
+        (lambda c: _mutate(c, "genesis.validators.0.weight", 100), "not the trusted genesis"),
+        (lambda c: _mutate(c, "validators.0.weight", 100), "not the one the value commits to"),
+        (lambda c: _mutate(c, "trust_path", [{"height": 1}]), r"trust_path\[0\] must hold"),
         (lambda c: {k: v for k, v in c.items() if k != "summary"}, "missing \\['summary'\\]"),
         (lambda c: _mutate(c, "version", 9), "unsupported certificate version"),
     ],
@@ -92,6 +104,9 @@ def test_forged_validator_set_is_caught_only_with_a_trusted_genesis(net4: Net) -
     assert verify(forged).answer == "Paris"  # consistent on its own...
     with pytest.raises(CertificateError, match="trusted genesis"):
         verify(forged, net4.genesis)  # ...but not signed by our validators
+    swapped = {**forged, "genesis": net4.genesis.to_json()}  # claiming our genesis does not help either
+    with pytest.raises(CertificateError, match=r"signers hold 0 of 4 weight in the set trusted at height 0"):
+        verify(swapped, net4.genesis)
 
 
 def test_weighted_quorum_boundary() -> None:
@@ -119,28 +134,100 @@ def test_cli_verify_exit_codes(net4: Net, tmp_path: Path, capsys: pytest.Capture
     assert Genesis.load(genesis).chain_id == "test-chain"
 
 
-def test_the_heights_own_set_counts_and_must_be_the_one_the_value_commits_to() -> None:
-    from consensus import grouping
-    from consensus.validators import Validator, ValidatorSet
+def _set(net: Net, weights: list[int]) -> ValidatorSet:
+    """The genesis members with ``weights[i]`` for the holder of key ``i``."""
+    by_id = {k.peer_id: w for k, w in zip(net.keys, weights)}
+    return ValidatorSet(Validator(v.peer_id, v.public_key, by_id[v.peer_id], v.moniker) for v in net.genesis.validators)
 
+
+def _decision(net: Net, height: int, vs: ValidatorSet, next_vs: ValidatorSet, signers: list[int],
+              texts: list[str] | None = None, question: str = "What is the capital of France?") -> dict[str, Any]:
+    """A certificate of ``height`` counted in ``vs`` that commits to ``next_vs``, signed by ``signers``."""
+    texts = texts or ["Paris"] * len(net.keys)
+    query = net.query(question)
+    answers = [net.answer(query, i, t) for i, t in enumerate(texts)]
+    n = len(answers)
+    sims = [1000 if texts[i] == texts[j] else 0 for i in range(n) for j in range(i + 1, n)]
+    value = grouping.build_value(query.envelope, answers, sims, [vs.weight_of(a.signer) for a in answers], 800,
+                                 validators_hash=vs.set_hash(), next_validators_hash=next_vs.set_hash())
+    precommits = tuple(net.precommit(i, height, 0, value) for i in signers)
+    return build_certificate(net.genesis, height, 0, value, precommits, validators=vs)
+
+
+def test_the_heights_own_set_counts_and_must_be_the_one_the_value_commits_to() -> None:
     net = make_net([1, 1, 1, 1])
-    later = ValidatorSet(Validator(v.peer_id, v.public_key, w, v.moniker)
-                         for v, w in zip(net.genesis.validators, [500, 300, 100, 100]))
-    query = net.query()
-    answers = [net.answer(query, i, t) for i, t in enumerate(["Paris", "Paris", "Lyon", "Lyon"])]
-    value = grouping.build_value(query.envelope, answers, [1000, 0, 0, 0, 0, 1000], [500, 300, 100, 100], 800,
-                                 validators_hash=later.set_hash())
-    # peers 0 and 1 hold 800 of 1000 in this height's set: a quorum, though only half of the genesis weight
-    cert = build_certificate(net.genesis, 7, 0, value, tuple(net.precommit(i, 7, 0, value) for i in (0, 1)),
-                             validators=later)
+    later = _set(net, [500, 300, 100, 100])
+    # peers 0 and 1 hold 800 of 1000 in this height's set (a quorum) and half of the genesis weight (> 1/3)
+    cert = _decision(net, 7, later, later, [0, 1], ["Paris", "Paris", "Lyon", "Lyon"])
     checked = verify(cert, net.genesis)
     assert (checked.precommit_weight, checked.total_weight, checked.answer) == (800, 1000, "Paris")
+    assert checked.trusted.height == 7 and checked.trusted.validators == later
     heavier = _mutate(cert, "validators.2.weight", 900)  # shift weight: the value committed to another set
-    with pytest.raises(CertificateError, match="not the set the value commits to"):
+    with pytest.raises(CertificateError, match="not the one the value commits to"):
         verify(heavier, net.genesis)
-    stranger = _mutate(cert, "validators.0.moniker", "mallory")
-    with pytest.raises(CertificateError, match="members or keys differ from the genesis"):
-        verify(stranger, net.genesis)
-    static = Genesis.from_json({**net.genesis.to_json(), "params": {"weights": "static"}})
-    with pytest.raises(CertificateError, match="weights are static"):
-        verify({**cert, "genesis": static.to_json()})
+    renamed = _mutate(cert, "validators.0.moniker", "mallory")
+    with pytest.raises(CertificateError, match="not the one the value commits to"):
+        verify(renamed, net.genesis)
+
+
+@pytest.mark.parametrize(("n", "forgers", "signers_weight"), [(4, 1, 1), (10, 1, 1), (10, 3, 3)])
+def test_a_minority_cannot_forge_a_certificate_with_weights_of_its_choosing(
+        n: int, forgers: int, signers_weight: int) -> None:
+    """Issue 10: the same members and keys, weights giving the forgers the quorum, their own question and
+    answer, only their own precommits. Verified from the genesis, it must be refused."""
+    net = make_net([1] * n)
+    forged_weights = [10**6 if i < forgers else 1 for i in range(n)]
+    forged = _set(net, forged_weights)
+    cert = _decision(net, 62, forged, forged, list(range(forgers)), ["Yes, flat."] * n, "Is the earth flat?")
+    for trusted in (net.genesis, None):  # a quorum of the set it claims, but not trusted from the genesis
+        with pytest.raises(CertificateError, match=f"signers hold {signers_weight} of {n} weight in the set "
+                                                   "trusted at height 0; more than 1/3 is needed"):
+            verify(cert, trusted)
+    adjacent = _decision(net, 1, forged, forged, list(range(forgers)), ["Yes, flat."] * n)
+    with pytest.raises(CertificateError, match="not the one height 0 committed to"):
+        verify(adjacent, net.genesis)  # nor as the first height
+
+
+def test_a_trust_path_follows_set_changes_that_skipping_cannot_cross() -> None:
+    """Weight moved to peers 4-6; height 9's signers hold a quorum there but only 2 of 7 genesis weight."""
+    net = make_net([1] * 7)
+    genesis = net.genesis.validators
+    moved = _set(net, [1, 1, 1, 1, 500, 500, 200])
+    h5 = _decision(net, 5, genesis, moved, [0, 1, 2, 3, 4])  # signed by 5 of 7 genesis members: skippable
+    h6 = _decision(net, 6, moved, moved, [4, 5, 6])  # 3 of 7 genesis weight > 1/3: skippable too
+    h9 = _decision(net, 9, moved, moved, [4, 5])  # 1000 of 1204 in its own set, but 2 of 7 genesis: not
+    with pytest.raises(CertificateError, match="signers hold 2 of 7 weight in the set trusted at height 0"):
+        verify(h9, net.genesis)
+    chain = {h: _decision(net, h, genesis, genesis, list(range(7))) for h in range(1, 5)}
+    chain.update({5: h5, 6: h6, 7: _decision(net, 7, moved, moved, [4, 5]), 8: _decision(net, 8, moved, moved, [4, 5])})
+    path = plan_path(TrustedState.genesis(genesis), light_block_of(h9), lambda h: light_block_of(chain[h]))
+    assert [b.height for b in path] == [4, 6]  # bisection: height 6's set (moved) vouches for height 9
+    checked = verify(with_trust_path(h9, path), net.genesis)
+    assert (checked.height, checked.path_length, checked.precommit_weight) == (9, 2, 1000)
+    forged6 = _decision(net, 6, _set(net, [1, 1, 1, 1, 1, 900, 900]), moved, [5, 6])
+    with pytest.raises(CertificateError, match="trust_path|signers hold 2 of 7"):
+        verify(with_trust_path(h9, [light_block_of(forged6)]), net.genesis)
+    # a client that already trusts height 6 needs no path
+    state = verify(h6, net.genesis).trusted
+    assert verify(h9, net.genesis, state=state).height == 9
+
+
+def test_cli_verify_keeps_a_trusted_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = make_net([1] * 7)
+    moved = _set(net, [1, 1, 1, 1, 500, 500, 200])
+    genesis = tmp_path / "genesis.json"
+    net.genesis.save(genesis)
+    h6, h9 = tmp_path / "h6.json", tmp_path / "h9.json"
+    h6.write_text(json.dumps(_decision(net, 6, moved, moved, [4, 5, 6])))
+    h9.write_text(json.dumps(_decision(net, 9, moved, moved, [4, 5])))
+    state = tmp_path / "trusted.json"
+    assert cli_main(["verify", str(h9), "--genesis", str(genesis), "--trusted-state", str(state)]) == 1
+    assert "more than 1/3 is needed" in capsys.readouterr().err and not state.exists()
+    assert cli_main(["verify", str(h6), "--genesis", str(genesis), "--trusted-state", str(state)]) == 0
+    assert json.loads(state.read_text())["height"] == 6
+    assert cli_main(["verify", str(h9), "--trusted-state", str(state)]) == 0  # from height 6 now
+    assert json.loads(state.read_text())["height"] == 9
+    other = tmp_path / "other.json"
+    make_net([1] * 7, seed=50).genesis.save(other)
+    assert cli_main(["verify", str(h9), "--genesis", str(other), "--trusted-state", str(state)]) == 1
+    assert "started from another genesis" in capsys.readouterr().err

@@ -240,7 +240,9 @@ class WbftPeer(Peer):
         scores, evidence = self.core.chain.includable(self.scores.values(), self.evidence.values(), self.core.height)
         return grouping.build_value(entry.query.envelope, answers, similarities([a.message.text for a in answers]),
                                     [vs.weight_of(a.signer) for a in answers], self.cfg.threshold,
-                                    validators_hash=vs.set_hash(), scores=scores, evidence=evidence)
+                                    validators_hash=vs.set_hash(),
+                                    next_validators_hash=self.core.chain.validators_at(self.core.height + 1).set_hash(),
+                                    scores=scores, evidence=evidence)
 
     def alternative_value(self, value: Value) -> Value | None:
         """Another valid value for the same query: our own answer re-signed with other text."""
