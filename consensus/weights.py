@@ -7,7 +7,8 @@ scores per mille, stakes ``s_i`` = weights of the set in force at ``h``):
 
 1. *Evidence.* Valid evidence (:func:`consensus.evidence.check_evidence`) of
    height ``e`` with ``h - evidence_max_age <= e <= h``, not applied before,
-   marks its signer an *offender*: trust 0, quality 0, weight ``floor``, and
+   marks its signer an *offender*: trust 0, quality 0, so share 0 (its
+   weight falls to ``floor`` as fast as step 6 lets the others grow), and
    its score vectors are ignored.
 2. *Queries.* Score vectors are grouped by ``(height, query_id)``; only
    groups with ``scored_through < height < h`` count. A scorer with two
@@ -27,13 +28,42 @@ scores per mille, stakes ``s_i`` = weights of the set in force at ``h``):
    If every quality is 0 (nobody's answer was agreed with: no information),
    ``x_j = T_j / sum T``; a zero trust sum gives equal parts to the
    non-offenders.
-6. *Integer weights* summing to exactly ``scale``: cap
-   ``c = max(floor(cap_share * scale), ceil(scale / n), floor)``; target
-   ``y_j = floor + (R - |U| * floor) * x_j / sum_U x`` over the unpinned set
-   ``U`` with ``R = scale - |pinned| * c``; pin every ``y_j > c`` to ``c`` and
-   repeat; then floor the ``y_j`` and hand the remaining units one each to the
-   largest fractional parts, ties by ascending peer id.
-7. *Schedule.* The new weights take effect at height ``h + delay_heights``.
+6. *Growth bound* (ADR 0012). Let ``w`` be the weights of the last set in
+   the schedule (the one in force just before the new set takes effect),
+   ``W = sum w`` (``scale`` except for the genesis set). Peer ``j`` may get
+   at most ``g_j = max(floor, floor((1 + growth) * w_j * scale / W))``.
+   Since ``growth * floor >= 1`` (a parameter constraint), ``g_j`` is at
+   least the peer's rescaled weight rounded up, so the caps sum to at least
+   ``scale``, and a peer at the floor can always grow.
+7. *Integer weights* summing to exactly ``scale``: global cap
+   ``c = max(floor(cap_share * scale), ceil(scale / n), floor)``, raised only
+   if ``sum_j min(c, g_j) < scale`` (the last set had a peer above ``c``) to
+   the least integer that makes that sum reach ``scale``; per-peer cap
+   ``e_j = min(c, g_j)``. Target
+   ``y_j = floor + (R - |U| * floor) * x_j / sum_U x`` (equal parts of ``R``
+   if ``sum_U x = 0``) over the unpinned set ``U`` with
+   ``R = scale - sum(e_j : j pinned)``; pin every ``y_j > e_j`` to ``e_j``
+   and repeat; then floor the ``y_j`` and hand the remaining units one each
+   to the largest fractional parts, ties by ascending peer id.
+8. *Schedule.* The new weights take effect at height ``h + delay_heights``.
+
+*Guarantee of steps 6-7.* Between two consecutive computed sets ``w`` and
+``w'`` (both total ``scale``, each weight at least ``floor``) every peer has
+``w'_j <= floor((1 + growth) * w_j)``, so any set ``S`` of peers, whatever
+it answers, scores or gets decided, has ``w'(S) <= (1 + growth) * w(S)``:
+the weight in force grows by at most a factor ``1 + growth`` from one height
+to the next. A coalition below ``1 / (3 * (1 + growth))`` of the weight
+(16/51, about 0.314, at ``growth`` = 1/16) cannot reach 1/3 at the next
+height, and one at share ``s < 1/3`` needs at least
+``ceil(log(1 / (3 s)) / log(1 + growth))`` heights of gain to reach it
+(2 of 7 equal peers: 3 heights; 3 of 10: 2). Falling is bounded by the
+others' growth: a set at share ``s`` loses at most ``(1 - s) * growth`` per
+height. A peer at ``floor`` (0.1% by default) regains at most a factor
+``1 + growth`` per height: 1% after 39 heights, an equal seventh after 82.
+From the genesis set (any total) the same holds of shares, except that a
+peer with less than ``floor`` may rise to ``floor``. The bound is on the
+rate, not the destination: a coalition that keeps winning decisions keeps
+gaining, ``1 + growth`` per height.
 
 At genesis trust is ``initial_trust * w_j / max w`` (shares start as genesis
 set them); a validator the state has never seen starts at ``initial_trust``.
@@ -43,7 +73,7 @@ Nothing is recomputed when ``h`` has no counted group and no new evidence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -61,6 +91,7 @@ __all__ = [
     "PeerWeights",
     "weighted_median",
     "allocate",
+    "growth_caps",
     "update",
 ]
 
@@ -81,6 +112,14 @@ class WeightParams:
     kappa: Fraction = Fraction(1, 2)  # consensus score: more than half the scoring stake
     floor: int = 1_000  # every validator keeps at least 0.1% of the default scale
     cap_share: Fraction = Fraction(3, 10)  # < 1/3: no single peer can stall or veto
+    growth: Fraction = Fraction(1, 16)  # a weight grows at most 1/16 per height (ADR 0012)
+    """Largest relative growth of any peer's weight from one scheduled set to the next.
+
+    A coalition at share ``s`` holds at most ``s * (1 + growth)`` at the next
+    height, so one below ``1 / (3 * (1 + growth))`` (16/51 at 1/16) cannot
+    cross 1/3 in one height; a peer at the floor regains at most this factor
+    per height. ``growth * floor >= 1``: a peer at the floor can gain a unit.
+    """
     scale: int = 1_000_000  # total weight of every computed set, exactly
     delay_heights: int = 2  # weights computed at h apply from h + 2 (CometBFT)
     initial_trust: int = ONE // 2  # prior of the heaviest genesis peer (others pro rata)
@@ -92,7 +131,7 @@ class WeightParams:
 
     @classmethod
     def for_tests(cls) -> WeightParams:
-        return cls(scale=10_000, floor=10)
+        return cls(scale=10_000, floor=16)  # the least floor that can grow at growth 1/16
 
     def validate(self) -> WeightParams:
         """Return ``self`` or raise ``ValueError`` naming the bad field."""
@@ -104,6 +143,8 @@ class WeightParams:
             raise ValueError("kappa must be in (0, 1)")
         if not 0 < self.cap_share <= 1:
             raise ValueError("cap_share must be in (0, 1]")
+        if self.growth * self.floor < 1:
+            raise ValueError("growth must satisfy growth * floor >= 1 (a peer at the floor can grow)")
         if self.scale < 1 or not 1 <= self.floor <= self.scale:
             raise ValueError("scale and floor must satisfy 1 <= floor <= scale")
         if self.delay_heights < 1:
@@ -132,8 +173,29 @@ def weighted_median(entries: Iterable[tuple[int, int]], kappa: Fraction = Fracti
     raise AssertionError("unreachable for kappa < 1")
 
 
-def allocate(shares: dict[PeerId, Fraction], params: WeightParams) -> dict[PeerId, int]:
-    """Integer weights summing to ``scale``, each in ``[floor, cap]``, by rule step 6."""
+def growth_caps(previous: Mapping[PeerId, int], params: WeightParams) -> dict[PeerId, int]:
+    """Rule step 6: the most each peer may hold in the next set, given the last one.
+
+    ``previous`` may have any positive total (a genesis set); it is rescaled
+    to ``scale``. With ``growth * floor >= 1`` every cap is at least the
+    peer's rescaled weight rounded up, so the caps sum to at least ``scale``.
+    """
+    total = sum(previous.values())
+    if total <= 0 or any(w < 0 for w in previous.values()):
+        raise ValueError("previous weights must be non-negative with a positive total")
+    num = params.growth.denominator + params.growth.numerator
+    den = params.growth.denominator * total
+    return {j: max(params.floor, num * w * params.scale // den) for j, w in previous.items()}
+
+
+def allocate(shares: dict[PeerId, Fraction], params: WeightParams,
+             previous: Mapping[PeerId, int] | None = None) -> dict[PeerId, int]:
+    """Integer weights summing to ``scale``, each in ``[floor, cap]``, by rule steps 6-7.
+
+    ``previous`` is the last scheduled set (same peers); with it each peer is
+    also held to its :func:`growth_caps` bound. Without it only the global
+    cap applies.
+    """
     ids = sorted(shares)
     n = len(ids)
     f, scale = params.floor, params.scale
@@ -143,20 +205,40 @@ def allocate(shares: dict[PeerId, Fraction], params: WeightParams) -> dict[PeerI
         raise ValueError("shares must be non-negative")
     raw_cap = params.cap_share.numerator * scale // params.cap_share.denominator
     cap = max(raw_cap, -(-scale // n), f)
+    if previous is None:
+        limit = dict.fromkeys(ids, cap)
+    else:
+        if set(previous) != set(ids):
+            raise ValueError("previous weights must name exactly the peers of the shares")
+        grow = growth_caps(previous, params)
+        if sum(grow.values()) < scale:
+            raise ValueError("growth caps sum below scale: growth * floor must be >= 1")
+        if sum(min(cap, grow[j]) for j in ids) < scale:
+            # The last set had a peer above the global cap: it comes down only as fast as
+            # the others may grow. Least integer cap that keeps the caps feasible.
+            lo, hi = cap, max(grow.values())
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if sum(min(mid, grow[j]) for j in ids) >= scale:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            cap = lo
+        limit = {j: min(cap, grow[j]) for j in ids}
     pinned: set[PeerId] = set()
     while True:
         free = [j for j in ids if j not in pinned]
-        rest = scale - len(pinned) * cap
+        rest = scale - sum(limit[j] for j in pinned)
         mass = sum((shares[j] for j in free), Fraction(0))
         if mass == 0:
             y = {j: Fraction(rest, len(free)) for j in free}
         else:
             y = {j: f + (rest - len(free) * f) * shares[j] / mass for j in free}
-        over = [j for j in free if y[j] > cap]
+        over = [j for j in free if y[j] > limit[j]]
         if not over:
             break
         pinned.update(over)
-    out = {j: cap for j in pinned}
+    out = {j: limit[j] for j in pinned}
     for j in free:
         out[j] = y[j].numerator // y[j].denominator
     left = scale - sum(out.values())
@@ -360,9 +442,11 @@ def update(
         shares = tn
     else:
         shares = {j: params.alpha_quality * qn[j] + params.beta_trust * tn[j] for j in ids}
-    weights = allocate(shares, params)
-    entry = (height + params.delay_heights, tuple((j, weights[j]) for j in ids))
-    future = tuple((h, w) for h, w in future if h < entry[0])
+    start = height + params.delay_heights
+    future = tuple((h, w) for h, w in future if h < start)
+    last = dict((*current, *future)[-1][1])  # in force just before ``start``
+    weights = allocate(shares, params, {j: last[j] for j in ids})
+    entry = (start, tuple((j, weights[j]) for j in ids))
     return WeightState(
         height=height,
         trust=tuple((j, trust[j]) for j in ids),
