@@ -51,6 +51,7 @@ __all__ = [
     "verify_event",
     "encode_event",
     "decode_event",
+    "check_transaction",
 ]
 
 KIND = "dag_event"
@@ -95,7 +96,7 @@ class Event:
         if not is_peer_id(self.creator):
             raise EventError("creator must be a peer id (40 lowercase hex characters)")
         if not _is_int(self.seq) or not 0 <= self.seq < MAX_SEQ:
-            raise EventError(f"seq must be an integer in [0, 2^62), got {self.seq!r}")
+            raise EventError(f"seq must be an integer in [0, 2^62), got {self.seq!r:.40}")
         _check_hash(self.self_parent, "self_parent")
         _check_hash(self.other_parent, "other_parent")
         if (self.seq == 0) != (self.self_parent is None):
@@ -105,7 +106,7 @@ class Event:
         if self.self_parent is not None and self.self_parent == self.other_parent:
             raise EventError("self-parent and other-parent must differ")
         if not _is_int(self.timestamp) or not 0 <= self.timestamp < MAX_TIMESTAMP:
-            raise EventError(f"timestamp must be an integer in [0, 2^63) ns, got {self.timestamp!r}")
+            raise EventError(f"timestamp must be an integer in [0, 2^63) ns, got {self.timestamp!r:.40}")
         txs = self.transactions
         if isinstance(txs, list):
             txs = tuple(txs)
@@ -176,6 +177,22 @@ def encode_event(event: Event) -> bytes:
     return _wire(event.body, event.signature)
 
 
+def check_transaction(tx: bytes) -> str | None:
+    """``None`` if ``tx`` is what gossip accepts in an event, else why not.
+
+    Events are opaque to the hashgraph, but whatever reads their transactions
+    (:class:`dag.Ledger`) decodes them as msgpack: a transaction must be one
+    msgpack value within :func:`multillmn.canonical.unpack`'s bounds (nesting
+    at most :data:`multillmn.canonical.MAX_DEPTH`, no floats, string keys),
+    so a decoder bomb is refused at the edge, before any store sees it.
+    """
+    try:
+        canonical.unpack(tx, max_len=MAX_TRANSACTION_BYTES)
+    except canonical.CanonicalError as exc:
+        return str(exc)
+    return None
+
+
 def decode_event(data: bytes) -> Event:
     """Parse and validate wire bytes; raise :class:`EventError` naming the problem.
 
@@ -188,7 +205,7 @@ def decode_event(data: bytes) -> Event:
     if len(data) > MAX_EVENT_BYTES:
         raise EventError(f"encoded event of {len(data)} bytes exceeds {MAX_EVENT_BYTES}")
     try:
-        outer = canonical.unpack(data, max_len=MAX_EVENT_BYTES)
+        outer = canonical.unpack(data, max_len=MAX_EVENT_BYTES, max_depth=1)
     except canonical.CanonicalError as exc:
         raise EventError(f"event: {exc}") from None
     if not isinstance(outer, dict) or set(outer) != {"body", "sig"}:
@@ -197,7 +214,7 @@ def decode_event(data: bytes) -> Event:
     if not isinstance(body, bytes) or not isinstance(sig, bytes):
         raise EventError("event body and sig must be bytes")
     try:
-        raw = canonical.unpack(body, max_len=MAX_EVENT_BYTES)
+        raw = canonical.unpack(body, max_len=MAX_EVENT_BYTES, max_depth=2)  # a map holding a list of bytes
     except canonical.CanonicalError as exc:
         raise EventError(f"event body: {exc}") from None
     if not isinstance(raw, dict) or set(raw) != _BODY_KEYS:

@@ -4,8 +4,10 @@ They travel like every other signed message (``peers/wire.py``): a strict,
 frozen schema, canonical body, Ed25519 signature by a validator over
 ``"multillmn/v1/" + kind + "\\0" + body``. Event bytes inside a
 :class:`DagEvents` are decoded and checked here (structure, canonical form,
-sizes); their creators' signatures are checked by :class:`dag.Hashgraph`
-on insert.
+sizes, transactions that decode within the canonical bounds); their
+creators' signatures are checked by :class:`dag.Hashgraph` on insert. Every
+schema failure is a ``ValueError`` that :func:`consensus.messages.open_envelope`
+turns into :class:`~consensus.messages.MessageError`, whatever the bytes.
 
 * ``dag_sync``   ``{sender, vector}``: "here is what I hold"; the receiver
   answers with a ``dag_events`` of :func:`dag.events_missing` (possibly empty).
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from consensus.messages import MAX_PEERS, Hash32, Message, PeerIdField
-from dag.event import Event, EventError, decode_event
+from dag.event import Event, EventError, check_transaction, decode_event
 
 __all__ = ["DagSync", "DagEvents", "DagWant", "DAG_KINDS", "MAX_BATCH_EVENTS", "MAX_BATCH_BYTES",
            "MAX_WANTED"]
@@ -44,27 +46,46 @@ class DagSync(Message):
 
 
 class DagEvents(Message):
-    """Encoded events the receiver is missing, parents first (empty: "nothing new, here I am")."""
+    """Encoded events the receiver is missing, parents first (empty: "nothing new, here I am").
+
+    Every event must decode (:func:`dag.event.decode_event`) and every
+    transaction in it pass :func:`dag.event.check_transaction`; one bad event
+    refuses the whole batch, so it never reaches a hashgraph or a store.
+    """
 
     KIND: ClassVar[str] = "dag_events"
     SIGNER: ClassVar[str] = "sender"
     sender: PeerIdField
     events: Annotated[tuple[bytes, ...], Field(max_length=MAX_BATCH_EVENTS)]
+    _decoded: tuple[tuple[bytes, ...], tuple[Event, ...]] | None = PrivateAttr(default=None)
 
     @field_validator("events")
     @classmethod
-    def _events_decode(cls, value: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    def _events_size(cls, value: tuple[bytes, ...]) -> tuple[bytes, ...]:
         if sum(len(e) for e in value) > MAX_BATCH_BYTES:
             raise ValueError(f"event batch exceeds {MAX_BATCH_BYTES} bytes")
-        for i, data in enumerate(value):
+        return value
+
+    @model_validator(mode="after")
+    def _events_decode(self) -> DagEvents:
+        decoded: list[Event] = []
+        for i, data in enumerate(self.events):
             try:
-                decode_event(data)
+                event = decode_event(data)
             except EventError as exc:
                 raise ValueError(f"event {i}: {exc}") from None
-        return value
+            for j, tx in enumerate(event.transactions):
+                reason = check_transaction(tx)
+                if reason is not None:
+                    raise ValueError(f"event {i}: transaction {j}: {reason}")
+            decoded.append(event)
+        self._decoded = (self.events, tuple(decoded))
+        return self
 
     def decoded(self) -> list[Event]:
         """The events (already validated by the schema, so this does not raise)."""
+        if self._decoded is not None and self._decoded[0] is self.events:
+            return list(self._decoded[1])
         return [decode_event(e) for e in self.events]
 
 

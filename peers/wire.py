@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
-import msgpack
 from pydantic import ValidationError
 
 from consensus.messages import KINDS, Envelope, MessageError, Signed, VerifiedCache, open_envelope
@@ -167,15 +166,18 @@ def decode_message(
     """Decode and fully validate a payload made by :func:`encode_message`.
 
     Checks the outer map (exactly keys k/b/s, their types, canonical bytes), the
-    kind (consensus kinds and the DAG gossip kinds of :mod:`dag.messages`), then the body's schema, canonical form and signature via
-    :func:`~consensus.messages.open_envelope`. Raises only :class:`MessageError`
-    (a :class:`WireRejection` carrying a category).
+    kind (consensus kinds and the DAG gossip kinds of :mod:`dag.messages`), then
+    the body's msgpack (within :func:`multillmn.canonical.unpack`'s bounds on
+    size and nesting), schema, canonical form and signature via
+    :func:`~consensus.messages.open_envelope`, which decodes the body once.
+    Raises only :class:`MessageError` (a :class:`WireRejection` carrying a
+    category), whatever the bytes.
     """
     if len(payload) > max_len:
         raise WireRejection("oversized", f"message of {len(payload)} bytes exceeds {max_len}")
     try:
-        outer = canonical.unpack(payload, max_len=max_len)
-    except (canonical.CanonicalError, ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        outer = canonical.unpack(payload, max_len=max_len, max_depth=1)  # a flat map: nothing nests
+    except canonical.CanonicalError as exc:
         raise WireRejection("malformed", f"message is not msgpack: {exc}") from exc
     if not isinstance(outer, dict) or set(outer) != {"k", "b", "s"}:
         raise WireRejection("malformed", "message must be a map with exactly the keys k, b, s")
@@ -193,10 +195,6 @@ def decode_message(
         envelope = Envelope(body=body, sig=sig)
     except ValidationError as exc:
         raise WireRejection("oversized", f"{kind} body of {len(body)} bytes is too large") from exc
-    try:
-        canonical.unpack(body, max_len=max_len)
-    except (canonical.CanonicalError, ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise WireRejection("malformed", f"{kind} body is not msgpack: {exc}") from exc
 
     looked_up: list[bytes | None] = []
 
@@ -208,6 +206,8 @@ def decode_message(
     try:
         return open_envelope(model, envelope, lookup, cache)
     except MessageError as exc:
+        if isinstance(exc.__cause__, canonical.CanonicalError):  # the body's bytes, before any schema
+            raise WireRejection("malformed", f"{kind} body is not msgpack: {exc}") from exc
         if looked_up:
             category = "unknown-signer" if looked_up[-1] is None else "bad-signature"
         elif "canonical form" in str(exc):
