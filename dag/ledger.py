@@ -53,9 +53,9 @@ from typing import Any
 from consensus.chain import Chain
 from consensus.evidence import DuplicateVoteEvidence, Evidence
 from consensus.messages import Signed, Value, Vote, decode_value
-from dag.event import Event, EventError, decode_event, encode_event, verify_event
+from dag.event import MAX_TRANSACTION_BYTES, Event, EventError, decode_event, encode_event, verify_event
 from dag.hashgraph import ForkEvidence
-from multillmn import canonical
+from multillmn import canonical, jsonsafe
 from multillmn.certificate import certificate_precommits
 from multillmn.identity import PeerId, is_peer_id, peer_id_of
 
@@ -190,8 +190,8 @@ class Ledger:
         if not isinstance(blob, bytes):
             raise _Skip("bad certificate")
         try:
-            cert = json.loads(blob.decode("utf-8"))
-        except (ValueError, RecursionError):
+            cert = jsonsafe.loads(blob, max_bytes=MAX_TRANSACTION_BYTES)
+        except jsonsafe.JsonError:
             raise _Skip("bad certificate") from None
         value_id = cert.get("value_id") if isinstance(cert, dict) else None
         if (not isinstance(cert, dict) or type(cert.get("height")) is not int or cert["height"] != height
@@ -406,7 +406,7 @@ class Ledger:
             led.position = int(raw["position"])
             for h, blob in raw["answers"]:
                 led.answers[h] = blob
-                led._value_ids[h] = json.loads(blob.decode("utf-8"))["value_id"]
+                led._value_ids[h] = jsonsafe.loads(blob, max_bytes=MAX_TRANSACTION_BYTES)["value_id"]
             led.weights = {h: dict(w) for h, w in raw["weights"]}
             for ev in raw["evidence"]:
                 ev = dict(ev)
@@ -415,7 +415,8 @@ class Ledger:
             led.membership = {p: k for p, k in raw["membership"]}
             led.ignored = dict(raw["ignored"])
             for h, entries in raw["waiting"]:
-                led._waiting[h] = {c: (blob, json.loads(blob.decode("utf-8"))) for c, blob in entries}
+                led._waiting[h] = {c: (blob, jsonsafe.loads(blob, max_bytes=MAX_TRANSACTION_BYTES))
+                                   for c, blob in entries}
             led._log = [LedgerEntry(i, pos, h, t, tx) for i, (pos, h, t, tx) in enumerate(raw["log"])]
         except (canonical.CanonicalError, KeyError, TypeError, ValueError, AttributeError, RecursionError,
                 _Skip) as exc:

@@ -64,7 +64,7 @@ from consensus.messages import (
     open_envelope,
 )
 from consensus.validators import ValidatorSet
-from multillmn import canonical
+from multillmn import canonical, jsonsafe
 from multillmn.genesis import Genesis, GenesisError
 
 if TYPE_CHECKING:
@@ -402,13 +402,21 @@ def trusted_state_from_json(raw: Any) -> tuple[Genesis, TrustedState]:
     return genesis, TrustedState(height, vs, _unhex(raw["next_hash"], "trusted state next_hash", 32))
 
 
+MAX_FILE_BYTES = 64 << 20
+"""Largest certificate, genesis or trusted-state file :func:`verify_file` reads."""
+
+
 def _read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``, within :func:`multillmn.jsonsafe.loads`'s bounds, else :class:`CertificateError`."""
     try:
-        return json.loads(path.read_text())
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise CertificateError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except (ValueError, RecursionError) as exc:
-        raise CertificateError(f"{what} {path} is not JSON: {exc}") from None
+    try:
+        return jsonsafe.loads(data, max_bytes=MAX_FILE_BYTES)
+    except jsonsafe.JsonError as exc:
+        raise CertificateError(f"{what} {path} is not JSON within bounds: {exc}") from None
 
 
 def verify_file(path: Path, trusted_genesis: Path | None = None, trusted_state: Path | None = None) -> Certificate:
@@ -421,7 +429,7 @@ def verify_file(path: Path, trusted_genesis: Path | None = None, trusted_state: 
     genesis: Genesis | None = None
     if trusted_genesis is not None:
         try:
-            genesis = Genesis.load(trusted_genesis)
+            genesis = Genesis.from_json(_read_json(trusted_genesis, "trusted genesis"))
         except GenesisError as exc:
             raise CertificateError(f"trusted genesis: {exc}") from None
     state: TrustedState | None = None
