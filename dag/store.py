@@ -9,7 +9,9 @@ crash or power loss), foreign keys on. Tables:
 * ``network(chain_id, genesis_hash)``: the network the ledger belongs to,
   bound when the store is first opened for one; opening it for another
   network raises :class:`NetworkMismatch`, so a peer never replays a ledger
-  whose events the genesis it was given cannot explain.
+  whose events the genesis it was given cannot explain;
+* ``quarantine(id, idx, hash, body, reason)``: event rows moved aside because
+  they did not decode (:meth:`Store.load`) or did not insert (:func:`replay`).
 
 Every append is one transaction, so a crash leaves a prefix of what was
 appended. Order rows can only reference events already committed (foreign
@@ -17,10 +19,19 @@ key), so order is never ahead of the events. On restart :func:`replay`
 re-inserts the events into a fresh :class:`Hashgraph`, checks that the stored
 order is a prefix of the order it derives, and appends the rest (events that
 were committed but whose ordering was not, before the crash).
+
+A malformed record never prevents a restart: an event row that does not
+decode or does not insert is moved to ``quarantine`` with a log line, and as
+the order and the snapshots are derived from the events, they are dropped
+with it and derived again from the events that remain (the events the peer
+lost come back from the other validators by sync). The invariants hold after
+a quarantine as before: every order row names a stored event, and the stored
+order is a prefix of the replayed one.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +43,8 @@ from dag.event import Event, EventError, decode_event, encode_event
 from dag.hashgraph import DEFAULT_COIN_PERIOD, Hashgraph, InsertError
 
 __all__ = ["Network", "NetworkMismatch", "Store", "StoreError", "replay", "SCHEMA_VERSION"]
+
+log = logging.getLogger("multillmn.store")
 
 SCHEMA_VERSION = 1
 
@@ -56,6 +69,13 @@ CREATE TABLE IF NOT EXISTS network (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     chain_id TEXT NOT NULL,
     genesis_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    hash BLOB,
+    body BLOB,
+    reason TEXT NOT NULL
 );
 """
 
@@ -178,22 +198,64 @@ class Store:
         order = self._db.execute("SELECT COUNT(*) FROM consensus_order").fetchone()[0]
         return int(ev), int(order)
 
+    def quarantined(self) -> list[tuple[int, str]]:
+        """(former ``idx``, reason) of every event row moved to quarantine, oldest first."""
+        return [(int(i), str(r)) for i, r in self._db.execute("SELECT idx, reason FROM quarantine ORDER BY id")]
+
+    def quarantine(self, hashes: Iterable[tuple[bytes, str]]) -> int:
+        """Move the stored events with these hashes (and reasons) to quarantine; return how many moved.
+
+        The consensus order and the snapshots are derived from the events, so
+        they are dropped too (one transaction), to be derived again by :func:`replay`.
+        """
+        wanted = list(hashes)
+        rows = []
+        for h, reason in wanted:
+            row = self._db.execute("SELECT idx FROM events WHERE hash = ?", (h,)).fetchone()
+            if row is not None:
+                rows.append((int(row[0]), reason))
+        self._quarantine(rows)
+        return len(rows)
+
+    def _quarantine(self, rows: list[tuple[int, str]]) -> None:
+        if not rows:
+            return
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM consensus_order")
+                self._db.execute("DELETE FROM snapshots")
+                for idx, reason in rows:
+                    self._db.execute("INSERT INTO quarantine (idx, hash, body, reason) "
+                                     "SELECT idx, hash, body, ? FROM events WHERE idx = ?", (reason[:500], idx))
+                    self._db.execute("DELETE FROM events WHERE idx = ?", (idx,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot quarantine events in {self.path}: {exc}") from exc
+        for idx, reason in rows:
+            log.warning("ledger store: event row %d quarantined: %s", idx, reason[:200])
+        log.warning("ledger store %s: %d event rows quarantined; the consensus order and snapshots are "
+                    "derived again", self.path, len(rows))
+
     def load(self) -> tuple[list[Event], list[bytes]]:
-        """(events in insertion order, ordered event hashes); checks the database's invariants."""
+        """(events in insertion order, ordered event hashes); checks the database's invariants.
+
+        An event row that does not decode, or whose columns do not match its
+        body, is quarantined (see :meth:`quarantine`) instead of failing the load.
+        """
         try:
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise StoreError(f"{self.path}: integrity check failed: {check}")
             events: list[Event] = []
+            bad: list[tuple[int, str]] = []
             for idx, h, creator, seq, body in self._db.execute(
                     "SELECT idx, hash, creator, seq, body FROM events ORDER BY idx"):
-                try:
-                    ev = decode_event(bytes(body))
-                except EventError as exc:
-                    raise StoreError(f"event row {idx}: {exc}") from None
-                if ev.hash != h or ev.creator != creator or ev.seq != seq:
-                    raise StoreError(f"event row {idx}: columns do not match its body")
-                events.append(ev)
+                ev = _decode_row(h, creator, seq, body)
+                if isinstance(ev, Event):
+                    events.append(ev)
+                else:
+                    bad.append((int(idx), ev))
+            self._quarantine(bad)
             order: list[bytes] = []
             for pos, h in self._db.execute("SELECT position, event_hash FROM consensus_order ORDER BY position"):
                 if pos != len(order):
@@ -207,6 +269,19 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
         return events, order
+
+
+def _decode_row(h: object, creator: object, seq: object, body: object) -> Event | str:
+    """The event of a stored row, or why the row is unusable (it does not decode or its columns disagree)."""
+    if not isinstance(body, bytes):
+        return f"body is {type(body).__name__}, not a blob"
+    try:
+        ev = decode_event(body)
+    except EventError as exc:
+        return str(exc)
+    if ev.hash != h or ev.creator != creator or ev.seq != seq:
+        return "columns do not match its body"
+    return ev
 
 
 def _bind(conn: sqlite3.Connection, path: Path, network: Network) -> None:
@@ -225,16 +300,23 @@ def replay(store: Store, validators: ValidatorSet, *, coin_period: int = DEFAULT
            verify: bool = True) -> Hashgraph:
     """Rebuild the hashgraph from ``store``; check and complete the stored order.
 
-    Raises :class:`StoreError` if a stored event does not insert or the stored
-    order is not a prefix of the order the events produce.
+    Stored events that do not decode or do not insert (bad signature, missing
+    parent, ...) are quarantined with a log line (:meth:`Store.quarantine`) and
+    the order is derived again without them. Raises :class:`StoreError` if the
+    database is unusable or the stored order is not a prefix of the order the
+    events produce (a stored order that nothing explains is never rewritten).
     """
     events, stored = store.load()
     hg = Hashgraph(validators, coin_period=coin_period, verify=verify)
+    bad: list[tuple[bytes, str]] = []
     for i, ev in enumerate(events):
         try:
             hg.insert(ev)
         except InsertError as exc:
-            raise StoreError(f"stored event {i} does not insert: {exc}") from None
+            bad.append((ev.hash, f"stored event {i} does not insert: {exc}"))
+    if bad:
+        store.quarantine(bad)
+        stored = []
     derived = hg.order_hashes()
     if derived[:len(stored)] != stored:
         at = next((i for i, (a, b) in enumerate(zip(derived, stored)) if a != b), len(derived))
