@@ -13,25 +13,34 @@
   an extra ``certificate`` field, so the ``openai`` client works unchanged.
 
 Request bodies are strict pydantic models: a wrong type, a missing or unknown
-field, or a value out of range is a 422 with the field named.
+field, a value out of range, or text that cannot be encoded as UTF-8 (a lone
+surrogate) is a 422 with the field named. Before any of that,
+:class:`peers.httplimits.RequestLimits` bounds every request's body: its size
+(413), the time to receive it (408) and, for JSON, its nesting, integers and
+text (422).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from consensus.messages import MAX_QUESTION_CHARS
+from multillmn import jsonsafe
+from peers.httplimits import HttpLimits, RequestLimits
 from peers.ledger import LedgerService, entry_json
 from peers.node import Decision, Node, QueryFailed
 
-__all__ = ["PeerHandle", "create_app", "MAX_LEDGER_PAGE"]
+__all__ = ["PeerHandle", "create_app", "MAX_LEDGER_PAGE", "HttpLimits"]
 
 MAX_LEDGER_PAGE = 500
 
@@ -53,9 +62,21 @@ class PeerHandle:
         return self.node
 
 
+def _utf8(value: Any) -> Any:
+    """``value`` if every string in it encodes to UTF-8 (no lone surrogate), else a ValueError."""
+    try:
+        jsonsafe.check_text(value)
+    except jsonsafe.JsonError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Utf8Str = Annotated[str, AfterValidator(_utf8)]
+
+
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    question: Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]
+    question: Annotated[Utf8Str, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]
     max_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
 
 
@@ -64,12 +85,17 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _content_utf8(cls, value: Any) -> Any:
+        return _utf8(value)
+
 
 class ChatRequest(BaseModel):
     """The subset of OpenAI's chat request that a consensus answer can honour; other fields are ignored."""
 
     model_config = ConfigDict(extra="allow")
-    model: str = "multillmn"
+    model: Utf8Str = "multillmn"
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)]
     max_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -124,8 +150,16 @@ def _decision_json(node: Node, decision: Decision, total_ms: int) -> dict[str, A
     }
 
 
-def create_app(peer: PeerHandle) -> FastAPI:
+def create_app(peer: PeerHandle, limits: HttpLimits | None = None) -> FastAPI:
+    """The API of ``peer``, every request bounded by ``limits`` (default :class:`HttpLimits`)."""
     app = FastAPI(title="multillmn peer", version="1")
+    app.add_middleware(RequestLimits, limits=limits)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input as UTF-8 and fails (500) on a lone surrogate; ASCII JSON cannot
+        return Response(json.dumps({"detail": jsonable_encoder(exc.errors())}), status_code=422,
+                        media_type="application/json")
 
     async def decide(question: str, max_tokens: int | None) -> tuple[Node, Decision, int]:
         node = peer.ready_node()

@@ -35,7 +35,7 @@ from peers.node import Node
 from peers.transport import LinkCondition, LinkShaper, Transport
 from peers.wal import ConsensusWal
 
-__all__ = ["run_peer", "load_identity"]
+__all__ = ["run_peer", "load_identity", "http_config"]
 
 log = logging.getLogger("multillmn.daemon")
 
@@ -66,11 +66,7 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
     setup_logging(cfg.log_level, peer=cfg.moniker)
     handle = PeerHandle(peer_id=key.peer_id, moniker=cfg.moniker, model=cfg.model)
     host, port = parse_hostport(cfg.api_listen, "api.listen")
-    http = HypercornConfig()
-    http.bind = [f"{host}:{port}"]
-    http.accesslog = None
-    http.errorlog = logging.getLogger("multillmn.http")
-    http.graceful_timeout = 2.0
+    http = http_config(host, port)
     shutdown = trio.Event()
 
     async with trio.open_nursery() as nursery:
@@ -102,6 +98,28 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
         handle.node = node
         handle.phase = "ready"
         log.info("ready", extra=fields(model=engine.model_name, height=node.height))
+
+
+def http_config(host: str, port: int) -> HypercornConfig:
+    """hypercorn's settings for the API, with the limits on slow or large clients stated.
+
+    hypercorn bounds a request's head: ``h11_max_incomplete_size`` bytes, sent
+    within ``keep_alive_timeout`` (a connection idles that long before its
+    first request or between two). It has no bound on the time to send a body:
+    its ``read_timeout`` bounds each read, also while a client waits for a
+    slow answer, so it would cut queries that take long to decide. The body
+    (size, time to receive it, JSON bounds) is bounded by
+    :class:`peers.httplimits.RequestLimits`, which :func:`peers.api.create_app` installs.
+    """
+    http = HypercornConfig()
+    http.bind = [f"{host}:{port}"]
+    http.accesslog = None
+    http.errorlog = logging.getLogger("multillmn.http")
+    http.graceful_timeout = 2.0
+    http.keep_alive_timeout = 5.0
+    http.h11_max_incomplete_size = 16 * 1024
+    http.read_timeout = None
+    return http
 
 
 async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:

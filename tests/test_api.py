@@ -69,6 +69,10 @@ async def test_query_status_certificates_and_chat() -> None:
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400,
          "streaming"),
         ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 422, "role"),
+        # issue 10: a lone surrogate was a 500, nesting 1,000 deep too
+        ("/v1/query", '{"question": "Is \\ud800 a letter?"}', 422, "question"),
+        ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "\\udfff"}]}', 422, "content"),
+        ("/v1/query", '{"question": ' + "[" * 1000 + "]" * 1000 + "}", 422, "nested"),
     ],
 )
 async def test_bad_requests_get_a_clear_4xx(path: str, body: Any, status: int, detail: str) -> None:
