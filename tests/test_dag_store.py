@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dag import Hashgraph, Ledger, Network, NetworkMismatch, Store, StoreError, replay
+from dag import Hashgraph, Ledger, Network, NetworkMismatch, Store, StoreError, certificate_tx, replay, sign_event
 from dag.sim import GossipSim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,3 +140,76 @@ def test_sigkill_mid_write_leaves_a_consistent_database(tmp_path: Path, seed: in
         hg: Hashgraph = replay(store, validators)  # stored order is a prefix of the replayed one
         assert hg.order_hashes()[:len(order)] == order
         assert store.load()[1] == hg.order_hashes()
+
+
+# --- issue 10: a malformed stored record never prevents a restart ---------------------------------
+
+
+def test_a_malformed_stored_event_is_quarantined_and_the_order_derived_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sim = run_sim(5, 150)
+    node = sim.nodes[0]
+    db = tmp_path / "dag.db"
+    with Store.open(db) as store:
+        store.append_events(node.inserted)
+        store.append_order([e.hash for e in node.ordered])
+        store.save_snapshot(len(node.ordered), Ledger().snapshot())
+    victim = 40  # an early, ordered event with descendants; idx is 1-based
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE events SET body = ? WHERE idx = ?", (b"\x91" * 1010 + b"\xc0", victim + 1))
+    with Store.open(db) as store, caplog.at_level(logging.WARNING, logger="multillmn.store"):
+        hg = replay(store, sim.validators)  # does not raise
+        quarantined = store.quarantined()
+        assert quarantined[0][0] == victim + 1 and "nested deeper" in quarantined[0][1]
+        assert len(quarantined) > 1 and all("does not insert" in r for _, r in quarantined[1:])  # descendants
+        events, order = store.load()
+        assert len(events) == len(node.inserted) - len(quarantined) == len(hg)
+        assert order == hg.order_hashes() and len(order) < len(node.ordered)  # derived again, a prefix
+        assert store.latest_snapshot() is None  # derived from the old order: dropped
+    assert any("event row 41 quarantined" in r.getMessage() for r in caplog.records)
+    with Store.open(db) as store:  # the lost events come back from the peers, parents first
+        store.append_events(node.inserted)
+        assert replay(store, sim.validators).order_hashes() == [e.hash for e in node.ordered]
+        assert store.load()[1] == [e.hash for e in node.ordered]
+
+
+@pytest.mark.parametrize("change", ["body = 'text'", "body = 1000000000", "creator = 'someone'", "seq = seq + 1",
+                                    "hash = zeroblob(32)"])
+def test_rows_that_do_not_match_their_body_are_quarantined(tmp_path: Path, change: str) -> None:
+    sim = run_sim(6, 40)
+    node = sim.nodes[0]
+    db = tmp_path / "dag.db"
+    with Store.open(db) as store:
+        store.append_events(node.inserted[:5])
+    last = node.inserted[4]
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE events SET {change} WHERE idx = 5")
+    with Store.open(db) as store:
+        hg = replay(store, sim.validators)
+        assert [i for i, _ in store.quarantined()] == [5] and last.hash not in hg and len(hg) == 4
+
+
+def test_a_peer_restarts_with_a_poisoned_event_in_its_store(tmp_path: Path) -> None:
+    """The issue's poisoned event (a transaction nested 1,010 deep), stored before the edge refused it:
+    the peer reopens its store, orders it and ignores the transaction."""
+    from peers.ledger import LedgerService, network_of
+    from tests.conftest import make_net
+
+    net = make_net([1])
+    key = net.keys[0]
+    events, prev = [], None
+    for i in range(6):
+        txs = [b"\x91" * 1010 + b"\xc0", certificate_tx(1, b"[" * 5000)] if i == 0 else []
+        prev = sign_event(key, seq=i, self_parent=prev.hash if prev else None, other_parent=None,
+                          timestamp=i + 1, transactions=txs)
+        events.append(prev)
+    path = tmp_path / "ledger.sqlite"
+    with Store.open(path, network_of(net.genesis)) as store:
+        store.append_events(events)
+    for _ in range(2):  # and again after the first restart wrote its order
+        svc = LedgerService.open(key, net.genesis, None, path)  # type: ignore[arg-type]  # no gossip here
+        try:
+            assert svc.ledger.position == 2 and svc.ledger.ignored == {"malformed": 1, "bad certificate": 1}
+            assert svc.store is not None and svc.store.quarantined() == []
+        finally:
+            svc.close()

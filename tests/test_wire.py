@@ -204,6 +204,13 @@ def reject_cases() -> list[tuple[str, bytes, str]]:
         ("signed-by-other", signed_body("vote", body, ALICE), "bad-signature"),
         ("wrong-domain", outer("vote", body, BOB.sign("answer", body)), "bad-signature"),
         ("oversized-body", outer("vote", b"\x00" * ((1 << 20) + 1), sig), "oversized"),
+        # issue 10: nesting 1,000 deep used to raise RecursionError out of the decoder
+        ("deep-outer", b"\x91" * 1010 + b"\xc0", "malformed"),
+        ("deep-body", signed_body("vote", b"\x91" * 1010 + b"\xc0"), "malformed"),
+        ("body-17-deep", signed_body("vote", canonical.pack({"type": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]})),
+         "malformed"),
+        ("nested-outer", canonical.pack({"k": "vote", "b": body, "s": [sig]}), "malformed"),
+        ("float-body", signed_body("vote", msgpack.packb({"height": 1.5})), "malformed"),
     ]
 
 
