@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from consensus import grouping
 from consensus.chain import Chain
 from consensus.evidence import DuplicateVoteEvidence
-from consensus.messages import EvidencePair, Proposal, Signed, Value, Vote, sign
+from consensus.messages import EvidencePair, Proposal, Query, Signed, Value, Vote, sign
 from consensus.scores import ScoreVector
 from dag.event import encode_event, sign_event
 from dag.ledger import certificate_tx, evidence_tx, membership_tx, weights_tx
@@ -49,7 +49,8 @@ class Corpus:
 
 def _value_at(net: Net, chain: Chain, height: int, texts: list[str], scores: tuple[Signed[ScoreVector], ...] = (),
               evidence: tuple[EvidencePair, ...] = ()) -> Value:
-    query = net.query(f"question {height}?")
+    query = sign(Query(entry=net.keys[0].peer_id, question=f"question {height}?", nonce=bytes([height]) * 16,
+                       max_tokens=32, created_ms=0), net.keys[0])  # no random nonce: the corpus is deterministic
     answers = [net.answer(query, i, t) for i, t in enumerate(texts)]
     n = len(texts)
     sims = [1000 if texts[i] == texts[j] else 0 for i in range(n) for j in range(i + 1, n)]
@@ -61,7 +62,7 @@ def _value_at(net: Net, chain: Chain, height: int, texts: list[str], scores: tup
 
 
 def build_corpus() -> Corpus:
-    """Real signed frames of every kind, on a 4-peer adaptive-weights network (deterministic keys)."""
+    """Real signed frames of every kind, on a 4-peer adaptive-weights network; the same bytes every run."""
     net = make_net([1, 1, 1, 1])
     keys, ids = net.keys, [k.peer_id for k in net.keys]
     chain = net.genesis.chain()
