@@ -194,11 +194,13 @@ def check_transaction(tx: bytes) -> str | None:
 
 
 def decode_event(data: bytes) -> Event:
-    """Parse and validate wire bytes; raise :class:`EventError` naming the problem.
+    """Parse and validate wire bytes; raise :class:`EventError` naming the problem, and nothing else
+    whatever ``data`` holds (the outer map may not nest, the body only holds the transaction list).
 
     The body must be canonical (re-encoding gives the same bytes), so the
     signed bytes and the hashed bytes are unambiguous. Signatures are not
-    checked here: see :func:`verify_event`.
+    checked here: see :func:`verify_event`; transactions neither: see
+    :func:`check_transaction`.
     """
     if not isinstance(data, bytes):
         raise EventError("an encoded event is bytes")
