@@ -47,15 +47,19 @@ def pack(value: Any) -> bytes:
     return packed
 
 
-def unpack(data: bytes, *, max_len: int = 1 << 24, max_depth: int = MAX_DEPTH) -> Any:
+def unpack(data: bytes, *, max_len: int = 1 << 24, max_depth: int = MAX_DEPTH,
+           max_array_len: int = MAX_ARRAY_LEN) -> Any:
     """Decode msgpack produced by :func:`pack`; lists come back as tuples.
 
     Raises :class:`CanonicalError`, and nothing else, for any input: malformed
-    bytes, trailing data, more than ``max_len`` bytes, a string, bytes, array or
-    map over its length limit, nesting deeper than ``max_depth`` (a scalar has
-    depth 0, a list of scalars depth 1), map keys that are not strings, float
-    or extension values (never used on the wire). Integers are those msgpack can hold, ``[-2^63, 2^64)``. Nothing
-    here recurses in Python, so no nesting reaches the interpreter's limit.
+    bytes, trailing data, more than ``max_len`` bytes, a string, bytes, array
+    or map over its length limit, nesting deeper than ``max_depth`` (a scalar
+    has depth 0, a list of scalars depth 1), map keys that are not strings,
+    float or extension values (never used on the wire). Integers are those
+    msgpack can hold, ``[-2^63, 2^64)``. Nothing here recurses in Python, so
+    no nesting reaches the interpreter's limit. ``max_array_len`` (items of
+    one array) may be raised for local data such as a ledger snapshot: every
+    item takes at least a byte, so ``max_len`` still bounds the work.
     """
     try:
         size = len(data)
@@ -71,7 +75,7 @@ def unpack(data: bytes, *, max_len: int = 1 << 24, max_depth: int = MAX_DEPTH) -
             strict_map_key=True,
             max_bin_len=max_len,
             max_str_len=max_len,
-            max_array_len=MAX_ARRAY_LEN,
+            max_array_len=max_array_len,
             max_map_len=MAX_MAP_LEN,
             max_ext_len=0,
         )
