@@ -33,9 +33,10 @@ from consensus.votes import HeightVotes, RoundVotes, VoteType
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
-    Commit,
+    Committee,
     Core,
     Decide,
+    EnterHeight,
     Equivocation,
     Input,
     Output,
@@ -58,7 +59,8 @@ __all__ = [
     "Group", "build_value", "check_claimed_sims", "choose", "group_answers", "pair_count",
     "pair_index", "quantise_similarity", "validate_value",
     "HeightVotes", "RoundVotes", "VoteType",
-    "BroadcastProposal", "BroadcastVote", "Commit", "Core", "Decide", "Equivocation", "Input", "Output",
+    "BroadcastProposal", "BroadcastVote", "Committee", "Core", "Decide", "EnterHeight", "Equivocation", "Input",
+    "Output",
     "ProposalInput", "ProposeValue", "RequestValue", "ScheduleTimeout", "Start", "StepName",
     "TimeoutInput", "Timeouts", "VoteInput",
 ]

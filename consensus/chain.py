@@ -1,6 +1,7 @@
 """The chain: decided heights and the validator sets they imply (pure).
 
-The core owns one :class:`Chain`. Each decided value is folded in with
+The driver owns one :class:`Chain` and hands the core each height's
+:meth:`committee`. Each decided value is folded in with
 :meth:`Chain.apply`, in height order: its signed score vectors and evidence
 go through :func:`consensus.weights.update`, whose new weights take effect
 ``delay_heights`` later. So the set in force at ``h + 1`` is already fixed
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Literal
 from consensus.evidence import DuplicateVoteEvidence, Evidence, check_evidence, decode_evidence, evidence_id
 from consensus.messages import Envelope, EvidencePair, MessageError, Signed, Value, open_envelope
 from consensus.scores import ScoreVector
+from consensus.state_machine import Committee
 from consensus.validators import ValidatorSet
 from consensus.weights import WeightParams, WeightState, update
 from multillmn.identity import PeerId
@@ -100,6 +102,12 @@ class Chain:
             prios, chosen = vs.advance_priorities(self._prios, round + 1)
         self._round_prios = (height, round, prios, chosen)
         return vs.ids[chosen]
+
+    def committee(self, height: int) -> Committee:
+        """What the core needs at ``height`` (the next height to decide): its set and proposers by round."""
+        if height != self.height + 1:
+            raise ValueError(f"the chain at height {self.height} knows the committee of {self.height + 1} only")
+        return Committee(self.validators_at(height), lambda r: self.proposer(height, r))
 
     def weights_digest(self) -> bytes | None:
         """Hash of the weight state (equal on every honest peer at the same height)."""

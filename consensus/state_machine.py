@@ -7,11 +7,25 @@ inputs like everyone else's; it schedules timeouts and answers
 :class:`RequestValue`. Inputs must come from ``open_envelope`` (signatures
 checked); proposal validity (``valid(v)``) is computed by the runner.
 
+The core never computes a validator set: its host (the driver, which
+owns the weight rule) hands it the :class:`Committee` of each height, the
+set in force there and its proposer per round, with :class:`EnterHeight`,
+as Malachite's core asks its host for a height's validator set. After
+:class:`Decide` the core stays at the decided height (recording nothing
+more of it, buffering later heights) until the host enters the next one.
+
 Thresholds: "2f+1" is ``validators.has_quorum`` and "f+1" is
 ``validators.has_one_third`` of weight. Deviations from the paper: every
 process (the proposer too) schedules the propose timeout; before
 :class:`Start` the core only records messages and can still decide (rule
-L49); after deciding it moves to the next height but waits for ``Start``.
+L49).
+
+Bounds, per height: proposals are kept for rounds up to ``round + 1``
+plus ``catchup_rounds`` far rounds per signer, at most ``n + 1``
+conflicting ones per round; votes likewise per round (one per voter and
+type, see :class:`~consensus.votes.HeightVotes`); messages of the next
+``future_heights`` heights are buffered, ``buffer_per_signer`` per signer
+and height.
 """
 
 from __future__ import annotations
@@ -19,7 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from consensus.chain import Chain
+from collections.abc import Callable
+
 from consensus.messages import Proposal, Signed, Value, Vote
 from consensus.validators import ValidatorSet
 from consensus.votes import HeightVotes, VoteType
@@ -33,7 +48,8 @@ __all__ = [
     "VoteInput",
     "TimeoutInput",
     "ProposeValue",
-    "Commit",
+    "EnterHeight",
+    "Committee",
     "Input",
     "BroadcastProposal",
     "BroadcastVote",
@@ -97,21 +113,26 @@ class ProposeValue:
 
 
 @dataclass(frozen=True)
-class Commit:
-    """Height ``height`` decided ``value`` elsewhere: fold it into the chain, move to ``height + 1``.
+class Committee:
+    """What the core needs to know of a height: the validator set in force and the proposer of each round."""
 
-    Only for a height backed by a verified certificate (the runner checks it,
-    e.g. a certificate ordered by the DAG ledger); this is how a peer that was
-    down or partitioned catches up. Commits must come in height order: one
-    for another height than the current is ignored. Without a ``value``
-    (static weights only) the core may jump ahead to any later height.
+    validators: ValidatorSet
+    proposer: Callable[[int], PeerId]
+
+
+@dataclass(frozen=True)
+class EnterHeight:
+    """Move to ``height`` (after a decision, or a height decided elsewhere), counted in ``committee``.
+
+    Ignored unless ``height`` is above the current one; buffered messages of
+    ``height`` are replayed.
     """
 
     height: int
-    value: Value | None = None
+    committee: Committee
 
 
-Input = Start | ProposalInput | VoteInput | TimeoutInput | ProposeValue | Commit
+Input = Start | ProposalInput | VoteInput | TimeoutInput | ProposeValue | EnterHeight
 
 
 # --- outputs --------------------------------------------------------------
@@ -184,6 +205,7 @@ class _HeightState:
     round: int = 0
     step: StepName = "propose"
     started: bool = False
+    decided: bool = False
     locked_value: Value | None = None
     locked_round: int = -1
     locked_id: bytes | None = None
@@ -198,12 +220,17 @@ class _HeightState:
     fired: set[tuple[str, int]] = field(default_factory=set)
 
 
+def static_committee(validators: ValidatorSet, height: int) -> Committee:
+    """A fixed set's committee at ``height``: CometBFT's weighted round robin from genesis priorities."""
+    return Committee(validators, lambda r: validators.proposer(height, r))
+
+
 class Core:
     """Consensus state for one height at a time; see the module docstring."""
 
     def __init__(
         self,
-        validators: ValidatorSet | Chain,
+        committee: Committee | ValidatorSet,
         own_id: PeerId,
         height: int = 1,
         *,
@@ -212,9 +239,10 @@ class Core:
         catchup_rounds: int = 2,
         buffer_per_signer: int = 16,
     ) -> None:
-        self.chain = validators if isinstance(validators, Chain) else Chain(validators, None)
-        if self.chain.height not in (0, height - 1) or (self.chain.adaptive and self.chain.height != height - 1):
-            raise ValueError(f"a core at height {height} needs a chain at height {height - 1}")
+        """``committee`` of ``height`` (a bare set: fixed weights, CometBFT's proposer rotation)."""
+        if height < 1:
+            raise ValueError("height must be >= 1")
+        self.committee = committee if isinstance(committee, Committee) else static_committee(committee, height)
         self.own_id = own_id
         self.timeouts = timeouts
         self.future_heights = future_heights
@@ -230,7 +258,12 @@ class Core:
     @property
     def validators(self) -> ValidatorSet:
         """The validator set in force at the current height."""
-        return self.chain.validators_at(self.height)
+        return self.committee.validators
+
+    @property
+    def decided(self) -> bool:
+        """Whether the current height is decided (the host has yet to enter the next one)."""
+        return self._s.decided
 
     @property
     def round(self) -> int:
@@ -266,7 +299,7 @@ class Core:
         out: list[Output] = []
         s = self._s
         if isinstance(inp, Start):
-            if not s.started:
+            if not s.started and not s.decided:
                 s.started = True
                 self._start_round(0, out)
         elif isinstance(inp, (ProposalInput, VoteInput)):
@@ -283,12 +316,10 @@ class Core:
             ):
                 s.awaiting_value = None
                 self._propose(inp.value, -1, out)
-        elif isinstance(inp, Commit):
-            if inp.value is not None and inp.height == self.height:
-                self.chain.apply(inp.height, inp.value)
-                self._advance(inp.height + 1, out)
-            elif inp.value is None and not self.chain.adaptive and inp.height >= self.height:
-                self._advance(inp.height + 1, out)
+        elif isinstance(inp, EnterHeight):
+            if inp.height > self.height:
+                self.committee = inp.committee
+                self._advance(inp.height, out)
         while self._fire_one(out):
             pass
         return out
@@ -305,6 +336,8 @@ class Core:
             if height <= self.height + self.future_heights and self._buffered.get(key, 0) < self.buffer_per_signer:
                 self._buffered[key] = self._buffered.get(key, 0) + 1
                 self._buffer.setdefault(height, []).append(inp)
+            return
+        if self._s.decided:
             return
         if isinstance(inp, ProposalInput):
             self._add_proposal(inp, out)
@@ -325,7 +358,7 @@ class Core:
 
     def _add_proposal(self, inp: ProposalInput, out: list[Output]) -> None:
         p = inp.signed.message
-        if p.proposer != self.chain.proposer(p.height, p.round) or p.valid_round >= p.round:
+        if p.proposer != self.committee.proposer(p.round) or p.valid_round >= p.round:
             return
         if not self._admit_round(p.proposer, p.round):
             return
@@ -359,7 +392,7 @@ class Core:
         s.round = round
         s.step = "propose"
         s.awaiting_value = None
-        if self.own_id in self.validators and self.chain.proposer(self.height, round) == self.own_id:
+        if self.own_id in self.validators and self.committee.proposer(round) == self.own_id:
             if s.valid_value is not None:
                 self._propose(s.valid_value, s.valid_round, out)
             else:
@@ -393,7 +426,7 @@ class Core:
 
     def _on_timeout(self, t: TimeoutInput, out: list[Output]) -> None:
         s = self._s
-        if t.height != self.height or t.round != s.round or not s.started:
+        if t.height != self.height or t.round != s.round or not s.started or s.decided:
             return
         if t.step == "propose" and s.step == "propose":
             self._vote("prevote", None, out)
@@ -407,8 +440,7 @@ class Core:
         decision = Decide(self.height, round, prop.value, precommits, self.validators)
         out.append(decision)
         self.decision = decision
-        self.chain.apply(self.height, prop.value)
-        self._advance(self.height + 1, out)
+        self._s = _HeightState(round=round, step=self._s.step, started=self._s.started, decided=True)
 
     def _advance(self, height: int, out: list[Output]) -> None:
         """Enter ``height`` (not started), dropping older state and replaying its buffered messages."""
@@ -424,6 +456,8 @@ class Core:
     def _fire_one(self, out: list[Output]) -> bool:
         """Apply the first enabled rule; return whether one fired."""
         s = self._s
+        if s.decided:
+            return False
         vs = self.validators
         votes = s.votes
         # L49: 2f+1 precommits for v in any round, with its valid proposal -> decide.

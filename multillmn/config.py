@@ -20,8 +20,8 @@ __all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render
            "SHARD_OBJECTIVES"]
 
 BYZANTINE_BEHAVIOURS = (
-    "none", "wrong", "junk", "copy-late", "collude", "double-vote",
-    "conflicting-proposals", "withhold", "crash", "slow",
+    "none", "wrong", "junk", "collude", "copy-late", "double-vote",
+    "conflicting-proposals", "withhold", "crash", "slow", "forge-certificate", "deep-nesting",
 )
 """Fault-injection behaviours a peer can be told to play (testnets and benchmarks only)."""
 

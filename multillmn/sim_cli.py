@@ -28,7 +28,7 @@ _MIXED = "mixed"
 def _behaviours() -> list[str]:
     from consensus.sim import behaviour_names
 
-    return [b for b in behaviour_names() if b != "honest"]
+    return [b for b in behaviour_names() if b != "none"]
 
 
 def _probability(text: str) -> float:

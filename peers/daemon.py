@@ -28,7 +28,7 @@ from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields, setup_logging
 from peers.api import PeerHandle, create_app
-from peers.byzantine import PeerCrashed
+from peers.node import PeerCrashed
 from peers.engine import AnswerEngine, ModelEngine
 from peers.ledger import LedgerService
 from peers.node import Node

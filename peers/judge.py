@@ -1,6 +1,7 @@
 """LLM-as-a-judge for close calls: a peer's own model picks the correct one of two answers.
 
-Which answers are judged (:func:`judge_close_calls`): pairs whose quantised
+Which answers are judged is the driver's choice
+(:func:`consensus.driver.judge_pairs`): pairs whose quantised
 similarity lies within ``band`` per mille of the grouping threshold, where
 MiniLM alone cannot tell "same meaning" from "different", and, when the
 decision was contested (the winning group held at most 2/3 of the answering
@@ -24,18 +25,15 @@ scores.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from consensus.grouping import pair_index
 from consensus.scores import JudgeResult
 from multillmn.identity import PeerId
 
 if TYPE_CHECKING:
     from peers.llm import Generator
 
-__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "close_pairs", "contested_pairs", "judge_pair",
-           "judge_close_calls"]
+__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "judge_pair"]
 
 
 class Judge(Protocol):
@@ -89,14 +87,6 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().strip(" .!").split())
 
 
-def close_pairs(n: int, sims: Sequence[int], threshold: int, band: int) -> list[tuple[int, int]]:
-    """Pairs ``(i, j)``, ``i < j``, whose similarity is within ``band`` of ``threshold`` (none if ``band == 0``)."""
-    if band <= 0:
-        return []
-    return [(i, j) for i in range(n) for j in range(i + 1, n)
-            if abs(sims[pair_index(n, i, j)] - threshold) <= band]
-
-
 def judge_pair(judge: Judge, question: str, a: PeerId, a_text: str, b: PeerId, b_text: str) -> JudgeResult:
     """Ask ``judge`` in both orders; the verdicts become winners by peer id."""
     first = judge.prefer(question, a_text, b_text)
@@ -106,37 +96,3 @@ def judge_pair(judge: Judge, question: str, a: PeerId, a_text: str, b: PeerId, b
         a_first=None if first is None else (a, b)[first],
         b_first=None if second is None else (b, a)[second],
     )
-
-
-def contested_pairs(n: int, winners: Sequence[int]) -> list[tuple[int, int]]:
-    """Each losing answer against the winning group's first answer (for a contested decision)."""
-    if not winners:
-        return []
-    rep = winners[0]
-    return [(min(rep, j), max(rep, j)) for j in range(n) if j not in winners]
-
-
-def judge_close_calls(judge: Judge, question: str, peers: Sequence[PeerId], texts: Sequence[str],
-                      sims: Sequence[int], threshold: int, band: int, max_pairs: int = 6, *,
-                      contested_winners: Sequence[int] = (), own: int | None = None) -> list[JudgeResult]:
-    """Judge the close calls among the answers (at most ``max_pairs``).
-
-    Close calls are the pairs near the similarity threshold (closest first)
-    and, when the decision was contested (``contested_winners``: the indices
-    of a winning group that held at most 2/3 of the answering weight), every
-    losing answer against the winning one: a split network is exactly where
-    agreement alone cannot tell a right minority from a wrong bloc.
-
-    A judge recuses itself from games that involve its own answer (``own``,
-    the judging peer's index) or one that means the same (similarity at or
-    above ``threshold``): a model's likelihood favours its own greedy output,
-    so such a verdict would only repeat its vote.
-    """
-    if band <= 0:
-        return []
-    n = len(peers)
-    mine = set() if own is None else {k for k in range(n) if k == own or sims[pair_index(n, own, k)] >= threshold}
-    near = sorted(close_pairs(n, sims, threshold, band), key=lambda p: (abs(sims[pair_index(n, *p)] - threshold), p))
-    pairs = [p for p in dict.fromkeys([*contested_pairs(n, contested_winners), *near])
-             if p[0] not in mine and p[1] not in mine][:max_pairs]
-    return [judge_pair(judge, question, peers[i], texts[i], peers[j], texts[j]) for i, j in pairs]

@@ -37,9 +37,8 @@ from typing import Any
 import trio
 
 from consensus.chain import Chain
-from consensus.evidence import Evidence, check_evidence, from_equivocation
+from consensus.evidence import Evidence, check_evidence
 from consensus.messages import Message, Signed, Value, VerifiedCache, decode_value, sign
-from consensus.state_machine import Equivocation
 from dag import (
     Event,
     Hashgraph,
@@ -264,17 +263,13 @@ class LedgerService:
         self._submitted = {h for h in self._submitted if h > height - 64}
         self.submit(certificate_tx(height, json.dumps(cert, sort_keys=True, separators=(",", ":")).encode()))
 
-    def submit_equivocation(self, eq: Equivocation) -> None:
-        """Queue the core's equivocation output as an evidence transaction (if it checks out)."""
-        try:
-            ev = from_equivocation(eq)
-        except ValueError:
-            return
-        result = check_evidence(ev, self.validators)
+    def submit_evidence(self, evidence: Evidence) -> None:
+        """Queue equivocation evidence as a ledger transaction (if it checks out)."""
+        result = check_evidence(evidence, self.validators)
         if isinstance(result, str):
-            log.warning("equivocation not recorded", extra=fields(reason=result))
+            log.warning("evidence not recorded", extra=fields(reason=result))
             return
-        self.submit(evidence_tx(ev.KIND, result[0], canonical.pack(ev.body())))
+        self.submit(evidence_tx(evidence.KIND, result[0], canonical.pack(evidence.body())))
 
     # -- gossip -------------------------------------------------------------------
 
@@ -425,8 +420,10 @@ def check_store(path: Path, genesis: Genesis) -> None:
         Store.open(path, network_of(genesis)).close()
 
 
-def value_of_certificate(cert: dict[str, Any]) -> Value | None:
-    """The value a (verified) certificate decided, or None if it does not decode."""
+def value_of_certificate(cert: dict[str, Any] | None) -> Value | None:
+    """The value a (verified) certificate decided, or None if there is none or it does not decode."""
+    if cert is None:
+        return None
     try:
         return decode_value(canonical.unpack(base64.b64decode(cert["value"])))
     except Exception:  # a verified certificate always decodes; be defensive anyway

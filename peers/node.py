@@ -1,99 +1,103 @@
-"""The peer runner: the trio edge around the pure consensus core.
+"""The peer runner: a thin trio host of the pure :class:`~consensus.driver.Driver`.
 
-Tasks, all in one nursery (the transport runs beside it, started by the
-daemon before the model loads so links are up by the time the node is):
+Everything the protocol decides is the driver's (the same object the
+simulator runs); this module only carries out its effects and feeds their
+results back:
 
-* ``_receive_loop``: decodes and verifies every inbound frame, rejects bad
-  ones (counted, logged), and routes queries, answers, proposals and votes;
-* ``_answer_loop``: answers queries one at a time with the peer's model, in a
-  worker thread, then signs and broadcasts the answer;
-* ``_consensus_loop``: the single owner of the :class:`~consensus.Core`. It
-  reads every core input from one channel and carries out the core's outputs:
-  sign and broadcast votes and proposals (feeding them back as inputs), run
-  timers, build values on request, and record decisions as certificates.
+* inbound frames are decoded and verified by ``peers/wire.py`` (rejections
+  counted, never raised) and handed to the driver, or ``dag_*`` ones to the
+  ledger;
+* ``Send`` goes out on the transport; ``Persist`` is appended to the WAL and
+  fsynced before the next effect; ``Schedule`` is a sleeping task;
+* ``Generate`` queues the question for the model (one at a time, in a worker
+  thread); ``Embed`` and ``Judge`` run in worker threads;
+* ``Decided`` becomes a certificate (kept, posted to the ledger, and handed
+  to the client waiting for that query).
 
-A height starts (``Start``) once some pending query has answers carrying more
-than 2/3 of the weight, so an idle network does not spin through rounds.
-
-With a :class:`~peers.ledger.LedgerService`, decisions' certificates and
-equivocation evidence become ledger transactions, ``dag_*`` messages go to
-the ledger, and a certificate the ledger orders for a height the core has
-not reached fast-forwards the core (``Commit``): that is how a restarted or
-partitioned peer catches up.
+Every driver call happens in the trio thread and no effect awaits before
+the next input, so the driver is owned by one task at a time. The ledger's
+ordered certificates reach the driver as ``Committed`` (how a restarted or
+partitioned peer catches up), refused ones as ``Certified`` (so the core
+can catch a signer who precommitted both).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from consensus import grouping
-from consensus.evidence import from_equivocation
-from consensus.messages import (
-    MAX_ANSWER_CHARS,
-    Answer,
-    Envelope,
-    EvidencePair,
-    Proposal,
-    Query,
-    Signed,
-    Value,
-    VerifiedCache,
-    Vote,
-    open_envelope,
-    query_id_of,
-    sign,
+from consensus.driver import (
+    Announce,
+    AskCatchUp,
+    Certified,
+    Committed,
+    Crash,
+    Decided,
+    Driver,
+    DriverConfig,
+    DriverInput,
+    Effect,
+    Embed,
+    Embedded,
+    EvidenceFound,
+    Generate,
+    GenerationFailed,
+    Generated,
+    Judge,
+    Judged,
+    Persist,
+    PoolFull,
+    QueryExpired,
+    Received,
+    Schedule,
+    Send,
+    SendRaw,
+    SubmitTx,
+    TimerFired,
 )
+from consensus.driver.behaviours import BehaviourParams, make_behaviour
+from consensus.evidence import Evidence
+from consensus.messages import Answer, VerifiedCache, open_envelope
+from consensus.state_machine import Timeouts
 from consensus.validators import ValidatorSet
-from consensus.scores import ScoreVector
-from consensus.state_machine import (
-    BroadcastProposal,
-    BroadcastVote,
-    Commit,
-    Core,
-    Decide,
-    Equivocation,
-    ProposalInput,
-    ProposeValue,
-    RequestValue,
-    ScheduleTimeout,
-    Start,
-    TimeoutInput,
-    Timeouts,
-    VoteInput,
-)
+from dag import certificate_tx
 from dag.messages import DagEvents, DagSync, DagWant
 from multillmn.certificate import build_certificate, certificate_precommits
 from multillmn.config import PeerConfig
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields
-from peers.byzantine import PeerCrashed, make_behaviour
 from peers.certificates import CertificateStore
-from peers.engine import AnswerEngine, Reply
-from peers.pool import PendingQuery, PoolFull, QueryPool
-from peers.outbox import Outbox
-from peers.scoring import Scoring
+from peers.engine import AnswerEngine
+from peers.judge import judge_pair
+from peers.ledger import value_of_certificate
 from peers.transport import Transport
-from peers.wal import ConsensusWal, own_signer
+from peers.wal import ConsensusWal
 from peers.wire import RejectStats, decode_message, encode_message
 
 if TYPE_CHECKING:
+    from consensus.messages import Value
     from peers.ledger import LedgerService
 
-__all__ = ["Node", "Decision", "QueryFailed"]
+__all__ = ["Decision", "GENERATION_QUEUE", "Node", "PeerCrashed", "QueryFailed"]
 
 log = logging.getLogger("multillmn.node")
+
+GENERATION_QUEUE = 256
+"""Questions waiting for this peer's model; more are dropped (and counted)."""
 
 
 class QueryFailed(Exception):
     """A query could not be decided (not enough answers in time, or the pool is full)."""
+
+
+class PeerCrashed(Exception):
+    """Fault injection: the driver asked the process to die (exit status 3)."""
 
 
 @dataclass
@@ -119,7 +123,7 @@ class _Waiter:
 
 
 class Node:
-    """One peer: transport, answer engine and consensus core wired together."""
+    """One peer: transport, answer engine, ledger and the driver wired together."""
 
     def __init__(
         self, cfg: PeerConfig, key: KeyPair, genesis: Genesis, engine: AnswerEngine, transport: Transport,
@@ -130,130 +134,88 @@ class Node:
         self.genesis = genesis
         self.engine = engine
         self.transport = transport
-        timeouts = Timeouts(
-            propose_ms=cfg.timeout_propose_ms, prevote_ms=cfg.timeout_prevote_ms,
-            precommit_ms=cfg.timeout_precommit_ms, delta_ms=cfg.timeout_delta_ms,
-        )
-        self._verified = VerifiedCache()
-        self.core = Core(genesis.chain(self._verified), key.peer_id, timeouts=timeouts)
-        self.pool = QueryPool(self.validators)
+        self.ledger = ledger
+        self.wal = wal
+        self.verified = VerifiedCache()
+        behaviour = make_behaviour(cfg.behaviour, key.peer_id, BehaviourParams(
+            slow_ms=cfg.slow_ms, crash_at_height=cfg.crash_at_height, from_height=cfg.behaviour_from_height,
+            copy_wait_ms=cfg.answer_wait_ms // 4))
+        config = DriverConfig(
+            model=engine.model_name, threshold=genesis.params.similarity_threshold,
+            tolerance=genesis.params.similarity_tolerance,
+            timeouts=Timeouts(propose_ms=cfg.timeout_propose_ms, prevote_ms=cfg.timeout_prevote_ms,
+                              precommit_ms=cfg.timeout_precommit_ms, delta_ms=cfg.timeout_delta_ms),
+            answer_wait_ms=cfg.answer_wait_ms, answer_grace_ms=cfg.answer_grace_ms,
+            max_new_tokens=cfg.max_new_tokens, judge=engine.judge is not None, judge_band=cfg.judge_band,
+            tick_ms=max(1000, 2 * cfg.timeout_propose_ms))
+        self.driver = Driver(key, genesis.chain(self.verified), config, behaviour=behaviour, verified=self.verified)
         self.rejects = RejectStats()
-        self.behaviour = make_behaviour(key.peer_id, cfg)
-        self.scoring = Scoring(key, engine, self.behaviour, threshold=genesis.params.similarity_threshold,
-                               judge_band=cfg.judge_band, verified=self._verified)
         self.certificates = CertificateStore(genesis, ledger)
         self._waiters: dict[bytes, _Waiter] = {}
-        self._inputs_tx, self._inputs_rx = trio.open_memory_channel[Any](math.inf)
-        self._answers_tx, self._answers_rx = trio.open_memory_channel[Signed[Query]](256)
-        self._pool_changed = trio.Event()
+        self._generate_tx, self._generate_rx = trio.open_memory_channel[Generate](GENERATION_QUEUE)
+        self._warming: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
-        self._future_proposals: dict[int, list[Signed[Proposal]]] = {}
-        self._ledger_values: dict[int, Value] = {}
-        self._proposals: dict[tuple[int, int], Signed[Proposal]] = {}  # first seen per (height, round)
-        self._exposed: set[tuple[int, int, str]] = set()
-        self._proposal_at: dict[int, float] = {}  # when the first proposal of a height reached this peer
-        self._warming: set[bytes] = set()  # queries whose answers are being embedded ahead of a proposal
-        self.ledger = ledger
+        self._later: list[Effect] = []  # effects of the start-up replays, carried out once running
         if ledger is not None:
             ledger.rejects = self.rejects
             ledger.on_certificate = self._on_ledger_certificate
-            ledger.on_evidence = self.scoring.add_evidence
             ledger.on_refused = self._on_refused_certificate
+            ledger.on_evidence = self._on_ledger_evidence
             self._replay_ledger(ledger)
-        self.wal = wal
-        self.outbox = Outbox(key, transport, self.behaviour, wal, lambda: self.validators,
-                             genesis.params.similarity_threshold, self._verified)
-        self._replayed: list[Any] = []  # outputs of the WAL replay to carry out once running
         if wal is not None:
-            self._replay_wal(wal)
+            records = [inp for h, inp in wal.records(genesis.validators.public_key_of) if h == self.driver.height]
+            self._later += self.driver.replay(records, self._now())
+            if records:
+                log.info("replayed the consensus WAL", extra=fields(height=self.driver.height, inputs=len(records),
+                                                                      round=self.driver.core.round))
 
     def _replay_ledger(self, ledger: LedgerService) -> None:
-        """Restarted: fold every certified height into the core, so its weights match everyone's."""
-        from peers.ledger import value_of_certificate
-
+        """Restarted: fold every certified height into the driver's chain, so its weights match everyone's."""
         for height in range(1, ledger.highest_height() + 1):
-            cert = ledger.certificate(height)
-            value = None if cert is None else value_of_certificate(cert)
+            value = value_of_certificate(ledger.certificate(height))
             if value is None:
                 log.warning("ledger lacks a certificate; resuming before it", extra=fields(height=height))
                 break
-            self.pool.mark_decided(value.query_id())
-            self.core.step(Commit(height, value))
-        self.pool.set_validators(self.validators, 0.0)
+            self.driver.restore(height, value)
 
-    def _replay_wal(self, wal: ConsensusWal) -> None:
-        """Restarted mid-height: step the core through its logged inputs again (same locks, same votes)."""
-        height = self.core.height
-        records = [inp for h, inp in wal.records(self.genesis.validators.public_key_of) if h == height]
-        for inp in records:
-            if own_signer(inp, self.key.peer_id):
-                assert isinstance(inp, (VoteInput, ProposalInput))
-                self.outbox.remember(height, encode_message(inp.signed))
-            for output in self.behaviour.outputs(self.core.step(inp)):
-                if not isinstance(output, (BroadcastVote, BroadcastProposal)):  # those were sent before the crash
-                    self._replayed.append(output)
-        if records:
-            log.info("replayed the consensus WAL", extra=fields(height=height, inputs=len(records),
-                                                                  round=self.core.round))
-
-    def _log(self, inp: Any) -> None:
-        if self.wal is not None and not isinstance(inp, (_PoolChanged, Commit)):
-            self.wal.append(self.core.height, inp)
+    # -- public -------------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self.driver.height
 
     @property
     def validators(self) -> ValidatorSet:
-        """The validator set in force at the core's height."""
-        return self.core.validators
-
-    # -- public -------------------------------------------------------------
-
-    @property
-    def height(self) -> int:
-        return self.core.height
+        """The validator set in force at the driver's height."""
+        return self.driver.validators
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node's tasks; the caller runs the transport (it starts before the model loads)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive_loop)
-            nursery.start_soon(self._answer_loop)
-            nursery.start_soon(self._consensus_loop)
-            nursery.start_soon(self._expire_loop)
-            nursery.start_soon(self._regossip_loop)
-            for output in self._replayed:
-                self._execute(output)
-            self._replayed = []
+            nursery.start_soon(self._generate_loop)
+            self._execute(self.driver.start(self._now()) + self._later)
+            self._later = []
             if self.ledger is not None:
                 nursery.start_soon(self.ledger.run)
             task_status.started()
 
     async def submit(self, question: str, max_tokens: int | None = None) -> Decision:
         """Sign a client's question, spread it, answer it and wait for the decision."""
-        query = sign(
-            Query(entry=self.key.peer_id, question=question, nonce=os.urandom(16),
-                  max_tokens=max_tokens or self.cfg.max_new_tokens, created_ms=int(time.time() * 1000)),
-            self.key,
-        )
         try:
-            entry = self.pool.add_query(query, trio.current_time())
+            qid, effects = self.driver.submit(question, max_tokens or self.cfg.max_new_tokens, os.urandom(16),
+                                              self._now())
         except PoolFull as exc:
             raise QueryFailed(f"too many pending queries ({exc}); try again later") from None
-        assert entry is not None  # a fresh nonce makes the query new
-        self._verified.add(Query.KIND, query.envelope)
-        try:
-            self._answers_tx.send_nowait(query)
-        except trio.WouldBlock:
-            self.pool.discard(entry.query_id)
-            raise QueryFailed("this peer has too many questions waiting for its model; try again later") from None
-        waiter = self._waiters[entry.query_id] = _Waiter()
-        self.transport.broadcast_nowait(encode_message(query))
+        waiter = self._waiters[qid] = _Waiter()
+        self._execute(effects)
         try:
             with trio.fail_after(self.cfg.query_timeout_s):
                 await waiter.event.wait()
         except trio.TooSlowError:
             raise QueryFailed(f"no decision within {self.cfg.query_timeout_s:g} s") from None
         finally:
-            self._waiters.pop(entry.query_id, None)
+            self._waiters.pop(qid, None)
         if waiter.error is not None:
             raise QueryFailed(waiter.error)
         assert waiter.decision is not None
@@ -264,394 +226,224 @@ class Node:
         return self.certificates.serve(height)
 
     def status(self) -> dict[str, Any]:
+        d = self.driver
         return {
             "peer_id": self.key.peer_id,
             "moniker": self.cfg.moniker,
             "model": self.engine.model_name,
             "chain_id": self.genesis.chain_id,
-            "height": self.core.height,
+            "height": d.height,
             "decided_heights": self.certificates.decided,
-            "pending_queries": len(self.pool),
+            "pending_queries": len(d.pool),
             "connected_peers": self.transport.connected_peers(),
-            "validators": [
-                {"peer_id": v.peer_id, "moniker": v.moniker, "weight": v.weight}
-                for v in self.validators.validators
-            ],
+            "validators": [{"peer_id": v.peer_id, "moniker": v.moniker, "weight": v.weight}
+                           for v in self.validators.validators],
             "total_weight": self.validators.total,
-            "weights_digest": (self.core.chain.weights_digest() or b"").hex(),
-            "rejected_messages": self.rejects.snapshot(),
+            "weights_digest": (d.chain.weights_digest() or b"").hex(),
+            "rejected_messages": {**self.rejects.snapshot(), **d.rejected},
+            "driver": d.statistics(),
+            "transport": self.transport.status(),
             "ledger": None if self.ledger is None else {
                 k: v for k, v in self.ledger.statistics().items() if k != "certified_heights"},
         }
 
-    # -- inbound ------------------------------------------------------------
+    # -- inputs -------------------------------------------------------------------------
+    def _now(self) -> int:
+        """The driver's clock (ms): trio's, or 0 before the node runs (a restart's replays need no time)."""
+        try:
+            return int(trio.current_time() * 1000)
+        except RuntimeError:
+            return 0
+
+    def _handle(self, inp: DriverInput) -> None:
+        self._execute(self.driver.handle(inp, self._now()))
 
     async def _receive_loop(self) -> None:
         async for peer, payload in self.transport.inbound:
             try:
-                signed = decode_message(payload, self.validators.public_key_of, cache=self._verified)
+                signed = decode_message(payload, self.validators.public_key_of, cache=self.verified)
             except Exception as exc:  # MessageError; anything else is also the sender's fault
                 self.rejects.record_exception(exc, peer)
                 continue
             message = signed.message
-            now = trio.current_time()
-            if isinstance(message, Query):
-                try:
-                    if self.pool.add_query(signed, now) is not None:
-                        self._answers_tx.send_nowait(signed)
-                        self._notify_pool()
-                except (PoolFull, trio.WouldBlock):
-                    log.warning("query dropped: pool full", extra=fields(peer=peer))
-            elif isinstance(message, Answer):
-                if self.pool.add_answer(signed, now):
-                    self._notify_pool()
-                    self._warm(message.query_id)
-            elif isinstance(message, Proposal):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._check_proposal, signed)
-            elif isinstance(message, Vote):
-                self._inputs_tx.send_nowait(VoteInput(signed))
-                self._expose_conflict(signed)
-            elif isinstance(message, ScoreVector):
-                self.scoring.add_vector(signed, self.core.height)
-            elif isinstance(message, (DagSync, DagEvents, DagWant)) and self.ledger is not None:
-                self.ledger.handle(peer, signed)
-
-    def _expose_conflict(self, vote: Signed[Vote]) -> None:
-        """A vote for another value than the proposal we hold for its round: show the voter our proposal.
-
-        A proposer that sends different values to different peers is caught
-        this way: the voter then holds both signed proposals (evidence),
-        while an honest network relays no proposal at all.
-        """
-        v = vote.message
-        held = self._proposals.get((v.height, v.round))
-        if v.value_id is None or held is None or held.message.value.value_id() == v.value_id:
-            return
-        if (v.height, v.round, v.voter) not in self._exposed:
-            self._exposed.add((v.height, v.round, v.voter))
-            self.transport.send_nowait(v.voter, encode_message(held))
-
-    async def _check_proposal(self, signed: Signed[Proposal]) -> None:
-        """Judge a proposal's value, then hand it to the core.
-
-        Signatures and the grouping rule are checked here, in the trio thread
-        (which owns the verified-signature cache); only the embeddings run in a
-        worker thread.
-        """
-        height = signed.message.height
-        self._proposals.setdefault((height, signed.message.round), signed)
-        self._proposal_at.setdefault(height, trio.current_time())
-        if height > self.core.height:  # the chain cannot judge its extras yet: judge it at that height
-            if height <= self.core.height + self.core.future_heights:
-                self._future_proposals.setdefault(height, []).append(signed)
-            return
-        if height < self.core.height:
-            return
-        value = signed.message.value
-        reason = self._precheck(value) or self.core.chain.check_extras(value, height, self._verified)
-        if reason is None:
-            keys = self.validators.public_key_of
-            question = open_envelope(Query, value.query, keys, self._verified).message.question
-            texts = [open_envelope(Answer, e, keys, self._verified).message.text for e in value.answers]
-            local_sims = await trio.to_thread.run_sync(self.engine.similarities, question, texts)
-            self.scoring.remember_sims(value.value_id(), local_sims)
-            params = self.genesis.params
-            reason = grouping.validate_value(
-                value, validators=self.validators, local_sims=local_sims,
-                threshold=params.similarity_threshold, tolerance=params.similarity_tolerance,
-                cache=self._verified,
-            )
-        if reason is not None:
-            log.warning("invalid proposal", extra=fields(
-                height=signed.message.height, round=signed.message.round,
-                proposer=signed.signer, reason=reason))
-        self._inputs_tx.send_nowait(ProposalInput(signed, valid=reason is None))
-
-    def _precheck(self, value: Value) -> str | None:
-        """Reasons to reject a value before computing any embedding."""
-        if self.pool.is_decided(value.query_id()):
-            return "the query was decided at an earlier height"
-        try:
-            open_envelope(Query, value.query, self.validators.public_key_of, self._verified)
-            for envelope in value.answers:
-                open_envelope(Answer, envelope, self.validators.public_key_of, self._verified)
-        except Exception as exc:
-            return f"query or answer does not open: {exc}"
-        return None
-
-    # -- answering ------------------------------------------------------------
-
-    async def _answer_loop(self) -> None:
-        async for query in self._answers_rx:
-            entry = self.pool.get(query_id := query_id_of(query.envelope))
-            if entry is None:
-                continue  # decided or expired meanwhile
-            try:
-                reply = await self._reply(query, entry)
-            except Exception as exc:  # e.g. a sharded model whose workers are gone: skip this query, stay up
-                log.warning("could not answer", extra=fields(query=query_id.hex()[:12], error=str(exc)))
+            if isinstance(message, (DagSync, DagEvents, DagWant)):
+                if self.ledger is not None:
+                    self.ledger.handle(peer, signed)
                 continue
-            answer = sign(
-                Answer(query_id=query_id, peer=self.key.peer_id, model=self.engine.model_name,
-                       text=reply.text[:MAX_ANSWER_CHARS], gen_ms=int(reply.seconds * 1000)),
-                self.key,
-            )
-            log.info("answered", extra=fields(query=query_id.hex()[:12], text=answer.message.text,
-                                                gen_ms=answer.message.gen_ms))
-            self._verified.add(Answer.KIND, answer.envelope)
-            self.outbox.send_answer(query_id, answer)
-            if self.pool.add_answer(answer, trio.current_time()):
-                self._notify_pool()
-                self._warm(query_id)
+            self._handle(Received(signed, peer))
+            if isinstance(message, Answer):
+                self._warm(message.query_id)
 
-    async def _reply(self, query: Signed[Query], entry: PendingQuery) -> Reply:
-        """This peer's reply: its model's, unless a fault-injection behaviour says otherwise."""
-        question = query.message.question
-        max_tokens = min(query.message.max_tokens, self.cfg.max_new_tokens)
+    def _on_ledger_certificate(self, height: int, cert: dict[str, Any]) -> None:
+        """The ledger ordered a certificate it checked against its own chain: catch up with it if behind."""
+        value = value_of_certificate(cert)
+        if height >= self.driver.height and value is not None:
+            log.info("catching up from the ledger", extra=fields(height=height, at=self.driver.height))
+            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of))
+            self._handle(Committed(height, int(cert.get("round", 0)), value, precommits))
 
-        async def honest() -> Reply:
-            return await trio.to_thread.run_sync(self.engine.answer, question, max_tokens, abandon_on_cancel=True)
+    def _on_ledger_evidence(self, evidence: Evidence) -> None:
+        """Evidence the ledger derived (a refused certificate's signer): carried in this peer's next values."""
+        self.driver.scores.add_evidence(evidence, self.driver.validators)
 
-        async def others() -> list[str]:
-            """The others' answers once they carry half the weight or all are in (bounded wait)."""
-            vs = self.validators
-            with trio.move_on_after(self.cfg.answer_wait_ms / 4000):
-                while not (2 * vs.weight_of_set(entry.answers) >= vs.total
-                           or len(entry.answers) >= len(vs) - 1):
-                    await self._pool_changed.wait()
-            return [a.message.text for p, a in entry.answers.items() if p != self.key.peer_id]
+    def _on_refused_certificate(self, height: int, cert: dict[str, Any]) -> None:
+        """A certificate the ledger refused: the driver shows its precommits to the core (equivocation)."""
+        value = value_of_certificate(cert)
+        if height >= self.driver.height and value is not None:
+            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of))
+            self._handle(Certified(height, int(cert.get("round", 0)), value, precommits))
 
-        return await self.behaviour.answer(question, honest, others)
+    # -- effects ------------------------------------------------------------------------
+    def _execute(self, effects: list[Effect]) -> None:
+        """Carry out effects in order (a Persist is durable before anything after it)."""
+        for e in effects:
+            if isinstance(e, Send):
+                self._send(encode_message(e.signed), e.to, e.delay_ms)
+            elif isinstance(e, Persist):
+                if self.wal is not None:
+                    self.wal.append(e.height, e.record)
+            elif isinstance(e, Schedule):
+                self._spawn(self._timer, e)
+            elif isinstance(e, Generate):
+                try:
+                    self._generate_tx.send_nowait(e)
+                except trio.WouldBlock:
+                    log.warning("question dropped: the model's queue is full", extra=fields(
+                        query=e.query_id.hex()[:12]))
+            elif isinstance(e, Embed):
+                self._spawn(self._embed, e)
+            elif isinstance(e, Judge):
+                self._spawn(self._judge, e)
+            elif isinstance(e, Decided):
+                self._decided(e)
+            elif isinstance(e, EvidenceFound):
+                log.warning("equivocation", extra=fields(evidence=e.evidence.KIND))
+                if self.ledger is not None:
+                    self.ledger.submit_evidence(e.evidence)
+            elif isinstance(e, QueryExpired):
+                waiter = self._waiters.get(e.query_id)
+                if waiter is not None:
+                    waiter.error = e.reason
+                    waiter.event.set()
+            elif isinstance(e, Announce):  # fault injection: a forgery posted as a certificate
+                if self.ledger is not None:
+                    cert = build_certificate(self.genesis, e.height, e.round, e.value, e.precommits, self.verified,
+                                             validators=e.validators)
+                    self.ledger.submit(certificate_tx(e.height, json.dumps(cert, sort_keys=True).encode()))
+            elif isinstance(e, SendRaw):
+                self._send(e.payload, e.to, 0)
+            elif isinstance(e, SubmitTx):
+                if self.ledger is not None:
+                    self.ledger.submit(e.tx)
+            elif isinstance(e, Crash):
+                raise PeerCrashed(e.reason)
+            elif isinstance(e, AskCatchUp):
+                pass  # the ledger catches this peer up by itself
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None, "the node is not running"
+        self._nursery.start_soon(fn, *args)
+
+    def _send(self, payload: bytes, to: tuple[str, ...] | None, delay_ms: int) -> None:
+        if delay_ms > 0:
+            self._spawn(self._send_later, payload, to, delay_ms)
+        elif to is None:
+            self.transport.broadcast_nowait(payload)
+        else:
+            for peer in to:
+                self.transport.send_nowait(peer, payload)
+
+    async def _send_later(self, payload: bytes, to: tuple[str, ...] | None, delay_ms: int) -> None:
+        await trio.sleep(delay_ms / 1000)
+        self._send(payload, to, 0)
+
+    async def _timer(self, e: Schedule) -> None:
+        await trio.sleep(e.delay_ms / 1000)
+        self._handle(TimerFired(e.timer))
+
+    async def _generate_loop(self) -> None:
+        """Answer questions one at a time with the peer's model (or a fault-injection reply)."""
+        async for e in self._generate_rx:
+            if self.driver.pool.get(e.query_id) is None:
+                continue  # decided or expired meanwhile
+            if e.fabricated is not None:
+                self._handle(Generated(e.query_id, e.fabricated, 0))
+                continue
+            try:
+                reply = await trio.to_thread.run_sync(self.engine.answer, e.question, e.max_tokens,
+                                                      abandon_on_cancel=True)
+            except Exception as exc:  # e.g. a sharded model whose workers are gone: skip it, stay up
+                log.warning("could not answer", extra=fields(query=e.query_id.hex()[:12], error=str(exc)))
+                self._handle(GenerationFailed(e.query_id, str(exc)))
+                continue
+            if e.slowdown > 1:
+                await trio.sleep((e.slowdown - 1) * reply.seconds)
+            log.info("answered", extra=fields(query=e.query_id.hex()[:12], text=reply.text,
+                                                gen_ms=int(reply.seconds * 1000)))
+            self._handle(Generated(e.query_id, reply.text, int(e.slowdown * reply.seconds * 1000)))
+
+    async def _embed(self, e: Embed) -> None:
+        try:
+            sims = await trio.to_thread.run_sync(self.engine.similarities, e.question, list(e.texts))
+        except Exception as exc:
+            log.warning("could not compute similarities", extra=fields(error=str(exc)))
+            sims = []
+        self._handle(Embedded(e.request, tuple(sims)))
+
+    async def _judge(self, e: Judge) -> None:
+        judge = self.engine.judge
+        results = []
+        if judge is not None:
+            def run() -> list[Any]:
+                return [judge_pair(judge, e.question, p.a, p.a_text, p.b, p.b_text) for p in e.pairs]
+            try:
+                results = await trio.to_thread.run_sync(run)
+            except Exception as exc:
+                log.warning("could not judge", extra=fields(error=str(exc)))
+        if results:
+            log.info("judged close calls", extra=fields(pairs=len(results), winners=[r.winner() for r in results]))
+        self._handle(Judged(e.request, tuple(results)))
 
     def _warm(self, query_id: bytes) -> None:
-        if query_id not in self._warming:
-            assert self._nursery is not None
-            self._warming.add(query_id)
-            self._nursery.start_soon(self._warm_similarities, query_id)
+        """Embed a pending query's answers as they arrive (the engine caches by text), so checking its
+        proposal later costs little: off the critical path between a proposal and this peer's prevote."""
+        if query_id in self._warming or self.driver.pool.get(query_id) is None:
+            return
+        self._warming.add(query_id)
+        self._spawn(self._warm_similarities, query_id)
 
     async def _warm_similarities(self, query_id: bytes) -> None:
-        """Embed a pending query's answers as they arrive, so judging its proposal later is cheap.
-
-        The engine caches embeddings by text; this takes them off the
-        critical path between the proposal and this peer's prevote.
-        """
         try:
             done = 0
-            while (entry := self.pool.get(query_id)) is not None and len(entry.answers) > done:
+            while (entry := self.driver.pool.get(query_id)) is not None and len(entry.answers) > done:
                 texts = [a.message.text for a in entry.answers.values()]
                 done = len(texts)
                 await trio.to_thread.run_sync(self.engine.similarities, entry.query.message.question, texts)
+        except Exception as exc:
+            log.debug("warming failed", extra=fields(error=str(exc)))
         finally:
             self._warming.discard(query_id)
 
-    def _notify_pool(self) -> None:
-        self._pool_changed.set()
-        self._pool_changed = trio.Event()
-        self._inputs_tx.send_nowait(_PoolChanged())
-
-    async def _expire_loop(self) -> None:
-        """Fail queries that never gathered an answer quorum within ``answer_wait_ms``."""
-        while True:
-            await trio.sleep(1.0)
-            for entry in self.pool.expired(trio.current_time(), self.cfg.answer_wait_ms / 1000):
-                weight = self.pool.answer_weight(entry)
-                waiter = self._waiters.get(entry.query_id)
-                if waiter is not None:
-                    waiter.error = (f"only {weight} of {self.validators.total} weight answered within "
-                                    f"{self.cfg.answer_wait_ms} ms; more than 2/3 is needed")
-                    waiter.event.set()
-
-    # -- consensus ------------------------------------------------------------
-
-    async def _consensus_loop(self) -> None:
-        async for item in self._inputs_rx:
-            height = self.core.height
-            if not isinstance(item, _PoolChanged):
-                if not own_signer(item, self.key.peer_id):  # our own were logged before they were sent
-                    self._log(item)
-                for output in self.behaviour.outputs(self.core.step(item)):
-                    self._execute(output)
-            if self.core.height != height:
-                self._entered_height()
-            self._maybe_start()
-
-    def _entered_height(self) -> None:
-        """The core moved on: new weights for the pool, judge deferred proposals, feed ordered catch-up."""
-        assert self._nursery is not None
-        height = self.core.height
-        self.behaviour.height = height
-        crash_at = self.behaviour.crashes_at()
-        if crash_at is not None and height >= crash_at:
-            raise PeerCrashed(f"fault injection: crashing at height {height}")
-        self.pool.set_validators(self.validators, trio.current_time())
-        for h in [h for h in self._future_proposals if h < height]:
-            del self._future_proposals[h]
-        for signed in self._future_proposals.pop(height, []):
-            self._nursery.start_soon(self._check_proposal, signed)
-        for h in [h for h in self._ledger_values if h < height]:
-            del self._ledger_values[h]
-        self._proposals = {k: p for k, p in self._proposals.items() if k[0] >= height - 1}
-        self._proposal_at = {h: t for h, t in self._proposal_at.items() if h >= height}
-        self.outbox.entered(height)
-        self._exposed = {k for k in self._exposed if k[0] >= height - 1}
-        value = self._ledger_values.pop(height, None)
-        if value is not None:
-            self._inputs_tx.send_nowait(Commit(height, value))
-        self.scoring.entered(height)
-
-    def _maybe_start(self) -> None:
-        if self.core.started or self.pool.next_ready() is None:
-            return
-        self._log(Start())
-        for output in self.behaviour.outputs(self.core.step(Start())):
-            self._execute(output)
-
-    def _execute(self, output: Any) -> None:
-        assert self._nursery is not None
-        if isinstance(output, BroadcastVote):
-            signed_vote = sign(output.vote, self.key)
-            self._verified.add(Vote.KIND, signed_vote.envelope)
-            own_vote = VoteInput(signed_vote)
-            self.outbox.send_own(self._nursery, signed_vote, own_vote)  # logged, then sent ...
-            self._inputs_tx.send_nowait(own_vote)  # ... then counted like anyone's
-        elif isinstance(output, BroadcastProposal):
-            signed_prop = sign(output.proposal, self.key)
-            own_proposal = ProposalInput(signed_prop, valid=True)
-            self.outbox.send_own(self._nursery, signed_prop, own_proposal)
-            self._inputs_tx.send_nowait(own_proposal)
-        elif isinstance(output, ScheduleTimeout):
-            self._nursery.start_soon(self._timer, output)
-        elif isinstance(output, RequestValue):
-            self._nursery.start_soon(self._propose_when_ready, output.height, output.round)
-        elif isinstance(output, Decide):
-            self._on_decide(output)
-        elif isinstance(output, Equivocation):
-            log.warning("equivocation", extra=fields(evidence=repr(output)))
-            self.scoring.add_evidence(from_equivocation(output))
+    def _decided(self, e: Decided) -> None:
+        now = self._now()
+        value = e.value
+        cert = self.ledger.certificate(e.height) if self.ledger is not None else None
+        if cert is None or cert.get("value_id") != value.value_id().hex():  # not a catch-up from the ledger
+            cert = build_certificate(self.genesis, e.height, e.round, value, e.precommits, self.verified,
+                                     validators=e.validators)
+            self.certificates.add(e.height, cert)
             if self.ledger is not None:
-                self.ledger.submit_equivocation(output)
-
-    async def _regossip_loop(self) -> None:
-        """If the height has not moved for a while, re-send our answers to pending queries and our own
-        votes and proposal of the height.
-
-        Links are TCP, but a peer that reconnects (or a lossy link shaper)
-        loses what was queued; without this, a vote lost at the wrong moment
-        could stall a height until the ledger catches it up.
-        """
-        interval = max(1.0, 2 * self.cfg.timeout_propose_ms / 1000)
-        last: tuple[int, int, str] | None = None
-        while True:
-            await trio.sleep(interval)
-            now = (self.core.height, self.core.round, self.core.step_name)
-            if now == last:
-                count = self.outbox.resend(self.core.height, self.core.started,
-                                           lambda query_id: self.pool.get(query_id) is not None)
-                if count:
-                    log.info("re-sent own messages", extra=fields(height=now[0], round=now[1], count=count))
-            last = now
-
-    async def _timer(self, timeout: ScheduleTimeout) -> None:
-        await trio.sleep(timeout.duration_ms / 1000)
-        self._inputs_tx.send_nowait(TimeoutInput(timeout.height, timeout.round, timeout.step))
-
-    async def _propose_when_ready(self, height: int, round_: int) -> None:
-        """Build a value from the oldest query with an answer quorum and hand it to the core."""
-        while (entry := self.pool.next_ready()) is None:
-            if self.core.height != height:
-                return
-            await self._pool_changed.wait()
-        # Give the remaining peers a moment so every answer is weighed, not just the fastest 2/3.
-        assert entry.quorum_at is not None
-        with trio.move_on_at(entry.quorum_at + self.cfg.answer_grace_ms / 1000):
-            while len(entry.answers) < len(self.validators):
-                await self._pool_changed.wait()
-        if self.core.height != height:
-            return
-        vs = self.validators
-        scores, evidence = self.scoring.includable(self.core.chain, height)
-        next_hash = self.core.chain.validators_at(height + 1).set_hash()
-        value, sims = await trio.to_thread.run_sync(self._build_value, entry, vs, next_hash, scores, evidence)
-        self.scoring.remember_sims(value.value_id(), sims)
-        self._proposal_at.setdefault(height, trio.current_time())
-        self._inputs_tx.send_nowait(ProposeValue(height, round_, value))
-
-    def _build_value(self, entry: PendingQuery, vs: ValidatorSet, next_hash: bytes, scores: tuple[Envelope, ...],
-                     evidence: tuple[EvidencePair, ...]) -> tuple[Value, list[int]]:
-        """The value and this peer's similarities in its answer order (answers sorted by peer id)."""
-        answers = sorted(entry.answers.values(), key=lambda a: a.signer)
-        sims = self.engine.similarities(entry.query.message.question, [a.message.text for a in answers])
-        value = grouping.build_value(
-            entry.query.envelope, answers, sims, [vs.weight_of(a.signer) for a in answers],
-            self.genesis.params.similarity_threshold,
-            validators_hash=vs.set_hash(), next_validators_hash=next_hash, scores=scores, evidence=evidence,
-        )
-        return value, list(sims)
-
-    def _on_decide(self, decision: Decide) -> None:
-        now = trio.current_time()
-        value = decision.value
-        cert = build_certificate(self.genesis, decision.height, decision.round, value, decision.precommits,
-                                 self._verified, validators=decision.validators)
-        self.certificates.add(decision.height, cert)
-        if self.ledger is not None:
-            self.ledger.submit_certificate(decision.height, cert)
-        entry = self.pool.mark_decided(value.query_id())
-        answers = [open_envelope(Answer, e, self.validators.public_key_of, self._verified).message
-                   for e in value.answers]
-        quorum_at = entry.quorum_at if entry and entry.quorum_at is not None else now
-        arrived = entry.arrived if entry else now
-        record = Decision(
-            height=decision.height, round=decision.round, value=value,
-            certificate=self.certificates.with_path(cert), answers=answers,
-            generation_ms=int((quorum_at - arrived) * 1000), consensus_ms=int((now - quorum_at) * 1000),
-            protocol_ms=int((now - self._proposal_at.pop(decision.height, now)) * 1000),
-            validators=decision.validators,
-        )
-        log.info("decided", extra=fields(height=decision.height, round=decision.round, answer=value.answer,
-                                           consensus_ms=record.consensus_ms))
+                self.ledger.submit_certificate(e.height, cert)
+        log.info("decided", extra=fields(height=e.height, round=e.round, answer=value.answer))
         waiter = self._waiters.get(value.query_id())
-        if waiter is not None:
-            waiter.decision = record
-            waiter.event.set()
-        self.scoring.committed(value)
-        if self.core.chain.adaptive and decision.validators is not None:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._score, decision.height, value, decision.validators)
-
-    async def _score(self, height: int, value: Value, vs: ValidatorSet) -> None:
-        vector = await self.scoring.score(height, value, vs)
-        self.transport.broadcast_nowait(encode_message(vector))
-
-    def _on_refused_certificate(self, height: int, cert: dict[str, Any]) -> None:
-        """The ledger refused a certificate: show its validly signed precommits of this or a later height to
-        the core, which reports an equivocation if a signer also precommits another value in that round."""
-        if height < self.core.height:
+        if waiter is None:
             return
-        for vote in certificate_precommits(cert, self.validators.public_key_of)[:len(self.validators)]:
-            try:
-                self._inputs_tx.send_nowait(VoteInput(vote))
-            except trio.WouldBlock:
-                return
-
-    def _on_ledger_certificate(self, height: int, cert: dict[str, Any]) -> None:
-        """The ledger ordered a verified certificate: catch the core up, height by height, if it is behind."""
-        if height < self.core.height:
-            return
-        from peers.ledger import value_of_certificate
-
-        value = value_of_certificate(cert)
-        if value is None:
-            return
-        self.pool.mark_decided(value.query_id())
-        log.info("catching up from the ledger", extra=fields(height=height, core_height=self.core.height))
-        if height == self.core.height:
-            self._inputs_tx.send_nowait(Commit(height, value))
-        else:
-            self._ledger_values[height] = value  # fed once the core reaches it (_entered_height)
-
-
-@dataclass(frozen=True)
-class _PoolChanged:
-    """Internal input: the pool changed, so a height may be ready to start."""
+        keys = e.validators.public_key_of
+        answers = [open_envelope(Answer, env, keys, self.verified).message for env in value.answers]
+        quorum = e.quorum_ms if e.quorum_ms is not None else now
+        waiter.decision = Decision(
+            height=e.height, round=e.round, value=value, certificate=self.certificates.with_path(cert),
+            answers=answers, generation_ms=max(0, quorum - (e.arrived_ms if e.arrived_ms is not None else now)),
+            consensus_ms=max(0, now - quorum),
+            protocol_ms=max(0, now - (e.proposed_ms if e.proposed_ms is not None else now)), validators=e.validators)
+        waiter.event.set()

@@ -9,7 +9,6 @@ from consensus.chain import SCORE_WINDOW, Chain
 from consensus.evidence import DuplicateVoteEvidence
 from consensus.messages import EvidencePair, Signed, Value, VerifiedCache, Vote, sign
 from consensus.scores import ScoreVector
-from consensus.state_machine import Commit, Core, Decide
 from consensus.weights import WeightParams
 from tests.conftest import Net, make_net
 
@@ -138,38 +137,25 @@ def test_static_chain_refuses_extras_and_keeps_genesis_weights() -> None:
     assert chain.validators_at(9) == net.genesis.validators
 
 
-def test_core_folds_decisions_and_commits_into_its_chain() -> None:
+def test_the_chain_hands_the_core_each_heights_committee() -> None:
     net = make_net([1, 1, 1, 1])
-    core = Core(Chain(net.genesis.validators, PARAMS), net.keys[0].peer_id)
-    v1 = value_at(net, core.chain, 1, ["a"] * 4)
-    assert core.step(Commit(2, v1)) == [] and core.height == 1  # out of order: ignored
-    core.step(Commit(1, v1))
-    assert (core.height, core.chain.height) == (2, 1)
-    v2 = value_at(net, core.chain, 2, ["a", "a", "a", "b"], scores=(score(net, 0, 1, v1, [1000, 1000, 1000, 0]),
-                                                                     score(net, 1, 1, v1, [1000, 1000, 1000, 0]),
-                                                                     score(net, 2, 1, v1, [1000, 1000, 1000, 0])))
-    decided = [o for o in _decide(net, core, v2) if isinstance(o, Decide)]
-    assert decided and core.chain.height == 2
-    assert core.chain.validators_at(4).weight_of(net.keys[3].peer_id) < core.chain.validators_at(4).weight_of(
+    chain = Chain(net.genesis.validators, PARAMS)
+    committee = chain.committee(1)
+    assert committee.validators == chain.validators_at(1)
+    assert [committee.proposer(r) for r in range(3)] == [chain.proposer(1, r) for r in range(3)]
+    with pytest.raises(ValueError, match="knows the committee of 1 only"):
+        chain.committee(2)
+    v1 = value_at(net, chain, 1, ["a"] * 4)
+    chain.apply(1, v1)
+    v2 = value_at(net, chain, 2, ["a", "a", "a", "b"], scores=(score(net, 0, 1, v1, [1000, 1000, 1000, 0]),
+                                                               score(net, 1, 1, v1, [1000, 1000, 1000, 0]),
+                                                               score(net, 2, 1, v1, [1000, 1000, 1000, 0])))
+    assert chain.check_extras(v2, 2) is None
+    chain.apply(2, v2)
+    assert chain.committee(3).validators == chain.validators_at(3)
+    assert chain.validators_at(4).weight_of(net.keys[3].peer_id) < chain.validators_at(4).weight_of(
         net.keys[0].peer_id)
-    with pytest.raises(ValueError, match="needs a chain at height"):
-        Core(Chain(net.genesis.validators, PARAMS), net.keys[0].peer_id, height=5)
     assert SCORE_WINDOW >= 2
-
-
-def _decide(net: Net, core: Core, value: Value) -> list[object]:
-    from consensus.messages import Proposal
-    from consensus.state_machine import ProposalInput, VoteInput
-
-    h = core.height
-    proposer = core.chain.proposer(h, 0)
-    key = next(k for k in net.keys if k.peer_id == proposer)
-    out: list[object] = list(core.step(ProposalInput(sign(Proposal(height=h, round=0, valid_round=-1, value=value,
-                                                                   proposer=proposer), key), valid=True)))
-    for k in net.keys[1:]:
-        out += core.step(VoteInput(sign(Vote(type="precommit", height=h, round=0, value_id=value.value_id(),
-                                             voter=k.peer_id), k)))
-    return out
 
 
 def test_a_chain_sharing_the_signature_cache_does_not_verify_a_checked_vector_again(

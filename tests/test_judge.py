@@ -6,22 +6,35 @@ from dataclasses import replace
 
 import trio
 
+from collections.abc import Sequence
+
+from consensus.driver import judge_pairs
 from consensus.grouping import pair_index
-from consensus.scores import score_answers
+from consensus.scores import JudgeResult, score_answers
 from multillmn.config import PeerConfig
+from multillmn.identity import PeerId
 from peers.engine import ScriptedEngine
-from peers.judge import ScriptedJudge, close_pairs, judge_close_calls, judge_pair
+from peers.judge import Judge, ScriptedJudge, judge_pair
 from tests.conftest import make_net
 from tests.test_node import _wait_height, running
 
 Q = "What is the capital of France?"
 
 
+def judge_close_calls(judge: Judge, question: str, peers: Sequence[PeerId], texts: Sequence[str],
+                      sims: Sequence[int], threshold: int, band: int, max_pairs: int = 6, *,
+                      contested_winners: Sequence[int] = (), own: int | None = None) -> list[JudgeResult]:
+    """What a peer does: the driver picks the pairs, the host's judge plays each in both orders."""
+    pairs = judge_pairs(len(peers), sims, threshold, band, contested_winners=contested_winners, own=own,
+                        max_pairs=max_pairs)
+    return [judge_pair(judge, question, peers[i], texts[i], peers[j], texts[j]) for i, j in pairs]
+
+
 def test_close_pairs_are_those_near_the_threshold() -> None:
     sims = [990, 805, 700, 500, 880, 760]  # pairs (0,1) (0,2) (0,3) (1,2) (1,3) (2,3) of 4 answers
-    assert close_pairs(4, sims, 800, 50) == [(0, 2), (2, 3)]
-    assert close_pairs(4, sims, 800, 100) == [(0, 2), (0, 3), (1, 3), (2, 3)]
-    assert close_pairs(4, sims, 800, 0) == []
+    assert judge_pairs(4, sims, 800, 50) == [(0, 2), (2, 3)]  # closest first
+    assert judge_pairs(4, sims, 800, 100) == [(0, 2), (2, 3), (1, 3), (0, 3)]
+    assert judge_pairs(4, sims, 800, 0) == []
     assert sims[pair_index(4, 2, 3)] == 760
 
 
@@ -81,12 +94,12 @@ async def test_the_runner_scores_close_calls_with_its_own_judge() -> None:
         with trio.fail_after(20):
             decision = await nodes[0].submit(Q)
             await _wait_height(nodes, 2)
-            while len(nodes[0].scoring.vectors) < 4:
+            while len(nodes[0].driver.scores.vectors) < 4:
                 await trio.sleep(0.02)
     # every pair is close; a peer recuses itself from games with its own answer's group, so the Paris
     # peers judge 1 pair (Berlin-Lyon), the others 3 each; both orders
     assert CountingJudge.calls == 2 * (1 + 1 + 3 + 3)
-    vector = nodes[0].scoring.vectors[(1, net.keys[0].peer_id)].message
+    vector = nodes[0].driver.scores.vectors[(1, net.keys[0].peer_id)].message
     answers = decision.answers
     sims = [1000 if a.text == b.text else 0 for i, a in enumerate(answers) for b in answers[i + 1:]]
     winners = [i for i, a in enumerate(answers) if a.peer in decision.value.winners]  # 2 of 4: contested

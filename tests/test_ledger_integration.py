@@ -260,11 +260,11 @@ async def test_restarted_node_replays_its_store_then_catches_up(tmp_path: Path) 
                 await trio.sleep(0.05)
         assert {n.height for n in c.nodes} == {4}
         # it rebuilt its weights from the certified values: the same state as every other peer
-        assert len({n.core.chain.weights_digest() for n in c.nodes}) == 1
+        assert len({n.driver.chain.weights_digest() for n in c.nodes}) == 1
         assert node.validators == c.nodes[0].validators
         for n in c.nodes:  # the ledger derived the same weights from the certified values
             derived = _ledger(n).ledger
-            assert derived.weights_at(3) == {v.peer_id: v.weight for v in n.core.chain.validators_at(3)}
+            assert derived.weights_at(3) == {v.peer_id: v.weight for v in n.driver.chain.validators_at(3)}
             assert "certificate set differs" not in derived.ignored
         cert3 = node.certificate(3)  # served from the ledger: this run decided nothing itself
         assert node.certificates.decided == 0
@@ -320,14 +320,16 @@ def json_roundtrip(cert: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_equivocation_becomes_an_evidence_transaction(tmp_path: Path) -> None:
+    from consensus.evidence import from_equivocation
     from consensus.state_machine import Equivocation
     from dag import Ledger
 
     net = make_net([1, 1, 1, 1])
     a, b = net.value(["Paris"] * 4), net.value(["Lyon"] * 4)
     svc = _service(net, 0, None)
-    svc.submit_equivocation(Equivocation(net.precommit(2, 1, 0, a), net.precommit(2, 1, 0, b)))
-    svc.submit_equivocation(Equivocation(net.precommit(2, 1, 0, a), net.precommit(2, 1, 0, a)))  # not evidence
+    svc.submit_evidence(from_equivocation(Equivocation(net.precommit(2, 1, 0, a), net.precommit(2, 1, 0, b))))
+    same = net.precommit(2, 1, 0, a)
+    svc.submit_evidence(from_equivocation(Equivocation(same, same)))  # not evidence: refused
     svc._maybe_create(None)
     ev = svc.hashgraph.head(net.keys[0].peer_id)
     assert ev is not None and len(ev.transactions) == 1

@@ -59,7 +59,7 @@ async def test_a_forged_certificate_for_the_next_height_is_refused_and_its_signe
         # the forged precommit (2, 0) and the attacker's real precommit (2, 0) are an equivocation
         with trio.fail_after(10):
             while not all(any(check_evidence(e, c.net.genesis.validators)[0] == attacker.key.peer_id
-                              for e in n.scoring.evidence.values()) for n in honest):
+                              for e in n.driver.scores.evidence.values()) for n in honest):
                 await trio.sleep(0.05)
 
 

@@ -143,7 +143,7 @@ async def test_own_votes_lost_on_a_link_are_sent_again_when_the_height_is_stuck(
             submitted = trio.Event()
 
             async def heal() -> None:
-                while not nodes[0].outbox.own(1):  # ... until it has voted at height 1
+                while not nodes[0].driver.own_messages():  # ... until it has voted at height 1
                     await trio.sleep(0.05)
                 await trio.sleep(0.3)
                 lossy.clear()

@@ -25,7 +25,7 @@ async def test_a_consistent_liar_loses_weight_identically_on_every_peer() -> Non
         with trio.fail_after(90):
             decisions = [await nodes[k % 3].submit(q) for k, q in enumerate(QUESTIONS)]
             await _wait_height(nodes, len(QUESTIONS) + 1)
-        digests = {n.core.chain.weights_digest() for n in nodes}
+        digests = {n.driver.chain.weights_digest() for n in nodes}
         final = nodes[0].validators
     assert all(d.value.answer == str(2 * k) for k, d in enumerate(decisions))
     assert len(digests) == 1  # every peer folded the same committed data into the same weights

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consensus.messages import query_id_of
-from peers.pool import PoolFull, QueryPool
+from consensus.driver import PoolFull, QueryPool
 from tests.conftest import make_net
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,9 @@ from consensus.sim import (
     replay,
     run,
 )
-from consensus.sim._node import WbftPeer
-from consensus.sim._peer import Peer
-from consensus.state_machine import BroadcastVote, Decide, Output
+from consensus import grouping
+from consensus.driver import Decided, Driver, Effect, Send
+from consensus.messages import Vote
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSY = SimConfig(byzantine=((1, "double-vote"),), loss=0.05, partitions=(Partition(300, 2500, ((0,),)),))
@@ -36,15 +37,19 @@ class DecideAlone(Behaviour):
     name = "test-decide-alone"
     hidden = True
 
-    def on_outputs(self, peer: Peer, outputs: list[Output]) -> list[Output]:
-        extra: list[Output] = []
-        for o in outputs:
-            if isinstance(o, BroadcastVote) and o.vote.type == "prevote" and isinstance(peer, WbftPeer):
-                entry = peer.pool.next_ready()
-                own = peer.own_answers.get(entry.qid) if entry is not None else None
+    def on_effects(self, driver: Driver, effects: list[Effect]) -> list[Effect]:
+        extra: list[Effect] = []
+        for e in effects:
+            if isinstance(e, Send) and isinstance(e.signed.message, Vote) and e.signed.message.type == "prevote" \
+                    and e.signed.signer == self.peer_id:
+                entry = driver.pool.next_ready()
+                own = entry.answers.get(self.peer_id) if entry is not None else None
                 if entry is not None and own is not None:
-                    extra.append(Decide(o.vote.height, o.vote.round, peer.build_value([own], entry), ()))
-        return outputs + extra
+                    vs = driver.validators
+                    value = grouping.build_value(entry.query.envelope, [own], [], [vs.weight_of(self.peer_id)],
+                                                 driver.config.threshold, validators_hash=vs.set_hash())
+                    extra.append(Decided(e.signed.message.height, e.signed.message.round, value, (), vs))
+        return effects + extra
 
 
 # --- determinism -----------------------------------------------------------------------
@@ -67,7 +72,7 @@ def test_replay_in_another_process_gives_the_same_hash() -> None:
     expected = run(LOSSY, 7).trace_hash
     for hash_seed in ("1", "2"):  # set iteration order must not leak into the run
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "consensus.sim", "--seed", "7",
+        out = subprocess.run([sys.executable, "-m", "consensus.sim", "--seed", "7",
                               "--config", LOSSY.to_json()], cwd=ROOT, env=env, capture_output=True, text=True,
                              check=True)
         assert json.loads(out.stdout)["trace_hash"] == expected

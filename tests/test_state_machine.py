@@ -10,7 +10,7 @@ from consensus.messages import Answer, Proposal, Query, Signed, Value, Vote, que
 from consensus.state_machine import (
     BroadcastProposal,
     BroadcastVote,
-    Commit,
+    EnterHeight,
     Core,
     Decide,
     Equivocation,
@@ -25,6 +25,7 @@ from consensus.state_machine import (
     TimeoutInput,
     Timeouts,
     VoteInput,
+    static_committee,
 )
 from consensus.validators import Validator, ValidatorSet
 from multillmn.identity import KeyPair
@@ -115,6 +116,11 @@ def core_for(i: int, validators: ValidatorSet = EQUAL) -> Core:
     return Core(validators, KEYS[i].peer_id, timeouts=T)
 
 
+def enter(height: int, validators: ValidatorSet = EQUAL) -> EnterHeight:
+    """The host moving the core on (it owns the weight rule: here a fixed set)."""
+    return EnterHeight(height, static_committee(validators, height))
+
+
 def test_proposer_order_of_equal_set() -> None:
     # The tables below rely on proposer(h, r) == KEYS[(h - 1 + r) % 4].
     assert [EQUAL.proposer(1, r) for r in range(4)] == [k.peer_id for k in KEYS]
@@ -145,10 +151,11 @@ def test_happy_path_decides_in_round_zero() -> None:
     assert isinstance(decide, Decide)
     assert EQUAL.has_quorum(EQUAL.weight_of_set(v.signer for v in decide.precommits))
     assert all(v.message.value_id == VID and v.message.round == 0 for v in decide.precommits)
-    # Moved to height 2, idle until Start; late messages for height 1 are ignored.
-    assert (core.height, core.round, core.started, core.locked_round) == (2, 0, False, -1)
-    assert core.decision == decide
-    assert core.step(pc(3, 0, VID)) == []
+    # Decided: height 1 records nothing more until the host enters height 2, idle until Start.
+    assert (core.height, core.decided, core.decision) == (1, True, decide)
+    assert core.step(pc(3, 0, VID)) == [] and core.step(timeout(0, "precommit")) == []
+    assert core.step(enter(2)) == []
+    assert (core.height, core.round, core.started, core.locked_round, core.decided) == (2, 0, False, -1, False)
     assert core.step(timeout(0, "propose", h=2)) == []
 
 
@@ -367,6 +374,8 @@ def test_future_height_buffered_and_replayed() -> None:
     ])
     out = core.step(pc(2, 0, VID))
     assert len(out) == 1 and isinstance(out[0], Decide) and out[0].height == 1
+    assert core.height == 1 and core.decided
+    assert core.step(enter(2)) == []  # replays the buffered height-2 messages: nothing to do before Start
     assert core.height == 2 and not core.started
     run(core, [
         Step("start h2 replays proposal and prevotes", Start(), [
@@ -384,7 +393,7 @@ def test_decides_before_start_and_in_later_round() -> None:
         Step("pc1", pc(1, 0, VID), []),
     ])
     out = idle.step(pc(2, 0, VID))
-    assert [type(o) for o in out] == [Decide] and idle.height == 2
+    assert [type(o) for o in out] == [Decide] and idle.height == 1 and idle.decided
 
     core = core_for(3)
     run(core, [
@@ -411,21 +420,21 @@ def test_non_validator_signer_ignored() -> None:
     assert core.round == 0
 
 
-def test_commit_fast_forwards_a_core_that_fell_behind() -> None:
-    """Commit(h) (a height backed by a ledger certificate) moves a lagging core to h + 1."""
+def test_enter_height_moves_a_core_that_fell_behind() -> None:
+    """EnterHeight(h) (a height decided elsewhere, folded by the host) moves the core to h."""
     core = core_for(1)
     run(core, [
         Step("start height 1", Start(), [sched(0, "propose")]),
         Step("a prevote at height 1 is recorded", pv(2, 0, VID), []),
         Step("a height-4 prevote is buffered", pv(2, 0, VID, h=4), []),
-        Step("commit of an older height than the current one is ignored", Commit(0), []),
-        Step("commit height 3: skip to 4, replay its buffered prevote", Commit(3), []),
+        Step("entering the current height again is ignored", enter(1), []),
+        Step("enter height 4: replay its buffered prevote", enter(4), []),
     ])
     assert (core.height, core.round, core.started, core.locked_round) == (4, 0, False, -1)
     run(core, [
         Step("stale height-1 timeout is dropped", timeout(0, "propose"), []),
         Step("stale height-3 message is dropped", pv(3, 0, VID, h=3), []),
-        Step("committing the same height again is a no-op", Commit(2), []),
+        Step("entering an older height is a no-op", enter(2), []),
         Step("height 4 starts normally", Start(), [sched(0, "propose", h=4)]),
     ])
     assert core.height == 4 and core.started

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from consensus.messages import Proposal, Vote, sign
+from consensus.driver import CoreTimeout, Send, TimerFired
 from consensus.state_machine import BroadcastVote, ProposalInput, ProposeValue, Start, TimeoutInput, VoteInput
 from multillmn.config import PeerConfig
 from peers.engine import ScriptedEngine
@@ -61,10 +62,11 @@ def test_a_restarted_runner_resumes_its_height_with_its_votes_and_does_not_vote_
                     wal=ConsensusWal(tmp_path / "c.wal"))
 
     restarted = node()
-    assert (restarted.core.height, restarted.core.round, restarted.core.step_name) == (1, 0, "prevote")
-    assert len(restarted.outbox.own(1)) == 1  # its prevote, ready to be sent again if the height is stuck
+    core = restarted.driver.core
+    assert (core.height, core.round, core.step_name) == (1, 0, "prevote")
+    assert restarted.driver.own_messages() == [my_prevote]  # ready to be sent again if the height is stuck
     # the propose timeout of round 0 fires again after the restart: no second prevote is signed
-    outputs = restarted.core.step(TimeoutInput(1, 0, "propose"))
+    effects = restarted.driver.handle(TimerFired(CoreTimeout(1, 0, "propose")), 0)
     assert restarted.wal is not None
     restarted.wal.close()
-    assert not [o for o in outputs if isinstance(o, BroadcastVote)]
+    assert not [e for e in effects if isinstance(e, Send) and isinstance(e.signed.message, Vote)]

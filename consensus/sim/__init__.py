@@ -1,10 +1,10 @@
-"""A deterministic simulator of the WBFT protocol: many pure cores under seeded virtual time.
+"""A deterministic simulator of the WBFT protocol: many shipping drivers under seeded virtual time.
 
-``run(config, seed)`` drives one :class:`~consensus.Core` per peer, wrapped in
-the real runner's logic (answer quorum before ``Start``, ``build_value``,
-``validate_value``, signing and feeding back), over a simulated network with
-seeded latency, loss, partitions, crashes and slowness, and Byzantine
-behaviours per node. It then checks agreement, validity, termination,
+``run(config, seed)`` hosts one :class:`~consensus.driver.Driver` per peer,
+the very object a real peer runs (``peers/node.py`` is its other host), over
+a simulated network with seeded latency, loss, partitions, crashes and
+slowness, and the shared Byzantine behaviours
+(:mod:`consensus.driver.behaviours`) per node. It then checks agreement, validity, termination,
 equivocation detection and equal weights on honest peers, raising
 :class:`SimFailure` with the seed and a one-line replay command.
 ``replay(seed, config)`` reproduces a run exactly (same ``trace_hash``).
@@ -12,10 +12,10 @@ Baselines run in the same harness: ``equal`` (the same core, all weights 1)
 and ``majority`` (no rounds; most common answer).
 
 Weights adapt under ``wbft`` (``SimConfig.adaptive_weights``, default on):
-each core owns an adaptive :class:`~consensus.chain.Chain`; peers score
-decided answers, gossip signed score vectors, carry them and equivocation
-evidence in values, and fold decided values into the weights in force two
-heights later, as ``peers/node.py`` does. The fault model is then checked
+each driver owns an adaptive :class:`~consensus.chain.Chain`; it scores
+decided answers, gossips signed score vectors, carries them and
+equivocation evidence in values, and folds decided values into the weights
+in force two heights later. The fault model is then checked
 per height (faulty weight below 1/3 of the set in force), and results report
 the faulty peers' share of the weight per height. ``attack_from_height``
 makes faulty peers mere wrong answerers until then, to model an attack
@@ -24,7 +24,7 @@ launched once weights have adapted.
 Fast path vs real signatures: see :mod:`consensus.sim._world`.
 """
 
-from consensus.sim._behaviours import BEHAVIOURS, Behaviour, Phased, behaviour_names, register
+from consensus.driver.behaviours import BEHAVIOURS, Behaviour, Phased, behaviour_names, register
 from consensus.sim._config import (
     BASELINES,
     WEIGHT_PRESETS,

@@ -91,10 +91,8 @@ class SimConfig:
     attack_from_height: int | None = None  # faulty peers answer wrong (and follow the protocol) before this
     timeouts_ms: tuple[int, int, int, int] = (3000, 1000, 1000, 500)  # propose, prevote, precommit, delta
     answer_grace_ms: int = 1500
-    gossip_ms: int = 1000  # re-send own messages when stuck this long (0: never, as the current runner)
-    relay: bool = True  # when stuck, also relay others' prevotes/precommits of our lock and valid rounds
-    catchup: bool = True  # lagging nodes fetch decided heights (proposal + precommit quorum)
-    apply_commits: bool = True  # a verified catch-up package the core cannot use is applied (block sync)
+    gossip_ms: int = 1000  # the driver's tick: when stuck, re-send own messages, relay votes, ask to catch up
+    catchup: bool = True  # hosts serve decided heights (value + precommit quorum) to a peer that asks
     wal: bool = True  # restarted honest nodes replay their write-ahead log
     crash_at_ms: int | None = None  # when 'crash' nodes stop; None: drawn from the seed
     slow_ms: int = 2000  # extra delay of every message a 'slow' node sends
@@ -118,7 +116,7 @@ class SimConfig:
 
     def validate(self) -> SimConfig:
         """Raise :class:`SimConfigError` naming the first bad field; return self when valid."""
-        from consensus.sim._behaviours import behaviour_names
+        from consensus.driver.behaviours import behaviour_names
 
         n = self.peers
         _need(isinstance(n, int) and 1 <= n <= 256, "peers", "an integer in [1, 256]", n)

@@ -1,4 +1,4 @@
-"""The discrete-event engine: a seeded virtual-time queue driving many simulated peers.
+"""The discrete-event engine: a seeded virtual-time queue driving many simulated peers (``_host.py``).
 
 Time is an integer number of virtual microseconds; nothing reads the wall
 clock (an optional CPU clock only *measures*). Every random choice comes from
@@ -23,16 +23,15 @@ from typing import Any, TypeVar
 
 from fractions import Fraction
 
-from consensus import grouping
 from consensus.chain import Chain
-from consensus.messages import Query, Signed, Value, VerifiedCache, Vote, query_id_of, sign
-from consensus.sim._behaviours import Behaviour, make_behaviour
+from consensus.driver import Decided
+from consensus.driver.behaviours import Behaviour, BehaviourParams, make_behaviour
+from consensus.evidence import DuplicateVoteEvidence, Evidence
+from consensus.messages import Proposal, Signed, Value, VerifiedCache, Vote, open_envelope
 from consensus.sim._config import SimConfig
-from consensus.sim._node import WbftPeer
-from consensus.sim._peer import MajorityPeer, Peer
-from consensus.sim._packets import Packet, PacketKind, Send
-from consensus.sim._world import DUMMY_ENVELOPE, Question, answer_table, derive_rng, normalise, sim_keys
-from consensus.state_machine import Decide, Equivocation
+from consensus.sim._host import DriverNode, MajorityPeer, SimNode
+from consensus.sim._packets import Packet, PacketKind
+from consensus.sim._world import Question, answer_table, derive_rng, normalise, sim_keys
 from consensus.validators import Validator, ValidatorSet
 from consensus.weights import WeightParams
 
@@ -105,42 +104,49 @@ class Simulation:
         self.within_model = self._within_model({1: self.validators})
         self.digests: list[dict[int, bytes]] = [{} for _ in range(self.n)]  # weight-state digest per folded height
         self.digest_conflicts: list[str] = []  # a node that recomputed a different digest (after a restart)
-        self._real: dict[bytes, Signed[Any]] = {}
-        self.shared_verified = VerifiedCache(1 << 16)  # the fast path's signature cache, shared by all peers
+        self._shared_verified = VerifiedCache(1 << 16)  # the fast path's signature cache, shared by all peers
         self.cpu_clock = cpu_clock
         self.counters = _Counters()
         self.rejected = 0
-        self.applied_commits = 0
-        self.deferred_proposals = 0  # proposals for a later height, judged once the peer got there
         self.now = 0
         self._net = derive_rng(seed, "net")
         self._heap: list[_Event] = []
         self._seq = 0
         self._trace = hashlib.sha256()
         self._value_ids: dict[int, tuple[Value, bytes]] = {}
-        self._judged: dict[tuple[int, bytes], tuple[Value, bool]] = {}
         self._link_queue: dict[tuple[int, int, int], int] = {}
         self.decisions: list[dict[int, DecisionRecord]] = [{} for _ in range(self.n)]
         self.equivocations: list[EquivocationRecord] = []
         self.expected_detections: dict[tuple[int, int, int, int, str], None] = {}
         self.exhausted = False
         self._remaining = len(self.honest) * config.heights
-        peer_cls: type[Peer] = MajorityPeer if config.baseline == "majority" else WbftPeer
-        self.nodes: list[Peer] = [peer_cls(self, i, self.behaviours[i]) for i in range(self.n)]
+        peer_cls: type[SimNode] = MajorityPeer if config.baseline == "majority" else DriverNode
+        self.nodes: list[SimNode] = [peer_cls(self, i, self.behaviours[i]) for i in range(self.n)]
         self.deadline_us = 1000 * self._deadline_ms()
 
     # --- set-up ---------------------------------------------------------------
     def _assign_behaviours(self) -> list[Behaviour]:
-        names = ["honest"] * self.n
+        names = ["none"] * self.n
         for node, name in self.config.byzantine:
             names[node] = name
-        free = [i for i in range(self.n) if names[i] == "honest"]
+        free = [i for i in range(self.n) if names[i] == "none"]
         pick = derive_rng(self.seed, "pick")
         for name, node in zip(self.config.byzantine_pick, pick.sample(free, len(self.config.byzantine_pick))):
             names[node] = name
         self.behaviour_names = names
-        return [make_behaviour(name, i, derive_rng(self.seed, "behaviour", i), self.config)
-                for i, name in enumerate(names)]
+        params = BehaviourParams(slow_ms=self.config.slow_ms, crash_at_height=10**9,  # crashes are timed events
+                                 from_height=self.config.attack_from_height or 1,
+                                 copy_wait_ms=3 * int(self.config.gen_ms) + self.config.answer_grace_ms // 2)
+        return [make_behaviour(name, self.keys[i].peer_id, params) for i, name in enumerate(names)]
+
+    def _crash_time_ms(self, i: int) -> int | None:
+        """When a ``crash`` node stops for good: ``config.crash_at_ms``, else drawn from the seed."""
+        if self.behaviour_names[i] != "crash":
+            return None
+        if self.config.crash_at_ms is not None:
+            return self.config.crash_at_ms
+        horizon = self.config.heights * max(self.config.query_interval_ms, int(self.config.gen_ms)) + 2000
+        return derive_rng(self.seed, "crash", i).randrange(0, horizon)
 
     def _deadline_ms(self) -> int:
         """The termination bound: stabilisation plus a budget per height.
@@ -172,7 +178,7 @@ class Simulation:
         return int(stable + cfg.heights * budget)
 
     # --- the event queue --------------------------------------------------------
-    def schedule(self, delay_us: int, node: Peer, fn: Callable[[Any], None], arg: Any, *, label: str) -> None:
+    def schedule(self, delay_us: int, node: SimNode, fn: Callable[[Any], None], arg: Any, *, label: str) -> None:
         """Run ``fn(arg)`` after ``delay_us`` unless ``node`` crashes first."""
         self._push(self.now + delay_us, node.index, node.epoch, fn, arg, f"{node.index} {label}")
 
@@ -191,8 +197,8 @@ class Simulation:
             self._push(c.at_ms * 1000, -1, 0, self._crash, c.node, f"crash {c.node}")
             if c.restart_ms is not None:
                 self._push(c.restart_ms * 1000, -1, 0, self._restart, c.node, f"restart {c.node}")
-        for i, b in enumerate(self.behaviours):
-            at = b.crash_at_ms()
+        for i in range(self.n):
+            at = self._crash_time_ms(i)
             if at is not None:
                 self._push(at * 1000, -1, 0, self._crash, i, f"crash {i}")
         heap, nodes, trace, counters = self._heap, self.nodes, self._trace, self.counters
@@ -220,6 +226,16 @@ class Simulation:
         """A fresh chain at genesis: adaptive under ``wbft`` with ``adaptive_weights``, else static;
         ``verified``: the peer's signature cache, as the runner shares its own."""
         return Chain(self.validators, self.weight_params, verified)
+
+    def verified_for(self, index: int) -> VerifiedCache:
+        """A peer's signature cache: its own with real signatures, else one shared by all (each signature is
+        checked about once per run)."""
+        node = self.nodes[index] if len(getattr(self, "nodes", ())) > index else None
+        if self.config.real_signatures:
+            if node is not None and isinstance(node, DriverNode):
+                return node.driver.verified
+            return VerifiedCache()
+        return self._shared_verified
 
     def faulty_weight(self, vs: ValidatorSet) -> int:
         """The weight in ``vs`` of every node that is not honest (faulty or down for good)."""
@@ -271,18 +287,18 @@ class Simulation:
             label = f"query by {who}"
         return Packet(kind, signed, label=label)
 
-    def send(self, src: int, send: Send) -> None:
+    def send(self, src: int, packet: Packet, dsts: tuple[int, ...], delay_us: int = 0) -> None:
         """Send with seeded latency and loss; across a partition, queue until it heals."""
         cfg = self.config
         rng = self._net
-        for dst in send.dsts:
+        for dst in dsts:
             if dst == src:
                 continue
             self.counters.sent += 1
             if cfg.loss and rng.random() < cfg.loss:
                 self.counters.lost += 1
                 continue
-            at = self.now + send.delay_us
+            at = self.now + delay_us
             for k, part in enumerate(cfg.partitions):
                 if 1000 * part.start_ms <= at < 1000 * part.heal_ms and _group(part.groups, src) != _group(
                         part.groups, dst):
@@ -301,7 +317,7 @@ class Simulation:
                 sigma = cfg.latency_sigma
                 mu = math.log(cfg.latency_ms * 1000) - sigma * sigma / 2
                 at += int(rng.lognormvariate(mu, sigma))
-            self._push(at, -1, 0, self._deliver, (dst, src, send.packet), f"{dst}<{src} {send.packet.label}")
+            self._push(at, -1, 0, self._deliver, (dst, src, packet), f"{dst}<{src} {packet.label}")
 
     def _deliver(self, arg: tuple[int, int, Packet]) -> None:
         dst, src, packet = arg
@@ -322,6 +338,11 @@ class Simulation:
     def _crash(self, i: int) -> None:
         if not self.nodes[i].down:
             self.nodes[i].crash()
+
+    def crash_node(self, i: int) -> None:
+        """A node's own fault injection stops it for good."""
+        self.permanently_down.add(i)
+        self._crash(i)
 
     def _restart(self, i: int) -> None:
         if self.nodes[i].down:
@@ -349,56 +370,12 @@ class Simulation:
             hit = self._value_ids[id(value)] = (value, value.value_id())
         return hit[1]
 
-    def judge(self, value: Value, peer: WbftPeer) -> bool:
-        """The runner's check at the peer's current height: the value's extras against the peer's own
-        chain (never shared), then ``validate_value`` with its own similarities and the set in force
-        (memoised per value object and set on the fast path)."""
-        if self.config.real_signatures:
-            return self.timed("validate", self._validate, value, peer)
-        if peer.core.chain.check_extras(value, peer.core.height, peer.verified) is not None:
-            return False
-        vs = peer.core.validators
-        key = (id(value), vs.set_hash())
-        hit = self._judged.get(key)
-        if hit is None or hit[0] is not value:
-            hit = self._judged[key] = (value, self._grouping_ok(value, peer, vs))
-        return hit[1]
-
-    def judged(self, value: Value, vs: ValidatorSet) -> bool | None:
-        """The memoised fast-path judgement of this value object under ``vs``, if there is one."""
-        hit = self._judged.get((id(value), vs.set_hash()))
-        return hit[1] if hit is not None and hit[0] is value else None
-
-    def _validate(self, value: Value, peer: WbftPeer) -> bool:
-        if peer.core.chain.check_extras(value, peer.core.height, peer.verified) is not None:
-            return False
-        return self._grouping_ok(value, peer, peer.core.validators)
-
-    def _grouping_ok(self, value: Value, peer: WbftPeer, vs: ValidatorSet) -> bool:
-        sims = peer.local_sims(value)
-        if sims is None:
-            return False
-        return grouping.validate_value(value, validators=vs, local_sims=sims,
-                                       threshold=self.config.threshold, tolerance=self.config.tolerance,
-                                       cache=peer.verified) is None
-
-    def really_signed(self, signed: Signed[Any]) -> Signed[Any]:
-        """``signed`` with its real Ed25519 envelope: evidence must verify, and on the fast path votes and
-        proposals carry a dummy one (the simulator holds every key; Ed25519 is deterministic, so this is
-        the envelope the signer would have sent)."""
-        if self.config.real_signatures or signed.envelope.sig != DUMMY_ENVELOPE.sig or signed.envelope.body:
-            return signed
-        body = signed.message.canonical()
-        hit = self._real.get(body)
-        if hit is None:
-            hit = self._real[body] = sign(signed.message, self.keys[self.index_of[signed.signer]])
-        return hit
-
-    def register_query(self, query: Signed[Query], index: int) -> None:
-        self.query_index[query_id_of(query.envelope)] = index
+    def register_query(self, qid: bytes, index: int) -> None:
+        self.query_index[qid] = index
 
     def question_of(self, qid: bytes) -> Question:
-        return self.questions[self.query_index[qid]]
+        index = self.query_index.get(qid)
+        return self.questions[index] if index is not None else Question(-1, "an unknown question", "0")
 
     # --- records -------------------------------------------------------------------------
     def _count(self, node: int, key: int, record: DecisionRecord) -> None:
@@ -409,7 +386,7 @@ class Simulation:
         if node in self.honest and 1 <= key <= self.config.heights:
             self._remaining -= 1
 
-    def record_decision(self, node: int, d: Decide) -> None:
+    def record_decision(self, node: int, d: Decided) -> None:
         qidx = self.query_index.get(d.value.query_id(), -1)
         self._count(node, d.height, DecisionRecord(node, d.height, d.round, d.value, d.value.answer, qidx,
                                                    self.now, d.precommits, d.validators))
@@ -424,11 +401,11 @@ class Simulation:
         qidx = self.query_index.get(qid, -1)
         self._count(node, qidx + 1, DecisionRecord(node, qidx + 1, 0, None, answer, qidx, self.now))
 
-    def record_equivocation(self, node: int, e: Equivocation) -> None:
-        m = e.first.message
+    def record_equivocation(self, node: int, evidence: Evidence) -> None:
+        model: type[Vote] | type[Proposal] = Vote if isinstance(evidence, DuplicateVoteEvidence) else Proposal
+        m = open_envelope(model, evidence.first, self.validators.public_key_of, self._shared_verified).message
         kind = m.type if isinstance(m, Vote) else "proposal"
-        self.equivocations.append(EquivocationRecord(node, self.index_of.get(e.first.signer, -1), m.height,
-                                                     m.round, kind))
+        self.equivocations.append(EquivocationRecord(node, self.index_of.get(m.signer, -1), m.height, m.round, kind))
 
     def expect_detection(self, node: int, key: tuple[str, int, int, str]) -> None:
         voter, height, round_, type_ = key

@@ -1,28 +1,30 @@
-"""What travels between simulated peers: packets and send orders."""
+"""What travels between simulated peers: packets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from consensus.messages import Proposal, Signed, Vote
+from consensus.messages import Signed, Value, Vote
 
-__all__ = ["PacketKind", "CatchUpItem", "Packet", "Send"]
+__all__ = ["PacketKind", "CatchUpItem", "Packet"]
 
-PacketKind = Literal["query", "answer", "proposal", "vote", "scores", "catchup-req", "catchup"]
+PacketKind = Literal["query", "answer", "proposal", "vote", "scores", "catchup-req", "catchup", "raw"]
 
 
 @dataclass(frozen=True, slots=True)
 class CatchUpItem:
-    """One decided height as the runner will serve it: the decided proposal and its precommit quorum."""
+    """One decided height as a peer serves it: the value and the precommits for it."""
 
-    proposal: Signed[Proposal]
+    height: int
+    round: int
+    value: Value
     precommits: tuple[Signed[Vote], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    """A message on a link: a signed protocol message, or a catch-up request / reply.
+    """A message on a link: a signed protocol message, a catch-up request or reply, or raw (hostile) bytes.
 
     With real signatures the receiver trusts only ``signed.envelope`` and
     re-opens it; on the fast path it uses ``signed.message`` directly.
@@ -32,13 +34,5 @@ class Packet:
     signed: Signed[Any] | None = None
     height: int = 0  # catchup-req: the first height wanted
     items: tuple[CatchUpItem, ...] = ()
+    raw: bytes = b""
     label: str = ""  # for the event trace
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``packet`` to the nodes ``dsts`` after ``delay_us`` of local delay."""
-
-    packet: Packet
-    dsts: tuple[int, ...]
-    delay_us: int = 0

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from consensus.sim._behaviours import BEHAVIOURS
+from consensus.driver.behaviours import BEHAVIOURS
 from consensus.sim._config import SimConfig
 from consensus.sim._engine import Simulation
 from consensus.sim._invariants import Violation, check_run
@@ -78,7 +78,7 @@ class SimFailure(AssertionError):
 def replay_command(seed: int, config: SimConfig) -> str:
     """A shell command that replays ``(seed, config)`` and prints its trace hash and violations."""
     modules = sorted({BEHAVIOURS[name].__module__ for name in _behaviour_names(config)} - {
-        "consensus.sim._behaviours"})
+        "consensus.driver.behaviours"})
     imports = "".join(f" --import {shlex.quote(m)}" for m in modules)
     paths = sorted({str(Path(f).parent) for m in modules if "." not in m
                     and (f := getattr(sys.modules.get(m), "__file__", None)) is not None})

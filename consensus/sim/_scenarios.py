@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from consensus.sim._behaviours import behaviour_names
+from consensus.driver.behaviours import behaviour_names
 from consensus.sim._config import Crash, Partition, SimConfig
 from consensus.sim._world import derive_rng
 
@@ -26,7 +26,7 @@ def random_scenario(seed: int, *, max_peers: int = 7, heights: int = 3, network_
     weights = tuple(rng.choice((1, 1, 1, 2, 3, 5)) for _ in range(n)) if rng.random() < 0.5 else None
     w = weights or tuple([1] * n)
     if behaviours is None:
-        behaviours = [b for b in behaviour_names() if b != "honest"]
+        behaviours = [b for b in behaviour_names() if b != "none"]
     order = list(range(n))
     rng.shuffle(order)
     faulty: set[int] = set()

@@ -1,24 +1,13 @@
-"""What the simulated peers share: keys, seeded random streams, the answer table and the signing modes.
+"""What the simulated peers share: keys, seeded random streams, the answer table and the similarities.
 
-Signing modes. With ``real_signatures`` every message is signed with
-Ed25519 by :func:`consensus.messages.sign` and every receiver re-opens the
-envelope with :func:`consensus.messages.open_envelope` (decode, schema,
-canonical form, signature), as the real runner's wire codec does.
-
-The *fast path* (the default) gives votes and proposals a dummy all-zero
-signature and an empty body and skips their verification: a receiver uses the
-sender's decoded message as is. Queries, answers and score vectors are still
-really signed, because a :class:`~consensus.messages.Value` embeds them and
-:func:`~consensus.grouping.validate_value`, ``Chain.check_extras`` and
-``Chain.apply`` (and the validity invariant) verify them; all peers share one
-verified-signature cache, so each is checked about once per run (``apply``
-takes no cache and verifies again). Since every simulated peer computes the
-same similarities, the grouping part of the check is memoised per value object
-and validator set across peers of one run; the extras are checked by each
-peer against its own chain. Evidence needs the offender's real signatures:
-the engine re-signs the two fast-path messages with the offender's key
-(Ed25519 is deterministic, so these are the bytes a real run carries). The
-fast path therefore tests the protocol, not the cryptography.
+Signing modes. Every message is really signed with Ed25519 (by the
+driver). With ``real_signatures`` every receiver re-opens the envelope with
+:func:`consensus.messages.open_envelope` (decode, schema, canonical form,
+signature), as the real daemon's wire codec does. On the *fast path* (the
+default) a receiver takes the sender's decoded vote or proposal as is, and
+all peers share one verified-signature cache, so each answer, query and
+score vector a value embeds is verified about once per run. The fast path
+therefore tests the protocol, not the cryptography.
 """
 
 from __future__ import annotations
@@ -29,25 +18,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from consensus.messages import Envelope, Message, Signed
 from multillmn.identity import KeyPair
 
 __all__ = [
-    "DUMMY_ENVELOPE",
     "Question",
     "answer_table",
     "derive_rng",
-    "fast_signed",
     "normalise",
     "sim_keys",
     "similarities",
     "honest_text",
     "wrong_text",
 ]
-
-DUMMY_ENVELOPE = Envelope.model_construct(body=b"", sig=bytes(64))
-"""The envelope of every fast-path vote and proposal (never verified)."""
-
 
 def derive_rng(seed: int, *labels: object) -> random.Random:
     """An independent random stream for ``labels`` under ``seed`` (stable across processes)."""
@@ -60,11 +42,6 @@ def sim_keys(n: int) -> tuple[KeyPair, ...]:
     """``n`` deterministic keys sorted by peer id, so node ``i`` is validator ``i``."""
     keys = [KeyPair.from_seed(hashlib.sha256(f"multillmn-sim-key/{i}".encode()).digest()) for i in range(n)]
     return tuple(sorted(keys, key=lambda k: k.peer_id))
-
-
-def fast_signed(message: Message) -> Signed[Message]:
-    """A fast-path signed message: the message with :data:`DUMMY_ENVELOPE`."""
-    return Signed(message, DUMMY_ENVELOPE)
 
 
 @dataclass(frozen=True)

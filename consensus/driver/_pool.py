@@ -1,12 +1,17 @@
 """The query pool: pending queries and the signed answers gathered for each.
 
-Pure bookkeeping (times are passed in): the runner adds verified queries and
-answers, asks which query is ready to be decided, and marks decided ones.
-Bounded, so a flood of queries or answers cannot grow memory without limit.
+Pure bookkeeping (times are passed in, in ms): the driver adds verified
+queries and answers, asks which query is ready to be decided, and marks
+decided ones. Bounds: ``max_pending`` queries; answers that overtook their
+query for at most ``max_orphans`` query ids (one per validator each); the
+ids of the last ``max_decided`` decided queries (a value re-proposing a
+query decided that long ago is no longer recognised as decided: about 4 MB
+for the default 65,536).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from consensus.messages import Answer, Query, Signed, query_id_of
@@ -33,16 +38,27 @@ class PendingQuery:
 class QueryPool:
     """Pending queries in arrival order, their answers, and the ids already decided."""
 
-    def __init__(self, validators: ValidatorSet, *, max_pending: int = 256, max_orphans: int = 1024) -> None:
+    def __init__(self, validators: ValidatorSet, *, max_pending: int = 256, max_orphans: int = 1024,
+                 max_decided: int = 65_536) -> None:
         self._validators = validators
         self._pending: dict[bytes, PendingQuery] = {}
         self._orphans: dict[bytes, dict[str, Signed[Answer]]] = {}
-        self._decided: set[bytes] = set()
+        self._decided: OrderedDict[bytes, None] = OrderedDict()
         self._max_pending = max_pending
         self._max_orphans = max_orphans
+        self._max_decided = max_decided
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def statistics(self) -> dict[str, int]:
+        """Table sizes (each bounded: see the module docstring)."""
+        return {"pending": len(self._pending), "orphan_queries": len(self._orphans),
+                "orphan_answers": sum(len(b) for b in self._orphans.values()), "decided_ids": len(self._decided)}
+
+    def pending(self) -> list[PendingQuery]:
+        """Pending queries in arrival order."""
+        return list(self._pending.values())
 
     def set_validators(self, validators: ValidatorSet, now: float) -> None:
         """Weigh answers with the set in force at the current height (same members, new weights)."""
@@ -85,14 +101,14 @@ class QueryPool:
                 if len(self._orphans) >= self._max_orphans:
                     return False
                 bucket = self._orphans[qid] = {}
-            if answer.signer in bucket:
+            if answer.signer in bucket or answer.signer not in self._validators:
                 return False
             bucket[answer.signer] = answer
             return True
         return self._add_to(entry, answer, now)
 
     def _add_to(self, entry: PendingQuery, answer: Signed[Answer], now: float) -> bool:
-        if answer.signer in entry.answers:
+        if answer.signer in entry.answers or answer.signer not in self._validators:
             return False
         entry.answers[answer.signer] = answer
         if entry.quorum_at is None and self._validators.has_quorum(self.answer_weight(entry)):
@@ -121,6 +137,9 @@ class QueryPool:
         self._pending.pop(query_id, None)
 
     def mark_decided(self, query_id: bytes) -> PendingQuery | None:
-        self._decided.add(query_id)
+        self._decided[query_id] = None
+        self._decided.move_to_end(query_id)
+        while len(self._decided) > self._max_decided:
+            self._decided.popitem(last=False)
         self._orphans.pop(query_id, None)
         return self._pending.pop(query_id, None)

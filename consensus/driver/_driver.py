@@ -1,0 +1,771 @@
+"""The peer driver: everything around the consensus core, pure and sans-I/O.
+
+:meth:`Driver.handle` takes one input (a message received, an answer
+generated, similarities computed, a judge's verdicts, a timer fired, a
+decided height from catch-up or the ledger) and returns the effects it
+causes (send, persist, schedule, generate, embed, judge, decided, ...; see
+:mod:`consensus.driver._io`), in the order the host must carry them out.
+The trio daemon (``peers/node.py``) and the simulator
+(``consensus/sim/``) are two hosts of this one driver.
+
+What it owns:
+
+* the :class:`~consensus.Core` (Tendermint rounds) and the
+  :class:`~consensus.chain.Chain` (the weight rule), handing the core each
+  height's committee;
+* the query pool: a height starts once some pending query has answers
+  carrying more than 2/3 of the weight; the proposer then waits up to
+  ``answer_grace_ms`` for the rest, so every answer is weighed;
+* proposal checking: not decided before, the extras against its own chain,
+  the grouping rule on its own similarities (an :class:`Embed` round trip);
+  proposals for later heights wait until the chain can judge them;
+* exposure: a voter that prevotes another value than the proposal this
+  peer holds for that round is shown it, so an equivocating proposer is
+  caught by the peers that saw both;
+* scoring decided values, and score vectors and evidence waiting to be
+  carried (:mod:`consensus.driver._scoring`);
+* its own messages: WAL records (:class:`Persist`) before its own votes
+  leave, and re-sending them (and relaying others' votes of its lock round)
+  when a height is stuck;
+* catch-up: a decided height from another peer (:class:`Certified`) is
+  checked against the set its own chain computed; one from its own ledger
+  (:class:`Committed`) is folded as is.
+
+Bounds (each enforced at insertion, see :meth:`Driver.statistics`): the
+pool's; proposals checked per (height, round): 2 values, at most
+:data:`MAX_CHECKING` in flight; proposals for later heights: up to
+``FUTURE_HEIGHTS`` ahead, :data:`MAX_FUTURE_PER_SIGNER` per signer and
+height; decided heights waiting to be folded: :data:`MAX_CATCHUP_AHEAD`
+heights ahead, :data:`MAX_CATCHUP_PER_HEIGHT` values each; relayable
+votes and exposures: rounds up to ``round + 1`` of the current height; own
+messages re-sent: :data:`RESEND_MESSAGES` and :data:`RESEND_ANSWERS`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from consensus import grouping
+from consensus.chain import Chain
+from consensus.driver._io import (
+    AskCatchUp,
+    Certified,
+    Committed,
+    CoreTimeout,
+    Decided,
+    DriverInput,
+    Effect,
+    Embed,
+    Embedded,
+    EvidenceFound,
+    Generate,
+    GenerationFailed,
+    Generated,
+    GraceTimer,
+    Judge,
+    Judged,
+    JudgePair,
+    Persist,
+    QueryExpired,
+    Received,
+    Schedule,
+    Send,
+    Tick,
+    TimerFired,
+)
+from consensus.driver._pool import PendingQuery, PoolFull, QueryPool
+from consensus.driver._scoring import ScoreBook, judge_pairs
+from consensus.evidence import from_equivocation
+from consensus.messages import (
+    MAX_ANSWER_CHARS,
+    Answer,
+    Message,
+    MessageError,
+    Proposal,
+    Query,
+    Signed,
+    Value,
+    VerifiedCache,
+    Vote,
+    open_envelope,
+    query_id_of,
+    sign,
+)
+from consensus.scores import JudgeResult, ScoreVector, score_answers
+from consensus.state_machine import (
+    BroadcastProposal,
+    BroadcastVote,
+    Core,
+    Decide,
+    EnterHeight,
+    Equivocation,
+    Input,
+    Output,
+    ProposalInput,
+    ProposeValue,
+    RequestValue,
+    ScheduleTimeout,
+    Start,
+    TimeoutInput,
+    Timeouts,
+    VoteInput,
+)
+from consensus.validators import ValidatorSet
+from multillmn.identity import KeyPair, PeerId
+
+if TYPE_CHECKING:
+    from consensus.driver.behaviours import Behaviour
+
+__all__ = ["Driver", "DriverConfig", "MAX_CATCHUP_AHEAD", "MAX_CATCHUP_PER_HEIGHT", "MAX_CHECKING",
+           "MAX_FUTURE_PER_SIGNER", "RESEND_ANSWERS", "RESEND_MESSAGES"]
+
+MAX_CHECKING = 16
+"""Proposals whose similarities are being computed at once."""
+MAX_FUTURE_PER_SIGNER = 4
+"""Proposals kept per signer and later height, to be checked there."""
+MAX_CATCHUP_AHEAD = 64
+"""Decided heights beyond the next one kept to be folded in order."""
+MAX_CATCHUP_PER_HEIGHT = 4
+"""Distinct values kept per later height from catch-up (only ones whose signers hold 1/3 of the current set)."""
+RESEND_MESSAGES = 32
+"""Own votes and proposals of the height re-sent when it is stuck."""
+RESEND_ANSWERS = 8
+"""Own answers to pending queries, and pending queries, re-sent when the height is stuck (each)."""
+MAX_SCORING_JOBS = 16
+"""Decisions being scored at once (waiting for similarities or a judge)."""
+_FUTURE_HEIGHTS = 4
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """The driver's settings: consensus parameters from the genesis, timings from the peer's config."""
+
+    model: str = "model"  # the name this peer's answers carry
+    threshold: int = 800
+    tolerance: int = 20
+    timeouts: Timeouts = Timeouts()
+    answer_wait_ms: int = 120_000
+    answer_grace_ms: int = 1500
+    max_new_tokens: int = 48
+    judge: bool = False  # the host can run a judge model
+    judge_band: int = 100
+    tick_ms: int = 6000
+    max_pending: int = 256
+
+
+@dataclass
+class _ScoringJob:
+    height: int
+    value: Value
+    validators: ValidatorSet
+    answers: list[Answer]
+    question: str
+    sims: tuple[int, ...] | None = None
+
+
+@dataclass
+class _Building:
+    height: int
+    round: int
+    request: int
+    entry: PendingQuery
+    answers: list[Signed[Answer]]
+
+
+@dataclass
+class _Height:
+    """Runner state of the current height (reset when the core enters a new one)."""
+
+    held: dict[int, Signed[Proposal]] = field(default_factory=dict)  # first proposal seen per round
+    checked: set[tuple[int, bytes]] = field(default_factory=set)  # (round, value id) checked or in flight
+    exposed: set[tuple[int, PeerId]] = field(default_factory=set)
+    own: list[Signed[Any]] = field(default_factory=list)  # own votes and proposal, for re-sending
+    votes: dict[tuple[int, PeerId, str], Signed[Vote]] = field(default_factory=dict)  # others', for relaying
+    request: tuple[int, int] | None = None  # the core asked for a value (height, round)
+    building: _Building | None = None
+    grace_armed: int | None = None
+    proposed_ms: int | None = None  # when the first proposal of the height reached this peer
+
+
+class Driver:
+    """One peer's protocol logic: see the module docstring."""
+
+    def __init__(self, key: KeyPair, chain: Chain, config: DriverConfig = DriverConfig(), *,
+                 behaviour: Behaviour | None = None, verified: VerifiedCache | None = None) -> None:
+        from consensus.driver.behaviours import Behaviour as Honest
+
+        self.key = key
+        self.me: PeerId = key.peer_id
+        self.chain = chain
+        self.config = config
+        self.behaviour = behaviour if behaviour is not None else Honest(self.me)
+        self.verified = verified if verified is not None else VerifiedCache()
+        height = chain.height + 1
+        self.core = Core(chain.committee(height), self.me, height, timeouts=config.timeouts)
+        self.pool = QueryPool(self.core.validators, max_pending=config.max_pending)
+        self.scores = ScoreBook()
+        self.now = 0
+        self.rejected: dict[str, int] = {}
+        self._h = _Height()
+        self._checking: dict[int, tuple[Signed[Proposal], tuple[str, ...]]] = {}
+        self._scoring: dict[int, _ScoringJob] = {}
+        self._future: dict[int, dict[PeerId, list[Signed[Proposal]]]] = {}
+        self._catchup: dict[int, dict[bytes, Certified | Committed]] = {}
+        self._own_answers: dict[bytes, Signed[Answer]] = {}
+        self._next_request = 0
+        self._progress: tuple[int, int, str, bool] | None = None
+        self._seen_height = 0  # the highest height another peer is working on (a hint that we lag)
+        self._seen_from: PeerId | None = None
+        self._ticks = 0
+        self.deferred_proposals = 0  # proposals for a later height, checked once the peer got there
+
+    # --- views ------------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self.core.height
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The set in force at the core's height."""
+        return self.core.validators
+
+    def own_messages(self) -> list[Signed[Any]]:
+        """This peer's votes and proposal of the current height (re-sent when it is stuck)."""
+        return list(self._h.own)
+
+    def statistics(self) -> dict[str, int]:
+        """Sizes of every table the driver keeps (all bounded; see the module docstring)."""
+        return {
+            **self.pool.statistics(), **self.scores.statistics(),
+            "held_proposals": len(self._h.held), "checked_proposals": len(self._h.checked),
+            "checking": len(self._checking), "scoring_jobs": len(self._scoring),
+            "future_proposals": sum(len(v) for b in self._future.values() for v in b.values()),
+            "catchup_waiting": sum(len(b) for b in self._catchup.values()),
+            "exposed": len(self._h.exposed), "relayable_votes": len(self._h.votes), "own_messages": len(self._h.own),
+            "own_answers": len(self._own_answers),
+        }
+
+    # --- entry points ---------------------------------------------------------------
+    def start(self, now: int) -> list[Effect]:
+        """Begin: the periodic tick (and the timers a WAL replay left)."""
+        self.now = now
+        return [Schedule(Tick(), self.config.tick_ms)]
+
+    def handle(self, inp: DriverInput, now: int) -> list[Effect]:
+        """Apply one input at time ``now`` (ms); return the effects, in order."""
+        self.now = now
+        out: list[Effect] = []
+        given = self.behaviour.on_input(self, inp)
+        if given is not None:
+            self._dispatch(given, out)
+        self._maybe_start(out)
+        return self.behaviour.on_effects(self, out)
+
+    def submit(self, question: str, max_tokens: int, nonce: bytes, now: int) -> tuple[bytes, list[Effect]]:
+        """Sign a client's question as its entry peer; its query id and the effects. Raises :class:`PoolFull`."""
+        self.now = now
+        query = self._sign(Query(entry=self.me, question=question, nonce=nonce,
+                                 max_tokens=min(max_tokens, 1024), created_ms=now))
+        qid = query_id_of(query.envelope)
+        out: list[Effect] = []
+        if self.pool.add_query(query, now) is None:
+            raise ValueError("this query (nonce) was seen before")
+        out.append(Send(query))
+        self._generate(query, out)
+        self._maybe_start(out)
+        return qid, self.behaviour.on_effects(self, out)
+
+    def restore(self, height: int, value: Value) -> None:
+        """Fold a height decided before a restart (from the peer's own ledger), with no effects."""
+        if height != self.core.height:
+            raise ValueError(f"restore height {height} while at {self.core.height}")
+        self.pool.mark_decided(value.query_id())
+        self.chain.apply(height, value)
+        self.core.step(EnterHeight(height + 1, self.chain.committee(height + 1)))
+        self._entered_height([])
+
+    def replay(self, records: list[Input], now: int) -> list[Effect]:
+        """Step the core through the WAL records of its height again (same locks, same own votes).
+
+        Returns the effects still to carry out (timers, value requests), not
+        the sends and records that happened before the restart.
+        """
+        self.now = now
+        out: list[Effect] = []
+        for record in records:
+            if isinstance(record, (VoteInput, ProposalInput)) and record.signed.signer == self.me:
+                self._h.own.append(record.signed)
+            if isinstance(record, ProposalInput):
+                p = record.signed.message
+                self._h.held.setdefault(p.round, record.signed)
+                self._h.checked.add((p.round, p.value.value_id()))
+            queue: deque[Input | EnterHeight] = deque()
+            for output in self.core.step(record):
+                if not isinstance(output, (BroadcastVote, BroadcastProposal)):  # signed, logged and sent before
+                    self._execute(output, queue, out)
+            while queue:
+                self._step(queue.popleft(), out)
+        return out
+
+    # --- dispatch --------------------------------------------------------------------
+    def _dispatch(self, inp: DriverInput, out: list[Effect]) -> None:
+        if isinstance(inp, Received):
+            self._received(inp, out)
+        elif isinstance(inp, Generated):
+            self._generated(inp, out)
+        elif isinstance(inp, GenerationFailed):
+            self._count("generation-failed")
+        elif isinstance(inp, Embedded):
+            self._embedded(inp, out)
+        elif isinstance(inp, Judged):
+            job = self._scoring.pop(inp.request, None)
+            if job is not None:
+                self._finish_scoring(job, list(inp.results), out)
+        elif isinstance(inp, TimerFired):
+            self._timer(inp, out)
+        elif isinstance(inp, (Certified, Committed)):
+            self._catch_up(inp, out)
+
+    def _received(self, inp: Received, out: list[Effect]) -> None:
+        signed = inp.signed
+        msg = signed.message
+        if signed.signer not in self.validators:
+            self._count("not-a-validator")
+            return
+        if isinstance(msg, Query):
+            try:
+                if self.pool.add_query(signed, self.now) is not None:
+                    self._generate(signed, out)
+                    self._try_propose(out)
+            except PoolFull:
+                self._count("pool-full")
+        elif isinstance(msg, Answer):
+            if self.pool.add_answer(signed, self.now):
+                self._try_propose(out)
+        elif isinstance(msg, Proposal):
+            self._note_height(msg.height, inp.sender)
+            self._proposal(signed, out)
+        elif isinstance(msg, Vote):
+            self._note_height(msg.height, inp.sender)
+            self._vote(signed, out)
+        elif isinstance(msg, ScoreVector):
+            self.scores.add_vector(signed, self.core.height)
+        else:
+            self._count("unexpected-kind")
+
+    def _count(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def _note_height(self, height: int, sender: PeerId | None) -> None:
+        if height > self.core.height and height > self._seen_height:
+            self._seen_height, self._seen_from = height, sender
+
+    # --- answering ----------------------------------------------------------------------
+    def _generate(self, query: Signed[Query], out: list[Effect]) -> None:
+        q = query.message
+        out.append(Generate(query_id_of(query.envelope), q.question, min(q.max_tokens, self.config.max_new_tokens)))
+
+    def _generated(self, inp: Generated, out: list[Effect]) -> None:
+        if self.pool.get(inp.query_id) is None:
+            return  # decided or expired meanwhile
+        answer = self._sign(Answer(query_id=inp.query_id, peer=self.me, model=self.config.model,
+                                   text=inp.text[:MAX_ANSWER_CHARS], gen_ms=max(0, inp.gen_ms)))
+        self._own_answers[inp.query_id] = answer
+        out.append(Send(answer))
+        if self.pool.add_answer(answer, self.now):
+            self._try_propose(out)
+
+    # --- the core ---------------------------------------------------------------------
+    def _maybe_start(self, out: list[Effect]) -> None:
+        if not self.core.started and not self.core.decided and self.pool.next_ready() is not None:
+            self._step(Start(), out)
+
+    def _step(self, inp: Input | EnterHeight, out: list[Effect]) -> None:
+        """Step the core with ``inp`` and everything it causes here (own messages fed back, next heights)."""
+        queue: deque[Input | EnterHeight] = deque([inp])
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, EnterHeight):
+                outputs = self.core.step(item)  # the new height's buffered messages: handled after the reset
+                self._entered_height(out)
+            else:
+                if not _own(item, self.me):  # own votes and proposals were persisted before they were sent
+                    out.append(Persist(self.core.height, item))
+                outputs = self.core.step(item)
+            for output in outputs:
+                self._execute(output, queue, out)
+
+    def _execute(self, output: Output, queue: deque[Input | EnterHeight], out: list[Effect]) -> None:
+        if isinstance(output, BroadcastVote):
+            signed = self._sign(output.vote)
+            own = VoteInput(signed)
+            out.append(Persist(self.core.height, own))
+            out.append(Send(signed))
+            self._h.own.append(signed)
+            queue.append(own)
+        elif isinstance(output, BroadcastProposal):
+            prop = self._sign(output.proposal)
+            own_prop = ProposalInput(prop, valid=True)
+            out.append(Persist(self.core.height, own_prop))
+            out.append(Send(prop))
+            self._h.own.append(prop)
+            self._h.held.setdefault(prop.message.round, prop)
+            self._h.checked.add((prop.message.round, prop.message.value.value_id()))
+            queue.append(own_prop)
+        elif isinstance(output, ScheduleTimeout):
+            out.append(Schedule(CoreTimeout(output.height, output.round, output.step), output.duration_ms))
+        elif isinstance(output, RequestValue):
+            self._h.request = (output.height, output.round)
+            self._try_propose(out)
+        elif isinstance(output, Decide):
+            self._decided(output.height, output.round, output.value, output.precommits, out)
+            queue.append(self._next_height())
+        elif isinstance(output, Equivocation):  # the core reports each (signer, round, kind) once
+            evidence = from_equivocation(output)
+            self.scores.add_evidence(evidence, self.validators)
+            out.append(EvidenceFound(evidence))
+
+    def _next_height(self) -> EnterHeight:
+        h = self.chain.height + 1
+        return EnterHeight(h, self.chain.committee(h))
+
+    def _decided(self, height: int, round_: int, value: Value, precommits: tuple[Signed[Vote], ...],
+                 out: list[Effect]) -> None:
+        """``height`` decided ``value`` here or by catch-up: certify, score, fold into the chain."""
+        vs = self.validators
+        entry = self.pool.mark_decided(value.query_id())
+        quorum = None if entry is None or entry.quorum_at is None else int(entry.quorum_at)
+        out.append(Decided(height, round_, value, precommits, vs, None if entry is None else int(entry.arrived),
+                           quorum, self._h.proposed_ms))
+        self._own_answers.pop(value.query_id(), None)
+        self.scores.committed(value, vs)
+        self.chain.apply(height, value)
+        if self.chain.adaptive:
+            self._start_scoring(height, value, vs, out)
+
+    def _entered_height(self, out: list[Effect]) -> None:
+        """The core moved to a new height: reset its state, reweigh the pool, judge what waited for it."""
+        height = self.core.height
+        self._h = _Height()
+        self._checking = {r: c for r, c in self._checking.items() if c[0].message.height >= height}
+        self.pool.set_validators(self.validators, self.now)
+        self.scores.entered(height)
+        self._future = {h: b for h, b in self._future.items() if h >= height}
+        for signed in [p for ps in self._future.pop(height, {}).values() for p in ps]:
+            self._proposal(signed, out)
+        self._catchup = {h: b for h, b in self._catchup.items() if h >= height}
+        for waiting in self._catchup.pop(height, {}).values():
+            if self.core.height == height:
+                self._catch_up(waiting, out)
+
+    # --- proposing ----------------------------------------------------------------------
+    def _try_propose(self, out: list[Effect]) -> None:
+        """As proposer: once a query is ready and its grace period is over, compute similarities."""
+        h = self._h
+        if h.request is None or h.building is not None:
+            return
+        height, round_ = h.request
+        if height != self.core.height or self.core.decided:
+            h.request = None
+            return
+        entry = self.pool.next_ready()
+        if entry is None:
+            return
+        assert entry.quorum_at is not None
+        due = int(entry.quorum_at) + self.config.answer_grace_ms
+        if len(entry.answers) < len(self.validators) and self.now < due:
+            if h.grace_armed != due:
+                h.grace_armed = due
+                out.append(Schedule(GraceTimer(height, round_), due - self.now))
+            return
+        answers = sorted(entry.answers.values(), key=lambda a: a.signer)
+        request = self._request_id()
+        h.building = _Building(height, round_, request, entry, answers)
+        out.append(Embed(request, entry.query.message.question, tuple(a.message.text for a in answers)))
+
+    def _build(self, b: _Building, sims: tuple[int, ...], out: list[Effect]) -> None:
+        h = self._h
+        h.building = None
+        if (b.height, b.round) != h.request or b.height != self.core.height:
+            return
+        vs = self.validators
+        scores, evidence = self.scores.includable(self.chain, b.height)
+        value = grouping.build_value(
+            b.entry.query.envelope, b.answers, sims, [vs.weight_of(a.signer) for a in b.answers],
+            self.config.threshold, validators_hash=vs.set_hash(),
+            next_validators_hash=self.chain.validators_at(b.height + 1).set_hash(), scores=scores,
+            evidence=evidence)
+        self.scores.remember_sims(value.value_id(), sims)
+        h.request = None
+        if h.proposed_ms is None:
+            h.proposed_ms = self.now
+        self._step(ProposeValue(b.height, b.round, value), out)
+
+    # --- checking proposals ----------------------------------------------------------------
+    def _proposal(self, signed: Signed[Proposal], out: list[Effect]) -> None:
+        p = signed.message
+        height = self.core.height
+        if p.height < height:
+            return
+        if p.height > height:  # the chain cannot judge its extras yet: check it at that height
+            if p.height <= height + _FUTURE_HEIGHTS:
+                mine = self._future.setdefault(p.height, {}).setdefault(signed.signer, [])
+                if len(mine) < MAX_FUTURE_PER_SIGNER:
+                    mine.append(signed)
+                    self.deferred_proposals += 1
+            return
+        if not self.core.round - 2 <= p.round <= self.core.round + 1 + self.core.catchup_rounds:
+            return
+        h = self._h
+        if h.proposed_ms is None:
+            h.proposed_ms = self.now
+        h.held = {r: s for r, s in h.held.items() if r >= self.core.round - 2}
+        h.checked = {k for k in h.checked if k[0] >= self.core.round - 2}
+        h.held.setdefault(p.round, signed)
+        vid = p.value.value_id()
+        key = (p.round, vid)
+        if key in self._h.checked or sum(1 for r, _ in self._h.checked if r == p.round) >= 2:
+            return
+        if len(self._checking) >= MAX_CHECKING:
+            self._count("checking-full")
+            return
+        self._h.checked.add(key)
+        reason, texts = self._precheck(p.value, p.height)
+        if reason is not None:
+            self._step(ProposalInput(signed, valid=False), out)
+            return
+        request = self._request_id()
+        self._checking[request] = (signed, texts)
+        question = open_envelope(Query, p.value.query, self.validators.public_key_of, self.verified).message.question
+        out.append(Embed(request, question, texts))
+
+    def _precheck(self, value: Value, height: int) -> tuple[str | None, tuple[str, ...]]:
+        """Reasons to refuse a value before computing any similarity; the answer texts otherwise."""
+        if self.pool.is_decided(value.query_id()):
+            return "the query was decided at an earlier height", ()
+        keys = self.validators.public_key_of
+        try:
+            open_envelope(Query, value.query, keys, self.verified)
+            texts = tuple(open_envelope(Answer, e, keys, self.verified).message.text for e in value.answers)
+        except MessageError as exc:
+            return f"query or answer does not open: {exc}", ()
+        return self.chain.check_extras(value, height, self.verified), texts
+
+    def _checked(self, signed: Signed[Proposal], sims: tuple[int, ...], out: list[Effect]) -> None:
+        p = signed.message
+        if p.height != self.core.height:
+            return
+        reason = grouping.validate_value(p.value, validators=self.validators, local_sims=sims,
+                                         threshold=self.config.threshold, tolerance=self.config.tolerance,
+                                         cache=self.verified)
+        if reason is None:
+            self.scores.remember_sims(p.value.value_id(), sims)
+            self._learn(p.value)
+        else:
+            self._count("invalid-proposal")
+        self._step(ProposalInput(signed, valid=reason is None), out)
+
+    def _learn(self, value: Value) -> None:
+        """A valid value holds a query and answers with a quorum: a peer that missed them can start the height."""
+        keys = self.validators.public_key_of
+        try:
+            query = open_envelope(Query, value.query, keys, self.verified)
+            answers = [open_envelope(Answer, e, keys, self.verified) for e in value.answers]
+            self.pool.add_query(query, self.now)
+        except (MessageError, PoolFull):
+            return
+        for answer in answers:
+            self.pool.add_answer(answer, self.now)
+
+    def _embedded(self, inp: Embedded, out: list[Effect]) -> None:
+        checking = self._checking.pop(inp.request, None)
+        if checking is not None:
+            signed, texts = checking
+            if len(inp.sims) == grouping.pair_count(len(texts)):
+                self._checked(signed, inp.sims, out)
+            return
+        b = self._h.building
+        if b is not None and b.request == inp.request:
+            if len(inp.sims) == grouping.pair_count(len(b.answers)):
+                self._build(b, inp.sims, out)
+            else:
+                self._h.building = None
+            return
+        job = self._scoring.pop(inp.request, None)
+        if job is not None and len(inp.sims) == grouping.pair_count(len(job.answers)):
+            job.sims = inp.sims
+            self._judge_or_score(job, out)
+
+    # --- votes ----------------------------------------------------------------------------
+    def _vote(self, signed: Signed[Vote], out: list[Effect]) -> None:
+        v = signed.message
+        if v.height == self.core.height and v.round <= self.core.round + 1 and signed.signer != self.me:
+            self._h.votes.setdefault((v.round, v.voter, v.type), signed)
+            self._expose(signed, out)
+        self._step(VoteInput(signed), out)
+
+    def _expose(self, vote: Signed[Vote], out: list[Effect]) -> None:
+        """A vote for another value than the proposal we hold for its round: show the voter our proposal."""
+        v = vote.message
+        held = self._h.held.get(v.round)
+        if v.value_id is None or held is None or held.message.value.value_id() == v.value_id:
+            return
+        if (v.round, v.voter) not in self._h.exposed:
+            self._h.exposed.add((v.round, v.voter))
+            out.append(Send(held, (v.voter,)))
+
+    # --- scoring decided values ---------------------------------------------------------------
+    def _start_scoring(self, height: int, value: Value, vs: ValidatorSet, out: list[Effect]) -> None:
+        try:
+            answers = [open_envelope(Answer, e, vs.public_key_of, self.verified).message for e in value.answers]
+            question = open_envelope(Query, value.query, vs.public_key_of, self.verified).message.question
+        except MessageError:
+            return  # a decided value always opens; be defensive anyway
+        job = _ScoringJob(height, value, vs, answers, question, self.scores.sims_of(value.value_id()))
+        if job.sims is None:  # decided without this peer checking it (e.g. it caught up)
+            request = self._request_id()
+            self._keep_scoring(request, job)
+            out.append(Embed(request, question, tuple(a.text for a in answers)))
+        else:
+            self._judge_or_score(job, out)
+
+    def _judge_or_score(self, job: _ScoringJob, out: list[Effect]) -> None:
+        assert job.sims is not None
+        peers = [a.peer for a in job.answers]
+        pairs: list[tuple[int, int]] = []
+        if self.config.judge and self.behaviour.judges():
+            vs = job.validators
+            winners = [peers.index(p) for p in job.value.winners if p in peers]
+            contested = 3 * vs.weight_of_set(job.value.winners) <= 2 * vs.weight_of_set(peers)
+            own = peers.index(self.me) if self.me in peers else None
+            pairs = judge_pairs(len(peers), job.sims, self.config.threshold, self.config.judge_band,
+                                contested_winners=winners if contested else (), own=own)
+        if not pairs:
+            self._finish_scoring(job, [], out)
+            return
+        request = self._request_id()
+        self._keep_scoring(request, job)
+        a = job.answers
+        out.append(Judge(request, job.question, tuple(JudgePair(a[i].peer, a[i].text, a[j].peer, a[j].text)
+                                                     for i, j in pairs)))
+
+    def _finish_scoring(self, job: _ScoringJob, judged: list[JudgeResult], out: list[Effect]) -> None:
+        if job.sims is None:
+            return
+        peers = [a.peer for a in job.answers]
+        texts = [a.text for a in job.answers]
+        valid = [r for r in judged if r.a in peers and r.b in peers and r.a != r.b]
+        scores = score_answers(peers, job.sims, [peers.index(p) for p in job.value.winners],
+                               grouping.eligibility(job.question, texts), valid)
+        own = next((a.text for a in job.answers if a.peer == self.me), None)
+        scores = self.behaviour.scores(scores, dict(zip(peers, texts)), own)
+        vector = self._sign(ScoreVector(scorer=self.me, height=job.height, query_id=job.value.query_id(),
+                                        scores=scores))
+        self.scores.add_vector(vector, self.core.height)
+        out.append(Send(vector))
+
+    def _keep_scoring(self, request: int, job: _ScoringJob) -> None:
+        self._scoring[request] = job
+        while len(self._scoring) > MAX_SCORING_JOBS:  # a host that never answers must not grow this
+            del self._scoring[min(self._scoring)]
+
+    # --- timers ---------------------------------------------------------------------------
+    def _timer(self, inp: TimerFired, out: list[Effect]) -> None:
+        t = inp.timer
+        if isinstance(t, CoreTimeout):
+            self._step(TimeoutInput(t.height, t.round, t.step), out)
+        elif isinstance(t, GraceTimer):
+            if self._h.request == (t.height, t.round):
+                self._try_propose(out)
+        elif isinstance(t, Tick):
+            self._tick(out)
+
+    def _tick(self, out: list[Effect]) -> None:
+        """Expire queries; if nothing moved since the last tick, re-send, relay and ask to catch up."""
+        out.append(Schedule(Tick(), self.config.tick_ms))
+        self._ticks += 1
+        for entry in self.pool.expired(self.now, self.config.answer_wait_ms):
+            weight = self.pool.answer_weight(entry)
+            out.append(QueryExpired(entry.query_id, f"only {weight} of {self.validators.total} weight answered "
+                                                    f"within {self.config.answer_wait_ms} ms; more than 2/3 is needed"))
+        core = self.core
+        progress = (core.height, core.round, core.step_name, core.started)
+        stuck, self._progress = progress == self._progress, progress
+        if not stuck:
+            return
+        self._own_answers = {q: a for q, a in self._own_answers.items() if self.pool.get(q) is not None}
+        self._h.own = self._h.own[-RESEND_MESSAGES:]
+        pending = [e.query for e in self.pool.pending()]  # a peer that lost a query cannot answer or start
+        resend: list[Signed[Any]] = pending[:RESEND_ANSWERS] + list(self._own_answers.values())[-RESEND_ANSWERS:]
+        if core.started:
+            resend += self._h.own[-RESEND_MESSAGES:]
+            rounds = {core.locked_round, core.valid_round, core.round}
+            self._h.votes = {k: v for k, v in self._h.votes.items() if k[0] in rounds or k[0] > core.round}
+            resend += [v for (r, _, _), v in self._h.votes.items() if r in rounds]
+        resend += [v for v in self.scores.own_vectors(self.me)
+                   if self.chain.includable([v], [], core.height)[0]]
+        out.extend(Send(s) for s in resend)
+        others = [p for p in self.validators.ids if p != self.me]
+        if others:
+            peer = self._seen_from if self._seen_height > core.height and self._seen_from in others else \
+                others[self._ticks % len(others)]
+            out.append(AskCatchUp(core.height, peer))
+
+    # --- catch-up -------------------------------------------------------------------------
+    def _catch_up(self, inp: Certified | Committed, out: list[Effect]) -> None:
+        height = self.core.height
+        if inp.height < height:
+            return
+        if inp.height > height:
+            if inp.height <= height + MAX_CATCHUP_AHEAD and (isinstance(inp, Committed) or self._credible(inp)):
+                bucket = self._catchup.setdefault(inp.height, {})
+                if len(bucket) < MAX_CATCHUP_PER_HEIGHT:
+                    bucket.setdefault(inp.value.value_id(), inp)
+            return
+        if isinstance(inp, Certified):
+            reason = self._certify(inp)
+            if reason is not None:
+                self._count("uncertified-catchup")
+                for vote in inp.precommits:  # the core catches a signer that also precommitted the real value
+                    if vote.message.height == height and vote.signer in self.validators:
+                        self._step(VoteInput(vote), out)
+                return
+        self._decided(inp.height, inp.round, inp.value, inp.precommits, out)
+        self._step(self._next_height(), out)
+
+    def _credible(self, c: Certified) -> bool:
+        """A decided later height worth keeping: its signers hold more than 1/3 of the current set."""
+        vs = self.validators
+        return vs.has_one_third(vs.weight_of_set(v.signer for v in c.precommits
+                                                 if v.message.type == "precommit" and v.message.height == c.height))
+
+    def _certify(self, c: Certified) -> str | None:
+        """Why a decided height from another peer is not the one this peer's own chain admits, or ``None``."""
+        vs = self.validators
+        vid = c.value.value_id()
+        voters = {v.signer for v in c.precommits
+                  if (v.message.type, v.message.height, v.message.round, v.message.value_id)
+                  == ("precommit", c.height, c.round, vid)}
+        if not vs.has_quorum(vs.weight_of_set(voters)):
+            return "the precommits carry no quorum of this peer's set"
+        if self.pool.is_decided(c.value.query_id()):
+            return "the query was decided at an earlier height"
+        return self.chain.check_extras(c.value, c.height, self.verified) or grouping.validate_value(
+            c.value, validators=vs, local_sims=None, threshold=self.config.threshold,
+            tolerance=self.config.tolerance, cache=self.verified)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _sign(self, message: Any) -> Signed[Any]:
+        signed: Signed[Message] = sign(message, self.key)
+        self.verified.add(message.KIND, signed.envelope, message)
+        return signed
+
+    def _request_id(self) -> int:
+        self._next_request += 1
+        return self._next_request
+
+
+def _own(inp: Input, me: PeerId) -> bool:
+    return isinstance(inp, (VoteInput, ProposalInput)) and inp.signed.signer == me
