@@ -152,7 +152,8 @@ class DriverConfig:
     judge: bool = False  # the host can run a judge model
     judge_band: int = 100
     tick_ms: int = 6000
-    max_pending: int = 256
+    max_pending: int = 256  # pending queries
+    max_orphans: int = 1024  # query ids with answers that overtook their query
 
 
 @dataclass
@@ -204,7 +205,7 @@ class Driver:
         self.verified = verified if verified is not None else VerifiedCache()
         height = chain.height + 1
         self.core = Core(chain.committee(height), self.me, height, timeouts=config.timeouts)
-        self.pool = QueryPool(self.core.validators, max_pending=config.max_pending)
+        self.pool = QueryPool(self.core.validators, max_pending=config.max_pending, max_orphans=config.max_orphans)
         self.scores = ScoreBook()
         self.now = 0
         self.rejected: dict[str, int] = {}
@@ -391,7 +392,7 @@ class Driver:
                 outputs = self.core.step(item)  # the new height's buffered messages: handled after the reset
                 self._entered_height(out)
             else:
-                if not _own(item, self.me):  # own votes and proposals were persisted before they were sent
+                if self._persists(item):
                     out.append(Persist(self.core.height, item))
                 outputs = self.core.step(item)
             for output in outputs:
@@ -767,5 +768,13 @@ class Driver:
         return self._next_request
 
 
-def _own(inp: Input, me: PeerId) -> bool:
-    return isinstance(inp, (VoteInput, ProposalInput)) and inp.signed.signer == me
+    def _persists(self, inp: Input) -> bool:
+        """Whether the WAL needs ``inp``: the core's inputs of its current height, except this peer's own votes
+        and proposals (persisted before they were sent) and messages of other heights (stale, or buffered for a
+        height whose log starts afresh)."""
+        if isinstance(inp, (VoteInput, ProposalInput)):
+            return inp.signed.signer != self.me and inp.signed.message.height == self.core.height \
+                and not self.core.decided
+        if isinstance(inp, TimeoutInput):
+            return inp.height == self.core.height and not self.core.decided
+        return True
