@@ -32,6 +32,10 @@ test: install
 	$(PY) -m pytest -q
 	$(PY) -m mypy
 
+# While working: everything but the real models and the multi-process testnet (under 2 minutes).
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e and not models"
+
 typecheck: install
 	$(PY) -m mypy
 

@@ -6,6 +6,8 @@ import pytest
 
 from peers.embedder import Embedder, normalise_answer, quantise
 
+pytestmark = pytest.mark.models  # loads real model weights: not in `make test-fast`
+
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:

@@ -23,6 +23,8 @@ from multillmn.client import ask
 from testnet import launcher
 from testnet.manifest import Manifest
 
+pytestmark = pytest.mark.e2e
+
 QUESTIONS = ["What is the capital of France?", "What is two plus two?", "What colour is the sky?"]
 
 

@@ -30,6 +30,8 @@ from peers.llm import (
 from peers.llm import cache as cache_mod
 from peers.llm.prompting import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT
 
+pytestmark = pytest.mark.models  # loads real model weights: not in `make test-fast`
+
 HIDDEN = 272
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

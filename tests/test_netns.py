@@ -85,6 +85,7 @@ def link() -> Iterator[netns.VethLink]:
     assert a not in netns.namespaces() and b not in netns.namespaces()
 
 
+@pytest.mark.models
 def test_tbf_limits_a_shard_link_to_its_rate(link: netns.VethLink, tmp_path: Path) -> None:
     model_dir = load_or_convert(resolve_model("smollm2"), default_cache_dir())
     KeyPair.from_seed(b"\x72" * 32).save(tmp_path / "worker.pem")

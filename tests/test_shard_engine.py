@@ -31,6 +31,8 @@ from peers.transport import LinkShaper, Transport
 from tests.conftest import make_net
 from tests.shardworkers import shard_workers
 
+pytestmark = pytest.mark.models  # loads real model weights: not in `make test-fast`
+
 QUESTION = "What is the capital of France?"
 NET = make_net([1, 1], seed=90)
 SHARDED_KEY = NET.keys[0]  # the sharded peer drives the workers with its own key

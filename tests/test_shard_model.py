@@ -14,6 +14,8 @@ from peers.llm.cache import default_cache_dir, load_or_convert
 from peers.llm.models import resolve_model
 from peers.shard.model import ShardedModel, ShardError, ShardRunner, load_full_model, split_evenly
 
+pytestmark = pytest.mark.models  # loads real model weights: not in `make test-fast`
+
 ATOL = 1e-4
 DECODE_STEPS = 8
 

@@ -24,6 +24,8 @@ from peers.wire import RemoteProtocolError
 from peers.shard.worker import WorkerProcess
 from tests.shardworkers import shard_workers
 
+pytestmark = pytest.mark.models  # loads real model weights: not in `make test-fast`
+
 PROMPT = [504, 3575, 282, 4649, 314, 7042, 30, 378, 3575, 282, 7158, 314]  # "The capital of France is Paris. ..."
 NEW_TOKENS = 10
 DRIVER_KEY = KeyPair.from_seed(b"\x11" * 32)

@@ -371,6 +371,7 @@ async def _workers_answer(dir: Path, peer: str) -> dict[str, str]:
         return driver.stats.failures
 
 
+@pytest.mark.models  # its shard workers load the model
 def test_sharded_peer_gets_its_workers_devices_file_and_down_stops_them(tmp_path: Path) -> None:
     import trio
 
@@ -401,6 +402,7 @@ def test_sharded_peer_gets_its_workers_devices_file_and_down_stops_them(tmp_path
     assert [w["pid"] for w in saved["workers"]] == [None, None]
 
 
+@pytest.mark.models  # its shard worker loads the model
 @pytest.mark.skipif(netns.unavailable_reason() is not None, reason="network namespaces are not permitted here")
 def test_a_device_bandwidth_puts_its_worker_in_a_rate_limited_namespace(tmp_path: Path) -> None:
     import trio
