@@ -300,8 +300,8 @@ def main() -> int:
                 row = overhead(n, 1, heights, adaptive=adaptive)
                 rows.append(row)
                 print(f"  {n:>3} peers {'adaptive' if adaptive else 'static  '}: floor {row['floor_us'] / 1000:.2f} ms"
-                      f"  consensus {row['consensus_us'] / 1000:.2f} ms  ratio {row['ratio']}  with score gossip "
-                      f"{row['ratio_with_score_gossip']}  by category {row['by_category_us']}", flush=True)
+                      f"  consensus {row['consensus_us'] / 1000:.2f} ms  ratio {row['ratio']}  all messages "
+                      f"{row['ratio_all_messages']}  by category {row['by_category_us']}", flush=True)
         report["overhead"] = rows
     report["wall_s"] = round(time.perf_counter() - start, 1)
     save()

@@ -62,6 +62,12 @@ class PeerConfig:
     persistent_peers: tuple[PeerAddress, ...] = ()
     max_frame_bytes: int = 2 * 1024 * 1024
     send_queue: int = 1024
+    send_queue_bytes: int = 64 * 1024 * 1024
+    inbound_queue: int = 4096
+    inbound_peer_queue: int = 1024
+    inbound_peer_bytes: int = 64 * 1024 * 1024
+    max_handshakes: int = 64
+    handshake_timeout_ms: int = 5000
     link_delay_ms: int = 0
     link_loss: float = 0.0
     # [api]
@@ -127,6 +133,12 @@ class PeerConfig:
             parse_hostport(p.address, f"p2p.peers[{i}].address")
         _check_range("p2p.max_frame_bytes", self.max_frame_bytes, 1024, 64 * 1024 * 1024)
         _check_range("p2p.send_queue", self.send_queue, 1, 1_000_000)
+        _check_range("p2p.send_queue_bytes", self.send_queue_bytes, 64 * 1024, 2**34)
+        _check_range("p2p.inbound_queue", self.inbound_queue, 1, 1_000_000)
+        _check_range("p2p.inbound_peer_queue", self.inbound_peer_queue, 1, 1_000_000)
+        _check_range("p2p.inbound_peer_bytes", self.inbound_peer_bytes, 64 * 1024, 2**34)
+        _check_range("p2p.max_handshakes", self.max_handshakes, 1, 65_536)
+        _check_range("p2p.handshake_timeout_ms", self.handshake_timeout_ms, 100, 600_000)
         _check_range("p2p.link_delay_ms", self.link_delay_ms, 0, 60_000)
         if not 0.0 <= self.link_loss < 1.0:
             raise ConfigError(f"p2p.link_loss: {self.link_loss} is outside [0, 1)")
@@ -223,7 +235,10 @@ def _parse_peers(item: Any) -> tuple[PeerAddress, ...]:
 _KEYS: dict[str, dict[str, str]] = {
     "peer": {"moniker": "moniker", "key_file": "key_file", "genesis_file": "genesis_file"},
     "p2p": {"listen": "p2p_listen", "peers": "persistent_peers",
-            "max_frame_bytes": "max_frame_bytes", "send_queue": "send_queue",
+            "max_frame_bytes": "max_frame_bytes", "send_queue": "send_queue", "send_queue_bytes": "send_queue_bytes",
+            "inbound_queue": "inbound_queue", "inbound_peer_queue": "inbound_peer_queue",
+            "inbound_peer_bytes": "inbound_peer_bytes", "max_handshakes": "max_handshakes",
+            "handshake_timeout_ms": "handshake_timeout_ms",
             "link_delay_ms": "link_delay_ms", "link_loss": "link_loss"},
     "api": {"listen": "api_listen", "query_timeout_s": "query_timeout_s"},
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
@@ -246,6 +261,12 @@ _COMMENTS: dict[str, str] = {
     "persistent_peers": "Peers to keep a link to: [{ id = \"<peer id>\", address = \"host:port\" }].",
     "max_frame_bytes": "Largest frame accepted from a peer; larger ones are refused.",
     "send_queue": "Messages queued per peer before new ones are dropped (and counted).",
+    "send_queue_bytes": "Bytes queued per peer before new messages are dropped (and counted).",
+    "inbound_queue": "Received messages waiting for this peer, all peers together; more are dropped (and counted).",
+    "inbound_peer_queue": "Received messages waiting per peer; one flooding peer cannot take the others' room.",
+    "inbound_peer_bytes": "Received bytes waiting per peer.",
+    "max_handshakes": "Connections not yet authenticated at once; more are refused at once (and counted).",
+    "handshake_timeout_ms": "A connection that has not proved a validator's identity by then is closed.",
     "link_delay_ms": "Testnets: one-way delay added to every message this peer sends (emulated link).",
     "link_loss": "Testnets: probability in [0, 1) that a message this peer sends is lost (emulated link).",
     "api_listen": "Address of the HTTP API (/v1/query, /v1/status, /v1/chat/completions).",

@@ -78,7 +78,10 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
         shaper.default = LinkCondition(cfg.link_delay_ms / 1000, cfg.link_loss)
         transport = Transport(
             key, parse_hostport(cfg.p2p_listen, "p2p.listen"), peers,
-            max_frame=cfg.max_frame_bytes, send_queue=cfg.send_queue, shaper=shaper,
+            max_frame=cfg.max_frame_bytes, send_queue=cfg.send_queue, send_queue_bytes=cfg.send_queue_bytes,
+            inbound_queue=cfg.inbound_queue, inbound_peer_queue=cfg.inbound_peer_queue,
+            inbound_peer_bytes=cfg.inbound_peer_bytes, max_handshakes=cfg.max_handshakes,
+            handshake_timeout=cfg.handshake_timeout_ms / 1000, shaper=shaper,
         )
         await nursery.start(transport.run)  # links come up while the model loads
         handle.phase = "loading-model"

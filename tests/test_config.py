@@ -37,6 +37,10 @@ def test_rendered_default_round_trips_and_is_commented(tmp_path: Path) -> None:
         ("[ledger]\nsync_interval_ms = 0", "ledger.sync_interval_ms"),
         ("[ledger]\npath = ''", "ledger.path"),
         ("[ledger]\npath = 3", "ledger.path: expected str"),
+        ("[p2p]\nmax_handshakes = 0", "p2p.max_handshakes: 0 is outside"),
+        ("[p2p]\nhandshake_timeout_ms = 5", "p2p.handshake_timeout_ms: 5 is outside"),
+        ("[p2p]\ninbound_peer_bytes = 10", "p2p.inbound_peer_bytes: 10 is outside"),
+        ("[p2p]\nsend_queue_bytes = 'lots'", "p2p.send_queue_bytes: expected int"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key_named(toml: str, message: str) -> None:
