@@ -1,4 +1,4 @@
-"""``multillmn testnet up|status|logs|down``: argparse wiring for :mod:`testnet.launcher`.
+"""``multillmn testnet up|status|logs|restart|down``: argparse wiring for :mod:`testnet.launcher`.
 
 Hook into the main CLI with ``add_testnet_commands(subparsers)``; each leaf
 parser sets ``func(args) -> int``. User errors print to stderr and return 2.
@@ -92,6 +92,17 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_restart(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        return _err(f"--timeout must be positive, got {args.timeout:g}")
+    try:
+        record = launcher.restart(args.dir, args.peer, ready_timeout_s=args.timeout)
+    except TestnetError as exc:
+        return _err(str(exc))
+    print(f"{record.name} restarted (pid {record.pid}); it replayed its ledger and catches up")
+    return 0
+
+
 def _cmd_down(args: argparse.Namespace) -> int:
     try:
         report = launcher.down(args.dir, timeout_s=args.timeout)
@@ -138,6 +149,12 @@ def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
     lg.add_argument("--peer", metavar="NAME", help="only this peer")
     lg.add_argument("-n", "--lines", type=int, default=50, metavar="LINES", help="lines per peer (default: 50)")
     lg.set_defaults(func=_cmd_logs)
+
+    rs = with_dir(sub.add_parser("restart", help="start a peer that crashed or was killed again (same key and ledger)"))
+    rs.add_argument("--peer", metavar="NAME", required=True, help="the peer to restart")
+    rs.add_argument("--timeout", type=float, default=900, metavar="S",
+                    help="seconds to wait for it to be ready (default: 900)")
+    rs.set_defaults(func=_cmd_restart)
 
     dn = with_dir(sub.add_parser("down", help="stop every peer (SIGTERM, then SIGKILL)"))
     dn.add_argument("--timeout", type=float, default=15, metavar="S",

@@ -298,9 +298,22 @@ def test_cli_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     assert "no peer named 'nope'" in capsys.readouterr().err
     assert run("up", "--peers", "1", "--dir", d) == 2
     assert "still running" in capsys.readouterr().err
+    assert run("restart", "--dir", d, "--peer", "peer1") == 2  # it is running
+    assert "still running" in capsys.readouterr().err
+    os.killpg(rows[1]["pid"], signal.SIGKILL)
+    os.waitpid(rows[1]["pid"], 0)
+    assert run("restart", "--dir", d, "--peer", "peer1", "--timeout", "60") == 0
+    assert "peer1 restarted" in capsys.readouterr().out
+    assert run("restart", "--dir", d, "--peer", "peer1", "--timeout", "0") == 2
+    assert "--timeout must be positive" in capsys.readouterr().err
     assert run("down", "--dir", d) == 0
     assert capsys.readouterr().out.count(": stopped (pid") == 3
     assert all(_gone(r["pid"]) for r in rows)
+    assert run("up", "--peers", "1", "--dir", d, "--timeout", "60") == 2  # another network's data
+    assert "--reset" in capsys.readouterr().err
+    assert run("up", "--peers", "1", "--dir", d, "--timeout", "60", "--reset") == 0
+    capsys.readouterr()
+    assert run("down", "--dir", d) == 0
     assert run("status", "--dir", str(tmp_path / "none")) == 2
 
 
