@@ -57,7 +57,7 @@ from consensus.driver import (
     Schedule,
     Send,
     SendRaw,
-    SubmitTx,
+    InjectEvent,
     TimerFired,
 )
 from consensus.driver.behaviours import BehaviourParams, make_behaviour
@@ -72,6 +72,7 @@ from multillmn.config import PeerConfig
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields
+from peers.attacks import poisoned_events_payload
 from peers.certificates import CertificateStore
 from peers.engine import AnswerEngine
 from peers.judge import judge_pair
@@ -332,9 +333,8 @@ class Node:
                     self.ledger.submit(certificate_tx(e.height, json.dumps(cert, sort_keys=True).encode()))
             elif isinstance(e, SendRaw):
                 self._send(e.payload, e.to, 0)
-            elif isinstance(e, SubmitTx):
-                if self.ledger is not None:
-                    self.ledger.submit(e.tx)
+            elif isinstance(e, InjectEvent):
+                self._send(poisoned_events_payload(self.key, e.tx), None, 0)
             elif isinstance(e, Crash):
                 raise PeerCrashed(e.reason)
             elif isinstance(e, AskCatchUp):

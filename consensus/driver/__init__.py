@@ -42,7 +42,7 @@ from consensus.driver._io import (
     Schedule,
     Send,
     SendRaw,
-    SubmitTx,
+    InjectEvent,
     Tick,
     Timer,
     TimerFired,
@@ -56,6 +56,6 @@ __all__ = [
     "Announce", "AskCatchUp", "BehaviourTimer", "Certified", "Committed", "CoreTimeout", "Crash", "Decided",
     "DriverInput", "Effect", "Embed", "Embedded", "EvidenceFound", "Generate", "GenerationFailed", "Generated",
     "GraceTimer", "Judge", "Judged", "JudgePair", "Persist", "QueryExpired", "Received", "Schedule", "Send",
-    "SendRaw", "SubmitTx", "Tick", "Timer", "TimerFired",
+    "SendRaw", "InjectEvent", "Tick", "Timer", "TimerFired",
     "PendingQuery", "PoolFull", "QueryPool", "ScoreBook", "judge_pairs",
 ]

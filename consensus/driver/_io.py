@@ -22,7 +22,7 @@ __all__ = [
     "Announce", "AskCatchUp", "BehaviourTimer", "Certified", "Committed", "Crash", "CoreTimeout", "Decided",
     "DriverInput", "Effect", "Embed", "Embedded", "EvidenceFound", "Generate", "GenerationFailed", "Generated",
     "GraceTimer", "Judge", "JudgePair", "Judged", "Persist", "QueryExpired", "Received", "Schedule", "Send",
-    "SendRaw", "SubmitTx", "Tick", "Timer", "TimerFired",
+    "SendRaw", "InjectEvent", "Tick", "Timer", "TimerFired",
 ]
 
 
@@ -266,8 +266,9 @@ class AskCatchUp:
 
 
 @dataclass(frozen=True)
-class SubmitTx:
-    """Post a raw ledger transaction (fault injection only: hosts without a ledger ignore it)."""
+class InjectEvent:
+    """Gossip a ledger event carrying this raw transaction straight to every peer (fault injection only:
+    hosts without a ledger ignore it)."""
 
     tx: bytes
 
@@ -280,4 +281,4 @@ class Crash:
 
 
 Effect = (Send | SendRaw | Persist | Schedule | Generate | Embed | Judge | Decided | Announce | EvidenceFound
-          | QueryExpired | AskCatchUp | SubmitTx | Crash)
+          | QueryExpired | AskCatchUp | InjectEvent | Crash)

@@ -36,7 +36,7 @@ from consensus.driver._io import (
     Schedule,
     Send,
     SendRaw,
-    SubmitTx,
+    InjectEvent,
     TimerFired,
 )
 from consensus.grouping import pair_index
@@ -336,7 +336,7 @@ class ForgeCertificate(Behaviour):
 
 @register
 class DeepNesting(Behaviour):
-    """Each height, sends every peer a frame nested about 1,000 deep and posts such a ledger transaction."""
+    """Each height, sends every peer frames nested about 1,000 deep and a ledger event carrying such a transaction."""
 
     name = "deep-nesting"
     faulty = True
@@ -345,7 +345,7 @@ class DeepNesting(Behaviour):
         out = list(effects)
         if any(isinstance(e, Decided) for e in effects):
             payload = canonical.pack({"k": "vote", "b": deep_msgpack(), "s": bytes(64)})
-            out += [SendRaw(payload), SendRaw(deep_msgpack()), SubmitTx(deep_msgpack())]
+            out += [SendRaw(payload), SendRaw(deep_msgpack()), InjectEvent(deep_msgpack())]
         return out
 
 
