@@ -27,7 +27,7 @@ from consensus.sim import (
     run,
     summarise,
 )
-from consensus.driver import Decided, Driver, Effect
+from consensus.driver import Decided, Driver, Effect, Generate
 from consensus.driver.behaviours import Collude
 from multillmn.identity import PeerId
 
@@ -210,3 +210,42 @@ def test_evidence_is_the_same_on_the_fast_path_and_with_real_signatures(behaviou
     # caught, it falls as fast as the other three may grow (1/16 a height, ADR 0012): 1/4, 0.203, 0.153, 0.100
     # down to what the 3/10 cap leaves of four peers (0.1); the proposer equivocates later, so it is on its way
     assert fast.faulty_shares[-1] == {"double-vote": 0.1, "conflicting-proposals": 0.203125}[behaviour]
+
+
+class _SplitOnce(Behaviour):
+    """Test-only honest peer whose model, on the second question only, gives a group-specific answer."""
+
+    hidden = True
+    group = ""
+
+    def answer_text(self, question: str) -> str | None:
+        return f"{self.group} is my answer" if question.startswith("Q2:") else None
+
+    def on_effects(self, driver: Driver, effects: list[Effect]) -> list[Effect]:
+        return [dataclasses.replace(e, fabricated=self.answer_text(e.question)) if isinstance(e, Generate) else e
+                for e in effects]
+
+
+for _group in "abcd":
+    register(type(f"SplitOnce_{_group}", (_SplitOnce,), {"name": f"test-split-{_group}", "group": _group}))
+
+
+def test_n10f3_colluders_win_one_split_then_collect_but_never_reach_a_third() -> None:
+    """Issue 10 finding 7, as it happened on the testnet: the honest answers split (2, 2, 2, 1) once, the
+    colluders' shared answer (3 of 10) is decided, then they keep scoring each other 1000 and everyone else
+    0. With the growth bound (ADR 0012) their share rises by at most 1/16 and never reaches 1/3."""
+    split = ((3, "test-split-a"), (4, "test-split-a"), (5, "test-split-b"), (6, "test-split-b"),
+             (7, "test-split-c"), (8, "test-split-c"), (9, "test-split-d"))
+    config = SimConfig(peers=10, heights=14, byzantine=((0, "collude"), (1, "collude"), (2, "collude"), *split))
+    won = 0
+    for seed in range(3):
+        sim = Simulation(config, seed)
+        sim.run()
+        assert check_run(sim) == []
+        shares = [float(sim.faulty_share(vs)) for vs in sim.sets.values()]
+        won += any(sim.behaviour_names[sim.index_of[w]] == "collude"
+                   for rec in sim.decisions[3].values() if rec.value is not None for w in rec.value.winners)
+        assert shares[0] == 0.3 and max(shares) < 1 / 3, shares
+        assert all(b <= a * 17 / 16 + 1e-6 for a, b in zip(shares, shares[1:])), shares  # the bound, per height
+        assert any(b > a for a, b in zip(shares, shares[1:])), shares  # the won split did lift them once
+    assert won == 3  # the pattern really happened: the colluders' answer was decided once per run
