@@ -27,8 +27,8 @@ from consensus.sim import (
     run,
     summarise,
 )
-from consensus.driver import Decided, Driver, Effect, Generate
-from consensus.driver.behaviours import Collude
+from consensus.driver import Decided, Driver, Effect
+from consensus.driver.behaviours import Collude, _Fabricating
 from multillmn.identity import PeerId
 
 HEIGHTS, ATTACK, ERROR_RATE = 24, 16, 0.1
@@ -212,18 +212,15 @@ def test_evidence_is_the_same_on_the_fast_path_and_with_real_signatures(behaviou
     assert fast.faulty_shares[-1] == {"double-vote": 0.1, "conflicting-proposals": 0.203125}[behaviour]
 
 
-class _SplitOnce(Behaviour):
+class _SplitOnce(_Fabricating):
     """Test-only honest peer whose model, on the second question only, gives a group-specific answer."""
 
+    faulty = False
     hidden = True
     group = ""
 
     def answer_text(self, question: str) -> str | None:
         return f"{self.group} is my answer" if question.startswith("Q2:") else None
-
-    def on_effects(self, driver: Driver, effects: list[Effect]) -> list[Effect]:
-        return [dataclasses.replace(e, fabricated=self.answer_text(e.question)) if isinstance(e, Generate) else e
-                for e in effects]
 
 
 for _group in "abcd":
