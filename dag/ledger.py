@@ -399,9 +399,12 @@ class Ledger:
         """Rebuild a ledger from :meth:`snapshot` bytes (raises ``ValueError`` if malformed).
 
         A fresh ``chain`` is brought back to the snapshot by folding its certified values again.
+        Snapshots are local data, read with wider bounds than the wire's: at most 1 GiB and
+        2^24 items per list (the log holds one entry per applied transaction, so a busy ledger
+        passes the wire's 65,536 soon; 2^24 entries of at least 40 bytes each fill about 670 MB).
         """
         try:
-            raw = canonical.unpack(data, max_len=1 << 30)
+            raw = canonical.unpack(data, max_len=1 << 30, max_array_len=1 << 24)
             led = cls(certificate_check, public_key_of, chain, commit_check)
             led.position = int(raw["position"])
             for h, blob in raw["answers"]:

@@ -423,7 +423,9 @@ def verify_file(path: Path, trusted_genesis: Path | None = None, trusted_state: 
     """Verify the certificate in ``path`` from a trusted genesis file and/or a trusted-state file.
 
     With ``trusted_state``, trust starts at the state it holds (if it exists)
-    and the file is updated to the certificate's height after a success.
+    and the file is updated to the certificate's height after a success; a
+    state that cannot be written is a :class:`CertificateError` too (the
+    client would otherwise lose what it verified without knowing).
     """
     data = _read_json(path, "certificate")
     genesis: Genesis | None = None
@@ -433,12 +435,20 @@ def verify_file(path: Path, trusted_genesis: Path | None = None, trusted_state: 
         except GenesisError as exc:
             raise CertificateError(f"trusted genesis: {exc}") from None
     state: TrustedState | None = None
-    if trusted_state is not None and trusted_state.exists():
+    try:
+        held = trusted_state is not None and trusted_state.exists()
+    except OSError as exc:  # exists() raises for a path it may not look at (EACCES)
+        raise CertificateError(f"cannot read trusted state {trusted_state}: {exc.strerror or exc}") from None
+    if trusted_state is not None and held:
         held_genesis, state = trusted_state_from_json(_read_json(trusted_state, "trusted state"))
         if genesis is not None and held_genesis.digest() != genesis.digest():
             raise CertificateError(f"{trusted_state} was started from another genesis")
         genesis = held_genesis
     result = verify(data, genesis, state=state)
     if trusted_state is not None and genesis is not None and (state is None or result.height > state.height):
-        trusted_state.write_text(json.dumps(trusted_state_json(genesis, result.trusted), indent=2) + "\n")
+        try:
+            trusted_state.write_text(json.dumps(trusted_state_json(genesis, result.trusted), indent=2) + "\n")
+        except OSError as exc:
+            raise CertificateError(f"the certificate verified, but the trusted state {trusted_state} cannot be "
+                                   f"written: {exc.strerror or exc}") from None
     return result

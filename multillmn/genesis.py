@@ -123,11 +123,18 @@ class Genesis:
             raise GenesisError(str(exc)) from exc
 
     @classmethod
-    def load(cls, path: Path) -> Genesis:
+    def load(cls, path: Path, *, max_bytes: int = 16 << 20) -> Genesis:
+        """The genesis in ``path``: at most ``max_bytes``, JSON within :func:`multillmn.jsonsafe.loads`'s
+        bounds (UTF-8, nesting, integers), else :class:`GenesisError` saying why."""
+        from multillmn import jsonsafe
+
         try:
-            data = json.loads(path.read_text())
+            with path.open("rb") as f:
+                raw = f.read(max_bytes + 1)
         except OSError as exc:
-            raise GenesisError(f"cannot read genesis {path}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise GenesisError(f"{path}: not valid JSON: {exc}") from exc
+            raise GenesisError(f"cannot read genesis {path}: {exc.strerror}") from None
+        try:
+            data = jsonsafe.loads(raw, max_bytes=max_bytes)
+        except jsonsafe.JsonError as exc:
+            raise GenesisError(f"{path}: not valid JSON within bounds: {exc}") from None
         return cls.from_json(data)

@@ -1,7 +1,11 @@
 """``multillmn ledger tail`` and ``multillmn ledger show``: read a peer's hashgraph ledger over HTTP.
 
 Exit codes as for every command: 0 on success, 1 when the peer has no such
-certificate or it does not verify, 2 on bad input or an unreachable peer.
+certificate or it does not verify, 2 on bad input, an unreachable peer or a
+malformed reply. A reply is read up to
+:data:`multillmn.client.MAX_REPLY_BYTES` and parsed by
+:func:`multillmn.jsonsafe.loads`; a ledger page is checked field by field
+before it is shown.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import httpx
 
 from multillmn.argtypes import int_range
+from multillmn.client import ClientError, read_bounded, reply_json
 
 __all__ = ["add_ledger_commands", "MAX_TAIL"]
 
@@ -26,17 +31,46 @@ class _Unreachable(Exception):
 
 
 def _get(peer: str, path: str, params: dict[str, int] | None = None) -> httpx.Response:
+    """The peer's reply, its body read (at most ``MAX_REPLY_BYTES``; more is :class:`_Unreachable`)."""
     try:
-        return httpx.get(peer.rstrip("/") + path, params=params, timeout=30.0, trust_env=False)
+        with httpx.Client(timeout=30.0, trust_env=False) as client, \
+                client.stream("GET", peer.rstrip("/") + path, params=params) as response:
+            body = read_bounded(response)
+            return httpx.Response(response.status_code, content=body)
     except httpx.HTTPError as exc:
         raise _Unreachable(f"cannot reach peer at {peer}: {exc}") from None
+    except ClientError as exc:
+        raise _Unreachable(f"{peer}: {exc}") from None
 
 
-def _json(response: httpx.Response) -> Any:
+def _body(response: httpx.Response, what: str) -> Any:
+    """The reply's JSON within bounds; :class:`ClientError` otherwise."""
+    return reply_json(response.content, what)
+
+
+def _detail(response: httpx.Response) -> str:
     try:
-        return response.json()
-    except ValueError:
-        return {"detail": response.text}
+        body = _body(response, "refusal")
+    except ClientError:
+        return response.content[:200].decode("utf-8", "replace")
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail)[:500] if detail is not None else response.content[:200].decode("utf-8", "replace")
+
+
+def _int_field(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _page(body: Any) -> dict[str, Any]:
+    """A ``/v1/ledger`` page with the fields :func:`_entry_line` reads, else :class:`ClientError`."""
+    if not isinstance(body, dict) or not _int_field(body.get("total")) or not isinstance(body.get("state_hash"), str) \
+            or not isinstance(body.get("entries"), list):
+        raise ClientError("the peer's ledger page lacks an integer total, a state_hash or a list of entries")
+    for i, e in enumerate(body["entries"]):
+        if not (isinstance(e, dict) and _int_field(e.get("index")) and _int_field(e.get("position"))
+                and isinstance(e.get("type"), str) and (e["type"] != "certificate" or _int_field(e.get("height")))):
+            raise ClientError(f"the peer's ledger entry {i} lacks an integer index, position (or height) or a type")
+    return body
 
 
 def _entry_line(e: dict[str, Any]) -> str:
@@ -53,17 +87,17 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     try:
         first = _get(args.peer, "/v1/ledger", {"offset": 0, "limit": 1})
         if first.status_code != 200:
-            print(f"error: peer answered {first.status_code}: {_json(first).get('detail')}", file=sys.stderr)
+            print(f"error: peer answered {first.status_code}: {_detail(first)}", file=sys.stderr)
             return 2
-        total = int(first.json()["total"])
+        total = _page(_body(first, "ledger page"))["total"]
         page = _get(args.peer, "/v1/ledger", {"offset": max(0, total - args.n), "limit": args.n})
-    except _Unreachable as exc:
+        if page.status_code != 200:
+            print(f"error: peer answered {page.status_code}: {_detail(page)}", file=sys.stderr)
+            return 2
+        body = _page(_body(page, "ledger page"))
+    except (_Unreachable, ClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if page.status_code != 200:
-        print(f"error: peer answered {page.status_code}: {_json(page).get('detail')}", file=sys.stderr)
-        return 2
-    body = page.json()
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
@@ -78,16 +112,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     try:
         r = _get(args.peer, f"/v1/certificates/{args.height}")
-    except _Unreachable as exc:
+        if r.status_code == 404:
+            print(f"error: {args.peer} holds no certificate for height {args.height}", file=sys.stderr)
+            return 1
+        if r.status_code != 200:
+            print(f"error: peer answered {r.status_code}: {_detail(r)}", file=sys.stderr)
+            return 2
+        cert = _body(r, "certificate")
+    except (_Unreachable, ClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if r.status_code == 404:
-        print(f"error: {args.peer} holds no certificate for height {args.height}", file=sys.stderr)
-        return 1
-    if r.status_code != 200:
-        print(f"error: peer answered {r.status_code}: {_json(r).get('detail')}", file=sys.stderr)
-        return 2
-    cert = r.json()
     try:
         checked = verify(cert)
     except CertificateError as exc:

@@ -227,10 +227,17 @@ def is_running(dir: Path) -> bool:
 
 
 def _fetch(client: httpx.Client, url: str) -> dict[str, Any] | None:
+    """A peer's ``/v1/status`` object; None when it does not answer 200 with a JSON object within bounds
+    (at most 4 MiB, read as it streams in; :func:`multillmn.jsonsafe.loads`'s nesting and integer bounds)."""
+    from multillmn import jsonsafe
+    from multillmn.client import ClientError, read_bounded
+
     try:
-        resp = client.get(f"{url}/v1/status")
-        data = resp.json() if resp.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+        with client.stream("GET", f"{url}/v1/status") as resp:
+            if resp.status_code != 200:
+                return None
+            data = jsonsafe.loads(read_bounded(resp, 4 << 20), max_bytes=4 << 20)
+    except (httpx.HTTPError, ClientError, jsonsafe.JsonError):
         return None
     return data if isinstance(data, dict) else None
 
