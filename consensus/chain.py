@@ -55,8 +55,9 @@ class Chain:
     """Decided heights folded into weights; see the module docstring."""
 
     def __init__(self, base: ValidatorSet, params: WeightParams | None,
-                 verified: VerifiedCache | None = None) -> None:
+                 verified: VerifiedCache | None = None, chain_id: str = "") -> None:
         self.base = base
+        self.chain_id = chain_id  # evidence must be for this chain
         self.verified = verified  # the runner's signature cache: carried vectors it verified are not re-verified
         self.params = params.validate() if params is not None else None
         self.height = 0  # last applied height
@@ -161,7 +162,7 @@ class Chain:
 
     def _evidence_reason(self, ev: Evidence, height: int, vs: ValidatorSet) -> str | None:
         assert self.state is not None and self.params is not None
-        checked = check_evidence(ev, vs)
+        checked = check_evidence(ev, vs, self.chain_id)
         if isinstance(checked, str):
             return checked
         _, ev_height = checked

@@ -92,14 +92,17 @@ def evidence_id(ev: Evidence) -> bytes:
     return canonical.digest(ev.body())
 
 
-def check_evidence(ev: Evidence, validators: ValidatorSet) -> tuple[PeerId, int] | str:
-    """``(offender, height)`` if ``ev`` is valid against ``validators``, else the reason."""
+def check_evidence(ev: Evidence, validators: ValidatorSet, chain_id: str | None = None) -> tuple[PeerId, int] | str:
+    """``(offender, height)`` if ``ev`` is valid against ``validators`` (and, given ``chain_id``, both messages
+    are for that chain), else the reason."""
     if ev.first == ev.second:
         return "the two messages are identical"
     try:
         if isinstance(ev, DuplicateVoteEvidence):
             a = open_envelope(Vote, ev.first, validators.public_key_of).message
             b = open_envelope(Vote, ev.second, validators.public_key_of).message
+            if chain_id is not None and not a.chain_id == b.chain_id == chain_id:
+                return f"votes are not both for chain {chain_id!r}"
             if a.voter != b.voter:
                 return "votes are signed by different validators"
             if (a.height, a.round, a.type) != (b.height, b.round, b.type):
@@ -111,6 +114,8 @@ def check_evidence(ev: Evidence, validators: ValidatorSet) -> tuple[PeerId, int]
         q = open_envelope(Proposal, ev.second, validators.public_key_of).message
     except MessageError as exc:
         return str(exc)
+    if chain_id is not None and not p.value.chain_id == q.value.chain_id == chain_id:
+        return f"proposals are not both for chain {chain_id!r}"
     if p.proposer != q.proposer:
         return "proposals are signed by different validators"
     if (p.height, p.round) != (q.height, q.round):
@@ -120,9 +125,9 @@ def check_evidence(ev: Evidence, validators: ValidatorSet) -> tuple[PeerId, int]
     return p.proposer, p.height
 
 
-def verify_evidence(ev: Evidence, validators: ValidatorSet) -> str | None:
+def verify_evidence(ev: Evidence, validators: ValidatorSet, chain_id: str | None = None) -> str | None:
     """``None`` if ``ev`` proves equivocation by a member of ``validators``, else why not."""
-    result = check_evidence(ev, validators)
+    result = check_evidence(ev, validators, chain_id)
     return result if isinstance(result, str) else None
 
 

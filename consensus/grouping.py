@@ -176,8 +176,11 @@ def validate_value(
     tolerance: int,
     min_answer_weight_quorum: bool = True,
     cache: VerifiedCache | None = None,
+    chain_id: str | None = None,
 ) -> str | None:
     """``None`` if ``value`` is valid, else a human-readable reason.
+
+    With ``chain_id``, the value must be for that chain.
 
     Checks: the query is signed by a validator; each answer opens, is for this
     query and comes from a distinct validator, in ascending peer-id order; the
@@ -186,6 +189,8 @@ def validate_value(
     ``local_sims`` (if given); and ``winners``/``answer`` are exactly what
     :func:`choose` yields on the claimed similarities.
     """
+    if chain_id is not None and value.chain_id != chain_id:
+        return f"the value is for chain {value.chain_id!r}, not {chain_id!r}"
     try:
         question = open_envelope(Query, value.query, validators.public_key_of, cache).message.question
     except MessageError as exc:
@@ -237,6 +242,7 @@ def build_value(
     *,
     validators_hash: bytes = b"",
     next_validators_hash: bytes = b"",
+    chain_id: str = "",
     scores: Sequence[Envelope] = (),
     evidence: Sequence[EvidencePair] = (),
 ) -> Value:
@@ -267,6 +273,7 @@ def build_value(
     group = choose(new_weights, new_sims, threshold,
                    eligibility(question, [a.message.text for a in sorted_answers]))
     return Value(
+        chain_id=chain_id,
         query=query,
         answers=tuple(a.envelope for a in sorted_answers),
         sims=tuple(new_sims),

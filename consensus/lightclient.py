@@ -80,22 +80,22 @@ class LightBlock:
 
 @dataclass(frozen=True)
 class TrustedState:
-    """A height the client trusts, the set in force there and the hash of the next height's set."""
+    """A height the client trusts on chain ``chain_id``, the set in force there and the next height's set hash."""
 
+    chain_id: str
     height: int
     validators: ValidatorSet
     next_hash: bytes
 
     @classmethod
-    def genesis(cls, validators: ValidatorSet) -> TrustedState:
+    def genesis(cls, chain_id: str, validators: ValidatorSet) -> TrustedState:
         """Trust anchored at the genesis: height 0, whose next set (height 1's) is the genesis set."""
-        return cls(0, validators, validators.set_hash())
+        return cls(chain_id, 0, validators, validators.set_hash())
 
 
-def commit_signers(block: LightBlock, cache: VerifiedCache | None = None) -> list[Signed[Vote]]:
-    """The block's precommits, checked: set hash, signatures, (height, round, value id), distinct voters, quorum.
-
-    Raises :class:`LightClientError` naming the first problem.
+def commit_signers(block: LightBlock, chain_id: str, cache: VerifiedCache | None = None) -> list[Signed[Vote]]:
+    """The block's precommits, checked: set hash, signatures, (chain, height, round, value id), distinct voters,
+    quorum. Raises :class:`LightClientError` naming the first problem.
     """
     vs = block.validators
     if block.header.validators_hash != vs.set_hash():
@@ -109,6 +109,9 @@ def commit_signers(block: LightBlock, cache: VerifiedCache | None = None) -> lis
         except MessageError as exc:
             raise LightClientError(f"height {block.height}: precommits[{i}]: {exc}") from None
         vote = signed.message
+        if vote.chain_id != chain_id:
+            raise LightClientError(f"height {block.height}: precommits[{i}] is for chain {vote.chain_id!r}, "
+                                   f"not {chain_id!r}")
         if vote.type != "precommit" or vote.height != block.height or vote.round != block.round:
             raise LightClientError(f"height {block.height}: precommits[{i}] is not a precommit for height "
                                    f"{block.height} round {block.round}")
@@ -147,11 +150,11 @@ def _trusts(state: TrustedState, block: LightBlock, voters: set[PeerId], trustin
 def verify_block(state: TrustedState, block: LightBlock, *, trusting_period: int = TRUSTING_PERIOD,
                  cache: VerifiedCache | None = None) -> TrustedState:
     """The trusted state after accepting ``block`` from ``state`` (module rules); raises :class:`LightClientError`."""
-    voters = {v.signer for v in commit_signers(block, cache)}
+    voters = {v.signer for v in commit_signers(block, state.chain_id, cache)}
     reason = _trusts(state, block, voters, trusting_period)
     if reason is not None:
         raise LightClientError(reason)
-    return TrustedState(block.height, block.validators, block.header.next_validators_hash)
+    return TrustedState(state.chain_id, block.height, block.validators, block.header.next_validators_hash)
 
 
 def verify_path(state: TrustedState, blocks: Sequence[LightBlock], *, trusting_period: int = TRUSTING_PERIOD,
@@ -182,7 +185,7 @@ def plan_path(state: TrustedState, target: LightBlock, block_at: Callable[[int],
 
     def reach(state: TrustedState, goal: LightBlock, depth: int) -> TrustedState:
         if _trusts(state, goal, voters(goal), trusting_period) is None:
-            return TrustedState(goal.height, goal.validators, goal.header.next_validators_hash)
+            return TrustedState(state.chain_id, goal.height, goal.validators, goal.header.next_validators_hash)
         if depth > 2 * MAX_PATH or goal.height - state.height < 2:
             raise LightClientError(f"no trust path from height {state.height} to {goal.height}")
         mid = block_at((state.height + goal.height) // 2)

@@ -145,6 +145,7 @@ class Value(Message):
     """
 
     KIND: ClassVar[str] = "value"
+    chain_id: ChainId = ""
     query: Envelope
     answers: Annotated[tuple[Envelope, ...], Field(min_length=1, max_length=MAX_PEERS)]
     sims: tuple[Annotated[int, Field(ge=-1000, le=1000)], ...]
@@ -157,6 +158,7 @@ class Value(Message):
 
     def body(self) -> dict[str, Any]:
         return {
+            "chain_id": self.chain_id,
             "query": self.query.model_dump(),
             "answers": [a.model_dump() for a in self.answers],
             "sims": list(self.sims),
@@ -219,11 +221,20 @@ class Proposal(Message):
         }
 
 
+ChainId = Annotated[str, Field(max_length=64)]
+
+
 class Vote(Message):
-    """A prevote or precommit for a value id, or for nil (``value_id`` None)."""
+    """A prevote or precommit for a value id, or for nil (``value_id`` None), on chain ``chain_id``.
+
+    The chain id is signed, as in CometBFT: a key that validates on two
+    chains cannot have its votes of one replayed as the other's (a
+    certificate, or duplicate-vote evidence framing an honest validator).
+    """
 
     KIND: ClassVar[str] = "vote"
     SIGNER: ClassVar[str] = "voter"
+    chain_id: ChainId = ""
     type: Literal["prevote", "precommit"]
     height: Height
     round: Round

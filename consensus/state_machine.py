@@ -238,12 +238,15 @@ class Core:
         future_heights: int = 4,
         catchup_rounds: int = 2,
         buffer_per_signer: int = 16,
+        chain_id: str = "",
     ) -> None:
-        """``committee`` of ``height`` (a bare set: fixed weights, CometBFT's proposer rotation)."""
+        """``committee`` of ``height`` (a bare set: fixed weights, CometBFT's proposer rotation); votes are
+        signed for ``chain_id`` and votes for another chain are ignored."""
         if height < 1:
             raise ValueError("height must be >= 1")
         self.committee = committee if isinstance(committee, Committee) else static_committee(committee, height)
         self.own_id = own_id
+        self.chain_id = chain_id
         self.timeouts = timeouts
         self.future_heights = future_heights
         self.catchup_rounds = catchup_rounds
@@ -331,6 +334,8 @@ class Core:
         height = signed.message.height
         if signer not in self.validators or height < self.height:
             return
+        if isinstance(inp, VoteInput) and inp.signed.message.chain_id != self.chain_id:
+            return
         if height > self.height:
             key = (height, signer)
             if height <= self.height + self.future_heights and self._buffered.get(key, 0) < self.buffer_per_signer:
@@ -417,7 +422,8 @@ class Core:
         s = self._s
         s.step = "prevote" if type == "prevote" else "precommit"
         if self.own_id in self.validators:
-            vote = Vote(type=type, height=self.height, round=s.round, value_id=value_id, voter=self.own_id)
+            vote = Vote(chain_id=self.chain_id, type=type, height=self.height, round=s.round, value_id=value_id,
+                        voter=self.own_id)
             out.append(BroadcastVote(vote))
 
     def _schedule(self, step: StepName, out: list[Output]) -> None:

@@ -233,7 +233,8 @@ class Ledger:
 
     def _remember_precommits(self, height: int, cert: dict[str, Any], chain: Chain) -> None:
         self._precommits[height] = {(v.message.round, v.signer): v
-                                    for v in certificate_precommits(cert, chain.validators_at(height).public_key_of)}
+                                    for v in certificate_precommits(cert, chain.validators_at(height).public_key_of,
+                                                                    chain.chain_id)}
         for h in [h for h in self._precommits if h <= height - _PRECOMMITS_KEPT]:
             del self._precommits[h]
 
@@ -244,7 +245,7 @@ class Ledger:
         chain = self._chain
         if not accepted or chain is None:
             return
-        for vote in certificate_precommits(cert, chain.validators_at(height).public_key_of):
+        for vote in certificate_precommits(cert, chain.validators_at(height).public_key_of, chain.chain_id):
             mine = accepted.get((vote.message.round, vote.signer))
             if mine is None or vote.message.height != height or mine.message.value_id == vote.message.value_id:
                 continue

@@ -238,8 +238,10 @@ def light_block_of(cert: dict[str, Any]) -> LightBlock:
                                                        "validators"))
 
 
-def certificate_precommits(cert: Any, public_key_of: Callable[[str], bytes | None]) -> list[Signed[Vote]]:
-    """The validly signed precommits a certificate carries, whatever else is wrong with it."""
+def certificate_precommits(cert: Any, public_key_of: Callable[[str], bytes | None],
+                           chain_id: str | None = None) -> list[Signed[Vote]]:
+    """The validly signed precommits a certificate carries (for ``chain_id``, if given), whatever else is wrong
+    with it."""
     raw = cert.get("precommits") if isinstance(cert, dict) else None
     out: list[Signed[Vote]] = []
     for item in raw[:1024] if isinstance(raw, list) else []:
@@ -247,7 +249,7 @@ def certificate_precommits(cert: Any, public_key_of: Callable[[str], bytes | Non
             vote = open_envelope(Vote, _envelope_from_json(item, "precommit"), public_key_of)
         except (CertificateError, MessageError):
             continue
-        if vote.message.type == "precommit":
+        if vote.message.type == "precommit" and chain_id in (None, vote.message.chain_id):
             out.append(vote)
     return out
 
@@ -312,7 +314,10 @@ def verify(cert: Any, trusted: Genesis | None = None, *, state: TrustedState | N
     else at the genesis (``trusted``, or the certificate's own without it).
     """
     p = _parse(cert, trusted)
-    anchor = state if state is not None and state.height < p.height else TrustedState.genesis(p.genesis.validators)
+    anchor = state if state is not None and state.height < p.height else TrustedState.genesis(
+        p.genesis.chain_id, p.genesis.validators)
+    if anchor.chain_id != p.genesis.chain_id:
+        raise CertificateError(f"the trusted state is for chain {anchor.chain_id!r}, not {p.genesis.chain_id!r}")
     verified = VerifiedCache()  # each signature is checked once, though the value is read twice
     try:
         at = verify_path(anchor, p.path, cache=verified)
@@ -322,14 +327,14 @@ def verify(cert: Any, trusted: Genesis | None = None, *, state: TrustedState | N
     vs = p.block.validators
     reason = grouping.validate_value(
         p.value, validators=vs, local_sims=None, threshold=p.genesis.params.similarity_threshold,
-        tolerance=p.genesis.params.similarity_tolerance, cache=verified)
+        tolerance=p.genesis.params.similarity_tolerance, cache=verified, chain_id=p.genesis.chain_id)
     if reason is not None:
         raise CertificateError(f"invalid value: {reason}")
     answers = tuple(open_envelope(Answer, env, vs.public_key_of, verified).message for env in p.value.answers)
     query = open_envelope(Query, p.value.query, vs.public_key_of, verified).message
     if cert["summary"] != _summary(query, p.value, list(answers)):
         raise CertificateError("the summary does not match the signed value")
-    voters = {v.signer for v in commit_signers(p.block, verified)}
+    voters = {v.signer for v in commit_signers(p.block, p.genesis.chain_id, verified)}
     return Certificate(
         chain_id=p.genesis.chain_id, height=p.height, round=p.round, question=query.question,
         answer=p.value.answer, winners=p.value.winners, agreed_weight=vs.weight_of_set(p.value.winners),
@@ -357,11 +362,12 @@ def verify_commit(cert: Any, chain: Chain, *, threshold: int, tolerance: int,
     vs = chain.validators_at(height)
     block = LightBlock(height, round_, value.header(), _precommits_from_json(cert["precommits"], "precommits"), vs)
     try:
-        commit_signers(block, cache)
+        commit_signers(block, chain.chain_id, cache)
     except LightClientError as exc:
         raise CertificateError(f"against this peer's validator set: {exc}") from None
     reason = chain.check_extras(value, height, cache) or grouping.validate_value(
-        value, validators=vs, local_sims=None, threshold=threshold, tolerance=tolerance, cache=cache)
+        value, validators=vs, local_sims=None, threshold=threshold, tolerance=tolerance, cache=cache,
+        chain_id=chain.chain_id)
     if reason is not None:
         raise CertificateError(f"invalid value at height {height}: {reason}")
     return value
@@ -399,7 +405,7 @@ def trusted_state_from_json(raw: Any) -> tuple[Genesis, TrustedState]:
         raise CertificateError(f"trusted state: genesis: {exc}") from None
     height = _int(raw["height"], "trusted state height", 0)
     vs = _validators_from_json(raw["validators"], genesis.chain_id, "trusted state validators")
-    return genesis, TrustedState(height, vs, _unhex(raw["next_hash"], "trusted state next_hash", 32))
+    return genesis, TrustedState(genesis.chain_id, height, vs, _unhex(raw["next_hash"], "trusted state next_hash", 32))
 
 
 MAX_FILE_BYTES = 64 << 20

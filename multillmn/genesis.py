@@ -70,7 +70,7 @@ class Genesis:
         """A fresh :class:`~consensus.chain.Chain` at height 0 with this genesis' weight rule
         (``verified``: a signature cache to share with it)."""
         return Chain(self.validators, WeightParams.default() if self.params.weights == "adaptive" else None,
-                     verified)
+                     verified, self.chain_id)
 
     def to_json(self) -> dict[str, Any]:
         return {

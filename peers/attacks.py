@@ -28,7 +28,8 @@ def forged_certificate(key: KeyPair, genesis: Genesis, height: int, *, round_: i
     """The certificate of :func:`~consensus.driver.behaviours.forge_decision`: a quorum of the set it claims,
     signed by ``key`` alone, so only a check against a trusted set can refuse it."""
     value, precommit, forged = forge_decision(key, genesis.validators, height, genesis.params.similarity_threshold,
-                                              round_=round_, question=question, answer=answer, own_weight=own_weight)
+                                              chain_id=genesis.chain_id, round_=round_, question=question,
+                                              answer=answer, own_weight=own_weight)
     return build_certificate(genesis, height, round_, value, (precommit,), validators=forged)
 
 

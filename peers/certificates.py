@@ -68,7 +68,7 @@ class CertificateStore:
         """``cert`` with a trust path from the genesis (none if the peer lacks a block it needs: the
         client then reports that it cannot trust the certificate, rather than trusting it wrongly)."""
         try:
-            path = plan_path(TrustedState.genesis(self.genesis.validators), light_block_of(cert), self._block)
+            path = plan_path(TrustedState.genesis(self.genesis.chain_id, self.genesis.validators), light_block_of(cert), self._block)
         except (LightClientError, CertificateError) as exc:
             log.warning("no trust path", extra=fields(height=cert.get("height"), reason=str(exc)))
             return cert

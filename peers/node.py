@@ -142,7 +142,7 @@ class Node:
             slow_ms=cfg.slow_ms, crash_at_height=cfg.crash_at_height, from_height=cfg.behaviour_from_height,
             copy_wait_ms=cfg.answer_wait_ms // 4))
         config = DriverConfig(
-            model=engine.model_name, threshold=genesis.params.similarity_threshold,
+            model=engine.model_name, chain_id=genesis.chain_id, threshold=genesis.params.similarity_threshold,
             tolerance=genesis.params.similarity_tolerance,
             timeouts=Timeouts(propose_ms=cfg.timeout_propose_ms, prevote_ms=cfg.timeout_prevote_ms,
                               precommit_ms=cfg.timeout_precommit_ms, delta_ms=cfg.timeout_delta_ms),
@@ -280,7 +280,7 @@ class Node:
         value = value_of_certificate(cert)
         if height >= self.driver.height and value is not None:
             log.info("catching up from the ledger", extra=fields(height=height, at=self.driver.height))
-            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of))
+            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of, self.genesis.chain_id))
             self._handle(Committed(height, int(cert.get("round", 0)), value, precommits))
 
     def _on_ledger_evidence(self, evidence: Evidence) -> None:
@@ -291,7 +291,7 @@ class Node:
         """A certificate the ledger refused: the driver shows its precommits to the core (equivocation)."""
         value = value_of_certificate(cert)
         if height >= self.driver.height and value is not None:
-            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of))
+            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of, self.genesis.chain_id))
             self._handle(Certified(height, int(cert.get("round", 0)), value, precommits))
 
     # -- effects ------------------------------------------------------------------------

@@ -39,11 +39,12 @@ class Net:
         return grouping.build_value(query.envelope, answers, sims, weights,
                                     self.genesis.params.similarity_threshold,
                                     validators_hash=self.genesis.validators.set_hash(),
-                                    next_validators_hash=self.genesis.validators.set_hash())
+                                    next_validators_hash=self.genesis.validators.set_hash(),
+                                    chain_id=self.genesis.chain_id)
 
     def precommit(self, i: int, height: int, round_: int, value: Value | None) -> Signed[Vote]:
         k = self.keys[i]
-        return sign(Vote(type="precommit", height=height, round=round_,
+        return sign(Vote(chain_id=self.genesis.chain_id, type="precommit", height=height, round=round_,
                          value_id=value.value_id() if value else None, voter=k.peer_id), k)
 
 

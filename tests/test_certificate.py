@@ -149,7 +149,8 @@ def _decision(net: Net, height: int, vs: ValidatorSet, next_vs: ValidatorSet, si
     n = len(answers)
     sims = [1000 if texts[i] == texts[j] else 0 for i in range(n) for j in range(i + 1, n)]
     value = grouping.build_value(query.envelope, answers, sims, [vs.weight_of(a.signer) for a in answers], 800,
-                                 validators_hash=vs.set_hash(), next_validators_hash=next_vs.set_hash())
+                                 validators_hash=vs.set_hash(), next_validators_hash=next_vs.set_hash(),
+                                 chain_id=net.genesis.chain_id)
     precommits = tuple(net.precommit(i, height, 0, value) for i in signers)
     return build_certificate(net.genesis, height, 0, value, precommits, validators=vs)
 
@@ -200,7 +201,7 @@ def test_a_trust_path_follows_set_changes_that_skipping_cannot_cross() -> None:
         verify(h9, net.genesis)
     chain = {h: _decision(net, h, genesis, genesis, list(range(7))) for h in range(1, 5)}
     chain.update({5: h5, 6: h6, 7: _decision(net, 7, moved, moved, [4, 5]), 8: _decision(net, 8, moved, moved, [4, 5])})
-    path = plan_path(TrustedState.genesis(genesis), light_block_of(h9), lambda h: light_block_of(chain[h]))
+    path = plan_path(TrustedState.genesis(net.genesis.chain_id, genesis), light_block_of(h9), lambda h: light_block_of(chain[h]))
     assert [b.height for b in path] == [4, 6]  # bisection: height 6's set (moved) vouches for height 9
     checked = verify(with_trust_path(h9, path), net.genesis)
     assert (checked.height, checked.path_length, checked.precommit_weight) == (9, 2, 1000)
@@ -231,3 +232,15 @@ def test_cli_verify_keeps_a_trusted_state(tmp_path: Path, capsys: pytest.Capture
     make_net([1] * 7, seed=50).genesis.save(other)
     assert cli_main(["verify", str(h9), "--genesis", str(other), "--trusted-state", str(state)]) == 1
     assert "started from another genesis" in capsys.readouterr().err
+
+
+def test_a_certificate_of_another_chain_with_the_same_keys_is_refused() -> None:
+    """Votes sign their chain id: the same validators on another chain cannot be replayed here (nor their
+    precommits turned into duplicate-vote evidence against them)."""
+    net = make_net([1] * 4)
+    other = Genesis.build("other-chain", [(v.moniker, v.public_key, v.weight) for v in net.genesis.validators])
+    theirs = _cert(Net(net.keys, other), [0, 1, 2])
+    assert verify(theirs, other).answer == "Paris"  # valid on its own chain
+    replayed = {**theirs, "genesis": net.genesis.to_json(), "chain_id": net.genesis.chain_id}
+    with pytest.raises(CertificateError, match="is for chain 'other-chain', not 'test-chain'"):
+        verify(replayed, net.genesis)

@@ -159,3 +159,14 @@ def test_from_core_equivocation_outputs() -> None:
     assert vev == dup(x, y) and verify_evidence(vev, VS) is None
     with pytest.raises(ValueError):
         from_equivocation(Equivocation(x, a))
+
+
+def test_votes_of_two_chains_are_no_evidence_on_either() -> None:
+    """An honest validator with one key on two chains votes at the same (height, round) on both: never
+    an equivocation on the chain that checks evidence for itself."""
+    k = KEYS[1]
+    here = sign(Vote(chain_id="here", type="prevote", height=3, round=0, value_id=A, voter=k.peer_id), k)
+    there = sign(Vote(chain_id="there", type="prevote", height=3, round=0, value_id=B, voter=k.peer_id), k)
+    assert check_evidence(dup(here, there), VS, "here") == "votes are not both for chain 'here'"
+    again = sign(Vote(chain_id="here", type="prevote", height=3, round=0, value_id=B, voter=k.peer_id), k)
+    assert check_evidence(dup(here, again), VS, "here") == (k.peer_id, 3)  # a real equivocation still is

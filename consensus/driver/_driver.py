@@ -143,6 +143,7 @@ class DriverConfig:
     """The driver's settings: consensus parameters from the genesis, timings from the peer's config."""
 
     model: str = "model"  # the name this peer's answers carry
+    chain_id: str = ""  # the genesis' chain id: signed into every vote and value
     threshold: int = 800
     tolerance: int = 20
     timeouts: Timeouts = Timeouts()
@@ -204,9 +205,9 @@ class Driver:
         self.behaviour = behaviour if behaviour is not None else Honest(self.me)
         self.verified = verified if verified is not None else VerifiedCache()
         height = chain.height + 1
-        self.core = Core(chain.committee(height), self.me, height, timeouts=config.timeouts)
+        self.core = Core(chain.committee(height), self.me, height, timeouts=config.timeouts, chain_id=config.chain_id)
         self.pool = QueryPool(self.core.validators, max_pending=config.max_pending, max_orphans=config.max_orphans)
-        self.scores = ScoreBook()
+        self.scores = ScoreBook(config.chain_id)
         self.now = 0
         self.rejected: dict[str, int] = {}
         self._h = _Height()
@@ -496,8 +497,8 @@ class Driver:
         value = grouping.build_value(
             b.entry.query.envelope, b.answers, sims, [vs.weight_of(a.signer) for a in b.answers],
             self.config.threshold, validators_hash=vs.set_hash(),
-            next_validators_hash=self.chain.validators_at(b.height + 1).set_hash(), scores=scores,
-            evidence=evidence)
+            next_validators_hash=self.chain.validators_at(b.height + 1).set_hash(), chain_id=self.config.chain_id,
+            scores=scores, evidence=evidence)
         self.scores.remember_sims(value.value_id(), sims)
         h.request = None
         if h.proposed_ms is None:
@@ -560,7 +561,7 @@ class Driver:
             return
         reason = grouping.validate_value(p.value, validators=self.validators, local_sims=sims,
                                          threshold=self.config.threshold, tolerance=self.config.tolerance,
-                                         cache=self.verified)
+                                         cache=self.verified, chain_id=self.config.chain_id)
         if reason is None:
             self.scores.remember_sims(p.value.value_id(), sims)
             self._learn(p.value)
@@ -739,23 +740,24 @@ class Driver:
     def _credible(self, c: Certified) -> bool:
         """A decided later height worth keeping: its signers hold more than 1/3 of the current set."""
         vs = self.validators
-        return vs.has_one_third(vs.weight_of_set(v.signer for v in c.precommits
-                                                 if v.message.type == "precommit" and v.message.height == c.height))
+        return vs.has_one_third(vs.weight_of_set(
+            v.signer for v in c.precommits if v.message.type == "precommit" and v.message.height == c.height
+            and v.message.chain_id == self.config.chain_id))
 
     def _certify(self, c: Certified) -> str | None:
         """Why a decided height from another peer is not the one this peer's own chain admits, or ``None``."""
         vs = self.validators
         vid = c.value.value_id()
         voters = {v.signer for v in c.precommits
-                  if (v.message.type, v.message.height, v.message.round, v.message.value_id)
-                  == ("precommit", c.height, c.round, vid)}
+                  if (v.message.chain_id, v.message.type, v.message.height, v.message.round, v.message.value_id)
+                  == (self.config.chain_id, "precommit", c.height, c.round, vid)}
         if not vs.has_quorum(vs.weight_of_set(voters)):
             return "the precommits carry no quorum of this peer's set"
         if self.pool.is_decided(c.value.query_id()):
             return "the query was decided at an earlier height"
         return self.chain.check_extras(c.value, c.height, self.verified) or grouping.validate_value(
             c.value, validators=vs, local_sims=None, threshold=self.config.threshold,
-            tolerance=self.config.tolerance, cache=self.verified)
+            tolerance=self.config.tolerance, cache=self.verified, chain_id=self.config.chain_id)
 
     # --- helpers ------------------------------------------------------------------------------
     def _sign(self, message: Any) -> Signed[Any]:

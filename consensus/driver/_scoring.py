@@ -40,7 +40,8 @@ MAX_JUDGED_PAIRS = 6
 class ScoreBook:
     """Score vectors and evidence of one peer, waiting to be carried in a value; own similarities."""
 
-    def __init__(self) -> None:
+    def __init__(self, chain_id: str = "") -> None:
+        self.chain_id = chain_id
         self.vectors: dict[tuple[int, PeerId], Signed[ScoreVector]] = {}  # (height, scorer) -> first one seen
         self.evidence: dict[PeerId, Evidence] = {}  # offender -> one proof (enough to slash)
         self._sims: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
@@ -53,7 +54,7 @@ class ScoreBook:
 
     def add_evidence(self, evidence: Evidence, validators: ValidatorSet) -> bool:
         """Keep valid evidence, one per offender; whether it was new."""
-        checked = check_evidence(evidence, validators)
+        checked = check_evidence(evidence, validators, self.chain_id)
         if isinstance(checked, str) or checked[0] in self.evidence:
             return False
         self.evidence[checked[0]] = evidence

@@ -329,7 +329,8 @@ class ForgeCertificate(Behaviour):
             if isinstance(e, Decided):
                 for height in (e.height + 1, e.height):
                     value, precommit, forged = forge_decision(driver.key, driver.validators, height,
-                                                              driver.config.threshold)
+                                                              driver.config.threshold,
+                                                              chain_id=driver.config.chain_id)
                     out.append(Announce(height, 0, value, (precommit,), forged))
         return out
 
@@ -397,7 +398,8 @@ def deep_msgpack(depth: int = 1010) -> bytes:
     return b"\x91" * depth + b"\xc0"
 
 
-def forge_decision(key: KeyPair, base: ValidatorSet, height: int, threshold: int, *, round_: int = 0,
+def forge_decision(key: KeyPair, base: ValidatorSet, height: int, threshold: int, *, chain_id: str = "",
+                   round_: int = 0,
                    question: str = "Is the earth flat?", answer: str = "Yes, flat.",
                    own_weight: int = 10**6) -> tuple[Value, Signed[Vote], ValidatorSet]:
     """A decision of ``height`` that only ``key`` signed: ``base``'s members and keys with ``own_weight`` for the
@@ -410,9 +412,10 @@ def forge_decision(key: KeyPair, base: ValidatorSet, height: int, threshold: int
     reply = sign(Answer(query_id=query_id_of(query.envelope), peer=key.peer_id, model="forger", text=answer,
                         gen_ms=1), key)
     value = grouping.build_value(query.envelope, [reply], [], [own_weight], threshold,
-                                 validators_hash=forged.set_hash(), next_validators_hash=forged.set_hash())
-    precommit = sign(Vote(type="precommit", height=height, round=round_, value_id=value.value_id(),
-                          voter=key.peer_id), key)
+                                 validators_hash=forged.set_hash(), next_validators_hash=forged.set_hash(),
+                                 chain_id=chain_id)
+    precommit = sign(Vote(chain_id=chain_id, type="precommit", height=height, round=round_,
+                          value_id=value.value_id(), voter=key.peer_id), key)
     return value, precommit, forged
 
 
@@ -429,7 +432,7 @@ def rival_proposal(proposal: Proposal, validators: ValidatorSet, threshold: int)
         rival = grouping.build_value(
             value.query, answers, sims, [validators.weight_of(a.signer) for a in answers], threshold,
             validators_hash=value.validators_hash, next_validators_hash=value.next_validators_hash,
-            evidence=value.evidence)
+            chain_id=value.chain_id, evidence=value.evidence)
     else:
         return None
     return proposal.model_copy(update={"value": rival})

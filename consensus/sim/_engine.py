@@ -29,7 +29,7 @@ from consensus.driver.behaviours import Behaviour, BehaviourParams, make_behavio
 from consensus.evidence import DuplicateVoteEvidence, Evidence
 from consensus.messages import Proposal, Signed, Value, VerifiedCache, Vote, open_envelope
 from consensus.sim._config import SimConfig
-from consensus.sim._host import DriverNode, MajorityPeer, SimNode
+from consensus.sim._host import SIM_CHAIN_ID, DriverNode, MajorityPeer, SimNode
 from consensus.sim._packets import Packet, PacketKind
 from consensus.sim._world import Question, answer_table, derive_rng, normalise, sim_keys
 from consensus.validators import Validator, ValidatorSet
@@ -225,7 +225,7 @@ class Simulation:
     def new_chain(self, verified: VerifiedCache | None = None) -> Chain:
         """A fresh chain at genesis: adaptive under ``wbft`` with ``adaptive_weights``, else static;
         ``verified``: the peer's signature cache, as the runner shares its own."""
-        return Chain(self.validators, self.weight_params, verified)
+        return Chain(self.validators, self.weight_params, verified, SIM_CHAIN_ID)
 
     def verified_for(self, index: int) -> VerifiedCache:
         """A peer's signature cache: its own with real signatures, else one shared by all (each signature is

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["DriverNode", "MajorityPeer", "SimNode"]
 
 _CATCHUP_BATCH = 8
+SIM_CHAIN_ID = "sim"
 _KINDS: dict[type[Any], PacketKind] = {Query: "query", Answer: "answer", Proposal: "proposal", Vote: "vote",
                                        ScoreVector: "scores"}
 
@@ -128,7 +129,7 @@ class DriverNode(SimNode):
         super().__init__(sim, index, behaviour)
         t = self.cfg.timeouts_ms
         self.driver_config = DriverConfig(
-            model=f"model-{index}", threshold=self.cfg.threshold, tolerance=self.cfg.tolerance,
+            model=f"model-{index}", chain_id=SIM_CHAIN_ID, threshold=self.cfg.threshold, tolerance=self.cfg.tolerance,
             timeouts=Timeouts(propose_ms=t[0], prevote_ms=t[1], precommit_ms=t[2], delta_ms=t[3]),
             answer_wait_ms=max(60_000, 40 * int(self.cfg.gen_ms)), answer_grace_ms=self.cfg.answer_grace_ms,
             max_new_tokens=32, judge=False, tick_ms=self.cfg.gossip_ms or 10**9)
