@@ -62,6 +62,71 @@ def _cmd_peer_start(args: argparse.Namespace) -> int:
     return main(args.config)
 
 
+def _cmd_peer_export(args: argparse.Namespace) -> int:
+    from multillmn.config import ConfigError, PeerConfig
+    from multillmn.identity import KeyFileError, KeyPair
+    from multillmn.network import IdentityError, PeerIdentity, write_identity
+
+    try:
+        cfg = PeerConfig.load(args.config)
+        key = KeyPair.load(cfg.path(cfg.key_file))
+        identity = PeerIdentity(key.peer_id, key.public_key, cfg.moniker, args.address or cfg.p2p_listen, cfg.model)
+        PeerIdentity.from_json(identity.signed_json(key))  # the same checks a genesis builder makes
+        write_identity(args.out, identity, key)
+    except (ConfigError, KeyFileError, IdentityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"{identity.moniker} ({identity.peer_id}) at {identity.address}, model {identity.model}: {args.out}")
+    return 0
+
+
+def _cmd_peer_configure(args: argparse.Namespace) -> int:
+    from multillmn.config import ConfigError
+    from multillmn.genesis import GenesisError
+    from multillmn.identity import KeyFileError
+    from multillmn.network import IdentityError, PeerIdentity, configure_peer
+
+    try:
+        identities = [PeerIdentity.load(p) for p in args.identities]
+        cfg = configure_peer(args.config, args.genesis, identities)
+    except (ConfigError, GenesisError, IdentityError, KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: genesis {cfg.genesis_file}, {len(cfg.persistent_peers)} persistent peers; "
+          f"start it with: multillmn peer start --config {args.config}")
+    return 0
+
+
+def _cmd_genesis_build(args: argparse.Namespace) -> int:
+    from multillmn.genesis import GenesisError, Params
+    from multillmn.network import IdentityError, PeerIdentity, build_genesis
+
+    weights: dict[str, int] = {}
+    for item in args.weight or []:
+        name, _, raw = item.partition("=")
+        if not name or not raw.isdigit() or int(raw) < 1:
+            print(f"error: --weight {item!r}: expected NAME=POSITIVE_INTEGER (a moniker or peer id)", file=sys.stderr)
+            return 2
+        weights[name] = int(raw)
+    try:
+        identities = [PeerIdentity.load(p) for p in args.identities]
+        params = Params(weights=args.weights).validate()
+        genesis = build_genesis(args.chain_id, identities, weights, params)
+        genesis.save(args.out)
+    except (GenesisError, IdentityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: chain {genesis.chain_id}, {len(genesis.validators)} validators, "
+          f"genesis hash {genesis.digest().hex()[:16]}")
+    return 0
+
+
 def _load_trusted(path: Path | None) -> Genesis | None:
     from multillmn.genesis import Genesis
 
@@ -136,6 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
     start = peer.add_parser("start", help="start the peer daemon")
     start.add_argument("--config", type=_existing_file, required=True, help="config.toml")
     start.set_defaults(func=_cmd_peer_start)
+    export = peer.add_parser("export", help="write this peer's signed public identity (for a genesis builder)")
+    export.add_argument("--config", type=_existing_file, required=True, help="config.toml")
+    export.add_argument("--address", help="host:port the other peers dial (default: [p2p] listen)")
+    export.add_argument("--out", type=Path, required=True, help="the identity file to write (JSON)")
+    export.set_defaults(func=_cmd_peer_export)
+    configure = peer.add_parser("configure", help="join this peer to a network: its genesis and peers' addresses")
+    configure.add_argument("--config", type=_existing_file, required=True, help="config.toml")
+    configure.add_argument("--genesis", type=_existing_file, required=True, help="the network's genesis.json")
+    configure.add_argument("identities", type=_existing_file, nargs="+", help="every validator's identity file")
+    configure.set_defaults(func=_cmd_peer_configure)
+
+    genesis = commands.add_parser("genesis", help="build a genesis").add_subparsers(dest="genesis_command",
+                                                                                    required=True)
+    build = genesis.add_parser("build", help="a genesis from the operators' identity files")
+    build.add_argument("--chain-id", required=True, help="the network's name")
+    build.add_argument("--weights", choices=("adaptive", "static"), default="adaptive",
+                       help="weights follow answer quality (adaptive, the default) or stay as given")
+    build.add_argument("--weight", action="append", metavar="NAME=W", help="a peer's genesis weight (default 1)")
+    build.add_argument("--out", type=Path, required=True, help="genesis file to write")
+    build.add_argument("identities", type=_existing_file, nargs="+", help="identity files (peer export)")
+    build.set_defaults(func=_cmd_genesis_build)
 
     ask = commands.add_parser("ask", help="ask the network a question")
     ask.add_argument("question")
