@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_peer_init(args: argparse.Namespace) -> int:
-    from multillmn.config import PeerConfig, render_toml
+    from multillmn.config import ConfigError, PeerConfig, render_toml
     from multillmn.genesis import Genesis
     from multillmn.identity import KeyPair
 
@@ -32,9 +32,14 @@ def _cmd_peer_init(args: argparse.Namespace) -> int:
     if (config_path.exists() or key_path.exists()) and not args.force:
         print(f"error: {home} already holds a peer (use --force to overwrite)", file=sys.stderr)
         return 2
+    try:
+        listen = {k: v for k, v in (("p2p_listen", args.p2p_listen), ("api_listen", args.api_listen)) if v}
+        cfg = PeerConfig(moniker=args.moniker, model=args.model, **listen).validate()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     key = KeyPair.generate()
     key.save(key_path)
-    cfg = PeerConfig(moniker=args.moniker, model=args.model)
     config_path.write_text(render_toml(cfg))
     genesis_path = home / cfg.genesis_file
     if not genesis_path.exists():
@@ -62,15 +67,22 @@ def _cmd_peer_start(args: argparse.Namespace) -> int:
     return main(args.config)
 
 
+_ANY_HOST = ("0.0.0.0", "::", "[::]", "")  # listen on every interface: not an address to dial
+
+
 def _cmd_peer_export(args: argparse.Namespace) -> int:
-    from multillmn.config import ConfigError, PeerConfig
+    from multillmn.config import ConfigError, PeerConfig, parse_hostport
     from multillmn.identity import KeyFileError, KeyPair
     from multillmn.network import IdentityError, PeerIdentity, write_identity
 
     try:
         cfg = PeerConfig.load(args.config)
         key = KeyPair.load(cfg.path(cfg.key_file))
-        identity = PeerIdentity(key.peer_id, key.public_key, cfg.moniker, args.address or cfg.p2p_listen, cfg.model)
+        address = args.address or cfg.p2p_listen
+        if args.address is None and parse_hostport(address, "p2p.listen")[0] in _ANY_HOST:
+            raise ConfigError(f"[p2p] listen is {address}, which other peers cannot dial: "
+                              "give the address they reach this machine at with --address HOST:PORT")
+        identity = PeerIdentity(key.peer_id, key.public_key, cfg.moniker, address, cfg.model)
         PeerIdentity.from_json(identity.signed_json(key))  # the same checks a genesis builder makes
         write_identity(args.out, identity, key)
     except (ConfigError, KeyFileError, IdentityError) as exc:
@@ -195,8 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     init = peer.add_parser("init", help="write a key and a commented config")
     init.add_argument("--dir", type=Path, default=Path("."), help="peer home directory (default: .)")
     init.add_argument("--moniker", default="peer", help="human-readable name")
-    init.add_argument("--model", default="smollm2", help="smollm2 | gemma3 | path to a HF model directory")
+    init.add_argument("--model", default="smollm2",
+                      help="smollm2 | gemma3 | path to a HF model directory or a .gguf file")
     init.add_argument("--force", action="store_true", help="overwrite an existing key and config")
+    init.add_argument("--p2p-listen", metavar="HOST:PORT",
+                      help="[p2p] listen: where other peers connect (default 127.0.0.1:26656; "
+                           "0.0.0.0:26656 on a machine of a network)")
+    init.add_argument("--api-listen", metavar="HOST:PORT",
+                      help="[api] listen: the HTTP API for clients (default 127.0.0.1:8080)")
     init.set_defaults(func=_cmd_peer_init)
     start = peer.add_parser("start", help="start the peer daemon")
     start.add_argument("--config", type=_existing_file, required=True, help="config.toml")

@@ -2,7 +2,7 @@
 
 How operators set one up (README, "A network across machines")::
 
-    multillmn peer init --dir ./alice --moniker alice --model gemma3      # each operator, on its machine
+    multillmn peer init --dir ./alice --moniker alice --model gemma3 --p2p-listen 0.0.0.0:26656  # each operator
     multillmn peer export --config ./alice/config.toml --address alice.example:26656 --out alice.json
     multillmn genesis build --chain-id lab --out genesis.json alice.json bob.json carol.json dave.json
     multillmn peer configure --config ./alice/config.toml --genesis genesis.json alice.json bob.json ...

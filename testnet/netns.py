@@ -10,6 +10,14 @@ its own network namespace joined to the near end by a veth pair, with a
     dev_a  addr_a/30  ──── veth pair ────  dev_b  addr_b/30
     tbf rate R (A → B)                      tbf rate R (B → A)
 
+Several namespaces can also share one LAN: a bridge (a switch) in a namespace of
+its own, and each namespace plugged into it by a veth pair (:func:`add_bridge`,
+:func:`add_bridge_port`), as machines on one Ethernet segment::
+
+    host A  eth0 10.0.0.1/24 ──┐
+    host B  eth0 10.0.0.2/24 ──┼── br0 (switch namespace)
+    host C  eth0 10.0.0.3/24 ──┘
+
 Needs root (``CAP_NET_ADMIN`` and mounts under ``/run/netns``);
 :func:`unavailable_reason` says whether this process may do it. Every
 command goes through ``ip`` / ``tc``; a failure raises :class:`NetnsError` with
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 
 __all__ = ["NetnsError", "VethLink", "unavailable_reason", "add_namespace", "delete_namespace", "namespaces",
            "pids", "add_veth", "add_device_link", "delete_link", "set_rate", "clear_rate", "exec_prefix", "free_subnet", "short_name",
-           "tbf_burst_bytes"]
+           "tbf_burst_bytes", "add_bridge", "add_bridge_port"]
 
 _POOL = ipaddress.IPv4Network("10.213.0.0/16")  # /30 subnets for veth pairs are picked from here
 MAX_IFNAME = 15
@@ -209,3 +217,31 @@ def set_rate(dev: str, kbit: int, ns: str | None = None, *, latency_ms: int = 40
 def clear_rate(dev: str, ns: str | None = None) -> None:
     """Remove the root qdisc of ``dev`` (no rate limit); no error if there is none."""
     _run(*_in(ns, "tc", "qdisc", "del", "dev", dev, "root"), check=False)
+
+
+def add_bridge(ns: str | None, bridge: str = "br0") -> None:
+    """A bridge device ``bridge`` (a switch) in namespace ``ns``, up; delete the namespace to remove it."""
+    if not 1 <= len(bridge) <= MAX_IFNAME:
+        raise NetnsError(f"device name {bridge!r} must have 1 to {MAX_IFNAME} characters")
+    _run(*_in(ns, "ip", "link", "add", bridge, "type", "bridge"))
+    _run(*_in(ns, "ip", "link", "set", bridge, "up"))
+
+
+def add_bridge_port(bridge_ns: str | None, bridge: str, port: str, ns: str, dev: str, address: str) -> None:
+    """Plug namespace ``ns`` into ``bridge`` (in ``bridge_ns``) with a veth pair: ``port`` is enslaved to the
+    bridge, ``dev`` lies in ``ns`` with ``address`` (``"10.0.0.1/24"``). Both are created inside their
+    namespaces, so the names need only be unique there; deleting either namespace removes the pair.
+    """
+    for name in (port, dev):
+        if not 1 <= len(name) <= MAX_IFNAME:
+            raise NetnsError(f"device name {name!r} must have 1 to {MAX_IFNAME} characters")
+    ipaddress.IPv4Interface(address)  # a ValueError names a malformed address before anything is made
+    _run(*_in(bridge_ns, "ip", "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns))
+    try:
+        _run(*_in(bridge_ns, "ip", "link", "set", port, "master", bridge))
+        _run(*_in(bridge_ns, "ip", "link", "set", port, "up"))
+        _run(*_in(ns, "ip", "addr", "add", address, "dev", dev))
+        _run(*_in(ns, "ip", "link", "set", dev, "up"))
+    except NetnsError:
+        delete_link(port, bridge_ns)
+        raise

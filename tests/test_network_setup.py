@@ -81,3 +81,26 @@ def test_bad_identities_and_weights_are_refused_with_the_reason(tmp_path: Path,
     assert main(["peer", "configure", "--config", str(tmp_path / "alice" / "config.toml"), "--genesis", out,
                  str(alice)]) == 2
     assert "no identity file for bob" in capsys.readouterr().err
+
+
+def test_init_sets_the_listen_addresses_and_export_refuses_an_undialable_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a machine of a network a peer listens on every interface; others dial the address it exports."""
+    home = tmp_path / "alice"
+    assert main(["peer", "init", "--dir", str(home), "--moniker", "alice", "--p2p-listen", "0.0.0.0:26656",
+                 "--api-listen", "0.0.0.0:8080"]) == 0
+    cfg = PeerConfig.load(home / "config.toml")
+    assert (cfg.p2p_listen, cfg.api_listen) == ("0.0.0.0:26656", "0.0.0.0:8080")
+    ident = tmp_path / "alice.json"
+    assert main(["peer", "export", "--config", str(home / "config.toml"), "--out", str(ident)]) == 2
+    assert "cannot dial" in capsys.readouterr().err and not ident.exists()
+    assert main(["peer", "export", "--config", str(home / "config.toml"), "--address", "10.0.0.1:26656",
+                 "--out", str(ident)]) == 0
+    assert json.loads(ident.read_text())["address"] == "10.0.0.1:26656"
+    # a malformed address is refused before anything is written
+    assert main(["peer", "init", "--dir", str(tmp_path / "bob"), "--p2p-listen", "nowhere"]) == 2
+    assert "p2p.listen" in capsys.readouterr().err and not (tmp_path / "bob" / "peer_key.pem").exists()
+    # the defaults are unchanged: loopback, for one machine
+    assert main(["peer", "init", "--dir", str(tmp_path / "carol")]) == 0
+    cfg = PeerConfig.load(tmp_path / "carol" / "config.toml")
+    assert (cfg.p2p_listen, cfg.api_listen) == (PeerConfig().p2p_listen, PeerConfig().api_listen)
