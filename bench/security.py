@@ -855,7 +855,7 @@ def _sock_closed(s: socket.socket) -> bool:
 
 def bounds(node: Node) -> dict[str, int]:
     """Each table of ``Driver.statistics()`` (and the core's buffer) and its bound, as the modules state them."""
-    from consensus.driver._driver import MAX_SCORING_JOBS, _FUTURE_HEIGHTS
+    from consensus.driver._driver import MAX_REQUESTS, MAX_SCORING_JOBS, _FUTURE_HEIGHTS
 
     d = node.driver
     n, r, far = len(d.validators), d.core.round, d.core.catchup_rounds
@@ -867,7 +867,7 @@ def bounds(node: Node) -> dict[str, int]:
         "scoring_jobs": MAX_SCORING_JOBS, "future_proposals": _FUTURE_HEIGHTS * n * MAX_FUTURE_PER_SIGNER,
         "catchup_waiting": MAX_CATCHUP_AHEAD * MAX_CATCHUP_PER_HEIGHT, "exposed": (r + 2) * n,
         "relayable_votes": 2 * (r + 2) * n, "own_messages": RESEND_MESSAGES + 3 * (r + 1),
-        "own_answers": d.config.max_pending,
+        "own_answers": d.config.max_pending, "join_requests": MAX_REQUESTS, "leave_requests": n,
         "core_buffer": d.core.future_heights * n * d.core.buffer_per_signer,
     }
 

@@ -25,8 +25,17 @@ priorities at the start of each height are carried over and advanced with
 the weights in force at that height, so a changing set costs O(n) per
 height instead of a replay from genesis.
 
-A chain built with ``params=None`` keeps the genesis weights for ever (the
-``equal`` and ``majority`` baselines, and genesis files with static weights).
+Members change at epoch boundaries (:mod:`consensus.membership`): a value
+may carry join and leave requests, and every value after height 1 carries
+``last_commit``, the precommits (more than 2/3 of the set, one round) that
+decided the previous height, from which the stability record and the
+removal of absent members follow. :meth:`Chain.apply` folds both in and,
+at height ``b - delay_heights``, applies the change of members at boundary
+``b`` to the weight state.
+
+A chain built with ``params=None`` keeps the genesis weights and members
+for ever (the ``equal`` and ``majority`` baselines, and genesis files with
+static weights): its values carry no requests and no ``last_commit``.
 """
 
 from __future__ import annotations
@@ -35,11 +44,25 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from consensus.evidence import DuplicateVoteEvidence, Evidence, check_evidence, decode_evidence, evidence_id
-from consensus.messages import Envelope, EvidencePair, MessageError, Signed, Value, open_envelope
+from consensus.membership import Membership, MembershipParams
+from consensus.messages import (
+    MAX_MEMBERSHIP,
+    Answer,
+    Envelope,
+    EvidencePair,
+    Join,
+    Leave,
+    MessageError,
+    Signed,
+    Value,
+    Vote,
+    open_envelope,
+)
 from consensus.scores import ScoreVector
 from consensus.state_machine import Committee
 from consensus.validators import ValidatorSet
-from consensus.weights import WeightParams, WeightState, update
+from consensus.weights import WeightParams, WeightState, update, with_members
+from multillmn import canonical
 from multillmn.identity import PeerId
 
 if TYPE_CHECKING:
@@ -55,13 +78,18 @@ class Chain:
     """Decided heights folded into weights; see the module docstring."""
 
     def __init__(self, base: ValidatorSet, params: WeightParams | None,
-                 verified: VerifiedCache | None = None, chain_id: str = "") -> None:
+                 verified: VerifiedCache | None = None, chain_id: str = "",
+                 membership: MembershipParams | None = None) -> None:
         self.base = base
         self.chain_id = chain_id  # evidence must be for this chain
         self.verified = verified  # the runner's signature cache: carried vectors it verified are not re-verified
         self.params = params.validate() if params is not None else None
         self.height = 0  # last applied height
         self.state: WeightState | None = WeightState.genesis(base, params) if params is not None else None
+        self.members: Membership | None = None if params is None else Membership(
+            membership or MembershipParams(), base, chain_id)
+        self.last_value_id: bytes | None = None  # of the value decided at ``height``
+        self.last_set: ValidatorSet | None = None  # the set in force at ``height``
         self.queries: dict[int, bytes] = {}  # decided query id per recent height
         self._vectors: dict[tuple[int, bytes], dict[PeerId, ScoreVector]] = {}  # committed, not yet counted
         self._sets: dict[int, ValidatorSet] = {}  # by schedule start
@@ -84,8 +112,22 @@ class Chain:
         if vs is None:
             live = {s for s, _ in self.state.schedule}
             self._sets = {s: v for s, v in self._sets.items() if s in live}
-            vs = self._sets[start] = self.state.validator_set(self.base, height)
+            assert self.members is not None
+            vs = self._sets[start] = self.members.validator_set(self.state.weights_at(height))
         return vs
+
+    def members_from(self, height: int) -> set[PeerId]:
+        """Every peer in a set in force at ``height`` or scheduled after it."""
+        if self.state is None:
+            return set(self.base.ids)
+        in_force = max((s for s, _ in self.state.schedule if s <= height), default=0)
+        return {p for start, ws in self.state.schedule if start >= in_force for p, _ in ws}
+
+    def key_of(self, peer: PeerId) -> bytes | None:
+        """The public key of a current, scheduled or joining member (signatures of requests and answers)."""
+        if self.members is None:
+            return self.base.public_key_of(peer)
+        return self.members.key_of(peer)
 
     def proposer(self, height: int, round: int) -> PeerId:
         """Proposer of (``height``, ``round``); ``height`` must be the next one to decide."""
@@ -111,8 +153,14 @@ class Chain:
         return Committee(self.validators_at(height), lambda r: self.proposer(height, r))
 
     def weights_digest(self) -> bytes | None:
-        """Hash of the weight state (equal on every honest peer at the same height)."""
-        return None if self.state is None else self.state.digest()
+        """Hash of the weight state and the membership state (equal on every honest peer at one height)."""
+        if self.state is None or self.members is None:
+            return None
+        return canonical.digest({"weights": self.state.digest(), "members": self.members.digest_body()})
+
+    @property
+    def membership_params(self) -> MembershipParams | None:
+        return None if self.members is None else self.members.params
 
     # --- what a value may carry ---------------------------------------------
     def check_extras(self, value: Value, height: int, cache: VerifiedCache | None = None) -> str | None:
@@ -122,8 +170,14 @@ class Chain:
             return f"validators_hash is not the hash of the set in force at height {height}"
         if value.next_validators_hash != self.validators_at(height + 1).set_hash():
             return f"next_validators_hash is not the hash of the set in force at height {height + 1}"
-        if self.state is None and (value.scores or value.evidence):
-            return "weights are static: a value carries no score vectors or evidence"
+        if self.state is None and (value.scores or value.evidence or value.joins or value.leaves
+                                   or value.last_commit):
+            return "weights are static: a value carries no score vectors, evidence, requests or last commit"
+        if self.members is not None:
+            reason = self._last_commit_reason(value.last_commit, height) or self.members.check(
+                value.joins, value.leaves, height, vs, self.members_from(height), cache)
+            if reason is not None:
+                return reason
         seen: set[tuple[int, PeerId]] = set()
         for k, env in enumerate(value.scores):
             try:
@@ -149,6 +203,58 @@ class Chain:
                 return f"evidence {k}: {reason}"
             ids.add(evidence_id(ev))
         return None
+
+    def _last_commit_reason(self, commit: tuple[Envelope, ...], height: int) -> str | None:
+        """Why ``commit`` is not a commit of the value decided at ``height - 1``, or ``None``."""
+        if height == 1:
+            return None if not commit else "the value of height 1 carries no last commit"
+        if height != self.height + 1 or self.last_set is None or self.last_value_id is None:
+            return f"the chain at height {self.height} cannot check the last commit of height {height}"
+        signers = self.commit_signers(commit, self.last_set, height - 1)
+        if isinstance(signers, str):
+            return f"last commit: {signers}"
+        if not self.last_set.has_quorum(self.last_set.weight_of_set(signers)):
+            return f"last commit: its precommits carry no quorum of the set of height {height - 1}"
+        return None
+
+    def commit_signers(self, commit: tuple[Envelope, ...], vs: ValidatorSet, height: int) -> set[PeerId] | str:
+        """The signers of ``commit``, precommits of one round for the value decided at ``height``, or why not."""
+        signers: set[PeerId] = set()
+        rounds: set[int] = set()
+        for k, env in enumerate(commit):
+            try:
+                vote = open_envelope(Vote, env, vs.public_key_of, self.verified).message
+            except MessageError as exc:
+                return f"precommit {k}: {exc}"
+            if (vote.chain_id, vote.type, vote.height, vote.value_id) != (
+                    self.chain_id, "precommit", height, self.last_value_id):
+                return f"precommit {k} is not a precommit of chain {self.chain_id!r} for the value of height {height}"
+            if vote.voter in signers:
+                return f"precommit {k}: a second precommit by {vote.voter}"
+            signers.add(vote.voter)
+            rounds.add(vote.round)
+        if len(rounds) > 1:
+            return "precommits of more than one round"
+        return signers
+
+    def includable_requests(self, joins: Iterable[Signed[Join]], leaves: Iterable[Signed[Leave]],
+                            height: int) -> tuple[tuple[Envelope, ...], tuple[Envelope, ...]]:
+        """The join and leave requests a value proposed at ``height`` should carry."""
+        if self.members is None:
+            return (), ()
+        return self.members.includable(joins, leaves, height, self.validators_at(height),
+                                       self.members_from(height), MAX_MEMBERSHIP)
+
+    def join_reason(self, join: Join, height: int) -> str | None:
+        """Why ``join`` would not be committed at ``height`` now, or ``None`` (for refusing it early)."""
+        if self.members is None:
+            return "this network's validator set is fixed (static weights)"
+        return self.members.join_reason(join, height, self.members_from(height))
+
+    def leave_reason(self, leave: Leave, height: int) -> str | None:
+        if self.members is None:
+            return "this network's validator set is fixed (static weights)"
+        return self.members.leave_reason(leave, height, self.validators_at(height))
 
     def _score_reason(self, vec: ScoreVector, height: int) -> str | None:
         assert self.state is not None
@@ -211,9 +317,13 @@ class Chain:
             self.height = height
             return
         vs = self.validators_at(height)
+        assert self.members is not None
+        self._record(height, value, vs)
         self._prios, _ = vs.advance_priorities(self._prios, 1)
         self._round_prios = None
         self.height = height
+        self.last_value_id, self.last_set = value.value_id(), vs
+        self.members.commit_requests(value.joins, value.leaves, height, vs, self.verified)
         for env in value.scores:  # validated by the quorum; skip defensively anything that does not open
             try:
                 vec = open_envelope(ScoreVector, env, vs.public_key_of, self.verified).message
@@ -230,3 +340,39 @@ class Chain:
         self.state = update(self.state, vs, pending, evidence, height=height, params=self.params)
         floor = max(self.state.scored_through, height - SCORE_WINDOW)
         self._vectors = {k: g for k, g in self._vectors.items() if k[0] > floor}
+        self._change_members(height)
+        nxt = self.validators_at(height + 1)
+        if nxt.ids != vs.ids:  # CometBFT: a newcomer starts at -1.125 * total, so it does not propose at once
+            old = dict(zip(vs.ids, self._prios))
+            self._prios = tuple(old.get(p, -(nxt.total + nxt.total // 8)) for p in nxt.ids)
+
+    def _record(self, height: int, value: Value, vs: ValidatorSet) -> None:
+        """Fold the value's counted answers and its last commit into the stability record."""
+        assert self.members is not None
+        answers: list[tuple[PeerId, int]] = []
+        for env in value.answers:
+            try:
+                a = open_envelope(Answer, env, vs.public_key_of, self.verified).message
+            except MessageError:
+                continue
+            answers.append((a.peer, a.gen_ms))
+        signers: set[PeerId] = set()
+        if self.last_set is not None and height > 1:
+            got = self.commit_signers(value.last_commit, self.last_set, height - 1)
+            signers = got if isinstance(got, set) else set()
+        self.members.record(height, vs, answers, self.last_set, signers)
+
+    def _change_members(self, height: int) -> None:
+        """At ``b - delay``: apply the change of members at boundary ``b``."""
+        assert self.members is not None and self.state is not None and self.params is not None
+        boundary = height + self.params.delay_heights
+        mp = self.members.params
+        if boundary <= 1 or (boundary - 1) % mp.epoch_length:
+            return
+        t = self.members.transition(boundary, self.state.weights_at(boundary), dict(self.state.trust),
+                                    self.params.scale, self.params.floor)
+        if t.leaving or t.joining:
+            self.state = with_members(self.state, boundary, t.leaving, t.joining, t.trust, self.params)
+            self._sets.clear()
+        self.members.prune({p for _, ws in self.state.schedule for p, _ in ws} | set(self.last_set.ids
+                                                                                   if self.last_set else ()))

@@ -245,11 +245,14 @@ def build_value(
     chain_id: str = "",
     scores: Sequence[Envelope] = (),
     evidence: Sequence[EvidencePair] = (),
+    joins: Sequence[Envelope] = (),
+    leaves: Sequence[Envelope] = (),
+    last_commit: Sequence[Envelope] = (),
 ) -> Value:
     """The proposer's value: answers sorted by peer id, the claimed sims and the choice.
 
-    ``validators_hash``, ``next_validators_hash``, ``scores`` and ``evidence`` are carried as given
-    (see :meth:`consensus.chain.Chain.includable`).
+    ``validators_hash``, ``next_validators_hash``, ``scores``, ``evidence``, the membership requests
+    and ``last_commit`` are carried as given (see :class:`consensus.chain.Chain`).
 
     ``sims`` (upper triangle) and ``weights`` refer to ``answers`` in the order
     given; they are permuted to the sorted order. Raises ``ValueError`` on a
@@ -283,4 +286,7 @@ def build_value(
         next_validators_hash=next_validators_hash,
         scores=tuple(scores),
         evidence=tuple(evidence),
+        joins=tuple(joins),
+        leaves=tuple(leaves),
+        last_commit=tuple(last_commit),
     )

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from multillmn import canonical
-from multillmn.identity import KeyPair, PeerId, verify_signature
+from multillmn.identity import KeyPair, PeerId, peer_id_of, verify_signature
 
 __all__ = [
     "MessageError",
@@ -28,6 +28,8 @@ __all__ = [
     "EvidencePair",
     "Proposal",
     "Vote",
+    "Join",
+    "Leave",
     "Envelope",
     "Signed",
     "KINDS",
@@ -55,11 +57,17 @@ class MessageError(ValueError):
 
 
 class Message(BaseModel):
-    """Base of all wire schemas: strict types, immutable, no unknown fields."""
+    """Base of all wire schemas: strict types, immutable, no unknown fields.
+
+    A message is signed by the key of the peer its ``SIGNER`` field names; a
+    ``SELF_SIGNED`` one carries that key itself (``public_key``), so a peer that
+    is no validator yet can sign it (a join request).
+    """
 
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
     KIND: ClassVar[str] = ""
     SIGNER: ClassVar[str] = ""
+    SELF_SIGNED: ClassVar[bool] = False
 
     def body(self) -> dict[str, Any]:
         return self.model_dump()
@@ -119,6 +127,10 @@ class EvidencePair(BaseModel):
 
 MAX_SCORE_VECTORS = 4 * MAX_PEERS
 MAX_EVIDENCE = 64
+MAX_MEMBERSHIP = 16
+
+
+ChainId = Annotated[str, Field(max_length=64)]
 
 
 class Value(Message):
@@ -155,6 +167,9 @@ class Value(Message):
     next_validators_hash: Annotated[bytes, Field(max_length=32)] = b""
     scores: Annotated[tuple[Envelope, ...], Field(max_length=MAX_SCORE_VECTORS)] = ()
     evidence: Annotated[tuple[EvidencePair, ...], Field(max_length=MAX_EVIDENCE)] = ()
+    joins: Annotated[tuple[Envelope, ...], Field(max_length=MAX_MEMBERSHIP)] = ()
+    leaves: Annotated[tuple[Envelope, ...], Field(max_length=MAX_MEMBERSHIP)] = ()
+    last_commit: Annotated[tuple[Envelope, ...], Field(max_length=MAX_PEERS)] = ()
 
     def body(self) -> dict[str, Any]:
         return {
@@ -168,6 +183,9 @@ class Value(Message):
             "next_validators_hash": self.next_validators_hash,
             "scores": [s.model_dump() for s in self.scores],
             "evidence": [e.model_dump() for e in self.evidence],
+            "joins": [j.model_dump() for j in self.joins],
+            "leaves": [x.model_dump() for x in self.leaves],
+            "last_commit": [c.model_dump() for c in self.last_commit],
         }
 
     def payload_hash(self) -> bytes:
@@ -221,9 +239,6 @@ class Proposal(Message):
         }
 
 
-ChainId = Annotated[str, Field(max_length=64)]
-
-
 class Vote(Message):
     """A prevote or precommit for a value id, or for nil (``value_id`` None), on chain ``chain_id``.
 
@@ -242,7 +257,37 @@ class Vote(Message):
     voter: PeerIdField
 
 
-KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Query, Answer, Proposal, Vote)}
+MAX_MONIKER = 64
+MAX_ADDRESS = 255
+MAX_MODEL = 128
+
+
+class Join(Message):
+    """A peer outside the validator set asks to join it (from the next epoch on); signed by its own key."""
+
+    KIND: ClassVar[str] = "join"
+    SIGNER: ClassVar[str] = "peer_id"
+    SELF_SIGNED: ClassVar[bool] = True
+    chain_id: ChainId
+    peer_id: PeerIdField
+    public_key: Annotated[bytes, Field(min_length=32, max_length=32)]
+    moniker: Annotated[str, Field(min_length=1, max_length=MAX_MONIKER)]
+    address: Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]_-]{1,250}:[0-9]{1,5}$")]
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:/+-]{1,128}$")]
+    created_ms: Annotated[int, Field(ge=0, le=2**62)]
+
+
+class Leave(Message):
+    """A validator leaves the set (from the next epoch on)."""
+
+    KIND: ClassVar[str] = "leave"
+    SIGNER: ClassVar[str] = "peer_id"
+    chain_id: ChainId
+    peer_id: PeerIdField
+    created_ms: Annotated[int, Field(ge=0, le=2**62)]
+
+
+KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Query, Answer, Proposal, Vote, Join, Leave)}
 
 M = TypeVar("M", bound=Message)
 
@@ -369,7 +414,7 @@ def open_envelope(
     """
     known = cache.lookup(model.KIND, envelope) if cache is not None else _MISS
     if isinstance(known, model):  # these exact bytes were decoded, validated and verified before
-        if public_key_of(known.signer) is None:
+        if not model.SELF_SIGNED and public_key_of(known.signer) is None:
             raise MessageError(f"{model.KIND} signed by unknown peer {known.signer}")
         return Signed(known, envelope)
     try:
@@ -379,7 +424,7 @@ def open_envelope(
     message = _from_body(model, raw)
     if message.canonical() != envelope.body:
         raise MessageError(f"{model.KIND} body is not in canonical form")
-    public_key = public_key_of(message.signer)
+    public_key = _self_key(message) if model.SELF_SIGNED else public_key_of(message.signer)
     if public_key is None:
         raise MessageError(f"{model.KIND} signed by unknown peer {message.signer}")
     if known is _MISS and not verify_signature(public_key, model.KIND, envelope.body, envelope.sig):
@@ -387,6 +432,12 @@ def open_envelope(
     if cache is not None:
         cache.add(model.KIND, envelope, message)
     return Signed(message, envelope)
+
+
+def _self_key(message: Message) -> bytes | None:
+    """The public key a self-signed message carries, if its signer's id is that key's."""
+    key = getattr(message, "public_key", None)
+    return key if isinstance(key, bytes) and len(key) == 32 and peer_id_of(key) == message.signer else None
 
 
 def query_id_of(envelope: Envelope) -> bytes:

@@ -69,12 +69,17 @@ At genesis trust is ``initial_trust * w_j / max w`` (shares start as genesis
 set them); a validator the state has never seen starts at ``initial_trust``.
 
 Nothing is recomputed when ``h`` has no counted group and no new evidence.
+
+*Members.* The peers of a computed set are those of the set in force just
+before it takes effect: members change only at epoch boundaries
+(:mod:`consensus.membership`, applied by :func:`with_members`). A peer that
+was no validator at ``h`` (a joiner) has no quality there: ``Q_j = T_j``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -93,6 +98,7 @@ __all__ = [
     "allocate",
     "growth_caps",
     "update",
+    "with_members",
 ]
 
 ONE = 1_000_000
@@ -400,6 +406,10 @@ def update(
         new_evidence.append((ev_height, eid))
 
     groups = _usable_groups(state, validators, vectors, offenders, height)
+    start = height + params.delay_heights
+    # The peers of the new entry: those of the set in force just before it (members change at epoch
+    # boundaries, consensus/membership.py). A peer that was no validator at ``height`` has no quality here.
+    targets = sorted(state.weights_at(start - 1))
     kept_evidence = tuple(sorted(
         e for e in (*state.evidence, *new_evidence) if e[0] >= height - params.evidence_max_age
     ))
@@ -409,48 +419,83 @@ def update(
     if not groups and not offenders:
         return WeightState(height, state.trust, (*current, *future), state.scored_through, kept_evidence)
 
-    quality: dict[PeerId, int] = {j: 0 for j in ids}
+    scored = set(ids)
+    quality: dict[PeerId, int] = {j: 0 for j in targets}
     for group in groups.values():
         rows = [(dict(vec.scores), validators.weight_of(i)) for i, vec in group.items()]
-        for j in ids:
-            c = weighted_median(((row.get(j, 0), s) for row, s in rows), params.kappa)
-            quality[j] += c * (ONE // MAX_SCORE)
+        for j in targets:
+            if j in scored:
+                c = weighted_median(((row.get(j, 0), s) for row, s in rows), params.kappa)
+                quality[j] += c * (ONE // MAX_SCORE)
     old_trust = dict(state.trust)
     trust: dict[PeerId, int] = {}
     p, d = params.ema.numerator, params.ema.denominator
-    for j in ids:
+    for j in targets:
         t = old_trust.get(j, params.initial_trust)
         if j in offenders:
             t, quality[j] = 0, 0
-        elif groups:
+        elif groups and j in scored:
             quality[j] //= len(groups)
             t = (t * (d - p) + quality[j] * p) // d
+        elif groups:
+            quality[j] = t  # not a validator at ``height``: no information
         trust[j] = t
     if not groups:
-        quality = {j: 0 if j in offenders else trust[j] for j in ids}
+        quality = {j: 0 if j in offenders else trust[j] for j in targets}
 
-    honest = [j for j in ids if j not in offenders]
+    honest = [j for j in targets if j not in offenders]
 
     def normalised(values: dict[PeerId, int]) -> dict[PeerId, Fraction]:
         total = sum(values.values())
         if total == 0:
-            return {j: Fraction(1 if j in honest else 0, max(1, len(honest))) for j in ids}
-        return {j: Fraction(values[j], total) for j in ids}
+            return {j: Fraction(1 if j in honest else 0, max(1, len(honest))) for j in targets}
+        return {j: Fraction(values[j], total) for j in targets}
 
     qn, tn = normalised(quality), normalised(trust)
     if sum(quality.values()) == 0:  # no information about quality: do not pull shares towards equal
         shares = tn
     else:
-        shares = {j: params.alpha_quality * qn[j] + params.beta_trust * tn[j] for j in ids}
-    start = height + params.delay_heights
+        shares = {j: params.alpha_quality * qn[j] + params.beta_trust * tn[j] for j in targets}
     future = tuple((h, w) for h, w in future if h < start)
     last = dict((*current, *future)[-1][1])  # in force just before ``start``
-    weights = allocate(shares, params, {j: last[j] for j in ids})
-    entry = (start, tuple((j, weights[j]) for j in ids))
+    weights = allocate(shares, params, {j: last[j] for j in targets})
+    entry = (start, tuple((j, weights[j]) for j in targets))
     return WeightState(
         height=height,
-        trust=tuple((j, trust[j]) for j in ids),
+        trust=tuple((j, trust[j]) for j in targets),
         schedule=(*current, *future, entry),
         scored_through=max([state.scored_through, *(h for h, _ in groups)]),
         evidence=kept_evidence,
+    )
+
+
+def with_members(state: WeightState, boundary: int, leaving: Iterable[PeerId],
+                 joining: Sequence[tuple[PeerId, int]], joiner_trust: int, params: WeightParams) -> WeightState:
+    """The state with the members changed at ``boundary`` (the last scheduled start or later).
+
+    Leavers lose their weight and trust. Joiners get the given weights (out of
+    ``scale``) and ``joiner_trust``; the staying members share the rest of
+    ``scale`` in proportion to the weights scheduled at ``boundary`` (by
+    :func:`allocate` over that remainder: each keeps at least ``floor``).
+    """
+    if state.schedule and boundary < state.schedule[-1][0]:
+        raise ValueError(f"boundary {boundary} is before the last scheduled set ({state.schedule[-1][0]})")
+    gone = set(leaving)
+    last = state.weights_at(boundary)
+    staying = {j: w for j, w in last.items() if j not in gone}
+    new = dict(joining)
+    if not staying or set(new) & set(last):
+        raise ValueError("a boundary must keep a member and may not re-admit one")
+    rest = params.scale - sum(new.values())
+    kept = allocate({j: Fraction(w) for j, w in staying.items()}, replace(params, scale=rest))
+    weights = {**kept, **new}
+    ids = sorted(weights)
+    trust = {**{j: t for j, t in state.trust if j in staying}, **dict.fromkeys(new, joiner_trust)}
+    schedule = tuple((h, w) for h, w in state.schedule if h < boundary)
+    return WeightState(
+        height=state.height,
+        trust=tuple((j, trust.get(j, params.initial_trust)) for j in ids),
+        schedule=(*schedule, (boundary, tuple((j, weights[j]) for j in ids))),
+        scored_through=state.scored_through,
+        evidence=state.evidence,
     )

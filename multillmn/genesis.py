@@ -12,17 +12,25 @@ MiniLM cosine) puts two answers in one group; ``similarity_tolerance`` (per
 mille) is how far a proposer's claimed similarity may differ from a validator's
 own computation, so float noise cannot split honest peers. ``weights`` is
 ``adaptive`` (weights follow committed answer-quality scores, see
-``consensus/weights.py``) or ``static`` (the genesis weights for ever).
+``consensus/weights.py``) or ``static`` (the genesis weights and members for
+ever). Membership (``consensus/membership.py``, adaptive weights only):
+``epoch_length`` in heights (members change only at the first height of an
+epoch), ``admission_share`` (per mille of the total weight that the joiners
+admitted at one boundary may hold together), ``max_missed`` (per mille of an
+epoch's heights a member may miss before it is removed), ``max_validators``
+and ``models`` (the model names a joiner may declare; empty: any).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from consensus.chain import Chain
+from consensus.membership import MAX_EPOCH_LENGTH, MembershipParams
 from consensus.messages import VerifiedCache
 from consensus.validators import Validator, ValidatorSet
 from consensus.weights import WeightParams
@@ -43,15 +51,37 @@ class Params:
     similarity_threshold: int = 800
     similarity_tolerance: int = 20
     weights: str = "adaptive"  # adaptive: weights track answer quality (consensus/weights.py); static: genesis
+    epoch_length: int = 100
+    admission_share: int = 100  # per mille
+    max_missed: int = 500  # per mille
+    max_validators: int = 64
+    models: tuple[str, ...] = ()
 
     def validate(self) -> Params:
         if self.weights not in ("adaptive", "static"):
             raise GenesisError(f"params.weights must be 'adaptive' or 'static', got {self.weights!r}")
-        for name, value, high in (("similarity_threshold", self.similarity_threshold, 1000),
-                                  ("similarity_tolerance", self.similarity_tolerance, 200)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
-                raise GenesisError(f"params.{name} must be an integer in [0, {high}], got {value!r}")
+        for name, value, low, high in (("similarity_threshold", self.similarity_threshold, 0, 1000),
+                                       ("similarity_tolerance", self.similarity_tolerance, 0, 200),
+                                       ("epoch_length", self.epoch_length, 4, MAX_EPOCH_LENGTH),
+                                       ("admission_share", self.admission_share, 0, 1000),
+                                       ("max_missed", self.max_missed, 0, 1000),
+                                       ("max_validators", self.max_validators, 1, 256)):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise GenesisError(f"params.{name} must be an integer in [{low}, {high}], got {value!r}")
+        if not isinstance(self.models, tuple) or len(self.models) > 64 or not all(
+                isinstance(m, str) and 0 < len(m) <= 128 for m in self.models):
+            raise GenesisError("params.models must be a list of at most 64 model names (1-128 characters)")
         return self
+
+    def membership(self) -> MembershipParams:
+        return MembershipParams(epoch_length=self.epoch_length, admission_share=Fraction(self.admission_share, 1000),
+                                max_missed=Fraction(self.max_missed, 1000), max_validators=self.max_validators,
+                                models=self.models)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"similarity_threshold": self.similarity_threshold, "similarity_tolerance": self.similarity_tolerance,
+                "weights": self.weights, "epoch_length": self.epoch_length, "admission_share": self.admission_share,
+                "max_missed": self.max_missed, "max_validators": self.max_validators, "models": list(self.models)}
 
 
 @dataclass(frozen=True)
@@ -70,14 +100,12 @@ class Genesis:
         """A fresh :class:`~consensus.chain.Chain` at height 0 with this genesis' weight rule
         (``verified``: a signature cache to share with it)."""
         return Chain(self.validators, WeightParams.default() if self.params.weights == "adaptive" else None,
-                     verified, self.chain_id)
+                     verified, self.chain_id, self.params.membership())
 
     def to_json(self) -> dict[str, Any]:
         return {
             "chain_id": self.chain_id,
-            "params": {"similarity_threshold": self.params.similarity_threshold,
-                       "similarity_tolerance": self.params.similarity_tolerance,
-                       "weights": self.params.weights},
+            "params": self.params.to_json(),
             "validators": [
                 {"peer_id": v.peer_id, "public_key": v.public_key.hex(), "weight": v.weight, "moniker": v.moniker}
                 for v in self.validators.validators
@@ -96,9 +124,13 @@ class Genesis:
         if not isinstance(data, dict) or not {"chain_id", "validators"} <= set(data) <= {"chain_id", "validators", "params"}:
             raise GenesisError("genesis must be an object with chain_id, validators and optionally params")
         raw_params = data.get("params", {})
-        if not isinstance(raw_params, dict) or not set(raw_params) <= {"similarity_threshold", "similarity_tolerance",
-                                                                       "weights"}:
-            raise GenesisError("params may hold only similarity_threshold, similarity_tolerance and weights")
+        names = set(Params.__dataclass_fields__)
+        if not isinstance(raw_params, dict) or not set(raw_params) <= names:
+            raise GenesisError(f"params may hold only {', '.join(sorted(names))}")
+        if "models" in raw_params:
+            if not isinstance(raw_params["models"], list):
+                raise GenesisError("params.models must be a list of model names")
+            raw_params = {**raw_params, "models": tuple(raw_params["models"])}
         params = Params(**raw_params).validate()
         if not isinstance(data["chain_id"], str) or not data["chain_id"]:
             raise GenesisError("chain_id must be a non-empty string")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from consensus import grouping
-from consensus.messages import Answer, Query, Signed, Value, Vote, query_id_of, sign
+from consensus.chain import Chain
+from consensus.messages import Answer, Envelope, Query, Signed, Value, Vote, query_id_of, sign
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 
@@ -41,6 +42,15 @@ class Net:
                                     validators_hash=self.genesis.validators.set_hash(),
                                     next_validators_hash=self.genesis.validators.set_hash(),
                                     chain_id=self.genesis.chain_id)
+
+    def last_commit(self, chain: Chain, height: int) -> tuple[Envelope, ...]:
+        """Precommits by every member for the value ``chain`` decided at ``height - 1``: what a value of
+        ``height`` carries (nothing at height 1 or on a static chain)."""
+        if height == 1 or chain.members is None or chain.last_set is None:
+            return ()
+        return tuple(sign(Vote(chain_id=chain.chain_id, type="precommit", height=height - 1, round=0,
+                               value_id=chain.last_value_id, voter=k.peer_id), k).envelope
+                     for k in self.keys if k.peer_id in chain.last_set)
 
     def precommit(self, i: int, height: int, round_: int, value: Value | None) -> Signed[Vote]:
         k = self.keys[i]

@@ -58,7 +58,8 @@ def _value_at(net: Net, chain: Chain, height: int, texts: list[str], scores: tup
     return grouping.build_value(query.envelope, answers, sims, [vs.weight_of(a.signer) for a in answers],
                                 net.genesis.params.similarity_threshold, validators_hash=vs.set_hash(),
                                 next_validators_hash=chain.validators_at(height + 1).set_hash(),
-                                scores=[s.envelope for s in scores], evidence=evidence)
+                                scores=[s.envelope for s in scores], evidence=evidence,
+                                last_commit=net.last_commit(chain, height))
 
 
 def build_corpus() -> Corpus:
@@ -71,8 +72,9 @@ def build_corpus() -> Corpus:
     vectors = tuple(sign(ScoreVector(scorer=ids[i], height=1, query_id=v1.query_id(),
                                      scores=tuple(sorted(zip(ids, [1000, 1000, 1000, 0])))), keys[i])
                     for i in range(4))
-    a = sign(Vote(type="prevote", height=1, round=0, value_id=None, voter=ids[2]), keys[2])
-    b = sign(Vote(type="prevote", height=1, round=0, value_id=b"\x01" * 32, voter=ids[2]), keys[2])
+    a = sign(Vote(chain_id=net.genesis.chain_id, type="prevote", height=1, round=0, value_id=None, voter=ids[2]), keys[2])
+    b = sign(Vote(chain_id=net.genesis.chain_id, type="prevote", height=1, round=0, value_id=b"\x01" * 32,
+                  voter=ids[2]), keys[2])
     dup = DuplicateVoteEvidence(first=a.envelope, second=b.envelope)
     evidence = EvidencePair(kind="duplicate_vote", first=dup.first, second=dup.second)
     v2 = _value_at(net, chain, 2, ["Paris", "Paris", "Paris.", "Berlin"], vectors, (evidence,))

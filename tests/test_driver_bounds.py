@@ -18,6 +18,7 @@ from consensus.driver import (
     MAX_CATCHUP_PER_HEIGHT,
     MAX_CHECKING,
     MAX_FUTURE_PER_SIGNER,
+    MAX_REQUESTS,
     Certified,
     Driver,
     DriverConfig,
@@ -25,10 +26,11 @@ from consensus.driver import (
 )
 from consensus.driver._scoring import FUTURE_HEIGHTS
 from consensus.driver.behaviours import forge_decision
-from consensus.messages import MAX_ANSWER_CHARS, Answer, Proposal, Query, Vote, query_id_of, sign
+from consensus.messages import MAX_ANSWER_CHARS, Answer, Join, Leave, Proposal, Query, Vote, query_id_of, sign
 from consensus.scores import ScoreVector
 from consensus.state_machine import Timeouts
 from consensus.weights import WeightParams
+from multillmn.identity import KeyPair
 from tests.conftest import make_net
 from tests.test_driver_steps import value_of
 
@@ -68,6 +70,12 @@ def flood(d: Driver, seed: int, scale: int) -> None:
         vector = sign(ScoreVector(scorer=BAD.peer_id, height=1 + k % 1000, query_id=tag,
                                   scores=((BAD.peer_id, 1000),)), BAD)
         d.handle(Received(vector, BAD.peer_id), now)
+        joiner = KeyPair.from_seed(tag)  # the attacker makes up joiners (and leaves, once committed twice)
+        join = sign(Join(chain_id="", peer_id=joiner.peer_id, public_key=joiner.public_key, moniker=f"sybil{k}",
+                         address=f"10.9.{k % 250}.{k // 250 % 250}:9000", model="m", created_ms=k), joiner)
+        d.handle(Received(join, BAD.peer_id), now)
+        leave = sign(Leave(chain_id="", peer_id=BAD.peer_id, created_ms=k), BAD)
+        d.handle(Received(leave, BAD.peer_id), now)
         now += 1
 
 
@@ -83,6 +91,7 @@ def within_bounds(d: Driver) -> None:
     assert s["score_vectors"] <= (SCORE_WINDOW + 1 + FUTURE_HEIGHTS) * n
     assert s["evidence"] <= n
     assert s["relayable_votes"] <= 2 * n * (d.core.round + 2)
+    assert s["join_requests"] <= MAX_REQUESTS and s["leave_requests"] <= n
 
 
 def test_one_validator_cannot_grow_an_honest_drivers_tables() -> None:
@@ -92,6 +101,7 @@ def test_one_validator_cannot_grow_an_honest_drivers_tables() -> None:
     s = d.statistics()
     assert s["pending"] == CFG.max_pending and s["orphan_queries"] == CFG.max_orphans  # full: the bounds decide
     assert s["future_proposals"] > 0 and s["catchup_waiting"] == 0  # a forger alone is no credible catch-up
+    assert s["join_requests"] == MAX_REQUESTS and s["leave_requests"] == 1 and d.requests_refused["queue-full"] > 0
     assert d.height == 1 and len(d.scores.evidence) == 1  # the conflicting votes were caught, once
 
 

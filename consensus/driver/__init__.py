@@ -10,6 +10,7 @@ from consensus.driver._driver import (
     MAX_CATCHUP_PER_HEIGHT,
     MAX_CHECKING,
     MAX_FUTURE_PER_SIGNER,
+    MAX_REQUESTS,
     RESEND_ANSWERS,
     RESEND_MESSAGES,
     Driver,
@@ -51,7 +52,7 @@ from consensus.driver._pool import PendingQuery, PoolFull, QueryPool
 from consensus.driver._scoring import ScoreBook, judge_pairs
 
 __all__ = [
-    "MAX_CATCHUP_AHEAD", "MAX_CATCHUP_PER_HEIGHT", "MAX_CHECKING", "MAX_FUTURE_PER_SIGNER", "RESEND_ANSWERS",
+    "MAX_CATCHUP_AHEAD", "MAX_CATCHUP_PER_HEIGHT", "MAX_CHECKING", "MAX_FUTURE_PER_SIGNER", "MAX_REQUESTS", "RESEND_ANSWERS",
     "RESEND_MESSAGES", "Driver", "DriverConfig",
     "Announce", "AskCatchUp", "BehaviourTimer", "Certified", "Committed", "CoreTimeout", "Crash", "Decided",
     "DriverInput", "Effect", "Embed", "Embedded", "EvidenceFound", "Generate", "GenerationFailed", "Generated",

@@ -29,7 +29,12 @@ What it owns:
   when a height is stuck;
 * catch-up: a decided height from another peer (:class:`Certified`) is
   checked against the set its own chain computed; one from its own ledger
-  (:class:`Committed`) is folded as is.
+  (:class:`Committed`) is folded as is;
+* membership requests (:class:`~consensus.messages.Join`,
+  :class:`~consensus.messages.Leave`): checked against the chain, relayed
+  once to every validator, carried in its proposals until committed; and
+  the last commit (the precommits that decided the previous height) that
+  its proposals carry.
 
 Bounds (each enforced at insertion, see :meth:`Driver.statistics`): the
 pool's; proposals checked per (height, round): 2 values, at most
@@ -38,7 +43,8 @@ pool's; proposals checked per (height, round): 2 values, at most
 height; decided heights waiting to be folded: :data:`MAX_CATCHUP_AHEAD`
 heights ahead, :data:`MAX_CATCHUP_PER_HEIGHT` values each; relayable
 votes and exposures: rounds up to ``round + 1`` of the current height; own
-messages re-sent: :data:`RESEND_MESSAGES` and :data:`RESEND_ANSWERS`.
+messages re-sent: :data:`RESEND_MESSAGES` and :data:`RESEND_ANSWERS`;
+membership requests: :data:`MAX_REQUESTS` joins and as many leaves.
 """
 
 from __future__ import annotations
@@ -78,9 +84,13 @@ from consensus.driver._io import (
 from consensus.driver._pool import PendingQuery, PoolFull, QueryPool
 from consensus.driver._scoring import ScoreBook, judge_pairs
 from consensus.evidence import from_equivocation
+from consensus.membership import reason_code
 from consensus.messages import (
     MAX_ANSWER_CHARS,
     Answer,
+    Envelope,
+    Join,
+    Leave,
     Message,
     MessageError,
     Proposal,
@@ -119,7 +129,7 @@ if TYPE_CHECKING:
     from consensus.driver.behaviours import Behaviour
 
 __all__ = ["Driver", "DriverConfig", "MAX_CATCHUP_AHEAD", "MAX_CATCHUP_PER_HEIGHT", "MAX_CHECKING",
-           "MAX_FUTURE_PER_SIGNER", "RESEND_ANSWERS", "RESEND_MESSAGES"]
+           "MAX_FUTURE_PER_SIGNER", "MAX_REQUESTS", "RESEND_ANSWERS", "RESEND_MESSAGES"]
 
 MAX_CHECKING = 16
 """Proposals whose similarities are being computed at once."""
@@ -135,6 +145,8 @@ RESEND_ANSWERS = 8
 """Own answers to pending queries, and pending queries, re-sent when the height is stuck (each)."""
 MAX_SCORING_JOBS = 16
 """Decisions being scored at once (waiting for similarities or a judge)."""
+MAX_REQUESTS = 64
+"""Join requests (and, separately, leave requests) kept until committed."""
 _FUTURE_HEIGHTS = 4
 
 
@@ -222,6 +234,10 @@ class Driver:
         self._seen_from: PeerId | None = None
         self._ticks = 0
         self.deferred_proposals = 0  # proposals for a later height, checked once the peer got there
+        self._last_commit: tuple[Envelope, ...] = ()  # precommits that decided ``chain.height``
+        self._joins: dict[PeerId, Signed[Join]] = {}
+        self._leaves: dict[PeerId, Signed[Leave]] = {}
+        self.requests_refused: dict[str, int] = {}  # by reason code
 
     # --- views ------------------------------------------------------------------------
     @property
@@ -246,7 +262,8 @@ class Driver:
             "future_proposals": sum(len(v) for b in self._future.values() for v in b.values()),
             "catchup_waiting": sum(len(b) for b in self._catchup.values()),
             "exposed": len(self._h.exposed), "relayable_votes": len(self._h.votes), "own_messages": len(self._h.own),
-            "own_answers": len(self._own_answers),
+            "own_answers": len(self._own_answers), "join_requests": len(self._joins),
+            "leave_requests": len(self._leaves),
         }
 
     # --- entry points ---------------------------------------------------------------
@@ -279,11 +296,20 @@ class Driver:
         self._maybe_start(out)
         return qid, self.behaviour.on_effects(self, out)
 
-    def restore(self, height: int, value: Value) -> None:
+    def request(self, signed: Signed[Join] | Signed[Leave], now: int) -> tuple[str | None, list[Effect]]:
+        """A membership request from a client: why it is refused, or ``None`` and the effects (relayed
+        to every validator the first time)."""
+        self.now = now
+        out: list[Effect] = []
+        reason = self._request(signed, out)
+        return reason, self.behaviour.on_effects(self, out)
+
+    def restore(self, height: int, value: Value, precommits: tuple[Signed[Vote], ...] = ()) -> None:
         """Fold a height decided before a restart (from the peer's own ledger), with no effects."""
         if height != self.core.height:
             raise ValueError(f"restore height {height} while at {self.core.height}")
         self.pool.mark_decided(value.query_id())
+        self._last_commit = self._commit_of(height, None, value, precommits)
         self.chain.apply(height, value)
         self.core.step(EnterHeight(height + 1, self.chain.committee(height + 1)))
         self._entered_height([])
@@ -333,6 +359,9 @@ class Driver:
     def _received(self, inp: Received, out: list[Effect]) -> None:
         signed = inp.signed
         msg = signed.message
+        if isinstance(msg, (Join, Leave)):
+            self._request(signed, out)
+            return
         if signed.signer not in self.validators:
             self._count("not-a-validator")
             return
@@ -356,6 +385,25 @@ class Driver:
             self.scores.add_vector(signed, self.core.height)
         else:
             self._count("unexpected-kind")
+
+    def _request(self, signed: Signed[Any], out: list[Effect]) -> str | None:
+        msg = signed.message
+        book: dict[PeerId, Any] = self._joins if isinstance(msg, Join) else self._leaves
+        if book.get(msg.peer_id) == signed:
+            return None  # known: relayed already
+        height = self.core.height
+        reason = self.chain.join_reason(msg, height) if isinstance(msg, Join) else self.chain.leave_reason(msg, height)
+        if reason is None and msg.peer_id in book:
+            reason = "already-requested: another request of this peer waits to be committed"
+        if reason is None and len(book) >= MAX_REQUESTS:
+            reason = f"queue-full: {MAX_REQUESTS} requests are waiting to be committed here"
+        if reason is not None:
+            code = reason_code(reason)
+            self.requests_refused[code] = self.requests_refused.get(code, 0) + 1
+            return reason
+        book[msg.peer_id] = signed
+        out.append(Send(signed))
+        return None
 
     def _count(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -443,13 +491,30 @@ class Driver:
                            quorum, self._h.proposed_ms))
         self._own_answers.pop(value.query_id(), None)
         self.scores.committed(value, vs)
+        self._last_commit = self._commit_of(height, round_, value, precommits)
         self.chain.apply(height, value)
         if self.chain.adaptive:
             self._start_scoring(height, value, vs, out)
 
+    def _commit_of(self, height: int, round_: int | None, value: Value,
+                   precommits: tuple[Signed[Vote], ...]) -> tuple[Envelope, ...]:
+        """The precommits of one round that decided ``value`` at ``height`` (by voter), as a value carries them."""
+        if self.chain.members is None:
+            return ()
+        vid = value.value_id()
+        mine = [p for p in precommits if (p.message.chain_id, p.message.type, p.message.height, p.message.value_id)
+                == (self.config.chain_id, "precommit", height, vid)]
+        if round_ is None and mine:
+            rounds = [p.message.round for p in mine]
+            round_ = max(set(rounds), key=lambda r: (rounds.count(r), r))
+        by_voter = {p.message.voter: p.envelope for p in mine if p.message.round == round_}
+        return tuple(by_voter[v] for v in sorted(by_voter))
+
     def _entered_height(self, out: list[Effect]) -> None:
         """The core moved to a new height: reset its state, reweigh the pool, judge what waited for it."""
         height = self.core.height
+        self._joins = {p: s for p, s in self._joins.items() if self.chain.join_reason(s.message, height) is None}
+        self._leaves = {p: s for p, s in self._leaves.items() if self.chain.leave_reason(s.message, height) is None}
         self._h = _Height()
         self._checking = {r: c for r, c in self._checking.items() if c[0].message.height >= height}
         self.pool.set_validators(self.validators, self.now)
@@ -494,11 +559,13 @@ class Driver:
             return
         vs = self.validators
         scores, evidence = self.scores.includable(self.chain, b.height)
+        joins, leaves = self.chain.includable_requests(self._joins.values(), self._leaves.values(), b.height)
         value = grouping.build_value(
             b.entry.query.envelope, b.answers, sims, [vs.weight_of(a.signer) for a in b.answers],
             self.config.threshold, validators_hash=vs.set_hash(),
             next_validators_hash=self.chain.validators_at(b.height + 1).set_hash(), chain_id=self.config.chain_id,
-            scores=scores, evidence=evidence)
+            scores=scores, evidence=evidence, joins=joins, leaves=leaves,
+            last_commit=self._last_commit if b.height > 1 else ())
         self.scores.remember_sims(value.value_id(), sims)
         h.request = None
         if h.proposed_ms is None:
