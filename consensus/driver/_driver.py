@@ -409,7 +409,7 @@ class Driver:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def _note_height(self, height: int, sender: PeerId | None) -> None:
-        if height > self.core.height and height > self._seen_height:
+        if height > self.core.height and (height > self._seen_height or self._seen_from is None):
             self._seen_height, self._seen_from = height, sender
 
     # --- answering ----------------------------------------------------------------------
@@ -777,10 +777,10 @@ class Driver:
                    if self.chain.includable([v], [], core.height)[0]]
         out.extend(Send(s) for s in resend)
         others = [p for p in self.validators.ids if p != self.me]
-        if others:
-            peer = self._seen_from if self._seen_height > core.height and self._seen_from in others else \
-                others[self._ticks % len(others)]
-            out.append(AskCatchUp(core.height, peer))
+        if others:  # the peer seen ahead, once (it may have crashed since), else the next one in turn
+            hint = self._seen_from if self._seen_height > core.height and self._seen_from in others else None
+            self._seen_from = None
+            out.append(AskCatchUp(core.height, hint or others[self._ticks % len(others)]))
 
     # --- catch-up -------------------------------------------------------------------------
     def _catch_up(self, inp: Certified | Committed, out: list[Effect]) -> None:
