@@ -350,8 +350,10 @@ class Node:
         elif to is None:
             self.transport.broadcast_nowait(payload)
         else:
+            known = set(self.transport.known_peers())
             for peer in to:
-                self.transport.send_nowait(peer, payload)
+                if peer in known:
+                    self.transport.send_nowait(peer, payload)
 
     async def _send_later(self, payload: bytes, to: tuple[str, ...] | None, delay_ms: int) -> None:
         await trio.sleep(delay_ms / 1000)

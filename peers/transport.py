@@ -21,6 +21,10 @@ owns the reconnect loop for the direction it sends in.
 - Received payloads arrive as ``(peer_id, payload)`` on :attr:`Transport.inbound`
   (bounded; when full, the payload is dropped and counted).
 - A :class:`LinkShaper` can add per-destination delay and loss on the send path.
+- The known peers change with the validator set: :meth:`Transport.add_peer`
+  starts dialling a new one, :meth:`Transport.remove_peer` closes a departed
+  one's links and refuses it from then on (:meth:`Transport.set_peers` does
+  both); at most :data:`MAX_PEERS`.
 
 Bounds
 ------
@@ -96,6 +100,7 @@ from peers.wire import RemoteProtocolError
 __all__ = [
     "ACCEPT",
     "HANDSHAKE_TIMEOUT",
+    "MAX_PEERS",
     "INBOUND_PEER_BYTES",
     "INBOUND_PEER_QUEUE",
     "INBOUND_QUEUE",
@@ -122,6 +127,8 @@ Address = tuple[str, int]
 ACCEPT = b"multillmn/v1/link-accepted"
 """The only frame a listener sends on an inbound link: right after accepting it."""
 
+MAX_PEERS = 256
+"""Peers a transport knows (members, scheduled members, joiners); :meth:`Transport.add_peer` refuses more."""
 MAX_HANDSHAKES = 64
 """Inbound connections whose handshake may be in flight at once; more are closed at once and counted."""
 
@@ -247,6 +254,7 @@ class _Peer:
     address_known: trio.Event = field(default_factory=trio.Event)
     stats: PeerStats = field(default_factory=PeerStats)
     inbound_scope: trio.CancelScope | None = None
+    dial_scope: trio.CancelScope | None = None
 
 
 class InboundChannel(trio.abc.ReceiveChannel[tuple[PeerId, bytes]]):
@@ -261,9 +269,10 @@ class InboundChannel(trio.abc.ReceiveChannel[tuple[PeerId, bytes]]):
         self._peers = peers
 
     def _taken(self, item: tuple[PeerId, bytes]) -> tuple[PeerId, bytes]:
-        stats = self._peers[item[0]].stats
-        stats.inbound_queued -= 1
-        stats.inbound_queued_bytes -= len(item[1])
+        p = self._peers.get(item[0])  # None: removed since (its quota went with it)
+        if p is not None:
+            p.stats.inbound_queued -= 1
+            p.stats.inbound_queued_bytes -= len(item[1])
         return item
 
     async def receive(self) -> tuple[PeerId, bytes]:
@@ -335,13 +344,9 @@ class Transport:
         self.shaper = shaper or LinkShaper()
         self._rng = random.Random()
         self._peers: dict[PeerId, _Peer] = {}
+        self._nursery: trio.Nursery | None = None
         for pid, addr in peers.items():
-            if pid == key.peer_id:
-                continue
-            send, recv = trio.open_memory_channel[tuple[float, bytes]](send_queue)
-            self._peers[pid] = _Peer(addr, send, recv)
-            if addr is not None:
-                self._peers[pid].address_known.set()
+            self.add_peer(pid, addr)
         self._inbound_send, inbound = trio.open_memory_channel[tuple[PeerId, bytes]](inbound_queue)
         self.inbound = InboundChannel(inbound, self._peers)
         self._refused_unknown = 0
@@ -363,6 +368,45 @@ class Transport:
         p = self._peers[peer]
         p.address = address
         p.address_known.set()
+
+    def add_peer(self, peer: PeerId, address: Address | None) -> None:
+        """Know ``peer`` from now on (accept its inbound link, dial it once ``address`` is known); a known
+        peer only gets the new address. At most :data:`MAX_PEERS` peers; our own id is ignored."""
+        if peer == self.key.peer_id:
+            return
+        if peer in self._peers:
+            if address is not None and address != self._peers[peer].address:
+                self.set_address(peer, address)
+            return
+        if len(self._peers) >= MAX_PEERS:
+            raise ValueError(f"a transport knows at most {MAX_PEERS} peers")
+        send, recv = trio.open_memory_channel[tuple[float, bytes]](self.send_queue)
+        p = self._peers[peer] = _Peer(address, send, recv)
+        if address is not None:
+            p.address_known.set()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._dial_loop, peer)
+
+    def remove_peer(self, peer: PeerId) -> None:
+        """Forget ``peer``: close its links, drop its queue, refuse its inbound handshakes from now on."""
+        p = self._peers.pop(peer, None)
+        if p is None:
+            return
+        for scope in (p.dial_scope, p.inbound_scope):
+            if scope is not None:
+                scope.cancel()
+        p.stats.connected = p.stats.inbound_connected = False
+
+    def set_peers(self, peers: Mapping[PeerId, Address | None]) -> None:
+        """Make the known peers exactly ``peers`` (our own id aside): add the new ones, remove the others;
+        a ``None`` address keeps the one already known."""
+        for pid in [q for q in self._peers if q not in peers]:
+            self.remove_peer(pid)
+        for pid, address in peers.items():
+            self.add_peer(pid, address)
+
+    def known_peers(self) -> list[PeerId]:
+        return sorted(self._peers)
 
     def send_nowait(self, peer: PeerId, payload: bytes) -> bool:
         """Queue ``payload`` for ``peer``; False (and counted) if its queue is full.
@@ -446,10 +490,12 @@ class Transport:
                 nursery.start_soon(
                     partial(trio.serve_listeners, self._serve_inbound, listeners, handler_nursery=nursery)
                 )
+                self._nursery = nursery
                 for pid in self._peers:
                     nursery.start_soon(self._dial_loop, pid)
                 task_status.started(self.listen_port)
         finally:
+            self._nursery = None
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
             for p in self._peers.values():
@@ -461,7 +507,13 @@ class Transport:
         return min(self.backoff_max, backoff * self._rng.uniform(0.5, 1.5))
 
     async def _dial_loop(self, pid: PeerId) -> None:
-        p = self._peers[pid]
+        p = self._peers.get(pid)
+        if p is None:
+            return
+        with trio.CancelScope() as p.dial_scope:
+            await self._keep_dialling(pid, p)
+
+    async def _keep_dialling(self, pid: PeerId, p: _Peer) -> None:
         backoff = self.backoff_initial
         was_up = False
         while True:
@@ -504,7 +556,8 @@ class Transport:
             accepted = True
             return channel
         except (HandshakeError, trio.EndOfChannel, trio.TooSlowError) as exc:
-            self._peers[pid].stats.refused += 1
+            if pid in self._peers:
+                self._peers[pid].stats.refused += 1
             log.warning("link to %s at %s:%s refused: %s", pid, *address, exc or type(exc).__name__)
         except _LINK_ERRORS:
             pass
@@ -591,7 +644,11 @@ class Transport:
         finally:
             self._handshakes_in_flight -= 1
         pid = channel.remote_peer_id
-        p = self._peers[pid]
+        p = self._peers.get(pid)
+        if p is None:  # removed during its handshake
+            self._refused_unknown += 1
+            await trio.aclose_forcefully(channel.stream)
+            return
         if p.inbound_scope is not None:  # MAX_INBOUND_LINKS_PER_PEER
             p.inbound_scope.cancel()
             p.stats.inbound_replaced += 1

@@ -203,3 +203,26 @@ async def test_cancellation_closes_everything() -> None:
     listeners = await trio.open_tcp_listeners(a.listen_port or 0, host="127.0.0.1")
     for listener in listeners:
         await listener.aclose()
+
+
+async def test_a_peer_added_while_running_is_dialled_and_a_removed_one_is_cut_off(nursery: trio.Nursery) -> None:
+    a, b = make(KEYS[0], KEYS[:1]), make(KEYS[1], KEYS[:2])  # a knows nobody yet; b knows a
+    for t in (a, b):
+        await start(nursery, t)
+    assert b.listen_port and a.listen_port
+    b.set_address(KEYS[0].peer_id, ("127.0.0.1", a.listen_port))
+    await trio.sleep(0.2)
+    assert b.connected_peers() == [] and a.statistics().refused_unknown >= 1  # a refuses a stranger
+    a.add_peer(KEYS[1].peer_id, ("127.0.0.1", b.listen_port))  # b joined
+    await wait_until(lambda: a.connected_peers() == [KEYS[1].peer_id] and b.connected_peers() == [KEYS[0].peer_id])
+    assert a.send_nowait(KEYS[1].peer_id, b"hello")
+    assert await receive(b, 1) == [(KEYS[0].peer_id, b"hello")]
+    a.remove_peer(KEYS[1].peer_id)  # b left
+    await wait_until(lambda: b.connected_peers() == [] and a.known_peers() == [])
+    with pytest.raises(KeyError):
+        a.send_nowait(KEYS[1].peer_id, b"gone")
+    refused = a.statistics().refused_unknown
+    await wait_until(lambda: a.statistics().refused_unknown > refused)  # b redials and is refused
+    a.set_peers({KEYS[1].peer_id: ("127.0.0.1", b.listen_port), KEYS[2].peer_id: None})
+    assert a.known_peers() == sorted([KEYS[1].peer_id, KEYS[2].peer_id])
+    await wait_until(lambda: b.connected_peers() == [KEYS[0].peer_id])
