@@ -175,8 +175,18 @@ class Membership:
             raise ValueError(f"peer {exc.args[0]} has a weight but no registered key") from exc
 
     def key_of(self, peer: PeerId) -> bytes | None:
+        """The key of a registered peer or of a committed joiner (which syncs before its boundary)."""
         m = self.registry.get(peer)
-        return None if m is None else m.public_key
+        if m is not None:
+            return m.public_key
+        pending = self.joins.get(peer)
+        return None if pending is None else pending[1].public_key
+
+    def addresses(self) -> dict[PeerId, str]:
+        """The p2p address of every registered peer and committed joiner that declared one."""
+        out = {p: m.address for p, m in self.registry.items() if m.address}
+        out.update((p, j.address) for p, (_, j) in self.joins.items())
+        return out
 
     # --- what a value may carry -----------------------------------------------
     def join_reason(self, join: Join, height: int, members: Iterable[PeerId]) -> str | None:
