@@ -43,11 +43,13 @@ EngineFactory = Callable[[PeerConfig], AnswerEngine]
 
 
 def load_identity(cfg: PeerConfig) -> tuple[KeyPair, Genesis]:
-    """The peer's key and the genesis; the key must belong to a genesis validator."""
+    """The peer's key and the genesis. A key outside the genesis set may start only where members can
+    change (adaptive weights): it follows the network until a join (``multillmn peer join``) takes effect."""
     key = KeyPair.load(cfg.path(cfg.key_file))
     genesis = Genesis.load(cfg.path(cfg.genesis_file))
-    if genesis.validators.weight_of(key.peer_id) == 0:
-        raise ValueError(f"peer {key.peer_id} is not a validator in {cfg.path(cfg.genesis_file)}")
+    if genesis.validators.weight_of(key.peer_id) == 0 and genesis.params.weights != "adaptive":
+        raise ValueError(f"peer {key.peer_id} is not a validator in {cfg.path(cfg.genesis_file)}, "
+                         "and this network's validator set is fixed (static weights)")
     return key, genesis
 
 
@@ -73,6 +75,8 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
         nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
         nursery.start_soon(partial(serve, create_app(handle), http, shutdown_trigger=shutdown.wait))
         log.info("starting", extra=fields(peer_id=key.peer_id, api=cfg.api_listen, p2p=cfg.p2p_listen))
+        if key.peer_id not in genesis.validators:
+            log.info("not a genesis validator: following the network; `multillmn peer join` asks to join it")
         peers = {p.id: parse_hostport(p.address, "p2p.peers") for p in cfg.persistent_peers}
         shaper = LinkShaper()  # [p2p] link_delay_ms / link_loss: emulated conditions on every outgoing link
         shaper.default = LinkCondition(cfg.link_delay_ms / 1000, cfg.link_loss)

@@ -62,13 +62,13 @@ from consensus.driver import (
 )
 from consensus.driver.behaviours import BehaviourParams, make_behaviour
 from consensus.evidence import Evidence
-from consensus.messages import Answer, VerifiedCache, open_envelope
+from consensus.messages import Answer, Join, Leave, Signed, VerifiedCache, open_envelope
 from consensus.state_machine import Timeouts
 from consensus.validators import ValidatorSet
 from dag import certificate_tx
 from dag.messages import DagEvents, DagSync, DagWant
 from multillmn.certificate import build_certificate, certificate_precommits
-from multillmn.config import PeerConfig
+from multillmn.config import PeerConfig, parse_hostport
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields
@@ -164,11 +164,12 @@ class Node:
             ledger.on_evidence = self._on_ledger_evidence
             self._replay_ledger(ledger)
         if wal is not None:
-            records = [inp for h, inp in wal.records(genesis.validators.public_key_of) if h == self.driver.height]
+            records = [inp for h, inp in wal.records(self.driver.chain.key_of) if h == self.driver.height]
             self._later += self.driver.replay(records, self._now())
             if records:
                 log.info("replayed the consensus WAL", extra=fields(height=self.driver.height, inputs=len(records),
                                                                       round=self.driver.core.round))
+        self._sync_peers()
 
     def _replay_ledger(self, ledger: LedgerService) -> None:
         """Restarted: fold every certified height into the driver's chain, so its weights match everyone's."""
@@ -226,6 +227,51 @@ class Node:
         """The certificate decided at ``height`` (this run's decision, else the ledger's), with a trust path."""
         return self.certificates.serve(height)
 
+    def request(self, signed: Signed[Join] | Signed[Leave]) -> str | None:
+        """A client's join or leave request: why it is refused, or ``None`` (relayed; committed in a while)."""
+        reason, effects = self.driver.request(signed, self._now())
+        self._execute(effects)
+        return reason
+
+    def membership(self) -> dict[str, Any]:
+        """Epochs, requests waiting for a boundary, refusals, recent changes and every member's stability."""
+        d, chain = self.driver, self.driver.chain
+        members = chain.members
+        if members is None:
+            return {"enabled": False, "requests_refused": dict(d.requests_refused)}
+        p = members.params
+        height = d.height
+        epoch = p.epoch_of(height)
+        peers = sorted(chain.members_from(height) | set(self.validators.ids))
+        return {
+            "enabled": True, "epoch": epoch, "epoch_length": p.epoch_length,
+            "next_boundary": p.epoch_start(epoch + 1),
+            "pending_joins": [{"peer_id": q, "moniker": j.moniker, "model": j.model, "committed_at": h}
+                              for q, (h, j) in members.joins.items()],
+            "pending_leaves": [{"peer_id": q, "committed_at": h} for q, h in members.leaves.items()],
+            "requests_refused": dict(d.requests_refused),
+            "requests_waiting": {"joins": len(d._joins), "leaves": len(d._leaves)},
+            "transitions": [{"boundary": t.boundary, "joined": [q for q, _ in t.joining], "left": list(t.leaving),
+                             "removed": list(t.removed)} for t in members.transitions],
+            "stability": members.stability(peers),
+        }
+
+    def _sync_peers(self) -> None:
+        """Keep a link to every configured peer, every current or scheduled member and every committed
+        joiner; forget members that left."""
+        chain = self.driver.chain
+        wanted: dict[str, tuple[str, int] | None] = {q: None for q in chain.members_from(self.driver.height)}
+        if chain.members is not None:
+            for q, address in chain.members.addresses().items():
+                try:
+                    wanted[q] = parse_hostport(address, "join.address")
+                except ValueError:
+                    continue
+        for peer in self.cfg.persistent_peers:
+            wanted[peer.id] = parse_hostport(peer.address, "p2p.peers")
+        wanted.pop(self.key.peer_id, None)
+        self.transport.set_peers(wanted)
+
     def status(self) -> dict[str, Any]:
         d = self.driver
         return {
@@ -241,6 +287,8 @@ class Node:
                            for v in self.validators.validators],
             "total_weight": self.validators.total,
             "weights_digest": (d.chain.weights_digest() or b"").hex(),
+            "member": self.key.peer_id in self.validators,
+            "membership": self.membership(),
             "rejected_messages": {**self.rejects.snapshot(), **d.rejected},
             "driver": d.statistics(),
             "transport": self.transport.status(),
@@ -262,7 +310,7 @@ class Node:
     async def _receive_loop(self) -> None:
         async for peer, payload in self.transport.inbound:
             try:
-                signed = decode_message(payload, self.validators.public_key_of, cache=self.verified)
+                signed = decode_message(payload, self.driver.chain.key_of, cache=self.verified)
             except Exception as exc:  # MessageError; anything else is also the sender's fault
                 self.rejects.record_exception(exc, peer)
                 continue
@@ -280,7 +328,7 @@ class Node:
         value = value_of_certificate(cert)
         if height >= self.driver.height and value is not None:
             log.info("catching up from the ledger", extra=fields(height=height, at=self.driver.height))
-            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of, self.genesis.chain_id))
+            precommits = tuple(certificate_precommits(cert, self.driver.chain.key_of, self.genesis.chain_id))
             self._handle(Committed(height, int(cert.get("round", 0)), value, precommits))
 
     def _on_ledger_evidence(self, evidence: Evidence) -> None:
@@ -291,7 +339,7 @@ class Node:
         """A certificate the ledger refused: the driver shows its precommits to the core (equivocation)."""
         value = value_of_certificate(cert)
         if height >= self.driver.height and value is not None:
-            precommits = tuple(certificate_precommits(cert, self.validators.public_key_of, self.genesis.chain_id))
+            precommits = tuple(certificate_precommits(cert, self.driver.chain.key_of, self.genesis.chain_id))
             self._handle(Certified(height, int(cert.get("round", 0)), value, precommits))
 
     # -- effects ------------------------------------------------------------------------
@@ -429,6 +477,7 @@ class Node:
     def _decided(self, e: Decided) -> None:
         now = self._now()
         value = e.value
+        self._sync_peers()  # links follow the members (cheap: a set difference)
         cert = self.ledger.certificate(e.height) if self.ledger is not None else None
         if cert is None or cert.get("value_id") != value.value_id().hex():  # not a catch-up from the ledger
             cert = build_certificate(self.genesis, e.height, e.round, value, e.precommits, self.verified,

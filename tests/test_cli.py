@@ -11,7 +11,7 @@ import pytest
 
 from multillmn.cli import main
 from multillmn.config import PeerConfig
-from multillmn.genesis import Genesis
+from multillmn.genesis import Genesis, Params
 from multillmn.identity import KeyPair
 
 
@@ -38,11 +38,22 @@ def test_peer_start_rejects_a_bad_config_with_the_key_named(tmp_path: Path) -> N
     assert r.returncode == 2 and "model.threads: 0 is outside" in r.stderr
 
 
-def test_peer_start_rejects_a_key_outside_the_validator_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_peer_start_rejects_a_key_outside_a_fixed_validator_set(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     main(["peer", "init", "--dir", str(tmp_path)])
-    Genesis.build("other", [("x", KeyPair.generate().public_key, 1)]).save(tmp_path / "genesis.json")
+    Genesis.build("other", [("x", KeyPair.generate().public_key, 1)], Params(weights="static")).save(
+        tmp_path / "genesis.json")
     assert main(["peer", "start", "--config", str(tmp_path / "config.toml")]) == 2
     assert "is not a validator" in capsys.readouterr().err
+
+
+def test_a_key_outside_the_genesis_may_start_where_members_change(tmp_path: Path) -> None:
+    from peers.daemon import load_identity
+
+    main(["peer", "init", "--dir", str(tmp_path)])
+    Genesis.build("other", [("x", KeyPair.generate().public_key, 1)]).save(tmp_path / "genesis.json")
+    key, genesis = load_identity(PeerConfig.load(tmp_path / "config.toml"))
+    assert key.peer_id not in genesis.validators and genesis.params.weights == "adaptive"
 
 
 def test_peer_start_refuses_a_ledger_of_another_network_in_one_line(tmp_path: Path) -> None:
