@@ -95,6 +95,43 @@ def _cmd_peer_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_peer_membership(args: argparse.Namespace) -> int:
+    """``peer join`` / ``peer leave``: sign the request with this peer's key and hand it to a member."""
+    import time
+
+    from consensus.messages import Join, Leave, sign
+    from multillmn.client import ClientError, request_membership
+    from multillmn.config import ConfigError, PeerConfig, parse_hostport
+    from multillmn.genesis import Genesis, GenesisError
+    from multillmn.identity import KeyFileError, KeyPair
+
+    try:
+        cfg = PeerConfig.load(args.config)
+        key = KeyPair.load(cfg.path(cfg.key_file))
+        genesis = Genesis.load(cfg.path(cfg.genesis_file))
+        now = time.time_ns() // 1_000_000
+        message: Join | Leave
+        if args.peer_command == "join":
+            address = args.address or cfg.p2p_listen
+            if args.address is None and parse_hostport(address, "p2p.listen")[0] in _ANY_HOST:
+                raise ConfigError(f"[p2p] listen is {address}, which other peers cannot dial: "
+                                  "give the address they reach this machine at with --address HOST:PORT")
+            message = Join(chain_id=genesis.chain_id, peer_id=key.peer_id, public_key=key.public_key,
+                           moniker=cfg.moniker, address=address, model=cfg.model, created_ms=now)
+        else:
+            message = Leave(chain_id=genesis.chain_id, peer_id=key.peer_id, created_ms=now)
+        reply = request_membership(args.via, args.peer_command, sign(message, key).envelope)
+    except (ConfigError, GenesisError, KeyFileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"error: {args.via} {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.peer_command} request of {cfg.moniker} ({key.peer_id}) accepted by {args.via}: "
+          f"{reply.get('note', '')}")
+    return 0
+
+
 def _cmd_peer_configure(args: argparse.Namespace) -> int:
     from multillmn.config import ConfigError
     from multillmn.genesis import GenesisError
@@ -125,7 +162,8 @@ def _cmd_genesis_build(args: argparse.Namespace) -> int:
         weights[name] = int(raw)
     try:
         identities = [PeerIdentity.load(p) for p in args.identities]
-        params = Params(weights=args.weights).validate()
+        params = Params(weights=args.weights, epoch_length=args.epoch_length,
+                        models=tuple(args.models.split(",")) if args.models else ()).validate()
         genesis = build_genesis(args.chain_id, identities, weights, params)
         genesis.save(args.out)
     except (GenesisError, IdentityError) as exc:
@@ -229,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     configure.add_argument("--genesis", type=_existing_file, required=True, help="the network's genesis.json")
     configure.add_argument("identities", type=_existing_file, nargs="+", help="every validator's identity file")
     configure.set_defaults(func=_cmd_peer_configure)
+    join = peer.add_parser("join", help="ask a running network to admit this peer (from its next epoch)")
+    join.add_argument("--config", type=_existing_file, required=True, help="config.toml")
+    join.add_argument("--via", required=True, metavar="URL", help="a member's API, e.g. http://10.0.0.1:8080")
+    join.add_argument("--address", help="host:port the other peers dial (default: [p2p] listen)")
+    join.set_defaults(func=_cmd_peer_membership)
+    leave = peer.add_parser("leave", help="take this peer out of the validator set (from the next epoch)")
+    leave.add_argument("--config", type=_existing_file, required=True, help="config.toml")
+    leave.add_argument("--via", required=True, metavar="URL", help="a member's API (this peer's own works)")
+    leave.set_defaults(func=_cmd_peer_membership)
 
     genesis = commands.add_parser("genesis", help="build a genesis").add_subparsers(dest="genesis_command",
                                                                                     required=True)
@@ -237,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--weights", choices=("adaptive", "static"), default="adaptive",
                        help="weights follow answer quality (adaptive, the default) or stay as given")
     build.add_argument("--weight", action="append", metavar="NAME=W", help="a peer's genesis weight (default 1)")
+    build.add_argument("--epoch-length", type=int_range(4, 10_000), default=100,
+                       help="heights per epoch: members change only at an epoch's first height (default 100)")
+    build.add_argument("--models", metavar="A,B", help="model names a joining peer may declare "
+                                                        "(default: the models of the identities given)")
     build.add_argument("--out", type=Path, required=True, help="genesis file to write")
     build.add_argument("identities", type=_existing_file, nargs="+", help="identity files (peer export)")
     build.set_defaults(func=_cmd_genesis_build)

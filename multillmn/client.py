@@ -9,15 +9,18 @@ traceback.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
 
+from consensus.messages import Envelope
 from multillmn import jsonsafe
 from multillmn.certificate import MAX_FILE_BYTES, Certificate, CertificateError, verify
 from multillmn.genesis import Genesis
 
-__all__ = ["ClientError", "MAX_REPLY_BYTES", "ask", "check", "check_reply", "read_bounded", "reply_json", "render"]
+__all__ = ["ClientError", "MAX_REPLY_BYTES", "ask", "check", "check_reply", "read_bounded", "reply_json", "render",
+           "request_membership"]
 
 MAX_REPLY_BYTES = MAX_FILE_BYTES
 """Largest reply body read from a peer (a certificate with a long trust path fits; a file of the same size would)."""
@@ -76,6 +79,25 @@ def ask(url: str, question: str, *, max_tokens: int | None = None, timeout_s: fl
     if status != 200:
         raise ClientError(f"peer answered {status}: {_detail(raw)}")
     return check_reply(reply_json(raw, "answer"))
+
+
+def request_membership(url: str, kind: str, envelope: Envelope, *, timeout_s: float = 30) -> dict[str, Any]:
+    """POST a signed join or leave request (``kind``) to a member at ``url``; its JSON reply
+    (``{"status": "accepted", ...}``), else :class:`ClientError` with the member's reason."""
+    body = {"body": base64.b64encode(envelope.body).decode(), "sig": base64.b64encode(envelope.sig).decode()}
+    try:
+        with httpx.Client(timeout=timeout_s) as client, \
+                client.stream("POST", f"{url.rstrip('/')}/v1/membership/{kind}", json=body) as response:
+            raw = read_bounded(response, 64 << 10)
+            status = response.status_code
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach peer at {url}: {exc}") from None
+    if status != 202:
+        raise ClientError(f"refused ({status}): {_detail(raw)}")
+    reply = reply_json(raw, "reply")
+    if not isinstance(reply, dict) or reply.get("status") != "accepted":
+        raise ClientError("the peer's reply is not an acceptance")
+    return reply
 
 
 _NUMBER = (int, float)

@@ -107,6 +107,8 @@ def build_genesis(chain_id: str, identities: list[PeerIdentity], weights: dict[s
     if unknown:
         raise GenesisError(f"weights for peers that are not given: {', '.join(sorted(unknown))}")
     members = [(i.moniker, i.public_key, weights.get(i.peer_id, weights.get(i.moniker, 1))) for i in identities]
+    if not params.models:  # a joiner may declare the models the founders run
+        params = replace(params, models=tuple(sorted({i.model for i in identities})))
     try:
         return Genesis.build(chain_id, members, params)
     except ValueError as exc:
@@ -115,16 +117,22 @@ def build_genesis(chain_id: str, identities: list[PeerIdentity], weights: dict[s
 
 def configure_peer(config_path: Path, genesis: Path, identities: list[PeerIdentity]) -> PeerConfig:
     """Give the peer of ``config_path`` the network's genesis (copied next to its config) and the others'
-    addresses as persistent peers; its key must be one of the genesis validators."""
+    addresses as persistent peers. A genesis validator needs every other one's identity; a peer outside
+    the genesis (one that will ask to join a network whose members change) needs at least one."""
     cfg = PeerConfig.load(config_path)
     key = KeyPair.load(cfg.path(cfg.key_file))
     network = Genesis.load(genesis)
     if key.peer_id not in network.validators:
-        raise GenesisError(f"this peer ({key.peer_id}) is not a validator of {genesis}")
-    missing = [v.moniker for v in network.validators if v.peer_id != key.peer_id
-               and v.peer_id not in {i.peer_id for i in identities}]
-    if missing:
-        raise GenesisError(f"no identity file for {', '.join(missing)}: every other validator's address is needed")
+        if network.params.weights != "adaptive":
+            raise GenesisError(f"this peer ({key.peer_id}) is not a validator of {genesis}, whose set is fixed")
+        if not any(i.peer_id in network.validators for i in identities):
+            raise GenesisError("a joining peer needs the identity file of at least one validator to reach")
+    else:
+        missing = [v.moniker for v in network.validators if v.peer_id != key.peer_id
+                   and v.peer_id not in {i.peer_id for i in identities}]
+        if missing:
+            raise GenesisError(f"no identity file for {', '.join(missing)}: every other validator's address "
+                               "is needed")
     target = cfg.path(cfg.genesis_file)
     if target.resolve() != genesis.resolve():
         shutil.copyfile(genesis, target)

@@ -32,11 +32,12 @@ def test_operators_build_one_genesis_and_every_peer_knows_the_others(tmp_path: P
     homes = _operators(tmp_path, names)
     idents = [str(tmp_path / f"{n}.json") for n in names]
     genesis_path = tmp_path / "genesis.json"
-    assert main(["genesis", "build", "--chain-id", "lab", "--weight", "dave=3", "--out", str(genesis_path),
-                 *idents]) == 0
+    assert main(["genesis", "build", "--chain-id", "lab", "--weight", "dave=3", "--epoch-length", "20",
+                 "--out", str(genesis_path), *idents]) == 0
     genesis = Genesis.load(genesis_path)
     assert genesis.chain_id == "lab" and {v.moniker: v.weight for v in genesis.validators} == {
         "alice": 1, "bob": 1, "carol": 1, "dave": 3}
+    assert genesis.params.epoch_length == 20 and genesis.params.models == ("smollm2",)  # what joiners may run
     for i, home in enumerate(homes):
         assert main(["peer", "configure", "--config", str(home / "config.toml"), "--genesis", str(genesis_path),
                      *idents]) == 0
@@ -72,11 +73,18 @@ def test_bad_identities_and_weights_are_refused_with_the_reason(tmp_path: Path,
         assert main(argv) == 2, argv
         assert reason in capsys.readouterr().err, reason
     assert not Path(out).exists()
-    # a peer cannot be configured for a network it is not a validator of, or without the others' addresses
-    assert main(["genesis", "build", "--chain-id", "x", "--out", out, str(bob)]) == 0
+    # a peer outside a fixed set cannot be configured for it; one that will ask to join needs a member's address
+    assert main(["genesis", "build", "--chain-id", "x", "--weights", "static", "--out", out, str(bob)]) == 0
     assert main(["peer", "configure", "--config", str(tmp_path / "alice" / "config.toml"), "--genesis", out,
                  str(alice)]) == 2
     assert "is not a validator" in capsys.readouterr().err
+    assert main(["genesis", "build", "--chain-id", "x", "--out", out, str(bob)]) == 0
+    assert main(["peer", "configure", "--config", str(tmp_path / "alice" / "config.toml"), "--genesis", out,
+                 str(alice)]) == 2
+    assert "at least one validator" in capsys.readouterr().err
+    assert main(["peer", "configure", "--config", str(tmp_path / "alice" / "config.toml"), "--genesis", out,
+                 str(bob)]) == 0  # a joiner: it reaches bob
+    capsys.readouterr()
     assert main(["genesis", "build", "--chain-id", "x", "--out", out, str(alice), str(bob)]) == 0
     assert main(["peer", "configure", "--config", str(tmp_path / "alice" / "config.toml"), "--genesis", out,
                  str(alice)]) == 2
