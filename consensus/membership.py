@@ -14,7 +14,8 @@ epoch (a *boundary*), deterministically from committed values:
 * The transition is computed when height ``b - delay`` is folded
   (:meth:`Membership.transition`). Leavers go, and so does every member whose
   precommit is missing from more than ``max_missed`` of the heights of the
-  epoch whose commits are known then (``last_commit``). At least
+  epoch whose commits are known then (``last_commit``), except in the epoch
+  it joined at (it is catching up). At least
   ``min_validators`` members stay: if leaving would go below, no one leaves
   at this boundary (leave requests stay pending). Then pending joiners are
   admitted in commit order while there is room: each starts with the lower
@@ -112,6 +113,7 @@ class Member:
     moniker: str
     address: str = ""  # "" for genesis members (their operators configure addresses)
     model: str = ""
+    since: int = 0  # the boundary it joined at (0: genesis)
 
 
 @dataclass
@@ -341,9 +343,10 @@ class Membership:
         p = self.params
         epoch = p.epoch_of(boundary - 1)
         book = self.records.get(epoch, {})
+        first = p.epoch_start(epoch)  # a member that joined there is catching up: its first epoch does not count
         removed = tuple(sorted(
             peer for peer in weights
-            if (rec := book.get(peer)) is not None and rec.heights > 0
+            if (rec := book.get(peer)) is not None and rec.heights > 0 and self._since(peer) != first
             and rec.missed * p.max_missed.denominator > p.max_missed.numerator * rec.heights))
         leaving = tuple(sorted({*removed, *(peer for peer in self.leaves if peer in weights)}))
         if len(weights) - len(leaving) < p.min_validators:
@@ -368,11 +371,15 @@ class Membership:
             joining.append((peer, weight))
             budget -= weight
             _, join = self.joins.pop(peer)
-            self.registry[peer] = Member(peer, join.public_key, join.moniker, join.address, join.model)
+            self.registry[peer] = Member(peer, join.public_key, join.moniker, join.address, join.model, boundary)
         ordered_t = sorted(trust.get(j, 0) for j in staying)
         t = Transition(boundary, leaving, removed, tuple(joining), ordered_t[(len(ordered_t) - 1) // 2])
         self.transitions = [*self.transitions[-(KEPT_EPOCHS - 1):], t]
         return t
+
+    def _since(self, peer: PeerId) -> int:
+        m = self.registry.get(peer)
+        return 0 if m is None else m.since
 
     def prune(self, live: Iterable[PeerId]) -> None:
         """Forget the keys of peers in no live set and with no pending request."""
@@ -395,7 +402,7 @@ class Membership:
     def digest_body(self) -> dict[str, Any]:
         """Everything that decides future sets, as a canonical-msgpack-able map."""
         return {
-            "registry": [[m.peer_id, m.public_key, m.moniker, m.address, m.model]
+            "registry": [[m.peer_id, m.public_key, m.moniker, m.address, m.model, m.since]
                          for m in sorted(self.registry.values(), key=lambda m: m.peer_id)],
             "joins": [[p, h] for p, (h, _) in self.joins.items()],
             "leaves": sorted([p, h] for p, h in self.leaves.items()),

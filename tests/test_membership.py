@@ -287,3 +287,15 @@ def test_weights_keep_following_the_scores_across_a_boundary() -> None:
     assert newcomer not in weights[4] and newcomer in weights[5]
     assert weights[17].weight_of(newcomer) > weights[5].weight_of(newcomer)  # agreed with: it grows
     assert weights[17].weight_of(newcomer) <= weights[5].weight_of(newcomer) * Fraction(17, 16) ** 12 + 1
+
+
+def test_a_joiner_is_not_removed_for_the_heights_of_its_first_epoch() -> None:
+    net = Net(n=7)
+    j = net.joiner(11)
+    net.decide(1, joins=[j])
+    net.run(range(2, 5))
+    newcomer = j.message.peer_id
+    net.run(range(5, 9), absent=[newcomer])  # catching up: it misses its whole first epoch
+    assert newcomer in net.chain.validators_at(9)
+    net.run(range(9, 13), absent=[newcomer])  # and the second one too: now it goes
+    assert newcomer not in net.chain.validators_at(13)
