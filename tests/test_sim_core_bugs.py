@@ -8,6 +8,21 @@
 
 2. A double voter below 1/3 of the weight once stalled honest peers.
 
+3. Membership (the churn simulator): after an epoch boundary the query pool
+   kept the answers of a member that had left, and the proposer crashed
+   building a value with an answer of weight 0; a query entered by a member
+   that had left stayed the oldest ready one, so every proposal carried it
+   and every peer refused it (its signer is no validator). The pool now
+   drops both when the set changes (the driver reports the dropped queries
+   as expired).
+
+4. Membership: a value's last commit carried only the precommits the
+   proposer had when it decided, a bare quorum, so the honest member slower
+   than the quorum (200 ms latency, five equal peers) was counted as missing
+   nearly every height and removed at the first boundary. Precommits of the
+   commit's round for the decided value that arrive later now join the last
+   commit, as CometBFT proposers carry those gathered after the commit.
+
 The bug was in ``consensus/votes.py``: only an equivocator's *first* vote
 counted, so a peer that received its nil vote first could never count it
 towards the quorum the others formed for a value (neither live nor when
@@ -19,7 +34,7 @@ module docstring of ``consensus/votes.py``). These tests failed before it.
 from __future__ import annotations
 
 from consensus.grouping import build_value, pair_count
-from consensus.messages import Answer, Proposal, Query, Value, Vote, query_id_of, sign
+from consensus.messages import Answer, Proposal, Query, Signed, Value, Vote, query_id_of, sign
 from consensus.sim import random_scenario, run
 from consensus.state_machine import Core, Decide, ProposalInput, VoteInput
 from consensus.validators import Validator, ValidatorSet
@@ -81,3 +96,50 @@ def test_a_crashed_peer_seen_ahead_does_not_stall_catch_up() -> None:
     for seed in (3790, 9497):
         result = run(replace(random_scenario(seed, heights=8), adaptive_weights=True), seed)
         assert result.heights_decided == 8 and not result.violations
+
+
+def test_a_set_change_drops_answers_and_queries_of_members_that_left() -> None:
+    from consensus.driver import QueryPool
+    from tests.conftest import make_net
+
+    net = make_net([1, 1, 1, 1])
+    everyone = net.genesis.validators
+    stay = ValidatorSet(v for v in everyone if v.peer_id != net.keys[3].peer_id)
+    pool = QueryPool(everyone)
+    mine, theirs = net.query("q1?", entry=0), net.query("q2?", entry=3)
+    for q in (mine, theirs):
+        pool.add_query(q, 0.0)
+        for i in (0, 1, 3):
+            pool.add_answer(net.answer(q, i, "Paris"), 1.0)
+    assert pool.next_ready() is not None
+    dropped = pool.set_validators(stay, 2.0)
+    assert [e.query_id for e in dropped] == [query_id_of(theirs.envelope)]
+    entry = pool.get(query_id_of(mine.envelope))
+    assert entry is not None and set(entry.answers) == {net.keys[0].peer_id, net.keys[1].peer_id}
+    assert entry.quorum_at is None and pool.next_ready() is None  # 2 of 3 is no quorum: wait for more
+    pool.add_answer(net.answer(mine, 2, "Paris"), 3.0)
+    assert pool.next_ready() is entry and entry.quorum_at == 3.0
+
+
+def test_precommits_that_come_after_the_decision_join_the_last_commit() -> None:
+    from consensus.driver import Driver, DriverConfig, Received
+    from tests.test_membership import CHAIN, Net as MemberNet
+
+    net = MemberNet(n=4)
+    ids = net.chain.validators_at(1).ids
+    driver = Driver(net.keys[ids[0]], net.chain, DriverConfig(chain_id=CHAIN))
+    value = net.value(1)
+
+    def precommit(voter: str, round_: int = 0, vid: bytes | None = None) -> Signed[Vote]:
+        return sign(Vote(chain_id=CHAIN, type="precommit", height=1, round=round_,
+                         value_id=vid or value.value_id(), voter=voter), net.keys[voter])
+
+    driver.restore(1, value, tuple(precommit(p) for p in ids[:3]))
+    assert len(driver._last_commit) == 3
+    for other in (precommit(ids[3], round_=1), precommit(ids[3], vid=b"\x01" * 32)):
+        driver.handle(Received(other, ids[3]), 10)  # another round or value: not part of this commit
+    assert len(driver._last_commit) == 3
+    driver.handle(Received(precommit(ids[3]), ids[3]), 20)
+    assert len(driver._last_commit) == 4
+    assert net.chain.commit_signers(driver._last_commit, net.chain.validators_at(1), 1) == set(ids)
+

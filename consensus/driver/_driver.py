@@ -235,6 +235,8 @@ class Driver:
         self._ticks = 0
         self.deferred_proposals = 0  # proposals for a later height, checked once the peer got there
         self._last_commit: tuple[Envelope, ...] = ()  # precommits that decided ``chain.height``
+        self._last_commit_round: int | None = None  # their round
+        self._last_commit_votes: dict[PeerId, Envelope] = {}  # by voter
         self._joins: dict[PeerId, Signed[Join]] = {}
         self._leaves: dict[PeerId, Signed[Leave]] = {}
         self.requests_refused: dict[str, int] = {}  # by reason code
@@ -361,6 +363,9 @@ class Driver:
         msg = signed.message
         if isinstance(msg, (Join, Leave)):
             self._request(signed, out)
+            return
+        if isinstance(msg, Vote) and msg.height == self.chain.height:
+            self._late_precommit(signed)
             return
         if signed.signer not in self.validators:
             self._count("not-a-validator")
@@ -499,6 +504,7 @@ class Driver:
     def _commit_of(self, height: int, round_: int | None, value: Value,
                    precommits: tuple[Signed[Vote], ...]) -> tuple[Envelope, ...]:
         """The precommits of one round that decided ``value`` at ``height`` (by voter), as a value carries them."""
+        self._last_commit_round, self._last_commit_votes = None, {}
         if self.chain.members is None:
             return ()
         vid = value.value_id()
@@ -508,7 +514,23 @@ class Driver:
             rounds = [p.message.round for p in mine]
             round_ = max(set(rounds), key=lambda r: (rounds.count(r), r))
         by_voter = {p.message.voter: p.envelope for p in mine if p.message.round == round_}
+        self._last_commit_round, self._last_commit_votes = round_, by_voter
         return tuple(by_voter[v] for v in sorted(by_voter))
+
+    def _late_precommit(self, signed: Signed[Vote]) -> None:
+        """A precommit for the value just decided, of the commit's round, that came after the decision: the
+        last commit carries it too (as CometBFT's proposers carry the precommits gathered after the commit), so
+        the stability record does not count a member that was merely slower than the quorum as missing."""
+        v = signed.message
+        chain = self.chain
+        if (chain.members is None or chain.last_set is None or v.type != "precommit" or v.value_id is None
+                or v.value_id != chain.last_value_id or v.round != self._last_commit_round
+                or v.chain_id != self.config.chain_id or v.voter in self._last_commit_votes
+                or v.voter not in chain.last_set):
+            return
+        by_voter = self._last_commit_votes
+        by_voter[v.voter] = signed.envelope
+        self._last_commit = tuple(by_voter[p] for p in sorted(by_voter))
 
     def _entered_height(self, out: list[Effect]) -> None:
         """The core moved to a new height: reset its state, reweigh the pool, judge what waited for it."""
@@ -517,7 +539,8 @@ class Driver:
         self._leaves = {p: s for p, s in self._leaves.items() if self.chain.leave_reason(s.message, height) is None}
         self._h = _Height()
         self._checking = {r: c for r, c in self._checking.items() if c[0].message.height >= height}
-        self.pool.set_validators(self.validators, self.now)
+        for entry in self.pool.set_validators(self.validators, self.now):
+            out.append(QueryExpired(entry.query_id, f"its entry peer {entry.query.signer} is no longer a validator"))
         self.scores.entered(height)
         self._future = {h: b for h, b in self._future.items() if h >= height}
         for signed in [p for ps in self._future.pop(height, {}).values() for p in ps]:

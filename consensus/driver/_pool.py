@@ -60,12 +60,33 @@ class QueryPool:
         """Pending queries in arrival order."""
         return list(self._pending.values())
 
-    def set_validators(self, validators: ValidatorSet, now: float) -> None:
-        """Weigh answers with the set in force at the current height (same members, new weights)."""
+    def set_validators(self, validators: ValidatorSet, now: float) -> list[PendingQuery]:
+        """Weigh answers with the set in force at the current height; return the queries dropped.
+
+        At an epoch boundary members change: a query whose entry peer is no
+        longer a validator is dropped (a value must carry a query signed by
+        one), as are answers of peers that are no longer validators (a value
+        may not carry them); a query whose remaining answers carry no quorum
+        waits for more."""
         self._validators = validators
+        dropped = [e for e in self._pending.values() if e.query.signer not in validators]
+        for entry in dropped:
+            del self._pending[entry.query_id]
+        for entry in self._pending.values():
+            gone = [p for p in entry.answers if p not in validators]
+            for p in gone:
+                del entry.answers[p]
+            if gone and entry.quorum_at is not None and not validators.has_quorum(self.answer_weight(entry)):
+                entry.quorum_at = None
+        for qid, bucket in list(self._orphans.items()):
+            for p in [p for p in bucket if p not in validators]:
+                del bucket[p]
+            if not bucket:
+                del self._orphans[qid]
         for entry in self._pending.values():
             if entry.quorum_at is None and validators.has_quorum(self.answer_weight(entry)):
                 entry.quorum_at = now
+        return dropped
 
     def get(self, query_id: bytes) -> PendingQuery | None:
         return self._pending.get(query_id)
