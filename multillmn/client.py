@@ -20,7 +20,7 @@ from multillmn.certificate import MAX_FILE_BYTES, Certificate, CertificateError,
 from multillmn.genesis import Genesis
 
 __all__ = ["ClientError", "MAX_REPLY_BYTES", "ask", "check", "check_reply", "read_bounded", "reply_json", "render",
-           "request_membership"]
+           "fetch_status", "request_membership"]
 
 MAX_REPLY_BYTES = MAX_FILE_BYTES
 """Largest reply body read from a peer (a certificate with a long trust path fits; a file of the same size would)."""
@@ -79,6 +79,22 @@ def ask(url: str, question: str, *, max_tokens: int | None = None, timeout_s: fl
     if status != 200:
         raise ClientError(f"peer answered {status}: {_detail(raw)}")
     return check_reply(reply_json(raw, "answer"))
+
+
+def fetch_status(url: str, *, timeout_s: float = 10) -> dict[str, Any]:
+    """``GET url/v1/status`` as a JSON object, else :class:`ClientError`."""
+    try:
+        with httpx.Client(timeout=timeout_s) as client, client.stream("GET", f"{url.rstrip('/')}/v1/status") as r:
+            raw = read_bounded(r)
+            status = r.status_code
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach peer at {url}: {exc}") from None
+    if status != 200:
+        raise ClientError(f"peer answered {status}: {_detail(raw)}")
+    reply = reply_json(raw, "status")
+    if not isinstance(reply, dict):
+        raise ClientError("the peer's status is not a JSON object")
+    return reply
 
 
 def request_membership(url: str, kind: str, envelope: Envelope, *, timeout_s: float = 30) -> dict[str, Any]:

@@ -9,6 +9,8 @@ directory.
 
 from __future__ import annotations
 
+import re
+
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -86,6 +88,11 @@ class PeerConfig:
     answer_wait_ms: int = 120000
     answer_grace_ms: int = 1500
     judge_band: int = 100
+    # [membership]
+    external_address: str = ""
+    join_via: str = ""
+    join_at_height: int = 0
+    leave_at_height: int = 0
     # [ledger]
     ledger_path: str = "data/ledger.sqlite"
     ledger_sync_interval_ms: int = 200
@@ -156,6 +163,12 @@ class PeerConfig:
                               f"got {self.behaviour!r}")
         _check_range("byzantine.slow_ms", self.slow_ms, 0, 3_600_000)
         _check_range("byzantine.crash_at_height", self.crash_at_height, 1, 2**31)
+        if self.external_address:
+            parse_hostport(self.external_address, "membership.external_address")
+        if self.join_via and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:_-]{1,253}:[0-9]{1,5}/?", self.join_via):
+            raise ConfigError(f"membership.join_via: expected http://host:port, got {self.join_via!r}")
+        _check_range("membership.join_at_height", self.join_at_height, 0, 2**40)
+        _check_range("membership.leave_at_height", self.leave_at_height, 0, 2**40)
         _check_range("byzantine.from_height", self.behaviour_from_height, 1, 2**31)
         if not self.ledger_path:
             raise ConfigError("ledger.path: must not be empty")
@@ -245,6 +258,8 @@ _KEYS: dict[str, dict[str, str]] = {
               "cache_dir": "cache_dir"},
     "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
                                  "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms", "judge_band")},
+    "membership": {"external_address": "external_address", "join_via": "join_via", "join_at_height": "join_at_height",
+                   "leave_at_height": "leave_at_height"},
     "ledger": {"path": "ledger_path", "sync_interval_ms": "ledger_sync_interval_ms"},
     "log": {"level": "log_level"},
     "byzantine": {"behaviour": "behaviour", "slow_ms": "slow_ms", "crash_at_height": "crash_at_height",
@@ -281,6 +296,13 @@ _COMMENTS: dict[str, str] = {
     "timeout_delta_ms": "Added to every timeout per round, so rounds eventually last long enough.",
     "answer_wait_ms": "A query fails if answers carrying +2/3 of weight are not in by then.",
     "answer_grace_ms": "Once +2/3 have answered, how long the proposer waits for the rest (keep below timeout_propose_ms).",
+    "external_address": "host:port the other peers dial to reach this one, as a join request declares it "
+                        "(\"\": [p2p] listen).",
+    "join_via": "A peer outside the validator set hands its join request to this member's API "
+                "(http://host:port) by itself; \"\": only when `multillmn peer join` asks.",
+    "join_at_height": "With join_via: wait until that member reports this height before asking.",
+    "leave_at_height": "A validator asks to leave once the network reaches this height (0: never by itself; "
+                       "`multillmn peer leave` asks at once).",
     "ledger_path": "SQLite file of the hashgraph ledger (events, consensus order, snapshots); relative to this file.",
     "ledger_sync_interval_ms": "How often this peer pulls DAG events from the next peer (gossip about gossip).",
     "log_level": "debug | info | warning | error; logs are JSON lines on stderr.",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,7 @@ from consensus.driver import (
 )
 from consensus.driver.behaviours import BehaviourParams, make_behaviour
 from consensus.evidence import Evidence
-from consensus.messages import Answer, Join, Leave, Signed, VerifiedCache, open_envelope
+from consensus.messages import Answer, Join, Leave, Signed, VerifiedCache, open_envelope, sign
 from consensus.state_machine import Timeouts
 from consensus.validators import ValidatorSet
 from dag import certificate_tx
@@ -72,7 +73,9 @@ from multillmn.config import PeerConfig, parse_hostport
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from multillmn.logs import fields
+from multillmn import jsonsafe
 from peers.attacks import poisoned_events_payload
+from peers.catchup import BATCH, MAX_CERTIFICATE_BYTES, CatchUpReply, CatchUpRequest, RateLimit, certificate_bytes
 from peers.certificates import CertificateStore
 from peers.engine import AnswerEngine
 from peers.judge import judge_pair
@@ -157,6 +160,9 @@ class Node:
         self._warming: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
         self._later: list[Effect] = []  # effects of the start-up replays, carried out once running
+        self._catchup_limit = RateLimit()
+        self._catchup_asked: dict[str, int] = {}  # by peer (a transport peer: bounded)
+        self._leave_sent = False
         if ledger is not None:
             ledger.rejects = self.rejects
             ledger.on_certificate = self._on_ledger_certificate
@@ -196,6 +202,8 @@ class Node:
             self._nursery = nursery
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._generate_loop)
+            if self.cfg.join_via:
+                nursery.start_soon(self._join_loop)
             self._execute(self.driver.start(self._now()) + self._later)
             self._later = []
             if self.ledger is not None:
@@ -256,6 +264,51 @@ class Node:
             "stability": members.stability(peers),
         }
 
+    def join_request(self) -> Signed[Join]:
+        """This peer's signed request to join (address: ``[membership] external_address`` or the p2p listen)."""
+        cfg = self.cfg
+        address = cfg.external_address or cfg.p2p_listen
+        if parse_hostport(address, "p2p.listen")[0] in ("0.0.0.0", "::", "[::]", ""):
+            raise ValueError(f"[p2p] listen {address} cannot be dialled: set [membership] external_address")
+        return sign(Join(chain_id=self.genesis.chain_id, peer_id=self.key.peer_id, public_key=self.key.public_key,
+                         moniker=cfg.moniker, address=address, model=cfg.model,
+                         created_ms=int(time.time() * 1000)), self.key)
+
+    async def _join_loop(self) -> None:
+        """``[membership] join_via``: once that member reports ``join_at_height``, hand it this peer's join
+        request (again every 10 s until it is accepted or the peer is a member)."""
+        from multillmn.client import ClientError, fetch_status, request_membership
+
+        via, me = self.cfg.join_via, self.key.peer_id
+        while True:
+            chain = self.driver.chain
+            if chain.members is None or me in chain.members_from(self.driver.height) or me in chain.members.joins:
+                return
+            try:
+                status = await trio.to_thread.run_sync(fetch_status, via)
+                if int(status.get("height", 0)) >= self.cfg.join_at_height:
+                    await trio.to_thread.run_sync(request_membership, via, "join", self.join_request().envelope)
+                    log.info("asked to join", extra=fields(via=via, height=status.get("height")))
+                    return
+            except (ClientError, ValueError) as exc:
+                if "already-requested" in str(exc) or "already-member" in str(exc):
+                    return
+                log.warning("join request not accepted yet", extra=fields(via=via, error=str(exc)))
+            await trio.sleep(10)
+
+    def _scheduled_requests(self, height: int) -> None:
+        """``[membership] leave_at_height``: a member asks to leave once the network got there."""
+        cfg, chain = self.cfg, self.driver.chain
+        me = self.key.peer_id
+        if chain.members is None:
+            return
+        if cfg.leave_at_height and height >= cfg.leave_at_height and not self._leave_sent \
+                and me in self.validators and me not in chain.members.leaves:
+            self._leave_sent = True
+            reason = self.request(sign(Leave(chain_id=self.genesis.chain_id, peer_id=me,
+                                             created_ms=int(time.time() * 1000)), self.key))
+            log.info("asked to leave", extra=fields(height=height, refused=reason))
+
     def _sync_peers(self) -> None:
         """Keep a link to every configured peer, every current or scheduled member and every committed
         joiner; forget members that left."""
@@ -271,6 +324,7 @@ class Node:
             wanted[peer.id] = parse_hostport(peer.address, "p2p.peers")
         wanted.pop(self.key.peer_id, None)
         self.transport.set_peers(wanted)
+        self._catchup_asked = {p: h for p, h in self._catchup_asked.items() if p in wanted}
 
     def status(self) -> dict[str, Any]:
         d = self.driver
@@ -319,6 +373,12 @@ class Node:
                 if self.ledger is not None:
                     self.ledger.handle(peer, signed)
                 continue
+            if isinstance(message, CatchUpRequest):
+                self._serve_catch_up(peer, message.height)
+                continue
+            if isinstance(message, CatchUpReply):
+                self._caught_up(peer, message)
+                continue
             self._handle(Received(signed, peer))
             if isinstance(message, Answer):
                 self._warm(message.query_id)
@@ -330,6 +390,45 @@ class Node:
             log.info("catching up from the ledger", extra=fields(height=height, at=self.driver.height))
             precommits = tuple(certificate_precommits(cert, self.driver.chain.key_of, self.genesis.chain_id))
             self._handle(Committed(height, int(cert.get("round", 0)), value, precommits))
+
+    def _ask_catch_up(self, peer: str, height: int) -> None:
+        if peer in self.transport.known_peers():
+            self._catchup_asked[peer] = height
+            self.transport.send_nowait(peer, encode_message(sign(CatchUpRequest(sender=self.key.peer_id,
+                                                                                height=height), self.key)))
+
+    def _serve_catch_up(self, peer: str, height: int) -> None:
+        """Send ``peer`` the certificates of ``height`` on (at most :data:`catchup.BATCH`), rate-limited."""
+        latest = self.driver.chain.height
+        if height > latest or not self._catchup_limit.allow(peer, trio.current_time()):
+            return
+        for h in range(height, min(latest, height + BATCH - 1) + 1):
+            cert = self.certificates.get(h)
+            raw = None if cert is None else certificate_bytes(cert)
+            if raw is None:
+                return
+            reply = sign(CatchUpReply(sender=self.key.peer_id, height=h, latest=latest, certificate=raw), self.key)
+            if not self.transport.send_nowait(peer, encode_message(reply)):
+                return
+
+    def _caught_up(self, peer: str, reply: CatchUpReply) -> None:
+        """A certificate from a peer: the driver checks it against its own chain like any catch-up."""
+        try:
+            cert = jsonsafe.loads(reply.certificate, max_bytes=MAX_CERTIFICATE_BYTES)
+        except jsonsafe.JsonError as exc:
+            self.rejects.record("malformed", f"catch-up certificate: {exc}", peer)
+            return
+        value = value_of_certificate(cert if isinstance(cert, dict) else None)
+        round_ = cert.get("round") if isinstance(cert, dict) else None
+        if value is None or type(round_) is not int or not 0 <= round_ <= 2**20 or cert.get("height") != reply.height:
+            self.rejects.record("malformed", "catch-up certificate without a value, round or its height", peer)
+            return
+        precommits = tuple(certificate_precommits(cert, self.driver.chain.key_of, self.genesis.chain_id))
+        self._handle(Certified(reply.height, round_, value, precommits))
+        asked = self._catchup_asked.get(peer)
+        if asked is not None and reply.height == min(reply.latest, asked + BATCH - 1) \
+                and self.driver.height > reply.height and reply.latest >= self.driver.height:
+            self._ask_catch_up(peer, self.driver.height)  # the batch's last one folded, and there is more
 
     def _on_ledger_evidence(self, evidence: Evidence) -> None:
         """Evidence the ledger derived (a refused certificate's signer): carried in this peer's next values."""
@@ -386,7 +485,7 @@ class Node:
             elif isinstance(e, Crash):
                 raise PeerCrashed(e.reason)
             elif isinstance(e, AskCatchUp):
-                pass  # the ledger catches this peer up by itself
+                self._ask_catch_up(e.peer, e.height)
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         assert self._nursery is not None, "the node is not running"
@@ -478,6 +577,7 @@ class Node:
         now = self._now()
         value = e.value
         self._sync_peers()  # links follow the members (cheap: a set difference)
+        self._scheduled_requests(e.height)
         cert = self.ledger.certificate(e.height) if self.ledger is not None else None
         if cert is None or cert.get("value_id") != value.value_id().hex():  # not a catch-up from the ledger
             cert = build_certificate(self.genesis, e.height, e.round, value, e.precommits, self.verified,

@@ -23,6 +23,7 @@ from consensus.messages import KINDS, Envelope, MessageError, Signed, VerifiedCa
 from consensus.scores import ScoreVector
 from dag.messages import DAG_KINDS
 from multillmn import canonical
+from peers.catchup import CATCHUP_KINDS
 
 __all__ = [
     "NEED_DATA",
@@ -166,7 +167,8 @@ def decode_message(
     """Decode and fully validate a payload made by :func:`encode_message`.
 
     Checks the outer map (exactly keys k/b/s, their types, canonical bytes), the
-    kind (consensus kinds and the DAG gossip kinds of :mod:`dag.messages`), then
+    kind (consensus kinds, the DAG gossip kinds of :mod:`dag.messages` and the catch-up kinds of
+    :mod:`peers.catchup`), then
     the body's msgpack (within :func:`multillmn.canonical.unpack`'s bounds on
     size and nesting), schema, canonical form and signature via
     :func:`~consensus.messages.open_envelope`, which decodes the body once.
@@ -186,7 +188,8 @@ def decode_message(
         raise WireRejection("malformed", "message fields have wrong types (k: str, b: bytes, s: bytes)")
     if canonical.pack(outer) != payload:
         raise WireRejection("non-canonical", "message map is not in canonical form")
-    model = KINDS.get(kind) or DAG_KINDS.get(kind) or (ScoreVector if kind == ScoreVector.KIND else None)
+    model = KINDS.get(kind) or DAG_KINDS.get(kind) or CATCHUP_KINDS.get(kind) or (
+        ScoreVector if kind == ScoreVector.KIND else None)
     if model is None:
         raise WireRejection("unknown-kind", f"unknown message kind {kind[:40]!r}")
     if len(sig) != SIG_LEN:
