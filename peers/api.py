@@ -8,6 +8,8 @@
 * ``GET /v1/ledger?offset=0&limit=50`` — a page of the ordered ledger entries
   (``limit`` <= 500) and the state hash; ``GET /v1/ledger/state`` — the
   ledger's state hash, sizes and certified heights.
+* ``POST /v1/membership/join`` and ``/v1/membership/leave`` — a signed join or
+  leave request (``peers/membership_api.py``).
 * ``POST /v1/chat/completions`` and ``GET /v1/models`` — OpenAI-compatible;
   the assistant message is the consensus answer and the certificate rides in
   an extra ``certificate`` field, so the ``openai`` client works unchanged.
@@ -38,6 +40,7 @@ from consensus.messages import MAX_QUESTION_CHARS
 from multillmn import jsonsafe
 from peers.httplimits import HttpLimits, RequestLimits
 from peers.ledger import LedgerService, entry_json
+from peers.membership_api import membership_router
 from peers.node import Decision, Node, QueryFailed
 
 __all__ = ["PeerHandle", "create_app", "MAX_LEDGER_PAGE", "HttpLimits"]
@@ -174,6 +177,8 @@ def create_app(peer: PeerHandle, limits: HttpLimits | None = None) -> FastAPI:
     async def query(request: QueryRequest) -> dict[str, Any]:
         node, decision, total_ms = await decide(request.question, request.max_tokens)
         return _decision_json(node, decision, total_ms)
+
+    app.include_router(membership_router(peer.ready_node))
 
     @app.get("/v1/status")
     async def status() -> dict[str, Any]:
