@@ -21,6 +21,14 @@ the faulty peers' share of the weight per height. ``attack_from_height``
 makes faulty peers mere wrong answerers until then, to model an attack
 launched once weights have adapted.
 
+Membership (issue 12): ``epoch_length``, ``joiners`` and ``leaves`` add
+peers outside the genesis that join a running network (they catch up from
+the genesis and vote once their chain puts them in the set) and members
+that leave (and stop); members that crash for good are removed by the
+missed-heights rule. Sends, keys and the fault model follow each node's
+chain; :func:`churn_scenario` draws runs that mix all of it
+(``bench/sim_membership.py``).
+
 Fast path vs real signatures: see :mod:`consensus.sim._world`.
 """
 
@@ -30,6 +38,8 @@ from consensus.sim._config import (
     WEIGHT_PRESETS,
     Baseline,
     Crash,
+    Joiner,
+    Leaver,
     Partition,
     SimConfig,
     SimConfigError,
@@ -37,15 +47,15 @@ from consensus.sim._config import (
 )
 from consensus.sim._engine import DecisionRecord, EquivocationRecord, Simulation, proposer_of, validator_set
 from consensus.sim._invariants import Violation, check_run
-from consensus.sim._scenarios import random_scenario
-from consensus.sim._run import RunResult, SimFailure, Summary, replay, replay_command, run, summarise
+from consensus.sim._scenarios import churn_scenario, random_scenario
+from consensus.sim._run import RunResult, SimFailure, Summary, replay, replay_command, run, simulate, summarise
 from consensus.sim._world import Question, answer_table, normalise, sim_keys, similarities
 
 __all__ = [
-    "BASELINES", "BEHAVIOURS", "Baseline", "Behaviour", "Crash", "DecisionRecord", "EquivocationRecord",
-    "Partition", "Phased", "Question", "RunResult", "SimConfig", "SimConfigError", "SimFailure", "Simulation",
+    "BASELINES", "BEHAVIOURS", "Baseline", "Behaviour", "Crash", "DecisionRecord", "EquivocationRecord", "Joiner", "Leaver",
+    "Partition", "Phased", "churn_scenario", "Question", "RunResult", "SimConfig", "SimConfigError", "SimFailure", "Simulation",
     "Summary", "Violation", "answer_table", "behaviour_names", "check_run", "normalise", "proposer_of",
     "random_scenario", "register",
-    "replay", "replay_command", "run", "sim_keys", "similarities", "summarise", "validator_set",
+    "replay", "replay_command", "run", "sim_keys", "simulate", "similarities", "summarise", "validator_set",
     "WEIGHT_PRESETS", "WeightPreset",
 ]

@@ -13,6 +13,14 @@ Weights: ``weights`` are the genesis weights; under ``wbft`` with
 the protocol before that height (its working height), then acts out its
 behaviour; the fault model (faulty weight below 1/3) is required only from
 that height on.
+
+Membership (``wbft`` with adaptive weights only): ``epoch_length`` sets the
+genesis epoch length (``None``: the default of
+:class:`~consensus.membership.MembershipParams`); ``joiners`` are extra
+nodes ``peers, peers + 1, ...`` outside the genesis that start at a time or
+height and send their signed Join to a member; ``leaves`` are members that
+send a Leave at a time or height and stop once out of the set. Crashes and
+partitions may name joiners too.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ __all__ = [
     "SimConfigError",
     "Partition",
     "Crash",
+    "Joiner",
+    "Leaver",
     "SimConfig",
     "BASELINES",
     "Baseline",
@@ -67,6 +77,35 @@ class Crash:
 
 
 @dataclass(frozen=True)
+class Joiner:
+    """A node outside the genesis (node ``peers + k`` for the ``k``-th joiner).
+
+    It starts at ``at_ms``, or when some node decided height ``at_height - 1``
+    (the network works on ``at_height``), from the genesis, signs a Join with its
+    own key and sends it to member ``via`` (``None``: drawn from the seed),
+    then to another member every two gossip periods until its own chain holds
+    the join. It catches up by the catch-up path and votes once its chain puts
+    it in the set. ``behaviour`` is one of the Byzantine behaviours (or
+    ``none``).
+    """
+
+    at_ms: int | None = None
+    at_height: int | None = None
+    behaviour: str = "none"
+    via: int | None = None
+
+
+@dataclass(frozen=True)
+class Leaver:
+    """Member ``node`` sends a Leave to its own peer at ``at_ms``, or once it decided height
+    ``at_height - 1``; it stops once its chain leaves it out of the set in force."""
+
+    node: int
+    at_ms: int | None = None
+    at_height: int | None = None
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """One scenario. Times are virtual milliseconds; every default is the real runner's where one exists."""
 
@@ -100,6 +139,9 @@ class SimConfig:
     tolerance: int = 20  # similarity tolerance (per mille)
     height_budget_ms: int | None = None  # termination bound per height after stabilisation; None: derived
     max_events: int = 5_000_000
+    epoch_length: int | None = None  # membership epochs in heights; None: MembershipParams' default
+    joiners: tuple[Joiner, ...] = ()  # nodes outside the genesis that ask to join (indices peers, peers+1, ...)
+    leaves: tuple[Leaver, ...] = ()  # members that leave (at most one request each)
     extra: tuple[tuple[str, str], ...] = field(default=())  # free-form labels (ignored by the engine)
 
     # --- derived ---------------------------------------------------------
@@ -107,6 +149,11 @@ class SimConfig:
     def adaptive(self) -> bool:
         """Whether validator sets follow committed scores (``wbft`` with ``adaptive_weights``)."""
         return self.baseline == "wbft" and self.adaptive_weights
+
+    @property
+    def nodes(self) -> int:
+        """Every simulated node: the genesis peers, then the joiners."""
+        return self.peers + len(self.joiners)
 
     def weight_list(self) -> tuple[int, ...]:
         """The validators' weights (all 1 for the ``equal`` and ``majority`` baselines)."""
@@ -157,18 +204,44 @@ class SimConfig:
             _need(name in known, "byzantine_pick", f"behaviours in {sorted(known)}", name)
         _need(len(self.byzantine) + len(self.byzantine_pick) <= n, "byzantine_pick",
               "no more faulty nodes than peers", len(self.byzantine) + len(self.byzantine_pick))
+        if self.epoch_length is not None or self.joiners or self.leaves:
+            _need(self.adaptive, "epoch_length" if self.epoch_length is not None else
+                  "joiners" if self.joiners else "leaves",
+                  "baseline wbft with adaptive weights (members change on an adaptive chain only)",
+                  (self.baseline, self.adaptive_weights))
+        if self.epoch_length is not None:
+            _need(isinstance(self.epoch_length, int) and 4 <= self.epoch_length <= 10_000, "epoch_length",
+                  "an integer in [4, 10000]", self.epoch_length)
+        _need(len(self.joiners) <= 64, "joiners", "at most 64 joiners", len(self.joiners))
+        total = n + len(self.joiners)
+        for j in self.joiners:
+            _need(isinstance(j, Joiner), "joiners", "Joiner entries", j)
+            _need((j.at_ms is None) != (j.at_height is None), "joiners", "exactly one of at_ms and at_height", j)
+            _need(j.at_ms is None or j.at_ms >= 0, "joiners", "at_ms >= 0", j)
+            _need(j.at_height is None or 1 <= j.at_height, "joiners", "at_height >= 1", j)
+            _need(j.behaviour in known, "joiners", f"a behaviour in {sorted(known)}", j.behaviour)
+            _need(j.via is None or 0 <= j.via < n, "joiners", f"via: a genesis node index in [0, {n})", j)
+        left: set[int] = set()
+        for x in self.leaves:
+            _need(isinstance(x, Leaver), "leaves", "Leaver entries", x)
+            _need(0 <= x.node < n and x.node not in left, "leaves", f"distinct genesis node indices in [0, {n})",
+                  x.node)
+            _need((x.at_ms is None) != (x.at_height is None), "leaves", "exactly one of at_ms and at_height", x)
+            _need(x.at_ms is None or x.at_ms >= 0, "leaves", "at_ms >= 0", x)
+            _need(x.at_height is None or 1 <= x.at_height, "leaves", "at_height >= 1", x)
+            left.add(x.node)
         for p in self.partitions:
             _need(0 <= p.start_ms < p.heal_ms, "partitions", "0 <= start_ms < heal_ms", p)
             members = [i for g in p.groups for i in g]
-            _need(all(0 <= i < n for i in members) and len(set(members)) == len(members), "partitions",
+            _need(all(0 <= i < total for i in members) and len(set(members)) == len(members), "partitions",
                   "groups of distinct node indices", p.groups)
             _need(p.queue_limit >= 0, "partitions", "queue_limit >= 0", p.queue_limit)
         for c in self.crashes:
-            _need(0 <= c.node < n, "crashes", f"node indices in [0, {n})", c.node)
+            _need(0 <= c.node < total, "crashes", f"node indices in [0, {total})", c.node)
             _need(c.at_ms >= 0 and (c.restart_ms is None or c.restart_ms > c.at_ms), "crashes",
                   "0 <= at_ms < restart_ms", c)
         for node, factor in self.slowness:
-            _need(0 <= node < n and factor > 0, "slowness", "(node index, factor > 0)", (node, factor))
+            _need(0 <= node < total and factor > 0, "slowness", "(node index, factor > 0)", (node, factor))
         if self.crash_at_ms is not None:
             _need(self.crash_at_ms >= 0, "crash_at_ms", ">= 0", self.crash_at_ms)
         if self.height_budget_ms is not None:
@@ -197,6 +270,14 @@ class SimConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise SimConfigError(f"unknown config fields: {', '.join(unknown)}")
+        try:
+            kw = cls._fields_from_json(data)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise SimConfigError(f"malformed config field: {exc!r}") from None
+        return replace(cls(), **kw).validate()
+
+    @staticmethod
+    def _fields_from_json(data: dict[str, Any]) -> dict[str, Any]:
         kw: dict[str, Any] = {}
         for key, value in data.items():
             if key == "partitions":
@@ -204,17 +285,22 @@ class SimConfig:
                                           p.get("queue_limit", 1024)) for p in value)
             elif key == "crashes":
                 kw[key] = tuple(Crash(c["node"], c["at_ms"], c.get("restart_ms")) for c in value)
+            elif key == "joiners":
+                kw[key] = tuple(Joiner(j.get("at_ms"), j.get("at_height"), j.get("behaviour", "none"), j.get("via"))
+                                for j in value)
+            elif key == "leaves":
+                kw[key] = tuple(Leaver(x["node"], x.get("at_ms"), x.get("at_height")) for x in value)
             elif key in ("byzantine", "slowness", "extra"):
                 kw[key] = tuple(tuple(x) for x in value)
             elif isinstance(value, list):
                 kw[key] = tuple(value)
             else:
                 kw[key] = value
-        return replace(cls(), **kw).validate()
+        return kw
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (Partition, Crash)):
+    if isinstance(value, (Partition, Crash, Joiner, Leaver)):
         return asdict(value)
     if isinstance(value, tuple):
         return [_plain(v) for v in value]

@@ -10,6 +10,13 @@ the validator set in force at each height reached (from honest decisions
 and cores), each node's weight-state digest after each folded height, and
 so whether the run stayed inside the fault model (faulty weight below 1/3
 at every height, from ``attack_from_height`` on when that is set).
+
+Membership: nodes ``0 .. peers - 1`` are the genesis members, nodes
+``peers ..`` the joiners (:class:`~consensus.sim.Joiner`), which start at
+their time or height. A leaver (:class:`~consensus.sim.Leaver`) stops once
+its chain leaves it out of the set; it is then no longer required to
+decide (:meth:`Simulation.required`). The sets in force, and so the fault
+model, come from the honest nodes' chains.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from consensus.chain import Chain
 from consensus.driver import Decided
 from consensus.driver.behaviours import Behaviour, BehaviourParams, make_behaviour
 from consensus.evidence import DuplicateVoteEvidence, Evidence
+from consensus.membership import MembershipParams
 from consensus.messages import Proposal, Signed, Value, VerifiedCache, Vote, open_envelope
 from consensus.sim._config import SimConfig
 from consensus.sim._host import SIM_CHAIN_ID, DriverNode, MajorityPeer, SimNode
 from consensus.sim._packets import Packet, PacketKind
-from consensus.sim._world import Question, answer_table, derive_rng, normalise, sim_keys
+from consensus.sim._world import Question, answer_table, derive_rng, joiner_keys, normalise, sim_keys
 from consensus.validators import Validator, ValidatorSet
 from consensus.weights import WeightParams
 
@@ -85,9 +93,12 @@ class Simulation:
         self.config = config.validate()
         self.log = log
         self.seed = seed
-        self.n = config.peers
-        self.keys = sim_keys(self.n)
+        self.peers = config.peers  # genesis members: nodes 0 .. peers - 1
+        self.n = config.nodes  # every node: the genesis members, then the joiners
+        self.keys = sim_keys(self.peers) + joiner_keys(len(config.joiners))
         self.validators = validator_set(config)
+        self.membership = None if config.epoch_length is None else MembershipParams(epoch_length=config.epoch_length)
+        self.directory = {k.peer_id: k.public_key for k in self.keys}  # instrumentation only (not the protocol)
         self.weight_params: WeightParams | None = None
         if config.adaptive:
             self.weight_params = WeightParams.for_tests() if config.weight_params == "tests" else WeightParams()
@@ -119,17 +130,21 @@ class Simulation:
         self.equivocations: list[EquivocationRecord] = []
         self.expected_detections: dict[tuple[int, int, int, int, str], None] = {}
         self.exhausted = False
+        self.left_at: dict[int, int] = {}
+        self._reissued: set[bytes] = set()  # a leaver that stopped -> the first height it was no member of
         self._remaining = len(self.honest) * config.heights
+        self._joiner_at_height: dict[int, list[int]] = {}  # height -> joiners that start once it is worked on
+        self._leaver_at_height: dict[int, int] = {}  # leaver -> the height it asks to leave at
         peer_cls: type[SimNode] = MajorityPeer if config.baseline == "majority" else DriverNode
         self.nodes: list[SimNode] = [peer_cls(self, i, self.behaviours[i]) for i in range(self.n)]
         self.deadline_us = 1000 * self._deadline_ms()
 
     # --- set-up ---------------------------------------------------------------
     def _assign_behaviours(self) -> list[Behaviour]:
-        names = ["none"] * self.n
+        names = ["none"] * self.peers + [j.behaviour for j in self.config.joiners]
         for node, name in self.config.byzantine:
             names[node] = name
-        free = [i for i in range(self.n) if names[i] == "none"]
+        free = [i for i in range(self.peers) if names[i] == "none"]
         pick = derive_rng(self.seed, "pick")
         for name, node in zip(self.config.byzantine_pick, pick.sample(free, len(self.config.byzantine_pick))):
             names[node] = name
@@ -160,13 +175,15 @@ class Simulation:
         cfg = self.config
         stable = max([p.heal_ms for p in cfg.partitions]
                      + [c.restart_ms for c in cfg.crashes if c.restart_ms is not None]
+                     + [j.at_ms for j in cfg.joiners if j.at_ms is not None]
+                     + [x.at_ms for x in cfg.leaves if x.at_ms is not None]
                      + [(cfg.heights - 1) * cfg.query_interval_ms])
         if cfg.height_budget_ms is not None:
             return stable + cfg.heights * cfg.height_budget_ms
         slow = max([f for i, f in cfg.slowness if i in self.honest] + [1.0])
         weights = self.config.weight_list()
-        faulty = sum(weights[i] for i in range(self.n) if i not in self.honest)
-        rounds = min(faulty, 4 * self.n) + 3
+        faulty = sum(weights[i] for i in range(self.peers) if i not in self.honest)
+        rounds = min(faulty, 4 * self.peers) + 3
         p, pv, pc, delta = cfg.timeouts_ms
         round_ms = sum(p + pv + pc + 3 * r * delta for r in range(rounds))
         tick = cfg.gossip_ms or 1000
@@ -189,8 +206,26 @@ class Simulation:
     def run(self) -> None:
         """Process events until every honest node decided every height, or the deadline."""
         cfg = self.config
-        for node in self.nodes:
+        for node in self.nodes[:self.peers]:
             node.start()
+        for k, j in enumerate(cfg.joiners):
+            if j.at_ms is not None:
+                self._push(j.at_ms * 1000, -1, 0, self._join, self.peers + k, f"join {self.peers + k}")
+            else:
+                assert j.at_height is not None
+                self._joiner_at_height.setdefault(j.at_height, []).append(self.peers + k)
+        for x in cfg.leaves:
+            if x.at_ms is not None:
+                self._push(x.at_ms * 1000, -1, 0, self._leave, x.node, f"leave {x.node}")
+            else:
+                assert x.at_height is not None
+                self._leaver_at_height[x.node] = x.at_height
+        for i in self._joiner_at_height.pop(1, []):
+            self._push(0, -1, 0, self._join, i, f"join {i}")
+        for i, h in list(self._leaver_at_height.items()):
+            if h == 1:
+                del self._leaver_at_height[i]
+                self._push(0, -1, 0, self._leave, i, f"leave {i}")
         for h in range(cfg.heights):
             self._push(h * cfg.query_interval_ms * 1000, -1, 0, self._issue, h, f"issue {h}")
         for c in cfg.crashes:
@@ -225,7 +260,7 @@ class Simulation:
     def new_chain(self, verified: VerifiedCache | None = None) -> Chain:
         """A fresh chain at genesis: adaptive under ``wbft`` with ``adaptive_weights``, else static;
         ``verified``: the peer's signature cache, as the runner shares its own."""
-        return Chain(self.validators, self.weight_params, verified, SIM_CHAIN_ID)
+        return Chain(self.validators, self.weight_params, verified, SIM_CHAIN_ID, membership=self.membership)
 
     def verified_for(self, index: int) -> VerifiedCache:
         """A peer's signature cache: its own with real signatures, else one shared by all (each signature is
@@ -283,6 +318,8 @@ class Simulation:
             label = f"ans q{self.query_index.get(m.query_id, -1)} by {who} {m.text[:12]!r}"
         elif kind == "scores":
             label = f"scores h{m.height} by {who}"
+        elif kind in ("join", "leave"):
+            label = f"{kind} by {who}"
         else:
             label = f"query by {who}"
         return Packet(kind, signed, label=label)
@@ -327,13 +364,25 @@ class Simulation:
 
     # --- workload and faults ---------------------------------------------------------
     def _issue(self, h: int) -> None:
-        """A client asks question ``h`` at an honest, running entry peer (rotating)."""
+        """A client asks question ``h`` at an honest, running entry peer that is a member at its height
+        (rotating)."""
         candidates = [i for i in range(self.n) if not self.behaviours[i].faulty] or list(range(self.n))
         for k in range(len(candidates)):
             i = candidates[(h + k) % len(candidates)]
-            if not self.nodes[i].down:
-                self.nodes[i].submit(h)
+            node = self.nodes[i]
+            if not node.down and node.started and node.peer_id in node.validators \
+                    and getattr(node, "leave", None) is None:
+                node.submit(h)
                 return
+
+    def query_expired(self, qid: bytes) -> None:
+        """A peer dropped a pending query (its entry peer left the set, or too few answered in time): its
+        client asks again at another entry peer, once per query."""
+        if qid in self._reissued or qid not in self.query_index:
+            return
+        self._reissued.add(qid)
+        index = self.query_index[qid]
+        self._push(self.now, -1, 0, self._issue, index, f"reissue {index}")
 
     def _crash(self, i: int) -> None:
         if not self.nodes[i].down:
@@ -345,8 +394,35 @@ class Simulation:
         self._crash(i)
 
     def _restart(self, i: int) -> None:
-        if self.nodes[i].down:
+        if self.nodes[i].down and self.nodes[i].started and i not in self.left_at:
             self.nodes[i].restart()
+
+    def _join(self, i: int) -> None:
+        """Joiner ``i`` starts from the genesis and sends its signed Join to a member."""
+        node = self.nodes[i]
+        if not node.started:
+            node.begin_join()
+
+    def _leave(self, i: int) -> None:
+        """Member ``i`` asks to leave (at its own peer, which relays the request)."""
+        self.nodes[i].begin_leave()
+
+    def depart(self, i: int) -> None:
+        """Leaver ``i`` is out of the set at its chain's height: it stops for good and is no longer required."""
+        node = self.nodes[i]
+        if i in self.left_at:
+            return
+        self.left_at[i] = node.height
+        node.down = True
+        node.epoch += 1
+        if i in self.honest:
+            self._remaining -= sum(1 for h in range(node.height, self.config.heights + 1)
+                                   if h not in self.decisions[i])
+
+    def required(self, i: int, height: int) -> bool:
+        """Whether honest node ``i`` must decide ``height``: every height, but a leaver only those before it
+        stopped (the heights it was a member of)."""
+        return height < self.left_at.get(i, self.config.heights + 1)
 
     # --- services for peers ---------------------------------------------------------------
     def timed(self, category: str, fn: Callable[..., R], *args: Any) -> R:
@@ -383,13 +459,18 @@ class Simulation:
         if key in mine:
             return
         mine[key] = record
-        if node in self.honest and 1 <= key <= self.config.heights:
+        if node in self.honest and 1 <= key <= self.config.heights and self.required(node, key):
             self._remaining -= 1
 
     def record_decision(self, node: int, d: Decided) -> None:
         qidx = self.query_index.get(d.value.query_id(), -1)
         self._count(node, d.height, DecisionRecord(node, d.height, d.round, d.value, d.value.answer, qidx,
                                                    self.now, d.precommits, d.validators))
+        for i in self._joiner_at_height.pop(d.height + 1, []):  # the network works on the joiner's height
+            self._push(self.now, -1, 0, self._join, i, f"join {i}")
+        if self._leaver_at_height.get(node) == d.height + 1:
+            del self._leaver_at_height[node]
+            self._push(self.now, -1, 0, self._leave, node, f"leave {node}")
 
     def record_digest(self, node: int, height: int, digest: bytes) -> None:
         """Node ``node`` folded ``height`` into a weight state with this digest."""
@@ -403,7 +484,7 @@ class Simulation:
 
     def record_equivocation(self, node: int, evidence: Evidence) -> None:
         model: type[Vote] | type[Proposal] = Vote if isinstance(evidence, DuplicateVoteEvidence) else Proposal
-        m = open_envelope(model, evidence.first, self.validators.public_key_of, self._shared_verified).message
+        m = open_envelope(model, evidence.first, self.directory.get, self._shared_verified).message
         kind = m.type if isinstance(m, Vote) else "proposal"
         self.equivocations.append(EquivocationRecord(node, self.index_of.get(m.signer, -1), m.height, m.round, kind))
 

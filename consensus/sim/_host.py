@@ -14,6 +14,13 @@ its decided heights ("disk") and serves them to a peer that asks
 on restart. Each can be turned off in :class:`~consensus.sim.SimConfig`
 (``catchup``, ``wal``) to show what breaks without it.
 
+Membership: a node sends to the peers its own chain knows as members (the
+set in force at its height and those scheduled after it), and opens what it
+receives with the keys its chain knows. A joiner starts from the genesis as
+a non-member, sends its signed Join to a member (again, to another member,
+until its chain holds it) and catches up; a leaver hands its Leave to its
+own peer and stops once its chain leaves it out of the set.
+
 :class:`MajorityPeer` is the plain-majority baseline (no rounds).
 """
 
@@ -40,6 +47,7 @@ from consensus.driver import (
     Judge,
     Judged,
     Persist,
+    QueryExpired,
     QueryPool,
     Received,
     Schedule,
@@ -48,7 +56,19 @@ from consensus.driver import (
     TimerFired,
 )
 from consensus.driver.behaviours import Behaviour, CopyLate
-from consensus.messages import Answer, MessageError, Proposal, Query, Signed, Vote, open_envelope, query_id_of, sign
+from consensus.messages import (
+    Answer,
+    Join,
+    Leave,
+    MessageError,
+    Proposal,
+    Query,
+    Signed,
+    Vote,
+    open_envelope,
+    query_id_of,
+    sign,
+)
 from consensus.scores import ScoreVector
 from consensus.sim._packets import CatchUpItem, Packet, PacketKind
 from consensus.sim._world import derive_rng, honest_text, normalise, similarities
@@ -65,7 +85,7 @@ __all__ = ["DriverNode", "MajorityPeer", "SimNode"]
 _CATCHUP_BATCH = 8
 SIM_CHAIN_ID = "sim"
 _KINDS: dict[type[Any], PacketKind] = {Query: "query", Answer: "answer", Proposal: "proposal", Vote: "vote",
-                                       ScoreVector: "scores"}
+                                       ScoreVector: "scores", Join: "join", Leave: "leave"}
 
 
 class SimNode:
@@ -82,7 +102,8 @@ class SimNode:
         self.error_rate = self.rng.uniform(0.0, self.cfg.error_rate)
         self.slowness = dict(self.cfg.slowness).get(index, 1.0)
         self.epoch = 0
-        self.down = False
+        self.started = index < sim.peers  # joiners start later (Simulation._join)
+        self.down = not self.started
         self.others = tuple(i for i in range(sim.n) if i != index)
 
     @property
@@ -113,6 +134,12 @@ class SimNode:
     def deliver(self, src: int, packet: Packet) -> None:
         """A packet from ``src`` arrives."""
 
+    def begin_join(self) -> None:
+        """A joiner starts and asks to join (driver hosts only)."""
+
+    def begin_leave(self) -> None:
+        """A member asks to leave (driver hosts only)."""
+
     def crash(self) -> None:
         self.down = True
         self.epoch += 1
@@ -138,6 +165,9 @@ class DriverNode(SimNode):
         self.wal: list[tuple[int, Input]] = []
         self.driver = self._new_driver()
         self.first_votes: dict[tuple[PeerId, int, int, str], bytes | None] = {}
+        self.join: Signed[Join] | None = None  # a joiner's request, once sent
+        self.leave: Signed[Leave] | None = None  # a leaver's request, once made
+        self._recipients: tuple[tuple[int, int], tuple[int, ...]] | None = None
 
     def _new_driver(self) -> Driver:
         return Driver(self.key, self.sim.new_chain(self.sim.verified_for(self.index)), self.driver_config,
@@ -162,6 +192,20 @@ class DriverNode(SimNode):
         folded = self.driver.chain.height
         self.apply(self.sim.timed("driver", self.driver.handle, inp, self.now_ms))
         self._record_digests(folded)
+        self._maybe_depart()
+
+    def members(self) -> tuple[int, ...]:
+        """The other nodes this peer's chain knows as members: in the set at its height or scheduled after."""
+        d = self.driver
+        key = (d.chain.height, d.height)
+        if self._recipients is None or self._recipients[0] != key:
+            ids = d.chain.members_from(d.height) | set(d.validators.ids)
+            index = self.sim.index_of
+            self._recipients = (key, tuple(sorted(index[p] for p in ids if p != self.peer_id and p in index)))
+        return self._recipients[1]
+
+    def broadcast(self, packet: Packet, dsts: tuple[int, ...] | None = None, delay_us: int = 0) -> None:
+        self.sim.send(self.index, packet, self.members() if dsts is None else dsts, delay_us)
 
     def _record_digests(self, before: int) -> None:
         chain = self.driver.chain
@@ -203,6 +247,8 @@ class DriverNode(SimNode):
                 self.broadcast(Packet("raw", raw=e.payload, label="raw"))
             elif isinstance(e, Crash):
                 self.sim.crash_node(self.index)
+            elif isinstance(e, QueryExpired):
+                self.sim.query_expired(e.query_id)
 
     def _send(self, e: Send) -> None:
         kind = _KINDS.get(type(e.signed.message))
@@ -247,6 +293,8 @@ class DriverNode(SimNode):
                 self.sim.rejected += 1
         elif packet.signed is not None:
             model = type(packet.signed.message)
+            if model not in _KINDS:
+                return
             signed = self._open(model, packet.signed)
             if signed is None:
                 return
@@ -260,7 +308,7 @@ class DriverNode(SimNode):
             return signed
         try:
             return self.sim.timed(f"{model.KIND}-verify", open_envelope, model, signed.envelope,
-                                  self.sim.validators.public_key_of, self.driver.verified)
+                                  self.driver.chain.key_of, self.driver.verified)
         except MessageError:
             self.sim.rejected += 1
             return None
@@ -287,7 +335,7 @@ class DriverNode(SimNode):
         for h in sorted(self.decided):
             if h != self.driver.height:
                 break
-            self.driver.restore(h, self.decided[h].value)
+            self.driver.restore(h, self.decided[h].value, self.decided[h].precommits)
             digest = self.driver.chain.weights_digest()
             if digest is not None:
                 self.sim.record_digest(self.index, h, digest)
@@ -300,6 +348,61 @@ class DriverNode(SimNode):
             peer = others[self.rng.randrange(len(others))]
             self.broadcast(Packet("catchup-req", height=self.driver.height, label=f"r{self.driver.height}"),
                            (self.sim.index_of[peer],))
+        if self.join is not None:
+            self._retry_join(None)
+        if self.leave is not None:  # the new driver lost its book: hand the request in again
+            self._request_leave()
+        self._maybe_depart()
+
+    # --- membership ------------------------------------------------------------------
+    def begin_join(self) -> None:
+        """Start from the genesis as a non-member, sign a Join and send it to a member."""
+        self.started, self.down = True, False
+        self.start()
+        k = self.index - self.sim.peers
+        self.join = sign(Join(chain_id=SIM_CHAIN_ID, peer_id=self.peer_id, public_key=self.key.public_key,
+                              moniker=f"j{k}", address=f"10.77.{k // 250}.{k % 250 + 1}:26656",
+                              model=f"model-{self.index}", created_ms=self.now_ms), self.key)
+        via = self.cfg.joiners[k].via
+        genesis = self.sim.peers
+        self._send_join(via if via is not None else derive_rng(self.sim.seed, "join-via", self.index).randrange(genesis))
+
+    def _send_join(self, dst: int) -> None:
+        assert self.join is not None
+        self.sim.send(self.index, Packet("join", self.join, label=f"join by {self.index}"), (dst,))
+        self.sim.schedule(2 * (self.cfg.gossip_ms or 1000) * 1000, self, self._retry_join, None, label="join-retry")
+
+    def _join_committed(self) -> bool:
+        members = self.driver.chain.members
+        return members is None or self.peer_id in members.last_request
+
+    def _retry_join(self, _: None) -> None:
+        """Until this peer's own chain holds its join, send it to another member of the set it knows."""
+        if self._join_committed():
+            return
+        others = [self.sim.index_of[p] for p in self.driver.validators.ids if p != self.peer_id]
+        if others:
+            self._send_join(others[self.rng.randrange(len(others))])
+
+    def begin_leave(self) -> None:
+        """Sign a Leave and hand it to this peer's own driver, which relays it and proposes it."""
+        if self.leave is None:
+            self.leave = sign(Leave(chain_id=SIM_CHAIN_ID, peer_id=self.peer_id, created_ms=self.now_ms), self.key)
+        if not self.down:
+            self._request_leave()
+            self._maybe_depart()
+
+    def _request_leave(self) -> None:
+        assert self.leave is not None
+        members = self.driver.chain.members
+        if members is not None and self.peer_id in members.last_request:
+            return  # committed already
+        _, effects = self.driver.request(self.leave, self.now_ms)
+        self.apply(effects)
+
+    def _maybe_depart(self) -> None:
+        if self.leave is not None and not self.down and self.peer_id not in self.driver.validators:
+            self.sim.depart(self.index)
 
 
 class MajorityPeer(SimNode):

@@ -6,13 +6,17 @@
   similarities) and its decision carries a precommit quorum for that height,
   round and value; no query is decided at two heights;
 * **termination**: every honest node decided every height by the deadline
-  (only promised while faulty weight stays below 1/3);
+  (only promised while faulty weight stays below 1/3); a leaver only the
+  heights before it stopped, a joiner every height (by catch-up for the
+  heights before it joined);
 * **equivocation detection**: an honest node that received two conflicting
   votes of one voter for its current height reported an ``Equivocation``,
   and no honest signer was ever reported;
 * **weights**: honest nodes that folded the same height hold the same
-  weight-state digest, and a node that rebuilt its chain after a restart
-  recomputed the digests it had before (adaptive weights only).
+  weight-state digest (weights and membership: registry, pending requests,
+  stability records), a node that rebuilt its chain after a restart
+  recomputed the digests it had before, and every honest node still running
+  ends with the same digest (adaptive weights only).
 
 Validity is checked against the validator set the decision was counted in
 (the set in force at its height), whose hash the value must carry.
@@ -163,12 +167,24 @@ def _weights(sim: Simulation, out: list[Violation]) -> None:
             who = "; ".join(f"{d.hex()[:8]}: nodes {nodes}" for d, nodes in heights[h].items())
             out.append(Violation("weights-divergence", f"height {h}: honest nodes hold different weights ({who})"))
             return
+    final: dict[tuple[int, bytes], list[int]] = {}
+    for i in sim.honest:
+        driver = getattr(sim.nodes[i], "driver", None)
+        if i in sim.left_at or driver is None or (digest := driver.chain.weights_digest()) is None:
+            continue
+        final.setdefault((driver.chain.height, digest), []).append(i)
+    tops = [k for k in final if k[0] == max(h for h, _ in final)]
+    if len(tops) > 1:
+        who = "; ".join(f"{d.hex()[:8]}: nodes {final[(h, d)]}" for h, d in tops)
+        out.append(Violation("weights-divergence", f"final height {tops[0][0]}: honest nodes end with different "
+                                                   f"weight states ({who})"))
 
 
 def _termination(sim: Simulation, out: list[Violation]) -> None:
     if not sim.within_model:
         return
-    missing = [(i, h) for i in sim.honest for h in range(1, sim.config.heights + 1) if h not in sim.decisions[i]]
+    missing = [(i, h) for i in sim.honest for h in range(1, sim.config.heights + 1)
+               if sim.required(i, h) and h not in sim.decisions[i]]
     if missing:
         why = "event budget exhausted" if sim.exhausted else f"by t={sim.deadline_us / 1e6:.1f}s (virtual)"
         first = ", ".join(f"node {i} height {h}" for i, h in missing[:4])

@@ -14,7 +14,7 @@ from consensus.sim._config import SimConfig
 from consensus.sim._engine import Simulation
 from consensus.sim._invariants import Violation, check_run
 
-__all__ = ["RunResult", "SimFailure", "run", "replay", "replay_command", "Summary", "summarise"]
+__all__ = ["RunResult", "SimFailure", "run", "replay", "replay_command", "simulate", "Summary", "summarise"]
 
 SAFETY_KINDS = ("agreement", "validity", "honest-equivocation", "undetected-equivocation", "disagreement",
                 "weights-divergence")
@@ -99,12 +99,19 @@ def run(config: SimConfig, seed: int, *, check: bool = True,
     fault model holds (faulty weight below 1/3); otherwise the violations are
     only reported in the result.
     """
-    sim = Simulation(config, seed, cpu_clock=cpu_clock)
-    sim.run()
-    result = _result(sim, tuple(check_run(sim)))
+    sim, result = simulate(config, seed, cpu_clock=cpu_clock)
     if check and result.violations and sim.within_model and config.baseline != "majority":
         raise SimFailure(result)
     return result
+
+
+def simulate(config: SimConfig, seed: int, *,
+             cpu_clock: Callable[[], int] | None = None) -> tuple[Simulation, RunResult]:
+    """Simulate and check without raising; the finished :class:`Simulation` too (its nodes' chains, for
+    reports such as the membership changes a run went through)."""
+    sim = Simulation(config, seed, cpu_clock=cpu_clock)
+    sim.run()
+    return sim, _result(sim, tuple(check_run(sim)))
 
 
 def replay(seed: int, config: SimConfig) -> RunResult:
@@ -119,7 +126,7 @@ def _result(sim: Simulation, violations: tuple[Violation, ...]) -> RunResult:
     flags: list[bool] = []
     for h in range(1, sim.config.heights + 1):
         recs = [sim.decisions[i][h] for i in sim.honest if h in sim.decisions[i]]
-        if not recs or len(recs) < len(sim.honest):
+        if not recs or len(recs) < sum(1 for i in sim.honest if sim.required(i, h)):
             continue
         decided.append(h)
         first = min(recs, key=lambda r: (r.time_us, r.node))

@@ -24,6 +24,7 @@ __all__ = [
     "Question",
     "answer_table",
     "derive_rng",
+    "joiner_keys",
     "normalise",
     "sim_keys",
     "similarities",
@@ -42,6 +43,14 @@ def sim_keys(n: int) -> tuple[KeyPair, ...]:
     """``n`` deterministic keys sorted by peer id, so node ``i`` is validator ``i``."""
     keys = [KeyPair.from_seed(hashlib.sha256(f"multillmn-sim-key/{i}".encode()).digest()) for i in range(n)]
     return tuple(sorted(keys, key=lambda k: k.peer_id))
+
+
+@lru_cache(maxsize=8)
+def joiner_keys(count: int) -> tuple[KeyPair, ...]:
+    """The keys of ``count`` joiners (nodes ``peers``, ``peers + 1``, ...), in joiner order, apart from
+    :func:`sim_keys` (the genesis keys stay what they were)."""
+    return tuple(KeyPair.from_seed(hashlib.sha256(f"multillmn-sim-joiner/{k}".encode()).digest())
+                 for k in range(count))
 
 
 @dataclass(frozen=True)
