@@ -7,6 +7,13 @@ violated an invariant, 2 on bad flags.
 Under ``wbft`` weights adapt to committed answer scores unless
 ``--static-weights``; the summary reports the faulty peers' share of the
 weight at the last height and per height (``--json``).
+
+Membership (issue 12): ``--epoch-length``, ``--joiners`` (peers outside the
+genesis that ask to join, one a height from height 2; ``--byzantine-joiners``
+of them play ``--behaviour``) and ``--leaves`` (the last genesis peers ask to
+leave at height 2); ``--churn`` instead draws a churn scenario per seed
+(``consensus.sim.churn_scenario``: peers up to ``--peers``, weights, faults,
+joins, leaves and crashes for good).
 """
 
 from __future__ import annotations
@@ -88,6 +95,18 @@ def add_sim_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--attack-from-height", type=int_range(1), default=None,
                    help="Byzantine peers only answer wrong (following the protocol) before this height, "
                         "then also misbehave (default: from the start)")
+    p.add_argument("--epoch-length", type=int_range(4, 10_000), default=None,
+                   help="membership epochs in heights (default: the genesis default, 100)")
+    p.add_argument("--joiners", type=int_range(0, 64), default=0,
+                   help="peers outside the genesis that ask to join, the k-th at height k + 1 (default 0)")
+    p.add_argument("--byzantine-joiners", type=int_range(0, 64), default=0,
+                   help="how many of the joiners play --behaviour (default 0)")
+    p.add_argument("--leaves", type=int_range(0), default=0,
+                   help="the last N genesis peers ask to leave at height 2 (default 0)")
+    p.add_argument("--churn", action="store_true",
+                   help="draw a churn scenario per seed (joins, leaves, crashes for good, Byzantine peers and "
+                        "joiners, network faults; up to --peers genesis peers, at least 4); the other scenario "
+                        "flags must keep their defaults")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_sim)
     return p
@@ -95,11 +114,22 @@ def add_sim_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`~consensus.sim.SimConfig` for parsed flags, or a ``str`` saying what is wrong."""
-    from consensus.sim import Partition, SimConfig, SimConfigError
+    from consensus.sim import Joiner, Leaver, Partition, SimConfig, SimConfigError
 
     n = args.peers
     if n > 256:
         return f"--peers: at most 256, got {n}"
+    if args.churn:
+        if n < 4:
+            return f"--churn: needs --peers of at least 4 (the most genesis peers drawn), got {n}"
+        fixed = [flag for flag, dest, default in _CHURN_FIXED if getattr(args, dest) != default]
+        if fixed:
+            return f"--churn: draws the scenario per seed; drop {', '.join(fixed)}"
+        return SimConfig(peers=n, heights=args.heights).validate()  # a placeholder: each seed draws its own
+    if args.byzantine_joiners > args.joiners:
+        return f"--byzantine-joiners: {args.byzantine_joiners} but only {args.joiners} joiners"
+    if args.leaves >= n:
+        return f"--leaves: {args.leaves} of {n} peers would leave; at least one must stay"
     if args.byzantine > n:
         return f"--byzantine: {args.byzantine} Byzantine peers but only {n} peers"
     if args.weights is not None and len(args.weights) != n:
@@ -116,18 +146,30 @@ def build_config(args: argparse.Namespace) -> Any:
             return "--partition: cannot cut off 1/3 of the weight and leave anyone on the other side"
         partitions = (Partition(500, 6000, (tuple(side),)),)
     behaviour = "wrong" if args.behaviour == _MIXED else args.behaviour
+    joiners = tuple(Joiner(at_height=k + 2, behaviour=behaviour if k < args.byzantine_joiners else "none")
+                    for k in range(args.joiners))
+    leaves = tuple(Leaver(i, at_height=2) for i in range(n - args.leaves, n))
     try:
         return SimConfig(peers=n, weights=args.weights, byzantine_pick=(behaviour,) * args.byzantine,
                          heights=args.heights, loss=args.loss, latency_ms=args.latency_ms, partitions=partitions,
                          real_signatures=args.real_signatures, baseline=args.baseline,
                          adaptive_weights=not args.static_weights,
-                         attack_from_height=args.attack_from_height).validate()
+                         attack_from_height=args.attack_from_height, epoch_length=args.epoch_length,
+                         joiners=joiners, leaves=leaves).validate()
     except SimConfigError as exc:
         return str(exc)
 
 
+_CHURN_FIXED = (("--byzantine", "byzantine", 0), ("--weights", "weights", None), ("--loss", "loss", 0.0),
+                ("--latency-ms", "latency_ms", 50.0), ("--partition", "partition", False),
+                ("--baseline", "baseline", "wbft"), ("--static-weights", "static_weights", False),
+                ("--attack-from-height", "attack_from_height", None), ("--epoch-length", "epoch_length", None),
+                ("--joiners", "joiners", 0), ("--byzantine-joiners", "byzantine_joiners", 0),
+                ("--leaves", "leaves", 0), ("--real-signatures", "real_signatures", False))
+
+
 def _cmd_sim(args: argparse.Namespace) -> int:
-    from consensus.sim import SimConfig, summarise
+    from consensus.sim import SimConfig, churn_scenario, summarise
     from consensus.sim._world import derive_rng
 
     config = build_config(args)
@@ -143,10 +185,15 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     behaviours = _behaviours()
 
     def config_for(seed: int) -> SimConfig:
+        if args.churn:
+            return churn_scenario(seed, max_peers=args.peers, heights=args.heights)
         if args.behaviour != _MIXED:
             return config
         rng = derive_rng(seed, "mixed")
-        return replace(config, byzantine_pick=tuple(rng.choice(behaviours) for _ in range(args.byzantine)))
+        joiners = tuple(replace(j, behaviour=rng.choice(behaviours)) if k < args.byzantine_joiners else j
+                        for k, j in enumerate(config.joiners))
+        return replace(config, byzantine_pick=tuple(rng.choice(behaviours) for _ in range(args.byzantine)),
+                       joiners=joiners)
 
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     summary = summarise(config_for, seeds, wall_clock=time.perf_counter)
@@ -154,10 +201,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.baseline == "majority":
         out["mean_rounds_per_height"] = None  # no rounds
     header = {"peers": args.peers, "byzantine": args.byzantine, "behaviour": args.behaviour,
-              "weights": list(weights), "heights": args.heights, "seed_start": args.seed_start,
+              "weights": None if args.churn else list(weights), "heights": args.heights, "seed_start": args.seed_start,
               "loss": args.loss, "latency_ms": args.latency_ms, "partition": args.partition,
               "real_signatures": args.real_signatures, "baseline": args.baseline,
-              "adaptive_weights": config.adaptive, "attack_from_height": args.attack_from_height}
+              "adaptive_weights": config.adaptive, "attack_from_height": args.attack_from_height,
+              "epoch_length": args.epoch_length, "joiners": args.joiners,
+              "byzantine_joiners": args.byzantine_joiners, "leaves": args.leaves, "churn": args.churn}
     if args.json:
         print(json.dumps({**header, **out}, indent=2))
     else:
@@ -174,7 +223,11 @@ def _render(header: dict[str, Any], out: dict[str, Any]) -> str:
         f"{header['heights']} heights, baseline {header['baseline']}, "
         f"{'real' if header['real_signatures'] else 'fast-path'} signatures, "
         f"{'adaptive' if header['adaptive_weights'] else 'static'} weights"
-        + (f", attack from height {header['attack_from_height']}" if header["attack_from_height"] else ""),
+        + (f", attack from height {header['attack_from_height']}" if header["attack_from_height"] else "")
+        + (", churn scenarios" if header["churn"] else "")
+        + (f", {header['joiners']} joiners ({header['byzantine_joiners']} Byzantine)" if header["joiners"] else "")
+        + (f", {header['leaves']} leaves" if header["leaves"] else "")
+        + (f", epochs of {header['epoch_length']}" if header["epoch_length"] else ""),
         f"  runs                  {out['runs']}",
         f"  decisions             {out['decisions']}",
         f"  safety violations     {out['safety_violations']}",

@@ -73,6 +73,7 @@ def test_inconsistent_flags_exit_2(argv: list[str], message: str, capsys: pytest
     ["--loss", "1.5"], ["--loss", "x"], ["--peers", "0"], ["--seeds", "0"], ["--heights", "-1"],
     ["--behaviour", "evil"], ["--baseline", "pbft"], ["--weights", "1,0,1,1"], ["--weights", "a"],
     ["--latency-ms", "-5"], ["--latency-ms", "nan"], ["--seed-start", "-1"],
+    ["--epoch-length", "3"], ["--joiners", "65"], ["--leaves", "-1"],
 ])
 def test_bad_flag_values_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -92,3 +93,32 @@ def test_faulty_third_is_noted_and_broken_runs_exit_1(monkeypatch: pytest.Monkey
     monkeypatch.setattr(consensus.sim, "summarise", broken)
     assert sim(["--seeds", "1"]) == 1
     assert "first failing seed    7" in capsys.readouterr().out
+
+
+def test_membership_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    out = sim_json(["--peers", "5", "--epoch-length", "4", "--joiners", "2", "--byzantine-joiners", "1",
+                    "--behaviour", "wrong", "--leaves", "1", "--heights", "9", "--seeds", "2"], capsys)
+    assert out["runs"] == 2 and out["decisions"] == 18 and out["safety_violations"] == 0
+    assert out["termination_failures"] == 0 and out["joiners"] == 2 and out["leaves"] == 1
+    assert out["faulty_share_by_height"][3] == 0 and out["faulty_share_by_height"][4] > 0  # a joiner from h5
+    assert sim(["--epoch-length", "4", "--joiners", "1", "--seeds", "1", "--heights", "6"]) == 0
+    assert "1 joiners (0 Byzantine), epochs of 4" in capsys.readouterr().out
+
+
+def test_churn_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    out = sim_json(["--churn", "--peers", "6", "--heights", "9", "--seeds", "3", "--seed-start", "3"], capsys)
+    assert out["churn"] is True and out["runs"] == 3 and out["weights"] is None
+    assert out["safety_violations"] == 0 and out["decisions"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--churn", "--byzantine", "1"], "--churn: draws the scenario per seed; drop --byzantine"),
+    (["--churn", "--peers", "3"], "--churn: needs --peers of at least 4"),
+    (["--joiners", "1", "--byzantine-joiners", "2"], "--byzantine-joiners: 2 but only 1 joiners"),
+    (["--leaves", "4"], "--leaves: 4 of 4 peers would leave"),
+    (["--joiners", "1", "--static-weights"], "joiners: expected baseline wbft with adaptive weights"),
+])
+def test_inconsistent_membership_flags_exit_2(argv: list[str], message: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim(argv) == 2
+    assert message in capsys.readouterr().err
