@@ -4,13 +4,16 @@ An event is what one creator adds to the DAG: its position in its own chain
 (``seq``, 0 for the first event), the hashes of its self-parent (the
 creator's previous event) and other-parent (the latest event it heard of
 from another creator), the creator's own timestamp (an input, int
-nanoseconds; never read from a clock here) and a batch of opaque
-transactions.
+nanoseconds; never read from a clock here), a batch of opaque
+transactions, and the ledger *epoch* whose hashgraph it belongs to (the
+members of the validator set change by epochs, and each epoch's ledger is
+a hashgraph of that epoch's members; see ``peers/ledger.py``).
 
 Normative encoding::
 
     body      = canonical msgpack {creator, seq, self_parent, other_parent,
-                                   timestamp, transactions}
+                                   timestamp, transactions[, epoch]}
+                (``epoch`` present exactly when it is not 0)
     signature = Ed25519 over b"multillmn/v1/dag_event\\0" + body
     wire      = canonical msgpack {"body": body, "sig": signature}
     hash      = SHA-256(wire)
@@ -63,6 +66,7 @@ MAX_SEQ = 2**62
 MAX_TIMESTAMP = 2**63
 
 _BODY_KEYS = frozenset({"creator", "seq", "self_parent", "other_parent", "timestamp", "transactions"})
+MAX_EPOCH = 2**40
 
 
 class EventError(ValueError):
@@ -89,6 +93,7 @@ class Event:
     timestamp: int
     transactions: tuple[bytes, ...]
     signature: bytes
+    epoch: int = 0
     body: bytes = field(init=False, repr=False, compare=False)
     hash: bytes = field(init=False, repr=False, compare=False)
 
@@ -126,8 +131,10 @@ class Event:
             raise EventError(f"transactions total {total} bytes, over {MAX_PAYLOAD_BYTES}")
         if not isinstance(self.signature, bytes) or len(self.signature) != 64:
             raise EventError("signature must be 64 bytes")
+        if not _is_int(self.epoch) or not 0 <= self.epoch < MAX_EPOCH:
+            raise EventError(f"epoch must be an integer in [0, 2^40), got {self.epoch!r:.40}")
         body = canonical.pack(_body_map(self.creator, self.seq, self.self_parent, self.other_parent,
-                                        self.timestamp, txs))
+                                        self.timestamp, txs, self.epoch))
         object.__setattr__(self, "body", body)
         object.__setattr__(self, "hash", hashlib.sha256(_wire(body, self.signature)).digest())
 
@@ -135,13 +142,16 @@ class Event:
         sp = self.self_parent.hex()[:8] if self.self_parent else None
         op = self.other_parent.hex()[:8] if self.other_parent else None
         return (f"Event({self.hash.hex()[:8]} by {self.creator[:8]}#{self.seq} sp={sp} op={op} "
-                f"t={self.timestamp} txs={len(self.transactions)})")
+                f"t={self.timestamp} txs={len(self.transactions)}{f' epoch={self.epoch}' if self.epoch else ''})")
 
 
 def _body_map(creator: str, seq: int, sp: bytes | None, op: bytes | None, ts: int,
-              txs: Sequence[bytes]) -> dict[str, Any]:
-    return {"creator": creator, "seq": seq, "self_parent": sp, "other_parent": op,
-            "timestamp": ts, "transactions": list(txs)}
+              txs: Sequence[bytes], epoch: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"creator": creator, "seq": seq, "self_parent": sp, "other_parent": op,
+                            "timestamp": ts, "transactions": list(txs)}
+    if epoch:
+        body["epoch"] = epoch
+    return body
 
 
 def _wire(body: bytes, signature: bytes) -> bytes:
@@ -154,12 +164,12 @@ def event_hash(event: Event) -> bytes:
 
 
 def sign_event(key: KeyPair, *, seq: int, self_parent: bytes | None, other_parent: bytes | None,
-               timestamp: int, transactions: Sequence[bytes] = ()) -> Event:
+               timestamp: int, transactions: Sequence[bytes] = (), epoch: int = 0) -> Event:
     """Create and sign an event by ``key``'s peer. Raises :class:`EventError` on bad fields."""
     txs = tuple(transactions)
     # Build once unsigned to validate fields and get the body, then sign those exact bytes.
-    draft = Event(key.peer_id, seq, self_parent, other_parent, timestamp, txs, bytes(64))
-    return Event(key.peer_id, seq, self_parent, other_parent, timestamp, txs, key.sign(KIND, draft.body))
+    draft = Event(key.peer_id, seq, self_parent, other_parent, timestamp, txs, bytes(64), epoch)
+    return Event(key.peer_id, seq, self_parent, other_parent, timestamp, txs, key.sign(KIND, draft.body), epoch)
 
 
 def verify_event(event: Event, public_key_of: Callable[[PeerId], bytes | None]) -> str | None:
@@ -219,14 +229,18 @@ def decode_event(data: bytes) -> Event:
         raw = canonical.unpack(body, max_len=MAX_EVENT_BYTES, max_depth=2)  # a map holding a list of bytes
     except canonical.CanonicalError as exc:
         raise EventError(f"event body: {exc}") from None
-    if not isinstance(raw, dict) or set(raw) != _BODY_KEYS:
+    if not isinstance(raw, dict) or set(raw) - {"epoch"} != _BODY_KEYS:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise EventError(f"event body must have exactly the keys {sorted(_BODY_KEYS)}, got {got}")
+        raise EventError(f"event body must have exactly the keys {sorted(_BODY_KEYS)} (and epoch if not 0), "
+                         f"got {got}")
     txs = raw["transactions"]
     if not isinstance(txs, tuple):
         raise EventError("transactions must be a list of bytes")
+    epoch = raw.get("epoch", 0)
+    if "epoch" in raw and (not _is_int(epoch) or epoch == 0):
+        raise EventError("an event of epoch 0 carries no epoch key; another epoch is a positive integer")
     event = Event(raw["creator"], raw["seq"], raw["self_parent"], raw["other_parent"], raw["timestamp"],
-                  txs, sig)
+                  txs, sig, epoch)
     if event.body != body or encode_event(event) != data:
         raise EventError("event is not in canonical form")
     return event

@@ -109,9 +109,11 @@ class Hashgraph:
     """One peer's copy of the DAG and its consensus order; ``insert`` is the only input."""
 
     def __init__(self, validators: ValidatorSet, *, coin_period: int = DEFAULT_COIN_PERIOD,
-                 verify: bool = True) -> None:
+                 verify: bool = True, epoch: int = 0) -> None:
+        """The DAG of ``epoch``'s members (``validators``); events of another epoch are refused."""
         if isinstance(coin_period, bool) or not isinstance(coin_period, int) or coin_period < 3:
             raise ValueError(f"coin_period must be an integer >= 3, got {coin_period!r}")
+        self.epoch = epoch
         self._vs = validators
         self._ids = validators.ids
         self._cidx = {p: i for i, p in enumerate(self._ids)}
@@ -161,6 +163,8 @@ class Hashgraph:
             raise InsertError(f"expected an Event, got {type(event).__name__}")
         if event.hash in self._idx:
             return []
+        if event.epoch != self.epoch:
+            raise InsertError(f"event of epoch {event.epoch} in the hashgraph of epoch {self.epoch}")
         c = self._cidx.get(event.creator)
         if c is None:
             raise InsertError(f"unknown creator {event.creator}")

@@ -9,11 +9,14 @@ creators' signatures are checked by :class:`dag.Hashgraph` on insert. Every
 schema failure is a ``ValueError`` that :func:`consensus.messages.open_envelope`
 turns into :class:`~consensus.messages.MessageError`, whatever the bytes.
 
-* ``dag_sync``   ``{sender, vector}``: "here is what I hold"; the receiver
+* ``dag_sync``   ``{sender, epoch, vector}``: "here is what I hold"; the receiver
   answers with a ``dag_events`` of :func:`dag.events_missing` (possibly empty).
-* ``dag_events`` ``{sender, events}``: encoded events, parents first.
-* ``dag_want``   ``{sender, wanted, vector}``: "send me these and their
+* ``dag_events`` ``{sender, epoch, events}``: encoded events, parents first.
+* ``dag_want``   ``{sender, epoch, wanted, vector}``: "send me these and their
   ancestors" (:func:`dag.ancestors_missing`), for parents a batch lacked.
+
+Each names the ledger epoch whose hashgraph it is about (``peers/ledger.py``);
+every event of a ``dag_events`` must be of that epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ MAX_BATCH_BYTES = 768 << 10
 MAX_WANTED = 1024
 
 Count = Annotated[int, Field(ge=0, lt=2**62)]
+Epoch = Annotated[int, Field(ge=0, lt=2**40)]
 
 
 class DagSync(Message):
@@ -43,6 +47,7 @@ class DagSync(Message):
     SIGNER: ClassVar[str] = "sender"
     sender: PeerIdField
     vector: Annotated[dict[PeerIdField, Count], Field(max_length=MAX_PEERS)]
+    epoch: Epoch = 0
 
 
 class DagEvents(Message):
@@ -57,6 +62,7 @@ class DagEvents(Message):
     SIGNER: ClassVar[str] = "sender"
     sender: PeerIdField
     events: Annotated[tuple[bytes, ...], Field(max_length=MAX_BATCH_EVENTS)]
+    epoch: Epoch = 0
     _decoded: tuple[tuple[bytes, ...], tuple[Event, ...]] | None = PrivateAttr(default=None)
 
     @field_validator("events")
@@ -74,6 +80,8 @@ class DagEvents(Message):
                 event = decode_event(data)
             except EventError as exc:
                 raise ValueError(f"event {i}: {exc}") from None
+            if event.epoch != self.epoch:
+                raise ValueError(f"event {i} is of epoch {event.epoch}, the batch of epoch {self.epoch}")
             for j, tx in enumerate(event.transactions):
                 reason = check_transaction(tx)
                 if reason is not None:
@@ -97,6 +105,7 @@ class DagWant(Message):
     sender: PeerIdField
     wanted: Annotated[tuple[Hash32, ...], Field(min_length=1, max_length=MAX_WANTED)]
     vector: Annotated[dict[PeerIdField, Count], Field(max_length=MAX_PEERS)]
+    epoch: Epoch = 0
 
 
 DAG_KINDS: dict[str, type[Message]] = {m.KIND: m for m in (DagSync, DagEvents, DagWant)}

@@ -130,3 +130,24 @@ def test_coin_period_must_be_at_least_three() -> None:
     for bad in (2, 0, True, "10"):
         with pytest.raises(ValueError, match="coin_period"):
             Hashgraph(VS, coin_period=bad)  # type: ignore[arg-type]
+
+
+def test_the_epoch_is_signed_absent_at_epoch_0_and_checked_by_the_hashgraph_and_the_batch() -> None:
+    from dag.messages import DagEvents
+
+    e0 = sign_event(A, seq=0, self_parent=None, other_parent=None, timestamp=1)
+    e3 = sign_event(A, seq=0, self_parent=None, other_parent=None, timestamp=1, epoch=3)
+    assert "epoch" not in canonical.unpack(e0.body) and canonical.unpack(e3.body)["epoch"] == 3
+    assert decode_event(encode_event(e3)) == e3 and e3.hash != e0.hash
+    assert verify_event(e3, {A.peer_id: A.public_key}.get) is None
+    moved = Event(e0.creator, 0, None, None, 1, (), e0.signature, 3)  # epoch 0's signature, epoch 3's body
+    assert verify_event(moved, {A.peer_id: A.public_key}.get) is not None
+    raw = canonical.unpack(e0.body)
+    bad = canonical.pack({"body": canonical.pack({**raw, "epoch": 0}), "sig": e0.signature})
+    with pytest.raises(EventError, match="epoch"):
+        decode_event(bad)
+    with pytest.raises(InsertError, match="epoch 3 in the hashgraph of epoch 0"):
+        Hashgraph(VS).insert(e3)
+    assert Hashgraph(VS, epoch=3).insert(e3) == []
+    with pytest.raises(ValueError, match="epoch"):
+        DagEvents(sender=A.peer_id, events=(encode_event(e3),), epoch=0)
