@@ -14,6 +14,14 @@
   the assistant message is the consensus answer and the certificate rides in
   an extra ``certificate`` field, so the ``openai`` client works unchanged.
 
+Overload is refused with a clear signal: when the node's query pool is full,
+or this client already has :data:`MAX_PENDING_PER_CLIENT` queries waiting
+here (clients told apart by their address in the ASGI scope, so one client
+cannot starve the others), ``POST /v1/query`` and ``/v1/chat/completions``
+answer **429** with a ``Retry-After`` header (:data:`RETRY_AFTER_S` seconds).
+A query that could not be decided otherwise (no quorum of answers in time)
+is a 503.
+
 Request bodies are strict pydantic models: a wrong type, a missing or unknown
 field, a value out of range, or text that cannot be encoded as UTF-8 (a lone
 surrogate) is a 422 with the field named. Before any of that,
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -43,9 +52,15 @@ from peers.ledger import LedgerService, entry_json
 from peers.membership_api import membership_router
 from peers.node import Decision, Node, QueryFailed
 
-__all__ = ["PeerHandle", "create_app", "MAX_LEDGER_PAGE", "HttpLimits"]
+__all__ = ["PeerHandle", "create_app", "MAX_LEDGER_PAGE", "MAX_PENDING_PER_CLIENT", "RETRY_AFTER_S", "HttpLimits"]
 
 MAX_LEDGER_PAGE = 500
+MAX_PENDING_PER_CLIENT = 16
+"""Queries one client address may have waiting at this peer; more are refused with 429."""
+RETRY_AFTER_S = 2
+"""The ``Retry-After`` of a 429: about the time a query takes to be decided."""
+POOL_FULL = "too many pending queries"
+"""How :meth:`peers.node.Node.submit`'s QueryFailed message starts when the query pool is full."""
 
 
 @dataclass
@@ -153,9 +168,18 @@ def _decision_json(node: Node, decision: Decision, total_ms: int) -> dict[str, A
     }
 
 
-def create_app(peer: PeerHandle, limits: HttpLimits | None = None) -> FastAPI:
-    """The API of ``peer``, every request bounded by ``limits`` (default :class:`HttpLimits`)."""
+def _too_many(detail: str) -> HTTPException:
+    return HTTPException(429, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def create_app(peer: PeerHandle, limits: HttpLimits | None = None, *,
+               max_pending_per_client: int = MAX_PENDING_PER_CLIENT) -> FastAPI:
+    """The API of ``peer``, every request bounded by ``limits`` (default :class:`HttpLimits`) and at most
+    ``max_pending_per_client`` queries waiting per client address."""
+    if max_pending_per_client < 1:
+        raise ValueError("max_pending_per_client must be at least 1")
     app = FastAPI(title="multillmn peer", version="1")
+    pending: Counter[str] = Counter()  # client address -> its queries waiting here; no entry at 0
     app.add_middleware(RequestLimits, limits=limits)
 
     @app.exception_handler(RequestValidationError)
@@ -164,18 +188,28 @@ def create_app(peer: PeerHandle, limits: HttpLimits | None = None) -> FastAPI:
         return Response(json.dumps({"detail": jsonable_encoder(exc.errors())}), status_code=422,
                         media_type="application/json")
 
-    async def decide(question: str, max_tokens: int | None) -> tuple[Node, Decision, int]:
+    async def decide(http: Request, question: str, max_tokens: int | None) -> tuple[Node, Decision, int]:
         node = peer.ready_node()
+        client = http.client.host if http.client is not None else "unknown"
+        if pending[client] >= max_pending_per_client:
+            raise _too_many(f"too many pending queries from this client (at most {max_pending_per_client}); "
+                            "try again later")
+        pending[client] += 1
         start = time.monotonic()
         try:
             decision = await node.submit(question, max_tokens)
         except QueryFailed as exc:
-            raise HTTPException(503, str(exc)) from None
+            message = str(exc)
+            raise (_too_many(message) if message.startswith(POOL_FULL) else HTTPException(503, message)) from None
+        finally:
+            pending[client] -= 1
+            if pending[client] <= 0:
+                del pending[client]
         return node, decision, int((time.monotonic() - start) * 1000)
 
     @app.post("/v1/query")
-    async def query(request: QueryRequest) -> dict[str, Any]:
-        node, decision, total_ms = await decide(request.question, request.max_tokens)
+    async def query(http: Request, request: QueryRequest) -> dict[str, Any]:
+        node, decision, total_ms = await decide(http, request.question, request.max_tokens)
         return _decision_json(node, decision, total_ms)
 
     app.include_router(membership_router(peer.ready_node))
@@ -220,11 +254,11 @@ def create_app(peer: PeerHandle, limits: HttpLimits | None = None) -> FastAPI:
         return {"object": "list", "data": [{"id": "multillmn", "object": "model", "owned_by": "multillmn"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat(request: ChatRequest) -> JSONResponse:
+    async def chat(http: Request, request: ChatRequest) -> JSONResponse:
         if request.stream:
             raise HTTPException(400, "streaming is not supported: a consensus answer exists only once decided")
         question = _question_of(request.messages)
-        node, decision, total_ms = await decide(question, request.max_completion_tokens or request.max_tokens)
+        node, decision, total_ms = await decide(http, question, request.max_completion_tokens or request.max_tokens)
         body = _decision_json(node, decision, total_ms)
         return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -27,9 +27,11 @@ messages reach :meth:`handle` already decoded and signature-checked by
 from __future__ import annotations
 
 import base64
+import enum
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ from dag import (
     replay,
     sign_event,
 )
-from dag.event import MAX_TRANSACTIONS
+from dag.event import MAX_TRANSACTIONS, check_transaction
 from dag.messages import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_WANTED, DagEvents, DagSync, DagWant
 from multillmn import canonical
 from multillmn.certificate import verify_commit
@@ -69,7 +71,9 @@ from multillmn.logs import fields
 from peers.transport import Transport
 from peers.wire import RejectStats, encode_message
 
-__all__ = ["LedgerService", "SNAPSHOT_EVERY", "MAX_EVENT_PAYLOAD", "check_store", "entry_json", "network_of"]
+__all__ = ["Admission", "LedgerService", "SNAPSHOT_EVERY", "MAX_EVENT_PAYLOAD", "MAX_PENDING", "MAX_PENDING_BYTES",
+           "MAX_PRIORITY", "MAX_PRIORITY_BYTES", "MAX_QUEUE_DELAY_S", "MAX_IN_FLIGHT", "SYNC_TIMEOUT_S",
+           "check_store", "entry_json", "network_of"]
 
 log = logging.getLogger("multillmn.ledger")
 
@@ -77,6 +81,40 @@ SNAPSHOT_EVERY = 256
 """Ordered events between two ledger snapshots in the store."""
 MAX_EVENT_PAYLOAD = 512 << 10
 """Own events carry at most this many transaction bytes (so any event fits one ``dag_events`` batch)."""
+MAX_PENDING = 8192
+"""Ordinary transactions queued for this peer's next events; :meth:`LedgerService.submit` refuses more (FULL)."""
+MAX_PENDING_BYTES = 16 << 20
+"""Their bytes, at most."""
+MAX_PRIORITY = 1024
+"""Priority transactions (certificates, evidence) queued: a reserved lane that ordinary load cannot fill."""
+MAX_PRIORITY_BYTES = 64 << 20
+"""Their bytes, at most."""
+MAX_IN_FLIGHT = 8192
+"""Ordinary transactions in this peer's own events that are not ordered yet; at the bound, new events carry
+only priority transactions (event creation is paced by the ordering lag)."""
+MAX_QUEUE_DELAY_S = 0.5
+"""Ordinary transactions are refused (FULL) while the oldest queued one has waited longer than this: the
+queue drains slower than it fills, and a longer queue would only add latency."""
+SYNC_TIMEOUT_S = 2.0
+"""A pull not answered within this long is given up and the next peer is asked (one pull in flight at a time)."""
+
+
+class Admission(enum.Enum):
+    """What :meth:`LedgerService.submit` did with a transaction: a clear signal, never a silent drop."""
+
+    QUEUED = "queued"
+    """Queued for this peer's next events; it will be ordered unless the process dies first."""
+    DUPLICATE = "duplicate"
+    """The same bytes are already queued here (they are ordered once)."""
+    FULL = "full"
+    """Refused: the queue is at its bound (the ledger is overloaded); submit again later."""
+    INVALID = "invalid"
+    """Refused: not a msgpack value within the wire's bounds, which every other peer would refuse."""
+
+    @property
+    def accepted(self) -> bool:
+        return self in (Admission.QUEUED, Admission.DUPLICATE)
+
 
 CertificateHook = Callable[[int, dict[str, Any]], None]
 
@@ -120,8 +158,15 @@ class LedgerService:
 
     def __init__(self, key: KeyPair, genesis: Genesis, transport: Transport, store: Store | None, *,
                  sync_interval_ms: int = 200, snapshot_every: int = SNAPSHOT_EVERY,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, max_pending: int = MAX_PENDING,
+                 max_pending_bytes: int = MAX_PENDING_BYTES, max_in_flight: int = MAX_IN_FLIGHT,
+                 sync_timeout_s: float = SYNC_TIMEOUT_S, reply_bytes: int = MAX_BATCH_BYTES,
+                 max_queue_delay_s: float = MAX_QUEUE_DELAY_S, monotonic: Callable[[], float] = time.monotonic
+                 ) -> None:
         """Use :meth:`open`, which replays the store."""
+        if not (max_pending >= 1 and max_pending_bytes >= 1 and max_in_flight >= 1 and sync_timeout_s > 0
+                and 1 <= reply_bytes <= MAX_BATCH_BYTES and max_queue_delay_s > 0):
+            raise ValueError("admission and sync bounds must be positive (reply_bytes at most MAX_BATCH_BYTES)")
         self.key = key
         self.genesis = genesis
         self.validators = genesis.validators
@@ -137,13 +182,34 @@ class LedgerService:
         self.on_refused: Callable[[int, dict[str, Any]], None] | None = None
         self.hashgraph = Hashgraph(self.validators)
         self.ledger = self._new_ledger()
-        self._pending: dict[bytes, None] = {}
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.max_queue_delay_s = max_queue_delay_s
+        self._monotonic = monotonic
+        self.max_in_flight = max_in_flight
+        self.sync_timeout_s = sync_timeout_s
+        self.reply_bytes = reply_bytes
+        # Two lanes of transactions waiting for an event: priority (certificates, evidence) goes first and
+        # has its own bounds, so ordinary load can neither fill it nor delay it.
+        self._priority: dict[bytes, None] = {}
+        self._priority_bytes = 0
+        self._pending: OrderedDict[bytes, float] = OrderedDict()  # first in, first out; value: when submitted
+        self._pending_bytes = 0
         self._unordered_tx: set[bytes] = set()
+        self._checked: dict[bytes, bool] = {}  # per event held: its transactions pass check_transaction
+        self._own_unordered: dict[bytes, int] = {}  # own events with transactions, not ordered yet: how many
+        self._in_flight = 0  # their transactions
         self._submitted: set[int] = set()  # heights whose certificate this peer queued (bounded below)
         self._snap_at = 0
         self._peers = [p for p in self.validators.ids if p != key.peer_id]
         self._next_peer = 0
+        self._awaiting: PeerId | None = None  # the peer asked by the pull in flight
+        self._awaiting_since = 0.0
+        self._pull_again = False  # the last reply was full: pull again without waiting an interval
+        self._wake: trio.Event | None = None
         self.created = 0
+        self.admission: dict[str, int] = {a.value: 0 for a in Admission}
+        self.sync_stats: dict[str, int] = {"pulls": 0, "replies": 0, "timeouts": 0, "full_replies": 0}
 
     @classmethod
     def open(cls, key: KeyPair, genesis: Genesis, transport: Transport, path: Path | None, **kwargs: Any
@@ -207,6 +273,9 @@ class LedgerService:
         for ev in hg:
             if ev.transactions and ev.hash not in done:
                 self._unordered_tx.add(ev.hash)
+                if ev.creator == self.key.peer_id:
+                    self._own_unordered[ev.hash] = len(ev.transactions)
+                    self._in_flight += len(ev.transactions)
         log.info("ledger opened", extra=fields(events=len(hg), ordered=len(ordered), entries=len(self.ledger),
                                                state_hash=self.state_hash()))
 
@@ -238,8 +307,14 @@ class LedgerService:
             "ordered_events": hg.ordered_count,
             "max_round": hg.max_round,
             "own_events": hg.height(self.key.peer_id),
-            "pending_transactions": len(self._pending),
+            "pending_transactions": len(self._pending) + len(self._priority),
+            "pending_priority": len(self._priority),
+            "pending_bytes": self._pending_bytes + self._priority_bytes,
             "unordered_events_with_transactions": len(self._unordered_tx),
+            "own_unordered_events": len(self._own_unordered),
+            "in_flight_transactions": self._in_flight,
+            "admission": dict(self.admission),
+            "sync": dict(self.sync_stats),
             "certified_heights": sorted(self.ledger.answers),
             "ignored": dict(self.ledger.ignored),
             "forkers": sorted(hg.forkers),
@@ -247,56 +322,150 @@ class LedgerService:
 
     # -- transactions in ----------------------------------------------------------
 
-    def submit(self, tx: bytes) -> None:
-        """Queue a transaction for this peer's next event."""
-        self._pending.setdefault(tx, None)
+    def submit(self, tx: bytes, *, priority: bool = False) -> Admission:
+        """Queue a transaction for this peer's next events, or refuse it; never blocks, never drops silently.
 
-    def submit_certificate(self, height: int, cert: dict[str, Any]) -> None:
-        """Queue a decision's certificate, unless the ledger already certified that height or this peer queued it.
+        Returns :attr:`Admission.QUEUED` (or :attr:`~Admission.DUPLICATE` for bytes already
+        queued): the transaction will be ordered. :attr:`~Admission.FULL`: refused, the queue
+        holds :attr:`max_pending` transactions or :attr:`max_pending_bytes` bytes (the caller
+        keeps it and submits again later). :attr:`~Admission.INVALID`: refused for good, it
+        is not a msgpack value within the wire's bounds (:func:`dag.event.check_transaction`),
+        so every other peer would refuse this peer's event carrying it.
+
+        ``priority`` (certificates and evidence, which must never be lost) uses a lane of its
+        own, ahead of ordinary transactions in every event and with its own bounds
+        (:data:`MAX_PRIORITY`, :data:`MAX_PRIORITY_BYTES`), so ordinary load cannot refuse it.
+        """
+        if tx in self._priority or tx in self._pending:
+            if priority and tx in self._pending and len(self._priority) < MAX_PRIORITY:  # promote it
+                del self._pending[tx]
+                self._pending_bytes -= len(tx)
+                self._priority[tx] = None
+                self._priority_bytes += len(tx)
+            return self._count(Admission.DUPLICATE)
+        size = len(tx) if isinstance(tx, bytes) else 0
+        if priority:
+            full = len(self._priority) >= MAX_PRIORITY or self._priority_bytes + size > MAX_PRIORITY_BYTES
+        else:  # checked before validation: a refusal under overload costs next to nothing
+            full = (len(self._pending) >= self.max_pending or self._pending_bytes + size > self.max_pending_bytes
+                    or self.queue_delay() > self.max_queue_delay_s)
+        if full:
+            if priority:
+                log.error("ledger priority lane full: transaction refused", extra=fields(bytes=size))
+            return self._count(Admission.FULL)
+        reason = check_transaction(tx)
+        if reason is not None:
+            log.warning("ledger transaction refused", extra=fields(reason=reason))
+            return self._count(Admission.INVALID)
+        if priority:
+            self._priority[tx] = None
+            self._priority_bytes += size
+        else:
+            self._pending[tx] = self._monotonic()
+            self._pending_bytes += size
+        return self._count(Admission.QUEUED)
+
+    def queue_delay(self) -> float:
+        """Seconds the oldest ordinary transaction queued here has waited (0 if none)."""
+        if not self._pending:
+            return 0.0
+        return self._monotonic() - next(iter(self._pending.values()))
+
+    def _count(self, result: Admission) -> Admission:
+        self.admission[result.value] += 1
+        if result is Admission.FULL and not self.admission[result.value] & (self.admission[result.value] - 1):
+            log.warning("ledger overloaded: transactions refused", extra=fields(  # 1st, 2nd, 4th, 8th... time
+                refused=self.admission[result.value], pending=len(self._pending)))
+        return result
+
+    def submit_certificate(self, height: int, cert: dict[str, Any]) -> Admission | None:
+        """Queue a decision's certificate (priority), unless the ledger already certified that height or this
+        peer queued it (then None).
 
         Only a certificate the ledger *accepted* counts: another one it merely
         carries (perhaps a forgery) must not stop this peer from posting the real one.
         """
         if height in self.ledger.answers or height in self._submitted:
-            return
-        self._submitted.add(height)
-        self._submitted = {h for h in self._submitted if h > height - 64}
-        self.submit(certificate_tx(height, json.dumps(cert, sort_keys=True, separators=(",", ":")).encode()))
+            return None
+        result = self.submit(certificate_tx(height, json.dumps(cert, sort_keys=True, separators=(",", ":")).encode()),
+                             priority=True)
+        if result.accepted:
+            self._submitted.add(height)
+            self._submitted = {h for h in self._submitted if h > height - 64}
+        return result
 
-    def submit_evidence(self, evidence: Evidence) -> None:
-        """Queue equivocation evidence as a ledger transaction (if it checks out)."""
-        result = check_evidence(evidence, self.validators)
+    def submit_evidence(self, evidence: Evidence) -> Admission | None:
+        """Queue equivocation evidence as a ledger transaction (priority), if it checks out (else None)."""
+        result = check_evidence(evidence, self.validators, self.genesis.chain_id)
         if isinstance(result, str):
             log.warning("evidence not recorded", extra=fields(reason=result))
-            return
-        self.submit(evidence_tx(evidence.KIND, result[0], canonical.pack(evidence.body())))
+            return None
+        return self.submit(evidence_tx(evidence.KIND, result[0], canonical.pack(evidence.body())), priority=True)
 
     # -- gossip -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Pull from the next validator every sync interval until cancelled; closes the store on exit."""
+        """Pull from the next validator every sync interval until cancelled; closes the store on exit.
+
+        One pull is in flight at a time: the next ``dag_sync`` goes out only once the
+        previous one was answered (or :attr:`sync_timeout_s` passed), so a peer that falls
+        behind is not sent the same events by several peers at once (each copy costs it a
+        full decode and check). A full reply means the responder holds more: the next pull
+        leaves at once instead of after an interval.
+        """
         try:
             task_status.started()
             while True:
-                await trio.sleep(self.sync_interval_s)
+                self._wake = trio.Event()
+                if not self._pull_again:
+                    with trio.move_on_after(self.sync_interval_s):
+                        await self._wake.wait()
+                self._pull_again = False
                 if not self._peers:
                     self._maybe_create(None)
                     continue
-                peer = self._peers[self._next_peer % len(self._peers)]
-                self._next_peer += 1
+                now = trio.current_time()
+                if self._awaiting is not None:
+                    if now - self._awaiting_since < self.sync_timeout_s:
+                        continue
+                    self.sync_stats["timeouts"] += 1
+                peer = self._pick_peer()
+                self._awaiting, self._awaiting_since = peer, now
+                self.sync_stats["pulls"] += 1
                 self._send(peer, DagSync(sender=self.key.peer_id, vector=known_vector(self.hashgraph)))
         finally:
             self.close()
+
+    def _pick_peer(self) -> PeerId:
+        """The next validator in round robin, skipping those whose link is down (unless all are)."""
+        try:
+            up = set(self.transport.connected_peers())
+        except AttributeError:  # no transport (a store-only service)
+            up = set()
+        for _ in range(len(self._peers)):
+            peer = self._peers[self._next_peer % len(self._peers)]
+            self._next_peer += 1
+            if not up or peer in up:
+                return peer
+        return peer
 
     def handle(self, peer: PeerId, signed: Signed[Any]) -> None:
         """A decoded, signature-checked ``dag_*`` message from ``peer``; bad contents are counted, never raised."""
         msg = signed.message
         try:
             if isinstance(msg, DagSync):
-                self._send_events(msg.sender, events_missing(self.hashgraph, msg.vector), always=True)
+                self._send_events(msg.sender, events_missing(self.hashgraph, msg.vector), limit=self.reply_bytes)
             elif isinstance(msg, DagWant):
                 self._send_events(msg.sender, ancestors_missing(self.hashgraph, msg.wanted, msg.vector))
             elif isinstance(msg, DagEvents):
+                if msg.sender == self._awaiting:
+                    self.sync_stats["replies"] += 1
+                    self._awaiting = None
+                    if sum(map(len, msg.events)) > self.reply_bytes // 2 or len(msg.events) >= MAX_BATCH_EVENTS:
+                        self.sync_stats["full_replies"] += 1  # the responder holds more: ask again at once
+                        self._pull_again = True
+                        if self._wake is not None:
+                            self._wake.set()
                 self._receive(msg)
         except SyncError as exc:
             self.rejects.record("dag", str(exc), peer)
@@ -307,20 +476,43 @@ class LedgerService:
         except (KeyError, ValueError) as exc:
             log.warning("dag message not sent", extra=fields(peer=peer, error=str(exc)))
 
-    def _send_events(self, peer: PeerId, events: list[Event], *, always: bool = False) -> None:
+    def _send_events(self, peer: PeerId, events: list[Event], *, limit: int | None = None) -> None:
+        """Send ``events`` in batches; with ``limit`` (a sync reply) only the first batch of at most ``limit``
+        bytes, possibly empty: the puller asks again for the rest with its updated vector."""
         batch: list[bytes] = []
         size = 0
+        cap = MAX_BATCH_BYTES if limit is None else limit
         for ev in events:
+            if not self._sendable(ev):
+                continue
             data = encode_event(ev)
             if len(data) > MAX_BATCH_BYTES:
                 continue  # cannot travel; an honest creator never makes one (MAX_EVENT_PAYLOAD)
-            if batch and (size + len(data) > MAX_BATCH_BYTES or len(batch) == MAX_BATCH_EVENTS):
-                self._send(peer, DagEvents(sender=self.key.peer_id, events=tuple(batch)))
+            if batch and (size + len(data) > cap or len(batch) == MAX_BATCH_EVENTS):
+                if limit is not None:
+                    break
+                self._send_batch(peer, batch)
                 batch, size = [], 0
             batch.append(data)
             size += len(data)
-        if batch or always:
-            self._send(peer, DagEvents(sender=self.key.peer_id, events=tuple(batch)))
+        if batch or limit is not None:
+            self._send_batch(peer, batch)
+
+    def _send_batch(self, peer: PeerId, batch: list[bytes]) -> None:
+        # Every event here passed the schema's checks once (on receipt, or its transactions on submit, or
+        # in _sendable): building the message unvalidated saves checking each transaction again per send.
+        self._send(peer, DagEvents.model_construct(sender=self.key.peer_id, events=tuple(batch)))
+
+    def _sendable(self, ev: Event) -> bool:
+        """Whether ``ev``'s transactions pass :func:`dag.event.check_transaction` (checked once per event)."""
+        ok = self._checked.get(ev.hash)
+        if ok is None:
+            reasons = [r for r in map(check_transaction, ev.transactions) if r is not None]
+            ok = self._checked[ev.hash] = not reasons
+            if reasons:  # only a store written before submit checked transactions can hold one
+                log.error("event not gossiped: it holds a transaction every peer refuses",
+                          extra=fields(event=repr(ev), reason=reasons[0]))
+        return ok
 
     def _receive(self, msg: DagEvents) -> None:
         hg = self.hashgraph
@@ -335,15 +527,22 @@ class LedgerService:
             self._send(msg.sender, DagWant(sender=self.key.peer_id, wanted=tuple(got.missing[:MAX_WANTED]),
                                            vector=known_vector(hg)))
         for evidence in hg.take_evidence():
-            self.submit(fork_evidence_tx(evidence))
+            self.submit(fork_evidence_tx(evidence), priority=True)
         self._maybe_create(hg.head(msg.sender))
 
     def _maybe_create(self, other: Event | None) -> None:
-        """Create an event if there is something to order: pending transactions, or unordered ones."""
+        """Create an event if there is something to order: pending transactions, or unordered ones.
+
+        Priority transactions go first. Ordinary ones go while fewer than :attr:`max_in_flight`
+        of this peer's transactions are in its events but not ordered yet: creation is paced
+        by the ordering lag, so the DAG never holds more unordered work than consensus keeps
+        up with, and the queue (bounded, refusing beyond) absorbs the rest.
+        """
         hg = self.hashgraph
         me = self.key.peer_id
         head = hg.head(me)
-        if not self._pending:
+        room = min(self.max_in_flight - self._in_flight, MAX_TRANSACTIONS)
+        if not self._priority and (room <= 0 or not self._pending):
             if not self._unordered_tx:
                 return
             alone = not self._peers  # a single validator orders by extending its own chain
@@ -351,11 +550,18 @@ class LedgerService:
                 return  # nothing new to record: the event would not help the order along
         txs: list[bytes] = []
         size = 0
-        for tx in self._pending:
+        for tx in self._priority:
             if txs and (size + len(tx) > MAX_EVENT_PAYLOAD or len(txs) == MAX_TRANSACTIONS):
                 break
             txs.append(tx)
             size += len(tx)
+        if room > 0:
+            room += len(txs)
+            for tx in self._pending:
+                if len(txs) >= room or (txs and (size + len(tx) > MAX_EVENT_PAYLOAD or len(txs) == MAX_TRANSACTIONS)):
+                    break
+                txs.append(tx)
+                size += len(tx)
         now = self._clock_ns()
         try:
             if head is None:
@@ -370,7 +576,12 @@ class LedgerService:
             log.error("cannot create an event", extra=fields(error=str(exc)))
             return
         for tx in txs:
-            del self._pending[tx]
+            if tx in self._priority:
+                del self._priority[tx]
+                self._priority_bytes -= len(tx)
+            else:
+                del self._pending[tx]
+                self._pending_bytes -= len(tx)
         self.created += 1
         self._stored([ev])
         if ordered:
@@ -380,9 +591,14 @@ class LedgerService:
         """Persist newly inserted events (before they are gossiped and before their order rows)."""
         if self.store is not None:
             self.store.append_events(events)
+        me = self.key.peer_id
         for ev in events:
+            self._checked[ev.hash] = True  # received (the schema checked it) or created here (submit checked it)
             if ev.transactions:
                 self._unordered_tx.add(ev.hash)
+                if ev.creator == me:
+                    self._own_unordered[ev.hash] = len(ev.transactions)
+                    self._in_flight += len(ev.transactions)
 
     def _ordered(self, events: list[Event]) -> None:
         hg = self.hashgraph
@@ -392,6 +608,7 @@ class LedgerService:
         self.ledger.apply(events)
         for ev in events:
             self._unordered_tx.discard(ev.hash)
+            self._in_flight -= self._own_unordered.pop(ev.hash, 0)
         if self.store is not None and hg.ordered_count - self._snap_at >= self.snapshot_every:
             self.store.save_snapshot(hg.ordered_count, self.ledger.snapshot())
             self._snap_at = hg.ordered_count

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import trio
 
+from consensus.driver import PoolFull
 from multillmn.certificate import verify
-from peers.api import PeerHandle, create_app
+from peers.api import MAX_PENDING_PER_CLIENT, RETRY_AFTER_S, PeerHandle, create_app
+from peers.node import Node, QueryFailed
 from tests.conftest import make_net
 from tests.test_node import Q, honest, running
 
@@ -93,3 +95,90 @@ async def test_not_ready_peer_answers_503_with_its_phase() -> None:
         status = (await client.get("/v1/status")).json()
     assert r.status_code == 503 and "loading-model" in r.json()["detail"]
     assert status["ready"] is False and status["phase"] == "loading-model"
+
+
+# -- overload (issue 10): 429 with Retry-After, 503 for the rest, and a bound per client ------------------------
+
+
+class _StubNode:
+    """What the API calls of a node: ``submit``, here failing or held until released."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+        self.calls = 0
+        self.release = trio.Event()
+
+    async def submit(self, question: str, max_tokens: int | None = None) -> Any:
+        self.calls += 1
+        await self.release.wait()
+        raise QueryFailed(self.error)
+
+
+def _stub_client(stub: _StubNode, address: str, app: Any = None) -> httpx.AsyncClient:
+    handle = PeerHandle("a" * 40, "peer0", "m", phase="ready", node=cast(Node, stub))
+    transport = httpx.ASGITransport(app=app or create_app(handle), client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://peer")
+
+
+CHAT = {"messages": [{"role": "user", "content": Q}]}
+
+
+async def test_a_full_query_pool_is_429_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real node's "pool full" failure becomes 429 + Retry-After on both query endpoints."""
+    net = make_net([1, 1, 1, 1])
+    async with running(net, honest(4)) as nodes:
+        node = nodes[0]
+
+        def full(*args: Any, **kwargs: Any) -> Any:
+            raise PoolFull("256 queries are pending")
+
+        monkeypatch.setattr(node.driver, "submit", full)
+        handle = PeerHandle(node.key.peer_id, "peer0", "m0", phase="ready", node=node)
+        async with _client(handle) as client:
+            for path, body in (("/v1/query", {"question": Q}), ("/v1/chat/completions", CHAT)):
+                r = await client.post(path, json=body)
+                assert r.status_code == 429, r.text
+                assert r.headers["retry-after"] == str(RETRY_AFTER_S)
+                assert r.json()["detail"].startswith("too many pending queries")
+
+
+async def test_other_query_failures_stay_503_without_retry_after() -> None:
+    stub = _StubNode("no decision within 30 s")
+    stub.release.set()
+    async with _stub_client(stub, "10.0.0.1") as client:
+        for path, body in (("/v1/query", {"question": Q}), ("/v1/chat/completions", CHAT)):
+            r = await client.post(path, json=body)
+            assert r.status_code == 503 and "retry-after" not in r.headers
+            assert r.json()["detail"] == "no decision within 30 s"
+
+
+async def test_one_client_cannot_hold_more_than_its_share_of_pending_queries() -> None:
+    """16 queries waiting from one address: its 17th is a 429 while another address still gets through;
+    once its queries end, the address may ask again."""
+    stub = _StubNode("no decision within 30 s")
+    handle = PeerHandle("a" * 40, "peer0", "m", phase="ready", node=cast(Node, stub))
+    app = create_app(handle)
+    statuses: list[int] = []
+
+    async def ask(client: httpx.AsyncClient, path: str = "/v1/query", body: Any = None) -> None:
+        statuses.append((await client.post(path, json=body or {"question": Q})).status_code)
+
+    async with _stub_client(stub, "10.0.0.1", app) as greedy, _stub_client(stub, "10.0.0.2", app) as other:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(MAX_PENDING_PER_CLIENT):
+                    nursery.start_soon(ask, greedy, *(("/v1/chat/completions", CHAT) if i % 2 else ()))
+                while stub.calls < MAX_PENDING_PER_CLIENT:
+                    await trio.sleep(0.01)
+                for path, body in (("/v1/query", {"question": Q}), ("/v1/chat/completions", CHAT)):
+                    r = await greedy.post(path, json=body)
+                    assert r.status_code == 429 and r.headers["retry-after"] == str(RETRY_AFTER_S)
+                    assert "from this client" in r.json()["detail"]
+                assert stub.calls == MAX_PENDING_PER_CLIENT  # refused before reaching the node
+                nursery.start_soon(ask, other)
+                while stub.calls < MAX_PENDING_PER_CLIENT + 1:
+                    await trio.sleep(0.01)
+                stub.release.set()
+            assert statuses == [503] * (MAX_PENDING_PER_CLIENT + 1)
+            r = await greedy.post("/v1/query", json={"question": Q})  # its slots were given back
+            assert r.status_code == 503 and stub.calls == MAX_PENDING_PER_CLIENT + 2
