@@ -1,4 +1,4 @@
-"""``multillmn testnet up|status|logs|restart|down``: argparse wiring for :mod:`testnet.launcher`.
+"""``multillmn testnet up|status|logs|restart|join|leave|down``: argparse wiring for :mod:`testnet.launcher`.
 
 Hook into the main CLI with ``add_testnet_commands(subparsers)``; each leaf
 parser sets ``func(args) -> int``. User errors print to stderr and return 2.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from testnet import launcher
 from testnet.launcher import PeerStatus, TestnetError
+from multillmn.config import BYZANTINE_BEHAVIOURS
 from testnet.manifest import KNOWN_MODELS, Manifest, ManifestError
 
 __all__ = ["add_testnet_commands", "format_table"]
@@ -48,11 +49,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
             if args.models is not None:
                 return _err("--models applies only with --peers; set each peer's model in the manifest")
             manifest = Manifest.load(args.manifest)
+            if args.epoch_length is not None:
+                manifest = replace(manifest, epoch_length=args.epoch_length).validate()
         else:
             models = [m.strip() for m in (args.models or DEFAULT_MODELS).split(",")]
             if any(not m for m in models):
                 return _err(f"--models: empty entry in {args.models!r}; use e.g. --models {DEFAULT_MODELS}")
-            manifest = Manifest.from_args(args.peers, models)
+            manifest = Manifest.from_args(args.peers, models, epoch_length=args.epoch_length)
     except ManifestError as exc:
         return _err(str(exc))
     if args.timeout <= 0:
@@ -103,6 +106,44 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_join(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        return _err(f"--timeout must be positive, got {args.timeout:g}")
+    try:
+        result = launcher.join(args.dir, args.model, name=args.name, byzantine=args.byzantine, wait=args.wait,
+                               ready_timeout_s=args.timeout, member_timeout_s=args.timeout, progress=_progress)
+    except TestnetError as exc:
+        return _err(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted; the new peer was stopped", file=sys.stderr)
+        return 130
+    p = result.peer
+    if args.wait:
+        at = f" from height {result.boundary}" if result.boundary is not None else ""
+        print(f"{p.name} ({p.peer_id[:12]}, {p.model}, api {p.api_url}) is a member of the validator set{at}")
+    else:
+        print(f"{p.name} ({p.peer_id[:12]}, {p.model}, api {p.api_url}) runs and asked {result.via} to join; it "
+              f"becomes a member at an epoch boundary (see `multillmn testnet status --dir {args.dir}`)")
+    return 0
+
+
+def _cmd_leave(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        return _err(f"--timeout must be positive, got {args.timeout:g}")
+    try:
+        result = launcher.leave(args.dir, args.peer, keep_running=args.keep_running, timeout_s=args.timeout,
+                                progress=_progress)
+    except TestnetError as exc:
+        return _err(str(exc))
+    at = f" at height {result.boundary}" if result.boundary is not None else ""
+    print(f"{args.peer} left the validator set{at}")
+    if result.stopped is not None:
+        print(result.stopped)
+    elif args.keep_running:
+        print(f"{args.peer} keeps running, following the network")
+    return 0
+
+
 def _cmd_down(args: argparse.Namespace) -> int:
     try:
         report = launcher.down(args.dir, timeout_s=args.timeout)
@@ -137,6 +178,9 @@ def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
                     help="seconds to wait for every peer to be ready (default: 900)")
     up.add_argument("--base-port", type=int, metavar="PORT",
                     help="use consecutive ports from PORT (p2p, api per peer) instead of free ones")
+    up.add_argument("--epoch-length", type=int, metavar="N",
+                    help="heights per epoch (4-10000): members change only at an epoch's first height "
+                         "(default: the manifest's, else the genesis default of 100)")
     up.add_argument("--reset", action="store_true",
                     help="DIR holds a stopped testnet: delete its keys, genesis and ledgers and start a new one")
     up.set_defaults(func=_cmd_up)
@@ -155,6 +199,34 @@ def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
     rs.add_argument("--timeout", type=float, default=900, metavar="S",
                     help="seconds to wait for it to be ready (default: 900)")
     rs.set_defaults(func=_cmd_restart)
+
+    jn = with_dir(sub.add_parser(
+        "join", help="add a peer to the running testnet; it asks a member to join the validator set",
+        description="Write a new peer's key and config (the testnet's genesis, the running peers' addresses), "
+                    "start it, and wait until it is ready and a member accepted its join request; it votes from "
+                    "the first epoch boundary at least two heights after the request is committed. Heights "
+                    "advance only as questions are decided."))
+    jn.add_argument("--model", required=True, help=f"{' or '.join(KNOWN_MODELS)}, or a Hugging Face model "
+                                                    "directory the genesis admits")
+    jn.add_argument("--name", help="its name (default: the next free peerN)")
+    jn.add_argument("--byzantine", default="none", metavar="BEHAVIOUR",
+                    help=f"fault injection: {', '.join(BYZANTINE_BEHAVIOURS)} (default: none)")
+    jn.add_argument("--wait", action="store_true",
+                    help="also wait until it is a member of the validator set; print the boundary height")
+    jn.add_argument("--timeout", type=float, default=900, metavar="S",
+                    help="seconds to wait for it to be ready, and with --wait to be a member (default: 900)")
+    jn.set_defaults(func=_cmd_join)
+
+    lv = with_dir(sub.add_parser(
+        "leave", help="take a peer out of the validator set, then stop it",
+        description="Sign the peer's leave request with its key (in the testnet directory), hand it to its own "
+                    "API (or another member's), wait until the other members no longer list it (an epoch "
+                    "boundary), then stop it."))
+    lv.add_argument("--peer", metavar="NAME", required=True, help="the peer that leaves")
+    lv.add_argument("--keep-running", action="store_true", help="leave it running, following the network")
+    lv.add_argument("--timeout", type=float, default=900, metavar="S",
+                    help="seconds to wait until it is out of the set (default: 900)")
+    lv.set_defaults(func=_cmd_leave)
 
     dn = with_dir(sub.add_parser("down", help="stop every peer (SIGTERM, then SIGKILL)"))
     dn.add_argument("--timeout", type=float, default=15, metavar="S",

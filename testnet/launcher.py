@@ -26,22 +26,22 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from multillmn.config import PeerAddress, PeerConfig, render_toml
-from multillmn.genesis import Genesis
+from multillmn.config import BYZANTINE_BEHAVIOURS, PeerAddress, PeerConfig, render_toml
+from multillmn.genesis import Genesis, GenesisError, Params
 from multillmn.identity import KeyPair
 from peers.shard.devices import DeviceEntry, render_device_file
 from testnet import netns, processes
-from testnet.manifest import DeviceSpec, Manifest
+from testnet.manifest import DeviceSpec, Manifest, ManifestError, check_join_model, check_model, is_peer_name
 
-__all__ = ["DEFAULT_PEER_COMMAND", "DEFAULT_WORKER_COMMAND", "PeerRecord", "PeerStatus", "TestnetError",
-           "TestnetState", "WorkerRecord",
-           "down", "is_running", "load_state", "logs", "restart", "status", "up"]
+__all__ = ["DEFAULT_PEER_COMMAND", "DEFAULT_WORKER_COMMAND", "JoinResult", "LeaveResult", "PeerRecord", "PeerStatus",
+           "TestnetError", "TestnetState", "WorkerRecord",
+           "down", "is_running", "join", "leave", "load_state", "logs", "restart", "status", "up"]
 
 DEFAULT_PEER_COMMAND: list[str] = [sys.executable, "-m", "multillmn", "peer", "start"]
 """argv prefix of a peer; ``--config <path>`` is appended."""
@@ -75,7 +75,8 @@ class PeerRecord:
     p2p: str
     log: str
     config: str
-    weight: int = 1
+    weight: int = 1  # in the genesis (a joiner's weight is the membership rule's)
+    genesis: bool = True  # False: not in the genesis (a manifest joiner, or added by `testnet join`)
 
 
 @dataclass
@@ -144,7 +145,8 @@ class PeerStatus:
     phase: str
     height: int | None
     connected_peers: int | None
-    weight_share: float | None = None  # of the set in force, as the first reachable peer reports it
+    weight_share: float | None = None  # of the set in force, as the highest reachable peer reports it
+    member: bool | None = None  # in the validator set in force at its height (None: it does not answer)
 
 
 def load_state(dir: Path) -> TestnetState:
@@ -255,7 +257,7 @@ def status(dir: Path) -> list[PeerStatus]:
     alive = [processes.alive(p.pid) for p in state.peers]
     answers = _fetch_all([p.api_url for p, a in zip(state.peers, alive) if a])
     it = iter(answers)
-    shares = _weight_shares(next((s for s in answers if s), None))
+    shares = _weight_shares(_highest(answers))
     out = []
     for p, a in zip(state.peers, alive):
         s = next(it) if a else None
@@ -265,8 +267,20 @@ def status(dir: Path) -> list[PeerStatus]:
             ready=bool(s and s.get("ready") is True), phase=str(s.get("phase", "?")) if s else "down",
             height=s.get("height") if s else None,
             connected_peers=len(connected) if isinstance(connected, list) else None,
-            weight_share=shares.get(p.peer_id)))
+            weight_share=shares.get(p.peer_id), member=s.get("member") if s and isinstance(s.get("member"), bool)
+            else None))
     return out
+
+
+def _height(status: dict[str, Any] | None) -> int:
+    h = status.get("height") if status else None
+    return h if isinstance(h, int) and not isinstance(h, bool) else -1
+
+
+def _highest(answers: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The status of the peer furthest ahead (the first of them), or None if none answered: a peer
+    that is catching up (a joiner) still shows an older validator set."""
+    return max(answers, key=_height, default=None)
 
 
 def _weight_shares(status: dict[str, Any] | None) -> dict[str, float]:
@@ -349,7 +363,11 @@ def _device_workers(manifest: Manifest, dir: Path, ports: Iterator[int]) -> list
 
 def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]
                       ) -> tuple[list[PeerRecord], list[WorkerRecord]]:
-    """Keys, genesis, configs and device files; returns the peer and worker records (no pids yet)."""
+    """Keys, genesis, configs and device files; returns the peer and worker records (no pids yet).
+
+    The genesis holds the peers without ``join_at_height``; they link to each other. A joiner links
+    to the genesis peers and hands its join request to the first one's API once that peer reports
+    its ``join_at_height`` (``[membership] join_via``)."""
     keys = {p.name: KeyPair.generate() for p in manifest.peers}
     records = []
     for i, p in enumerate(manifest.peers):
@@ -357,13 +375,20 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]
         home.mkdir(exist_ok=True)
         keys[p.name].save(home / "peer_key.pem")
         records.append(PeerRecord(
-            name=p.name, peer_id=keys[p.name].peer_id, pid=None, model=p.model, weight=p.weight,
+            name=p.name, peer_id=keys[p.name].peer_id, pid=None, model=p.model, weight=p.weight if p.in_genesis else 0,
             api_url=f"http://127.0.0.1:{ports[2 * i + 1]}", p2p=f"127.0.0.1:{ports[2 * i]}",
-            log=str(home / "peer.log"), config=str(home / "config.toml")))
-    Genesis.build(manifest.chain_id, [(p.name, keys[p.name].public_key, p.weight)
-                                      for p in manifest.peers]).save(dir / "genesis.json")
+            log=str(home / "peer.log"), config=str(home / "config.toml"), genesis=p.in_genesis))
+    params = Params(models=manifest.admitted_models())
+    if manifest.epoch_length is not None:
+        params = replace(params, epoch_length=manifest.epoch_length)
+    try:
+        Genesis.build(manifest.chain_id, [(p.name, keys[p.name].public_key, p.weight)
+                                          for p in manifest.genesis_peers], params).save(dir / "genesis.json")
+    except GenesisError as exc:
+        raise TestnetError(f"cannot build the genesis: {exc}") from None
     workers = _device_workers(manifest, dir, iter(ports[2 * len(records):]))
     specs = {p.name: p for p in manifest.peers}
+    founders = [r for r in records if r.genesis]
     for r in records:
         spec = specs[r.name]
         mine = [(w, d) for w, d in workers if w.peer == r.name]
@@ -377,11 +402,13 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]
         cfg = PeerConfig(
             moniker=r.name, key_file="peer_key.pem", genesis_file="../genesis.json",
             p2p_listen=r.p2p, api_listen=r.api_url.removeprefix("http://"),
-            persistent_peers=tuple(PeerAddress(o.peer_id, o.p2p) for o in records if o is not r),
+            persistent_peers=tuple(PeerAddress(o.peer_id, o.p2p) for o in founders if o is not r),
             model=r.model, threads=manifest.threads_per_peer, max_new_tokens=manifest.max_new_tokens,
             behaviour=spec.byzantine, slow_ms=spec.slow_ms, crash_at_height=spec.crash_at_height,
             behaviour_from_height=spec.from_height, link_delay_ms=spec.link_delay_ms, link_loss=spec.link_loss,
-            shard_devices_file="devices.toml" if mine else "",
+            shard_devices_file="devices.toml" if mine else "", external_address=r.p2p,
+            join_via="" if r.genesis else founders[0].api_url, join_at_height=spec.join_at_height,
+            leave_at_height=spec.leave_at_height,
         ).validate()
         Path(r.config).write_text(render_toml(cfg))
     return records, [w for w, _ in workers]
@@ -502,21 +529,37 @@ def restart(dir: Path, name: str, *, ready_timeout_s: float = 900, peer_command:
         raise TestnetError(f"cannot start {name} ({command[0]}: {exc.strerror})") from None
     state.stopped = False
     state.save()
-    deadline = time.monotonic() + ready_timeout_s
+    _await_ready(state, r, ready_timeout_s, "restart")
+    return r
+
+
+def _await_ready(state: TestnetState, r: PeerRecord, timeout_s: float, what: str) -> None:
+    """Wait until peer ``r`` (just spawned) reports ready; :class:`TestnetError` with its log tail if it
+    exits, or after stopping it if it is not ready in time (the other peers are left alone)."""
+    deadline = time.monotonic() + timeout_s
     while True:
+        assert r.pid is not None
         code = processes.reap(r.pid)
         if code is not None or not processes.alive(r.pid):
+            r.pid = None
+            state.save()
             tail = processes.tail(Path(r.log), _TAIL_LINES)
-            raise TestnetError(f"peer {name} exited during restart (exit status {code})\n"
+            raise TestnetError(f"peer {r.name} exited during {what} (exit status {code})\n"
                                f"--- last lines of {r.log} ---\n{tail}")
         s = _fetch_all([r.api_url], timeout_s=1.0)[0]
+        if s is not None and s.get("peer_id") not in (None, r.peer_id):
+            processes.stop([r], timeout_s=5)
+            r.pid = None
+            state.save()
+            raise TestnetError(f"{r.api_url} answered as peer {s.get('peer_id')}, expected {r.name} ({r.peer_id}); "
+                               "is another process using that port?")
         if s is not None and s.get("peer_id") == r.peer_id and s.get("ready") is True:
-            return r
+            return
         if time.monotonic() > deadline:
             processes.stop([r], timeout_s=5)
             r.pid = None
             state.save()
-            raise TestnetError(f"peer {name} was not ready within {ready_timeout_s:g}s after restart; "
+            raise TestnetError(f"peer {r.name} was not ready within {timeout_s:g}s after {what}; "
                                f"it was stopped (log: {r.log})")
         time.sleep(_POLL_S)
 
@@ -578,3 +621,348 @@ def _worker_ready(w: WorkerRecord) -> bool:
     except OSError:
         return False
     return any(line.startswith("READY ") and line.split()[-1] == w.peer_id for line in text.splitlines())
+
+
+# --- membership: join and leave a running testnet ----------------------------------------------
+
+_JOIN_SENT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """What ``join`` did: the new peer, the member it asked, and (``wait``) the boundary it joined at."""
+
+    peer: PeerRecord
+    via: str  # the member's API its join request went to
+    boundary: int | None = None  # the height from which it votes (None: not waited for, or not shown)
+
+
+@dataclass(frozen=True)
+class LeaveResult:
+    """What ``leave`` did: the peer, the boundary it left at (if shown) and how its process ended."""
+
+    peer: PeerRecord
+    boundary: int | None
+    stopped: str | None  # ``processes.stop``'s line, None with ``keep_running`` (or if it was not running)
+
+
+def _running(state: TestnetState) -> list[PeerRecord]:
+    running = [p for p in state.peers if processes.ours(p.pid)]
+    if not running:
+        raise TestnetError(f"the testnet in {state.dir} is stopped (no peer runs); restart its peers with "
+                           f"`multillmn testnet restart --dir {state.dir} --peer NAME`, or start a new one with "
+                           f"`multillmn testnet up --dir {state.dir} --reset`")
+    return running
+
+
+def _members(peers: Sequence[PeerRecord]) -> list[tuple[PeerRecord, dict[str, Any]]]:
+    """The peers that answer as members of the validator set, furthest ahead first."""
+    answers = _fetch_all([p.api_url for p in peers])
+    found = [(p, s) for p, s in zip(peers, answers)
+             if s is not None and s.get("peer_id") == p.peer_id and s.get("member") is True]
+    return sorted(found, key=lambda ps: -_height(ps[1]))
+
+
+def _membership(status: dict[str, Any]) -> dict[str, Any]:
+    m = status.get("membership")
+    return m if isinstance(m, dict) else {}
+
+
+def _ids(items: object, key: str = "peer_id") -> set[str]:
+    """The ``key`` of every object in a status list (malformed entries skipped)."""
+    if not isinstance(items, list):
+        return set()
+    return {str(i[key]) for i in items if isinstance(i, dict) and key in i}
+
+
+def _boundary(status: dict[str, Any] | None, peer_id: str, side: str) -> int | None:
+    """The boundary of the last transition in ``status`` whose ``side`` ("joined"/"left") names ``peer_id``."""
+    found = None
+    for t in _membership(status or {}).get("transitions", []) or []:
+        if isinstance(t, dict) and isinstance(t.get(side), list) and peer_id in t[side] \
+                and isinstance(t.get("boundary"), int):
+            found = t["boundary"]
+    return found
+
+
+def _where(status: dict[str, Any] | None) -> str:
+    """"network at height 7, next boundary 9" from a member's status."""
+    if status is None:
+        return "no member answers"
+    m = _membership(status)
+    nxt = f", next epoch boundary {m['next_boundary']}" if isinstance(m.get("next_boundary"), int) else ""
+    return f"network at height {_height(status)}{nxt}"
+
+
+_HEIGHTS_HINT = ("heights advance only as questions are decided, and members change only at epoch boundaries: "
+                 "keep questions coming (multillmn ask --peer URL ...)")
+
+
+def _free_name(state: TestnetState) -> str:
+    names = {p.name for p in state.peers}
+    i = len(state.peers)
+    while f"peer{i}" in names or (state.dir / f"peer{i}").exists():
+        i += 1
+    return f"peer{i}"
+
+
+def _check_join(state: TestnetState, genesis: Genesis, model: str, name: str | None, byzantine: str
+                ) -> tuple[str, str]:
+    """The model (checked) and name of a peer to add, else :class:`TestnetError` saying why not."""
+    if genesis.params.weights != "adaptive":
+        raise TestnetError(f"the genesis of {state.dir} fixes the validator set (static weights): no peer can join")
+    try:
+        model = check_join_model("--model", check_model(model))
+    except ManifestError as exc:
+        raise TestnetError(str(exc)) from None
+    admitted = genesis.params.models
+    if admitted and model not in admitted:
+        raise TestnetError(f"--model {model!r}: the genesis of this testnet admits only "
+                           f"{', '.join(admitted)}; a join request declaring another model is refused")
+    if byzantine not in BYZANTINE_BEHAVIOURS:
+        raise TestnetError(f"--byzantine: expected one of {', '.join(BYZANTINE_BEHAVIOURS)}, got {byzantine!r}")
+    if name is None:
+        name = _free_name(state)
+    if not is_peer_name(name):
+        raise TestnetError(f"--name: expected 1-64 characters of [a-z0-9-], got {name!r}")
+    if any(p.name == name for p in state.peers):
+        raise TestnetError(f"--name: the testnet already has a peer named {name!r}")
+    if (state.dir / name).exists():
+        raise TestnetError(f"--name: {state.dir / name} already exists; choose another name")
+    return model, name
+
+
+def join(dir: Path, model: str, *, name: str | None = None, byzantine: str = "none", wait: bool = False,
+         ready_timeout_s: float = 900, member_timeout_s: float = 900,
+         progress: Callable[[str], None] | None = None, peer_command: list[str] | None = None) -> JoinResult:
+    """Add a peer to the running testnet in ``dir`` and start it; return once it is ready and its join
+    request was accepted, or (``wait``) once it is a member of the validator set.
+
+    It gets a new key, the testnet's genesis, the running peers as persistent peers, its p2p address as
+    ``[membership] external_address`` and a running member's API as ``join_via``: the peer hands its
+    own signed join request there once it runs (ADR 0016: it takes effect at the first epoch boundary
+    at least two heights after it is committed). It is recorded in ``testnet.json`` like the others.
+    On a failure after it started it is stopped and stays recorded (``testnet restart`` retries);
+    with ``wait`` and a timeout it keeps running, following the network.
+    """
+    say = progress or (lambda _line: None)
+    dir = dir.resolve()
+    state = load_state(dir)
+    running = _running(state)
+    try:
+        genesis = Genesis.load(dir / "genesis.json")
+    except GenesisError as exc:
+        raise TestnetError(f"cannot read the testnet's genesis: {exc}") from None
+    model, name = _check_join(state, genesis, model, name, byzantine)
+    members = _members(running)
+    if not members:
+        raise TestnetError(f"no running peer of the testnet in {dir} answers as a member of the validator set "
+                           f"(running: {', '.join(p.name for p in running)}); check `multillmn testnet status`")
+    via = members[0][0]
+    base = PeerConfig.load(Path(via.config))
+    p2p, api = (f"127.0.0.1:{port}" for port in _free_ports(2))
+    home = dir / name
+    home.mkdir()
+    key = KeyPair.generate()
+    key.save(home / "peer_key.pem")
+    r = PeerRecord(name=name, peer_id=key.peer_id, pid=None, model=model, api_url=f"http://{api}", p2p=p2p,
+                   log=str(home / "peer.log"), config=str(home / "config.toml"), weight=0, genesis=False)
+    cfg = PeerConfig(
+        moniker=name, key_file="peer_key.pem", genesis_file="../genesis.json", p2p_listen=p2p, api_listen=api,
+        persistent_peers=tuple(PeerAddress(o.peer_id, o.p2p) for o in running),
+        model=model, threads=base.threads, max_new_tokens=base.max_new_tokens, behaviour=byzantine,
+        external_address=p2p, join_via=via.api_url,
+    ).validate()
+    Path(r.config).write_text(render_toml(cfg))
+    state.peers.append(r)
+    state.save()
+    command = list(peer_command if peer_command is not None else DEFAULT_PEER_COMMAND)
+    try:
+        r.pid = processes.spawn([*command, "--config", r.config], Path(r.log), _peer_env(cfg.threads))
+    except OSError as exc:
+        raise TestnetError(f"cannot start {name} ({command[0]}: {exc.strerror})") from None
+    state.save()
+    say(f"{name} started (pid {r.pid}, model {model}, api {r.api_url}); it asks {via.name} ({via.api_url}) to join")
+    try:
+        try:
+            _await_ready(state, r, ready_timeout_s, "start-up")
+        except TestnetError as exc:
+            raise TestnetError(f"{exc}\n{name} stays in {dir / STATE_FILE}, stopped: once the cause is fixed, "
+                               f"start it with `multillmn testnet restart --dir {dir} --peer {name}`") from None
+        say(f"{name} ready; {_where(members[0][1])}")
+        _await_join_sent(state, r, via, say)
+        if not wait:
+            return JoinResult(r, via.api_url)
+        say(_HEIGHTS_HINT)
+        return JoinResult(r, via.api_url, _await_member(state, r, member_timeout_s, say))
+    except BaseException as exc:
+        if not isinstance(exc, TestnetError):  # interrupted: do not leave a half-started peer behind
+            processes.stop([r], timeout_s=5)
+            r.pid = None
+            state.save()
+        raise
+
+
+def _log_since(path: Path, offset: int) -> list[dict[str, Any]]:
+    """The JSON log records written to ``path`` from ``offset`` on (other lines skipped)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read(4 << 20).decode("utf-8", "replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def _await_join_sent(state: TestnetState, r: PeerRecord, via: PeerRecord, say: Callable[[str], None]) -> None:
+    """Wait (briefly) until the new peer's log says a member accepted its join request; a refusal it logs
+    is reported as it comes (it asks again every 10 s). :class:`TestnetError` if none accepted in time."""
+    deadline = time.monotonic() + _JOIN_SENT_TIMEOUT_S
+    seen: set[str] = set()
+    while True:
+        for record in _log_since(Path(r.log), 0):
+            if record.get("msg") == "asked to join":
+                say(f"{via.name} accepted the join request of {r.name}; it takes effect at the first epoch "
+                    "boundary at least 2 heights after it is committed")
+                return
+            if record.get("msg") == "join request not accepted yet":
+                error = str(record.get("error", "?"))
+                if error not in seen:
+                    seen.add(error)
+                    say(f"{via.name} has not accepted the join request of {r.name} yet: {error}")
+        if not processes.alive(r.pid):
+            r.pid = None
+            state.save()
+            raise TestnetError(f"peer {r.name} exited before its join request was accepted\n"
+                               f"--- last lines of {r.log} ---\n{processes.tail(Path(r.log), _TAIL_LINES)}")
+        if time.monotonic() > deadline:
+            why = f" (last refusal: {sorted(seen)[-1]})" if seen else ""
+            raise TestnetError(f"{via.name} did not accept the join request of {r.name} within "
+                               f"{_JOIN_SENT_TIMEOUT_S:g}s{why}; {r.name} keeps running and asks again every 10 s "
+                               f"(log: {r.log})")
+        time.sleep(_POLL_S)
+
+
+def _await_member(state: TestnetState, r: PeerRecord, timeout_s: float, say: Callable[[str], None]) -> int | None:
+    """Wait until ``r`` reports itself a member; the boundary it joined at (if its status shows it)."""
+    start = time.monotonic()
+    reported = -_REPORT_EVERY_S
+    while True:
+        if not processes.alive(r.pid):
+            r.pid = None
+            state.save()
+            raise TestnetError(f"peer {r.name} exited before it became a member\n"
+                               f"--- last lines of {r.log} ---\n{processes.tail(Path(r.log), _TAIL_LINES)}")
+        mine = _fetch_all([r.api_url], timeout_s=1.0)[0]
+        if mine is not None and mine.get("member") is True:
+            return _boundary(mine, r.peer_id, "joined")
+        elapsed = time.monotonic() - start
+        if elapsed - reported >= _REPORT_EVERY_S:
+            reported = elapsed
+            others = _members([p for p in state.peers if p is not r and processes.ours(p.pid)])
+            top = others[0][1] if others else None
+            pending = {str(j.get("peer_id")): j for j in _membership(top or {}).get("pending_joins", []) or []
+                       if isinstance(j, dict)}
+            how = f"its join was committed at height {pending[r.peer_id].get('committed_at')}" \
+                if r.peer_id in pending else "its join is not committed yet"
+            say(f"{elapsed:>4.0f}s  {r.name} at height {_height(mine)}, {_where(top)}; {how}")
+        if elapsed > timeout_s:
+            raise TestnetError(f"{r.name} is not a member after {timeout_s:g}s; it keeps running and following the "
+                               f"network. {_HEIGHTS_HINT[0].upper()}{_HEIGHTS_HINT[1:]}; then check "
+                               f"`multillmn testnet status --dir {state.dir}`")
+        time.sleep(_POLL_S)
+
+
+def leave(dir: Path, name: str, *, keep_running: bool = False, timeout_s: float = 900,
+          progress: Callable[[str], None] | None = None) -> LeaveResult:
+    """Take peer ``name`` out of the validator set: sign its leave request with its key (in the testnet
+    dir), post it to its own API (or, if that does not answer, to another member's), wait until another
+    member no longer lists it among the validators, then stop it (``keep_running``: it stays up, a
+    follower of the network). Its config is rewritten so that a restart neither joins nor leaves again.
+    """
+    from consensus.messages import Leave, sign
+    from multillmn.client import ClientError, request_membership
+
+    say = progress or (lambda _line: None)
+    dir = dir.resolve()
+    state = load_state(dir)
+    r = state.peer(name)
+    running = _running(state)
+    others = _members([p for p in running if p is not r])
+    if not others:
+        if processes.ours(r.pid) and _members([r]):
+            raise TestnetError(f"{name} is the only running member: the network cannot lose its last validator")
+        raise TestnetError(f"no other running peer of the testnet in {dir} answers as a member, so nothing can "
+                           f"order {name}'s leave; check `multillmn testnet status --dir {dir}`")
+    observer, top = others[0]
+    m = _membership(top)
+    if r.peer_id not in _ids(top.get("validators")):
+        if r.peer_id in _ids(m.get("pending_joins")):
+            raise TestnetError(f"{name} is not a member yet: its join waits for an epoch boundary ({_where(top)}); "
+                               f"it can leave once it is a member (multillmn testnet join --wait shows when)")
+        raise TestnetError(f"{name} is not a member of the validator set at height {_height(top)} "
+                           f"(as {observer.name} reports): it left, was removed, or never joined")
+    cfg = PeerConfig.load(Path(r.config))
+    if r.peer_id in _ids(m.get("pending_leaves")):
+        say(f"{name} already asked to leave; waiting for the epoch boundary")
+    else:
+        try:
+            key = KeyPair.load(cfg.path(cfg.key_file))
+        except Exception as exc:  # KeyFileError, OSError
+            raise TestnetError(f"cannot read the key of {name}: {exc}") from None
+        envelope = sign(Leave(chain_id=state.chain_id, peer_id=r.peer_id, created_ms=time.time_ns() // 1_000_000),
+                        key).envelope
+        targets = ([r] if processes.ours(r.pid) else []) + [p for p, _ in others]  # its own API first
+        for i, target in enumerate(targets):
+            try:
+                request_membership(target.api_url, "leave", envelope)
+            except ClientError as exc:
+                text = str(exc)
+                if "already-requested" in text:
+                    say(f"{name} already asked to leave; waiting for the epoch boundary")
+                    break
+                if (text.startswith("cannot reach") or text.startswith("refused (503)")) and i + 1 < len(targets):
+                    continue  # not up (yet): ask the next member
+                raise TestnetError(f"{target.name} ({target.api_url}) refused the leave request of {name}: "
+                                   f"{text}") from None
+            say(f"{target.name} accepted the leave request of {name}; {_where(top)}")
+            break
+    say(_HEIGHTS_HINT)
+    boundary = _await_left(state, r, timeout_s, say)
+    Path(r.config).write_text(render_toml(replace(cfg, join_via="", join_at_height=0, leave_at_height=0)))
+    stopped = None
+    if not keep_running and processes.ours(r.pid):
+        stopped = processes.stop([r], timeout_s=15)[0]
+        r.pid = None
+        state.save()
+    return LeaveResult(r, boundary, stopped)
+
+
+def _await_left(state: TestnetState, r: PeerRecord, timeout_s: float, say: Callable[[str], None]) -> int | None:
+    """Wait until a member other than ``r`` no longer lists it; the boundary it left at (if shown)."""
+    start = time.monotonic()
+    reported = -_REPORT_EVERY_S
+    while True:
+        others = _members([p for p in state.peers if p is not r and processes.ours(p.pid)])
+        top = others[0][1] if others else None
+        if top is not None and r.peer_id not in _ids(top.get("validators")):
+            return _boundary(top, r.peer_id, "left")
+        elapsed = time.monotonic() - start
+        pending = r.peer_id in _ids(_membership(top or {}).get("pending_leaves"))
+        if elapsed - reported >= _REPORT_EVERY_S:
+            reported = elapsed
+            say(f"{elapsed:>4.0f}s  {_where(top)}; the leave of {r.name} is "
+                f"{'committed' if pending else 'not committed yet'}")
+        if elapsed > timeout_s:
+            raise TestnetError(f"{r.name} is still a member after {timeout_s:g}s (its leave request is "
+                               f"{'committed' if pending else 'not committed yet'}). "
+                               f"{_HEIGHTS_HINT[0].upper()}{_HEIGHTS_HINT[1:]}")
+        time.sleep(_POLL_S)

@@ -6,6 +6,8 @@ A manifest is a TOML file::
     chain_id = "local-testnet"   # default
     threads_per_peer = 1         # default; torch/OpenMP threads of each peer
     max_new_tokens = 48          # default
+    epoch_length = 100           # default (the genesis default); heights per epoch: members change only
+                                 # at an epoch's first height; 4-10000
 
     [[peer]]
     name = "peer0"               # unique, [a-z0-9-]+
@@ -16,6 +18,9 @@ A manifest is a TOML file::
     slow_ms = 2000               # for byzantine = "slow": delay of its votes and proposals
     crash_at_height = 3          # for byzantine = "crash": the height at which it exits
     from_height = 1              # before this height a byzantine peer only answers wrongly
+    join_at_height = 6           # not in the genesis: starts with the others and asks to join (via the
+                                 # first genesis peer) once the network reaches this height
+    leave_at_height = 12         # asks to leave the validator set once the network reaches this height
     network = { delay_ms = 20, loss = 0.01 }   # emulated conditions on every message it sends
     # EdgeShard: split this peer's model over devices, one shard worker process each
     devices = [
@@ -35,6 +40,15 @@ rate on a veth pair into a network namespace of its own: needs root; default
 unlimited, on loopback) are optional. A peer whose model fits on no split of
 its devices (the planner's memory model, as the peer will plan) is rejected.
 
+Membership (ADR 0016): the genesis holds the peers without ``join_at_height``
+(at least one); its ``models`` admit smollm2, gemma3 and the manifest's model
+directories, so ``multillmn testnet join`` can add any of them. A joiner's
+weight is set by the membership rule, so it takes no ``weight``; its model
+name must fit a join request (``[A-Za-z0-9._:/+-]``, at most 128
+characters). Heights advance only as questions are decided: a join or leave
+takes effect at the first epoch boundary at least two heights after it is
+committed.
+
 Unknown keys are rejected by name. :meth:`Manifest.from_args` builds the
 manifest behind ``multillmn testnet up --peers N --models a,b``.
 """
@@ -49,22 +63,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consensus.membership import MAX_EPOCH_LENGTH
 from multillmn.config import BYZANTINE_BEHAVIOURS
 from peers.shard.planner import Device, Link, Network, NoFeasiblePlan, Problem, plan
 from peers.shard.profiles import KNOWN_SHAPES, ModelShape, profile_from_shape
 
 __all__ = ["KNOWN_MODELS", "MAX_DEVICES", "MAX_PEERS", "DeviceSpec", "Manifest", "ManifestError", "PeerSpec",
-           "check_model"]
+           "check_join_model", "check_model", "is_peer_name"]
 
 KNOWN_MODELS = ("smollm2", "gemma3")
 MAX_PEERS = 64
 _NAME = re.compile(r"^[a-z0-9-]+$")
-_TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens")
+_TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens", "epoch_length")
 _PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "from_height", "network",
-              "devices")
+              "devices", "join_at_height", "leave_at_height")
+_JOIN_MODEL = re.compile(r"^[A-Za-z0-9._:/+-]{1,128}$")  # consensus.messages.Join.model
+MAX_HEIGHT = 2**40
 _NETWORK_KEYS = ("delay_ms", "loss")
 _DEVICE_KEYS = ("name", "threads", "memory_mb", "delay_ms", "loss", "bandwidth_kbit")
 MAX_DEVICES = 8
+MIN_EPOCH_LENGTH = 4  # as multillmn.genesis.Params
 MAX_DELAY_MS = 60_000
 SHARD_CONTEXT_TOKENS = 2048  # as peers.shard.engine plans
 
@@ -89,6 +107,19 @@ def check_model(value: object, base_dir: Path = Path(".")) -> str:
     if not (path / "config.json").is_file():
         raise ManifestError(f"model {value!r}: {path} has no config.json, so it is not a Hugging Face model directory")
     return str(path)
+
+
+def is_peer_name(value: object) -> bool:
+    """1-64 characters of [a-z0-9-]: a peer's name (its directory in the testnet)."""
+    return isinstance(value, str) and bool(_NAME.match(value)) and len(value) <= 64
+
+
+def check_join_model(where: str, model: str) -> str:
+    """``model`` if a join request can declare it (:class:`consensus.messages.Join`), else :class:`ManifestError`."""
+    if not _JOIN_MODEL.match(model):
+        raise ManifestError(f"{where}: model {model!r} cannot be declared in a join request (at most 128 characters "
+                            "of [A-Za-z0-9._:/+-]); move the model directory to a shorter, plain path")
+    return model
 
 
 def _int(where: str, value: object, low: int, high: int) -> int:
@@ -162,6 +193,12 @@ class PeerSpec:
     link_delay_ms: int = 0
     link_loss: float = 0.0
     devices: tuple[DeviceSpec, ...] = ()
+    join_at_height: int = 0  # 0: in the genesis; else it joins once the network reaches this height
+    leave_at_height: int = 0  # 0: never asks to leave by itself
+
+    @property
+    def in_genesis(self) -> bool:
+        return self.join_at_height == 0
 
     @classmethod
     def from_dict(cls, index: int, data: object, base_dir: Path) -> PeerSpec:
@@ -173,7 +210,7 @@ class PeerSpec:
             if key not in data:
                 raise ManifestError(f"{where}: missing required key {key}")
         name = data["name"]
-        if not isinstance(name, str) or not _NAME.match(name) or len(name) > 64:
+        if not is_peer_name(name):
             raise ManifestError(f"{where}.name: expected 1-64 characters of [a-z0-9-], got {name!r}")
         where = f"peer {name!r}"
         try:
@@ -207,9 +244,20 @@ class PeerSpec:
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise ManifestError(f"{where}: duplicate device name {dup!r}")
+        join_at = _int(f"{where}: join_at_height", data["join_at_height"], 1, MAX_HEIGHT) \
+            if "join_at_height" in data else 0
+        leave_at = _int(f"{where}: leave_at_height", data["leave_at_height"], 1, MAX_HEIGHT) \
+            if "leave_at_height" in data else 0
+        if join_at:
+            if "weight" in data:
+                raise ManifestError(f"{where}: weight applies only to a genesis peer (a joiner's weight is set by "
+                                    "the membership rule); drop weight or join_at_height")
+            check_join_model(where, model)
+        if join_at and leave_at and leave_at <= join_at:
+            raise ManifestError(f"{where}: leave_at_height ({leave_at}) must be above join_at_height ({join_at})")
         spec = cls(name=name, model=model, weight=weight, byzantine=byzantine, slow_ms=slow_ms,
                    crash_at_height=crash_at_height, from_height=from_height, link_delay_ms=delay, link_loss=loss,
-                   devices=devices)
+                   devices=devices, join_at_height=join_at, leave_at_height=leave_at)
         if devices:
             spec.check_devices_fit()
         return spec
@@ -245,6 +293,18 @@ class Manifest:
     chain_id: str = "local-testnet"
     threads_per_peer: int = 1
     max_new_tokens: int = 48
+    epoch_length: int | None = None  # None: the genesis default (multillmn.genesis.Params)
+
+    @property
+    def genesis_peers(self) -> tuple[PeerSpec, ...]:
+        """The peers in the genesis (without ``join_at_height``), in manifest order."""
+        return tuple(p for p in self.peers if p.in_genesis)
+
+    def admitted_models(self) -> tuple[str, ...]:
+        """The genesis ``models`` param: the known models and every other model of the manifest that a
+        join request can declare."""
+        extra = [p.model for p in self.peers if p.model not in KNOWN_MODELS and _JOIN_MODEL.match(p.model)]
+        return (*KNOWN_MODELS, *sorted(set(extra)))
 
     def validate(self) -> Manifest:
         """Raise :class:`ManifestError` for a bad peer count, duplicate names or bad settings."""
@@ -259,11 +319,19 @@ class Manifest:
             raise ManifestError(f"testnet.chain_id: expected 1-64 characters, got {self.chain_id!r}")
         _int("testnet.threads_per_peer", self.threads_per_peer, 1, 256)
         _int("testnet.max_new_tokens", self.max_new_tokens, 1, 1024)
+        if self.epoch_length is not None:
+            _int("testnet.epoch_length", self.epoch_length, MIN_EPOCH_LENGTH, MAX_EPOCH_LENGTH)
+        founders = self.genesis_peers
+        if not founders:
+            raise ManifestError("every peer has join_at_height: at least one peer must be in the genesis "
+                                "(the joiners ask the first genesis peer)")
+        if all(p.leave_at_height for p in self.peers):
+            raise ManifestError("every peer has leave_at_height: at least one must stay in the validator set")
         return self
 
     @classmethod
     def from_args(cls, peers: int, models: list[str], *, chain_id: str = "local-testnet",
-                  threads_per_peer: int = 1, max_new_tokens: int = 48) -> Manifest:
+                  threads_per_peer: int = 1, max_new_tokens: int = 48, epoch_length: int | None = None) -> Manifest:
         """``peers`` peers named peer0.. with ``models`` assigned round-robin."""
         if isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= MAX_PEERS:
             raise ManifestError(f"--peers: a testnet needs 1 to {MAX_PEERS} peers, got {peers}")
@@ -271,7 +339,7 @@ class Manifest:
             raise ManifestError("--models: name at least one model")
         checked = [check_model(m) for m in models]
         specs = tuple(PeerSpec(name=f"peer{i}", model=checked[i % len(checked)]) for i in range(peers))
-        return cls(specs, chain_id, threads_per_peer, max_new_tokens).validate()
+        return cls(specs, chain_id, threads_per_peer, max_new_tokens, epoch_length).validate()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path = Path(".")) -> Manifest:
@@ -291,7 +359,7 @@ class Manifest:
         if not isinstance(chain_id, str):
             raise ManifestError(f"testnet.chain_id: expected a string, got {chain_id!r}")
         return cls(peers, chain_id, section.get("threads_per_peer", 1),
-                   section.get("max_new_tokens", 48)).validate()
+                   section.get("max_new_tokens", 48), section.get("epoch_length")).validate()
 
     @classmethod
     def loads(cls, text: str, base_dir: Path = Path(".")) -> Manifest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -464,3 +465,402 @@ def test_bandwidth_without_namespaces_is_a_clear_error(tmp_path: Path, monkeypat
                                            r"\(permission denied\); run as root or drop bandwidth_kbit"):
         launcher.up(manifest, tmp_path, peer_command=FAKE)
     assert not (tmp_path / "testnet.json").exists()
+
+
+# --- membership: manifest joiners and leavers, `testnet join` and `testnet leave` ------------------------------
+#
+# The peers are this module run as a script (``_fake_member``): a stand-in that, unlike tests/fakepeer.py,
+# also starts with a key outside the genesis. The testnet's peers share one pretend chain in a file next to the
+# genesis: its height grows with time (a height every TICK_S), and a join or leave request a peer accepts
+# (``POST /v1/membership/join|leave``, signed envelopes opened with the real code) takes effect at the first
+# epoch boundary at least 2 heights later, as ADR 0016 says. A peer with ``[membership] join_via`` hands its
+# signed join request to that API once it reports ``join_at_height``; one with ``leave_at_height`` asks to leave.
+
+TICK_S = 0.05
+FAKE_MEMBER = [sys.executable, __file__, "--ready-after", "0.3"]
+
+
+def _fake_member(argv: list[str]) -> int:  # noqa: C901 (one small server)
+    import base64
+    import fcntl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from consensus.membership import MembershipParams
+    from consensus.messages import Envelope, Join, Leave, MessageError, open_envelope, sign
+    from multillmn.client import ClientError, fetch_status, request_membership
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--ready-after", type=float, default=0.3)
+    args = ap.parse_args(argv)
+    cfg = PeerConfig.load(args.config)
+    key = KeyPair.load(cfg.path(cfg.key_file))
+    genesis = Genesis.load(cfg.path(cfg.genesis_file))
+    params = MembershipParams(epoch_length=genesis.params.epoch_length)
+    chain_file = cfg.path(cfg.genesis_file).parent / "fakechain.json"
+    started = time.monotonic()
+
+    def log(msg: str, **fields: object) -> None:
+        print(json.dumps({"ts": round(time.time(), 3), "level": "info", "msg": msg, **fields}), file=sys.stderr,
+              flush=True)
+
+    def chain(change: object = None) -> dict:  # type: ignore[type-arg]
+        """The shared chain, advanced to now (and changed by ``change(data)``), under a file lock."""
+        with open(chain_file.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = json.loads(chain_file.read_text()) if chain_file.exists() else {
+                "t0": time.time(), "transitions": [], "joins": {}, "leaves": {},
+                "members": {v.peer_id: {"moniker": v.moniker, "weight": v.weight, "key": v.public_key.hex()}
+                            for v in genesis.validators}}
+            data["height"] = height = 1 + int((time.time() - data["t0"]) / TICK_S)
+            for b in sorted({r["boundary"] for r in [*data["joins"].values(), *data["leaves"].values()]}):
+                if b > height:
+                    break
+                left = [p for p, r in data["leaves"].items() if r["boundary"] == b]
+                joined = [p for p, r in data["joins"].items() if r["boundary"] == b]
+                for p in left:
+                    data["members"].pop(p, None)
+                    del data["leaves"][p]
+                for p in joined:
+                    r = data["joins"].pop(p)
+                    data["members"][p] = {"moniker": r["moniker"], "weight": 1, "key": r["key"]}
+                data["transitions"].append({"boundary": b, "joined": joined, "left": left, "removed": []})
+            result = change(data) if callable(change) else None
+            chain_file.write_text(json.dumps(data))
+            return result if result is not None else data
+
+    def request(kind: str, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+        env = Envelope(body=base64.b64decode(body["body"]), sig=base64.b64decode(body["sig"]))
+
+        def apply(data: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+            h = data["height"]
+            try:
+                if kind == "join":
+                    j = open_envelope(Join, env, lambda _: None).message
+                    if j.peer_id in data["members"]:
+                        return 422, {"code": "already-member", "detail": f"already-member: {j.peer_id}"}
+                    if j.peer_id in data["joins"]:
+                        return 422, {"code": "already-requested", "detail": f"already-requested: {j.peer_id}"}
+                    if genesis.params.models and j.model not in genesis.params.models:
+                        return 422, {"code": "unknown-model", "detail": f"unknown-model: {j.model!r}"}
+                    data["joins"][j.peer_id] = {"moniker": j.moniker, "model": j.model, "key": j.public_key.hex(),
+                                                "committed_at": h, "boundary": params.boundary_for(h, 2)}
+                    who = j.peer_id
+                else:
+                    keys = {p: bytes.fromhex(m["key"]) for p, m in data["members"].items()}
+                    x = open_envelope(Leave, env, keys.get).message
+                    if x.peer_id in data["leaves"]:
+                        return 422, {"code": "already-requested", "detail": f"already-requested: {x.peer_id}"}
+                    data["leaves"][x.peer_id] = {"committed_at": h, "boundary": params.boundary_for(h, 2)}
+                    who = x.peer_id
+            except MessageError as exc:
+                return 422, {"code": "bad-signature", "detail": str(exc)}
+            log("membership request", kind=kind, peer_id=who)
+            return 202, {"status": "accepted", "peer_id": who, "note": "fake"}
+
+        return chain(apply)  # type: ignore[no-any-return]
+
+    def status() -> dict:  # type: ignore[type-arg]
+        ready = time.monotonic() - started >= args.ready_after
+        data = chain()
+        h = data["height"]
+        return {
+            "peer_id": key.peer_id, "moniker": cfg.moniker, "model": cfg.model, "ready": ready,
+            "phase": "ready" if ready else "loading-model", "height": h,
+            "connected_peers": [p.id for p in cfg.persistent_peers],
+            "validators": [{"peer_id": p, "moniker": m["moniker"], "weight": m["weight"]}
+                           for p, m in data["members"].items()],
+            "member": key.peer_id in data["members"],
+            "membership": {
+                "enabled": True, "epoch_length": params.epoch_length,
+                "next_boundary": params.epoch_start(params.epoch_of(h) + 1),
+                "pending_joins": [{"peer_id": p, "moniker": r["moniker"], "model": r["model"],
+                                   "committed_at": r["committed_at"]} for p, r in data["joins"].items()],
+                "pending_leaves": [{"peer_id": p, "committed_at": r["committed_at"]}
+                                   for p, r in data["leaves"].items()],
+                "transitions": data["transitions"][-8:]},
+        }
+
+    class Handler(BaseHTTPRequestHandler):
+        def reply(self, code: int, body: object) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path != "/v1/status":
+                return self.send_error(404)
+            self.reply(200, status())
+
+        def do_POST(self) -> None:  # noqa: N802
+            kind = self.path.removeprefix("/v1/membership/")
+            if kind not in ("join", "leave"):
+                return self.send_error(404)
+            if time.monotonic() - started < args.ready_after:
+                return self.reply(503, {"detail": "starting"})
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.reply(*request(kind, body))
+
+        def log_message(self, format: str, *a: object) -> None:  # noqa: A002
+            pass
+
+    def joiner() -> None:  # as peers/node.py's _join_loop
+        while True:
+            try:
+                if int(fetch_status(cfg.join_via, timeout_s=2)["height"]) >= cfg.join_at_height:
+                    join = Join(chain_id=genesis.chain_id, peer_id=key.peer_id, public_key=key.public_key,
+                                moniker=cfg.moniker, address=cfg.external_address, model=cfg.model,
+                                created_ms=int(time.time() * 1000))
+                    request_membership(cfg.join_via, "join", sign(join, key).envelope)
+                    log("asked to join", via=cfg.join_via)
+                    return
+            except ClientError as exc:
+                log("join request not accepted yet", via=cfg.join_via, error=str(exc))
+                if "already" in str(exc):
+                    return
+            time.sleep(0.2)
+
+    def leaver() -> None:  # as peers/node.py's _scheduled_requests
+        while chain()["height"] < cfg.leave_at_height:
+            time.sleep(TICK_S)
+        code, _ = request("leave", {k: base64.b64encode(v).decode() for k, v in sign(Leave(
+            chain_id=genesis.chain_id, peer_id=key.peer_id, created_ms=int(time.time() * 1000)), key).envelope
+            .model_dump().items()})
+        log("asked to leave", code=code)
+
+    log("starting", moniker=cfg.moniker, peer_id=key.peer_id, member=key.peer_id in genesis.validators)
+    host, _, port = cfg.api_listen.rpartition(":")
+    server = ThreadingHTTPServer((host, int(port)), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    time.sleep(args.ready_after)
+    if cfg.join_via:
+        threading.Thread(target=joiner, daemon=True).start()
+    if cfg.leave_at_height:
+        threading.Thread(target=leaver, daemon=True).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log("serving", api=cfg.api_listen)
+    while not stop.wait(0.1):
+        pass
+    server.shutdown()
+    log("stopped on SIGTERM")
+    return 0
+
+
+def _wait_for(what: str, check: object, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _requests_seen(dir: Path, peer: str) -> list[dict[str, object]]:
+    """The membership requests a fake member accepted at its API (from its log)."""
+    lines = (dir / peer / "peer.log").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["msg"] == "membership request"]
+
+
+JOINERS = """
+[testnet]
+chain_id = "members"
+epoch_length = 4
+[[peer]]
+name = "a"
+model = "smollm2"
+weight = 2
+[[peer]]
+name = "b"
+model = "gemma3"
+[[peer]]
+name = "c"
+model = "smollm2"
+leave_at_height = 6
+[[peer]]
+name = "d"
+model = "gemma3"
+join_at_height = 3
+"""
+
+
+def test_manifest_joiners_and_leavers(tmp_path: Path) -> None:
+    state = launcher.up(Manifest.loads(JOINERS), tmp_path, peer_command=FAKE_MEMBER, ready_timeout_s=60)
+    try:
+        a, b, c, d = state.peers
+        genesis = Genesis.load(tmp_path / "genesis.json")
+        assert {v.moniker: v.weight for v in genesis.validators} == {"a": 2, "b": 1, "c": 1}  # not d
+        assert genesis.params.epoch_length == 4 and genesis.params.models == ("smollm2", "gemma3")
+        assert [(p.genesis, p.weight) for p in state.peers] == [(True, 2), (True, 1), (True, 1), (False, 0)]
+        cfgs = {p.name: PeerConfig.load(Path(p.config)) for p in state.peers}
+        assert (cfgs["d"].join_via, cfgs["d"].join_at_height, cfgs["d"].external_address) == (a.api_url, 3, d.p2p)
+        assert {x.id for x in cfgs["d"].persistent_peers} == {a.peer_id, b.peer_id, c.peer_id}
+        assert {x.id for x in cfgs["a"].persistent_peers} == {b.peer_id, c.peer_id}  # the joiner is not a founder
+        assert (cfgs["c"].leave_at_height, cfgs["c"].join_via, cfgs["a"].leave_at_height) == (6, "", 0)
+        saved = json.loads((tmp_path / "testnet.json").read_text())
+        assert [p["genesis"] for p in saved["peers"]] == [True, True, True, False]
+
+        def members() -> dict[str, bool | None]:
+            return {r.name: r.member for r in launcher.status(tmp_path)}
+
+        _wait_for("d in, c out", lambda: members() == {"a": True, "b": True, "c": False, "d": True})
+        assert [(r["kind"], r["peer_id"]) for r in _requests_seen(tmp_path, "a")] == [("join", d.peer_id)]
+        assert [(r["kind"], r["peer_id"]) for r in _requests_seen(tmp_path, "c")] == [("leave", c.peer_id)]
+        rows = launcher.status(tmp_path)
+        assert [r.weight_share for r in rows] == [0.5, 0.25, None, 0.25]  # of the set the furthest peer shows
+        assert all(r.phase == "ready" for r in rows)  # c left, and follows the network
+    finally:
+        launcher.down(tmp_path)
+
+
+def test_join_and_leave_a_running_testnet(tmp_path: Path) -> None:
+    launcher.up(Manifest.from_args(3, ["smollm2"], epoch_length=4), tmp_path, peer_command=FAKE_MEMBER,
+                ready_timeout_s=60)
+    lines: list[str] = []
+    try:
+        joined = launcher.join(tmp_path, "gemma3", wait=True, progress=lines.append, peer_command=FAKE_MEMBER,
+                               ready_timeout_s=60, member_timeout_s=30)
+        p = joined.peer
+        assert (p.name, p.model, p.genesis, p.weight) == ("peer3", "gemma3", False, 0)
+        assert joined.boundary is not None and (joined.boundary - 1) % 4 == 0  # an epoch's first height
+        assert any("peer0 accepted the join request of peer3" in line for line in lines)
+        assert any("heights advance only as questions are decided" in line for line in lines)
+        state = launcher.load_state(tmp_path)
+        assert state.peer("peer3").pid == p.pid and not _gone(p.pid or 0)
+        cfg = PeerConfig.load(Path(p.config))
+        assert (cfg.join_via, cfg.external_address, cfg.model, cfg.join_at_height) == (
+            joined.via, p.p2p, "gemma3", 0)
+        assert joined.via == state.peer("peer0").api_url
+        assert {x.id for x in cfg.persistent_peers} == {o.peer_id for o in state.peers[:3]}
+        assert cfg.api_listen == p.api_url.removeprefix("http://") and cfg.genesis_file == "../genesis.json"
+        assert [(r.name, r.member) for r in launcher.status(tmp_path)] == [
+            ("peer0", True), ("peer1", True), ("peer2", True), ("peer3", True)]
+        assert '"msg": "asked to join"' in launcher.logs(tmp_path, "peer3", 20)
+
+        named = launcher.join(tmp_path, "smollm2", name="late", byzantine="wrong", peer_command=FAKE_MEMBER,
+                              ready_timeout_s=60)  # no --wait: back once its join was accepted
+        assert named.boundary is None and PeerConfig.load(Path(named.peer.config)).behaviour == "wrong"
+
+        lines.clear()
+        pid = launcher.load_state(tmp_path).peer("peer1").pid
+        left = launcher.leave(tmp_path, "peer1", progress=lines.append)
+        assert left.boundary is not None and (left.boundary - 1) % 4 == 0
+        peer1 = launcher.load_state(tmp_path).peer("peer1")
+        assert left.stopped == f"peer1: stopped (pid {pid})" and peer1.pid is None and _gone(pid or 0)
+        assert [(r["kind"], r["peer_id"]) for r in _requests_seen(tmp_path, "peer1")] == [("leave", peer1.peer_id)]
+        assert any("peer1 accepted the leave request of peer1" in line for line in lines)
+        cfg = PeerConfig.load(Path(peer1.config))
+        assert (cfg.join_via, cfg.leave_at_height) == ("", 0)  # a restart neither joins nor leaves again
+
+        kept = launcher.leave(tmp_path, "peer3", keep_running=True)  # the joiner leaves, and stays up
+        assert kept.stopped is None and not _gone(kept.peer.pid or 0)
+        rows = {r.name: r for r in launcher.status(tmp_path)}
+        assert {n: (r.phase, r.member) for n, r in rows.items()} == {
+            "peer0": ("ready", True), "peer1": ("down", None), "peer2": ("ready", True), "peer3": ("ready", False),
+            "late": ("ready", True)}
+        assert PeerConfig.load(Path(kept.peer.config)).join_via == ""
+
+        with pytest.raises(TestnetError, match=r"peer3 is not a member of the validator set at height \d+ "
+                                               r"\(as .* reports\): it left, was removed, or never joined"):
+            launcher.leave(tmp_path, "peer3")
+        with pytest.raises(TestnetError, match="no peer named 'nobody'"):
+            launcher.leave(tmp_path, "nobody")
+        assert launcher.restart(tmp_path, "peer1", peer_command=FAKE_MEMBER, ready_timeout_s=60).pid is not None
+    finally:
+        report = launcher.down(tmp_path)
+    assert len(report) == 5 and all(": stopped (pid" in line for line in report), report
+
+
+def test_a_stopped_peer_leaves_through_another_member(tmp_path: Path) -> None:
+    state = launcher.up(Manifest.from_args(3, ["smollm2"], epoch_length=4), tmp_path, peer_command=FAKE_MEMBER,
+                        ready_timeout_s=60)
+    try:
+        victim = state.peer("peer2")
+        assert victim.pid is not None
+        os.killpg(victim.pid, signal.SIGKILL)
+        os.waitpid(victim.pid, 0)
+        left = launcher.leave(tmp_path, "peer2")
+        assert left.stopped is None and left.boundary is not None
+        assert [r["peer_id"] for r in _requests_seen(tmp_path, "peer0")] == [victim.peer_id]
+    finally:
+        launcher.down(tmp_path)
+
+
+def test_join_and_leave_refuse_bad_requests(tmp_path: Path) -> None:
+    model_dir = tmp_path / "models" / "tiny"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text("{}")
+    net = tmp_path / "net"
+    launcher.up(Manifest.from_args(2, ["smollm2"], epoch_length=4), net, peer_command=FAKE_MEMBER,
+                ready_timeout_s=60)
+    try:
+        for kwargs, message in [
+            ({"model": "llama"}, "model 'llama': expected smollm2 or gemma3"),
+            ({"model": str(model_dir)}, f"--model '{model_dir}': the genesis of this testnet admits only "
+                                        "smollm2, gemma3"),
+            ({"model": "gemma3", "name": "peer0"}, "already has a peer named 'peer0'"),
+            ({"model": "gemma3", "name": "Bad_Name"}, "--name: expected 1-64 characters"),
+            ({"model": "gemma3", "byzantine": "evil"}, "--byzantine: expected one of none, wrong"),
+        ]:
+            with pytest.raises(TestnetError, match=re.escape(message)):
+                launcher.join(net, peer_command=FAKE_MEMBER, **kwargs)  # type: ignore[arg-type]
+        assert [p.name for p in launcher.load_state(net).peers] == ["peer0", "peer1"]  # nothing added
+        with pytest.raises(TestnetError, match=r"peer bad exited during start-up \(exit status 3\)(.|\n)*bad stays "
+                                               r"in .*testnet.json, stopped(.|\n)*testnet restart --dir .* --peer bad"):
+            launcher.join(net, "gemma3", name="bad", peer_command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+        bad = launcher.load_state(net).peer("bad")  # recorded, stopped: `testnet restart` can retry it
+        assert bad.pid is None and not bad.genesis
+        launcher.leave(net, "peer1")
+        with pytest.raises(TestnetError, match="peer0 is the only running member: the network cannot lose"):
+            launcher.leave(net, "peer0")
+    finally:
+        launcher.down(net)
+    with pytest.raises(TestnetError, match=f"the testnet in {net} is stopped .*testnet restart"):
+        launcher.join(net, "gemma3", peer_command=FAKE_MEMBER)
+    with pytest.raises(TestnetError, match="is stopped"):
+        launcher.leave(net, "peer0")
+    with pytest.raises(TestnetError, match="no testnet in"):
+        launcher.join(tmp_path / "none", "gemma3")
+
+
+def test_cli_join_and_leave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(launcher, "DEFAULT_PEER_COMMAND", FAKE_MEMBER)
+    d = str(tmp_path / "net")
+
+    def run(*argv: str) -> int:
+        args = _parse(["testnet", *argv])
+        return int(args.func(args))
+
+    assert run("up", "--peers", "2", "--dir", d, "--timeout", "60", "--epoch-length", "4") == 0
+    assert Genesis.load(Path(d) / "genesis.json").params.epoch_length == 4
+    capsys.readouterr()
+    assert run("join", "--dir", d, "--model", "gemma3", "--name", "newbie", "--wait", "--timeout", "60") == 0
+    out = capsys.readouterr()
+    assert re.search(r"newbie \([0-9a-f]{12}, gemma3, api http://127.0.0.1:\d+\) is a member of the validator "
+                     r"set from height \d+", out.out), out
+    assert "newbie started" in out.err and "peer0 accepted the join request of newbie" in out.err
+    assert run("status", "--dir", d, "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["member"]) for r in rows] == [("peer0", True), ("peer1", True), ("newbie", True)]
+    assert run("leave", "--dir", d, "--peer", "newbie", "--timeout", "60") == 0
+    out = capsys.readouterr()
+    assert re.search(r"newbie left the validator set at height \d+\nnewbie: stopped \(pid \d+\)", out.out), out
+    assert run("leave", "--dir", d, "--peer", "newbie") == 2
+    assert "newbie is not a member of the validator set" in capsys.readouterr().err
+    assert run("join", "--dir", d, "--model", "gemma3", "--timeout", "0") == 2
+    assert "--timeout must be positive" in capsys.readouterr().err
+    assert run("join", "--dir", d, "--model", "gpt5") == 2
+    assert "model 'gpt5'" in capsys.readouterr().err
+    assert run("up", "--peers", "2", "--dir", str(tmp_path / "x"), "--epoch-length", "3") == 2
+    assert "testnet.epoch_length: 3 is outside [4, 10000]" in capsys.readouterr().err
+    assert run("down", "--dir", d) == 0
+    assert run("join", "--dir", d, "--model", "gemma3") == 2
+    assert "is stopped" in capsys.readouterr().err
+
+
+if __name__ == "__main__":  # a fake member peer (see _fake_member)
+    sys.exit(_fake_member(sys.argv[1:]))

@@ -141,6 +141,20 @@ _P = '[[peer]]\nname = "p0"\nmodel = "smollm2"\n'
     ("testnet = 3\n" + _P, r"\[testnet\] must be a table"),
     ("peer = 3\n", r"\[\[peer\]\] tables"),
     ("[[peer]\n", "not valid TOML"),
+    ("[testnet]\nepoch_length = 3\n" + _P, r"testnet.epoch_length: 3 is outside \[4, 10000\]"),
+    ("[testnet]\nepoch_length = 10001\n" + _P, r"testnet.epoch_length: 10001 is outside \[4, 10000\]"),
+    ("[testnet]\nepoch_length = 4.5\n" + _P, "testnet.epoch_length: expected an integer"),
+    ("[testnet]\nepoch_length = true\n" + _P, "testnet.epoch_length: expected an integer"),
+    (_P + "join_at_height = 0\n", r"peer 'p0': join_at_height: 0 is outside \[1, "),
+    (_P + "join_at_height = '5'\n", "peer 'p0': join_at_height: expected an integer"),
+    (_P + "leave_at_height = -1\n", r"peer 'p0': leave_at_height: -1 is outside \[1, "),
+    (_P + "leave_at_height = 2.0\n", "peer 'p0': leave_at_height: expected an integer"),
+    (_P + "join_at_height = 5\n", "every peer has join_at_height: at least one peer must be in the genesis"),
+    (_P + "leave_at_height = 5\n", "every peer has leave_at_height: at least one must stay"),
+    (_P + '[[peer]]\nname = "j"\nmodel = "gemma3"\njoin_at_height = 3\nweight = 2\n',
+     "peer 'j': weight applies only to a genesis peer"),
+    (_P + '[[peer]]\nname = "j"\nmodel = "gemma3"\njoin_at_height = 8\nleave_at_height = 8\n',
+     r"peer 'j': leave_at_height \(8\) must be above join_at_height \(8\)"),
 ])
 def test_bad_manifest_is_rejected(toml: str, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
@@ -181,3 +195,45 @@ def test_example_manifests_are_valid(name: str) -> None:
         edge, far = m.peers[0], m.peers[1]
         assert [d.name for d in edge.devices] == ["laptop", "phone"] and edge.devices[1].bandwidth_kbit == 50000
         assert (far.link_delay_ms, far.link_loss) == (40, 0.02) and m.peers[3].byzantine == "wrong"
+
+
+def test_membership_keys_are_parsed(tmp_path: Path) -> None:
+    m = Manifest.loads("""
+[testnet]
+epoch_length = 6
+[[peer]]
+name = "a"
+model = "smollm2"
+[[peer]]
+name = "b"
+model = "smollm2"
+leave_at_height = 9
+[[peer]]
+name = "c"
+model = "gemma3"
+join_at_height = 4
+[[peer]]
+name = "d"
+model = "gemma3"
+join_at_height = 4
+leave_at_height = 30
+""")
+    assert m.epoch_length == 6
+    assert [(p.name, p.join_at_height, p.leave_at_height, p.in_genesis) for p in m.peers] == [
+        ("a", 0, 0, True), ("b", 0, 9, True), ("c", 4, 0, False), ("d", 4, 30, False)]
+    assert [p.name for p in m.genesis_peers] == ["a", "b"]
+    assert m.admitted_models() == ("smollm2", "gemma3")
+    assert Manifest.loads(_P).epoch_length is None  # the genesis default
+    assert Manifest.from_args(2, ["smollm2"], epoch_length=5).epoch_length == 5
+    with pytest.raises(ManifestError, match=r"testnet.epoch_length: 2 is outside \[4, 10000\]"):
+        Manifest.from_args(2, ["smollm2"], epoch_length=2)
+
+
+def test_joiner_models_must_fit_a_join_request(tmp_path: Path) -> None:
+    plain = _hf_dir(tmp_path / "tiny")
+    spaced = _hf_dir(tmp_path / "my models" / "tiny")
+    m = Manifest.loads(f'{_P}[[peer]]\nname = "j"\nmodel = "{plain}"\njoin_at_height = 2\n'
+                       f'[[peer]]\nname = "s"\nmodel = "{spaced}"\n')
+    assert m.admitted_models() == ("smollm2", "gemma3", str(plain))  # a genesis peer's odd path is not admitted
+    with pytest.raises(ManifestError, match="peer 'j': model .* cannot be declared in a join request"):
+        Manifest.loads(f'{_P}[[peer]]\nname = "j"\nmodel = "{spaced}"\njoin_at_height = 2\n')
