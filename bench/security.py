@@ -56,6 +56,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -127,6 +128,15 @@ class Row:
 # --- the peers ---------------------------------------------------------------------------------
 
 
+def describe(exc: BaseException) -> str:
+    """The first leaf of ``exc`` (through exception groups), with where it was raised."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__}: {exc} at {where}"
+
+
 class Peers(Cluster):
     """The test cluster, where a peer whose tasks raise is recorded as crashed instead of ending the run."""
 
@@ -146,7 +156,7 @@ class Peers(Cluster):
                     started = True
                     task_status.started()
         except Exception as exc:  # a peer that raises is down: what this bench counts
-            self.crashes.append(f"{run.node.cfg.moniker}: {type(exc).__name__}: {exc}"[:400])
+            self.crashes.append(f"{run.node.cfg.moniker}: {describe(exc)}"[:1200])
             if not started:
                 task_status.started()
         finally:
@@ -162,7 +172,7 @@ class Peers(Cluster):
         try:
             await self.start(i)
         except Exception as exc:  # a peer that cannot restart from its store is down
-            self.crashes.append(f"peer{i} restart: {type(exc).__name__}: {exc}"[:400])
+            self.crashes.append(f"peer{i} restart: {describe(exc)}"[:1200])
             return False
         return True
 

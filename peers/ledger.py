@@ -202,6 +202,9 @@ class LedgerService:
         self._submitted: set[int] = set()  # heights whose certificate this peer queued (bounded below)
         self._snap_at = 0
         self._peers = [p for p in self.validators.ids if p != key.peer_id]
+        self.observer = key.peer_id not in self.validators.ids
+        """Not in the ledger's committee (a peer that joined after the genesis): it pulls and holds the
+        ledger but creates no events, so it submits nothing (the committee posts every certificate)."""
         self._next_peer = 0
         self._awaiting: PeerId | None = None  # the peer asked by the pull in flight
         self._awaiting_since = 0.0
@@ -307,6 +310,7 @@ class LedgerService:
             "ordered_events": hg.ordered_count,
             "max_round": hg.max_round,
             "own_events": hg.height(self.key.peer_id),
+            "observer": self.observer,
             "pending_transactions": len(self._pending) + len(self._priority),
             "pending_priority": len(self._priority),
             "pending_bytes": self._pending_bytes + self._priority_bytes,
@@ -385,7 +389,7 @@ class LedgerService:
         Only a certificate the ledger *accepted* counts: another one it merely
         carries (perhaps a forgery) must not stop this peer from posting the real one.
         """
-        if height in self.ledger.answers or height in self._submitted:
+        if self.observer or height in self.ledger.answers or height in self._submitted:
             return None
         result = self.submit(certificate_tx(height, json.dumps(cert, sort_keys=True, separators=(",", ":")).encode()),
                              priority=True)
@@ -396,6 +400,8 @@ class LedgerService:
 
     def submit_evidence(self, evidence: Evidence) -> Admission | None:
         """Queue equivocation evidence as a ledger transaction (priority), if it checks out (else None)."""
+        if self.observer:
+            return None
         result = check_evidence(evidence, self.validators, self.genesis.chain_id)
         if isinstance(result, str):
             log.warning("evidence not recorded", extra=fields(reason=result))
@@ -538,6 +544,8 @@ class LedgerService:
         by the ordering lag, so the DAG never holds more unordered work than consensus keeps
         up with, and the queue (bounded, refusing beyond) absorbs the rest.
         """
+        if self.observer:
+            return
         hg = self.hashgraph
         me = self.key.peer_id
         head = hg.head(me)

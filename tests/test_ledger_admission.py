@@ -202,3 +202,37 @@ async def test_four_peers_flooded_order_everything_they_accepted(autojump_clock:
         assert len(hashes) == len(set(hashes)), f"{p} was sent an event twice"
     assert links.sent["dag_sync"] == sum(s.sync_stats["pulls"] for s in svcs)
     assert all(s.sync_stats["timeouts"] == 0 for s in svcs)
+
+
+async def test_a_peer_outside_the_genesis_observes_the_ledger(autojump_clock: trio.testing.MockClock) -> None:
+    """A joiner runs the ledger as an observer: it pulls the committee's events and reaches the same state,
+    creates no event and submits nothing (the committee posts every certificate)."""
+    from multillmn.identity import KeyPair
+
+    net = make_net([1, 1, 1])
+    outsider = KeyPair.generate()
+    ids = [k.peer_id for k in net.keys] + [outsider.peer_id]
+    keys = {k.peer_id: k.public_key for k in [*net.keys, outsider]}
+    links = _Links(ids)
+    svcs = [_service(net, i, links.endpoint(ids[i]), sync_interval_ms=50) for i in range(3)]
+    observer = LedgerService.open(outsider, net.genesis, links.endpoint(outsider.peer_id), None, sync_interval_ms=50)
+    assert observer.observer and not any(s.observer for s in svcs)
+    assert observer.submit_certificate(1, _certificate(net)) is None
+    assert observer.submit_evidence(_evidence(net)) is None
+
+    async def dispatch(svc: LedgerService) -> None:
+        cache = VerifiedCache()
+        async for peer, payload in links.channels[svc.key.peer_id][1]:
+            svc.handle(peer, decode_message(payload, keys.get, cache=cache))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for svc in [*svcs, observer]:
+                nursery.start_soon(dispatch, svc)
+                await nursery.start(svc.run)
+            assert svcs[0].submit_certificate(1, _certificate(net)) is Admission.QUEUED
+            while not (observer.highest_height() == 1 and observer.state_hash() == svcs[0].state_hash()):
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    assert observer.created == 0 and observer.hashgraph.height(outsider.peer_id) <= 0
+    assert observer.statistics()["observer"] is True
