@@ -358,13 +358,19 @@ class Node:
         except RuntimeError:
             return 0
 
+    def _key_of(self, peer: str) -> bytes | None:
+        """The key a message from ``peer`` opens with: the chain's (members, scheduled members, committed
+        joiners), else the genesis set's (the ledger's committee, which gossips the DAG even after leaving
+        the validator set; the driver counts only the votes of a height's members)."""
+        return self.driver.chain.key_of(peer) or self.genesis.validators.public_key_of(peer)
+
     def _handle(self, inp: DriverInput) -> None:
         self._execute(self.driver.handle(inp, self._now()))
 
     async def _receive_loop(self) -> None:
         async for peer, payload in self.transport.inbound:
             try:
-                signed = decode_message(payload, self.driver.chain.key_of, cache=self.verified)
+                signed = decode_message(payload, self._key_of, cache=self.verified)
             except Exception as exc:  # MessageError; anything else is also the sender's fault
                 self.rejects.record_exception(exc, peer)
                 continue

@@ -1,8 +1,10 @@
 """End to end: a real 4-peer testnet (2 x SmolLM2-135M, 2 x Gemma-3-270M) on loopback.
 
-One module-scoped testnet serves every test here; it is torn down even when a
-test fails. The first run converts the GGUF models (about a minute), later
-runs load the cache in seconds.
+One module-scoped testnet (epochs of 4 heights) serves every test here, in
+order; it is torn down even when a test fails. The first run converts the
+GGUF models (about a minute), later runs load the cache in seconds. After
+the questions and the height check, two peers join the running network and
+a genesis peer leaves while questions flow (issue 12).
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
+import httpx
 import pytest
 
 from multillmn.certificate import verify
 from multillmn.client import ask, check
 from multillmn.genesis import Genesis
-from testnet.launcher import PeerStatus, down, status, up
+from testnet.launcher import PeerStatus, down, join, load_state, status, up
 from testnet.manifest import Manifest
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.e2e
 def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[PeerStatus]]]:
     directory = tmp_path_factory.mktemp("testnet")
     try:
-        up(Manifest.from_args(4, ["smollm2", "gemma3"]), directory, ready_timeout_s=900)
+        up(Manifest.from_args(4, ["smollm2", "gemma3"], epoch_length=4), directory, ready_timeout_s=900)
         yield directory, status(directory)
     finally:
         down(directory)
@@ -80,8 +83,67 @@ def test_every_peer_reaches_the_same_height(testnet: tuple[Path, list[PeerStatus
     assert heights == {3}
 
 
-def test_sigterm_stops_every_real_peer_cleanly(testnet: tuple[Path, list[PeerStatus]]) -> None:
-    """Runs last: SIGTERM shuts each real peer down without the launcher resorting to SIGKILL."""
+QUESTIONS = ["What is the capital of Italy?", "What is the capital of Spain?", "What is the capital of Japan?",
+             "What is the capital of Germany?", "How many legs does a dog have?", "What colour is the sky?"]
+MAX_QUESTIONS = 16
+
+
+def _status(url: str) -> dict[str, Any]:
+    return httpx.get(url + "/v1/status", timeout=10).json()  # type: ignore[no-any-return]
+
+
+def test_two_peers_join_and_one_leaves_while_questions_flow(testnet: tuple[Path, list[PeerStatus]]) -> None:
+    """Two new peers join the running network (`testnet join`) and a genesis peer asks to leave (`peer leave`);
+    questions keep flowing through the members that stay. Every answer's certificate verifies from the
+    genesis alone, across the epoch boundary; the newcomers' answers count after it and the leaver's no
+    longer do; every peer, the leaver and the newcomers included, ends with the same ledger state."""
     directory, peers = testnet
+    genesis = Genesis.load(directory / "genesis.json")
+    joiners = {join(directory, "smollm2", name=name, ready_timeout_s=600).peer.peer_id for name in ("peer4", "peer5")}
+    leaver = peers[3]
+    left = subprocess.run([sys.executable, "-m", "multillmn", "peer", "leave", "--config",
+                           str(directory / leaver.name / "config.toml"), "--via", leaver.api_url],
+                          capture_output=True, text=True)
+    assert left.returncode == 0, left.stderr
+    entries = [p.api_url for p in peers[:3]]
+
+    results: list[dict[str, Any]] = []
+    changed_at = None
+    for k in range(MAX_QUESTIONS):
+        result = ask(entries[k % len(entries)], QUESTIONS[k % len(QUESTIONS)], timeout_s=600)
+        assert check(result, genesis).height == result["height"]  # from the genesis alone, whatever the epoch
+        results.append(result)
+        validators = {v["peer_id"] for v in _status(entries[0])["validators"]}
+        if changed_at is None and joiners <= validators and leaver.peer_id not in validators:
+            changed_at = result["height"]
+        if changed_at is not None and result["height"] >= changed_at + 2:
+            break
+    assert changed_at is not None, f"the validator set did not change within {MAX_QUESTIONS} questions"
+    heights = [r["height"] for r in results]
+    assert heights == list(range(heights[0], heights[0] + len(heights))), heights  # none lost, none skipped
+    answered = {a["peer_id"] for a in results[-1]["answers"]}
+    assert joiners <= answered and leaver.peer_id not in answered, (results[-1]["height"], answered)
+
+    everyone = load_state(directory).peers
+    assert len(everyone) == 6
+    deadline = time.monotonic() + 120
+    while True:
+        states = [httpx.get(p.api_url + "/v1/ledger/state", timeout=10).json() for p in everyone]
+        if all(set(heights) <= set(s["certified_heights"]) for s in states) \
+                and len({s["state_hash"] for s in states}) == 1:
+            break
+        if time.monotonic() > deadline:
+            seen = [(p.name, s["certified_heights"][-3:], s["state_hash"][:12]) for p, s in zip(everyone, states)]
+            raise AssertionError(f"ledgers did not converge: {seen}")
+        time.sleep(1.0)
+    tops = [_status(p.api_url) for p in everyone]
+    top = max(s["height"] for s in tops)
+    assert len({s["weights_digest"] for s in tops if s["height"] == top}) == 1  # it covers the membership
+    assert [s["member"] for s in tops] == [True, True, True, False, True, True]
+
+
+def test_sigterm_stops_every_real_peer_cleanly(testnet: tuple[Path, list[PeerStatus]]) -> None:
+    """Runs last: SIGTERM shuts each real peer (the two that joined included) down without SIGKILL."""
+    directory, _ = testnet
     lines = down(directory)
-    assert len(lines) == len(peers) and all(": stopped (pid" in line for line in lines), lines
+    assert len(lines) == 6 and all(": stopped (pid" in line for line in lines), lines
