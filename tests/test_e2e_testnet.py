@@ -10,6 +10,8 @@ a genesis peer leaves while questions flow (issue 12).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import pytest
 from multillmn.certificate import verify
 from multillmn.client import ask, check
 from multillmn.genesis import Genesis
-from testnet.launcher import PeerStatus, down, join, load_state, status, up
+from testnet.launcher import PeerStatus, down, join, load_state, restart, status, up
 from testnet.manifest import Manifest
 
 pytestmark = pytest.mark.e2e
@@ -81,6 +83,43 @@ def test_every_peer_reaches_the_same_height(testnet: tuple[Path, list[PeerStatus
     while (heights := {p.height for p in status(directory)}) != {3} and time.monotonic() < deadline:
         time.sleep(0.5)
     assert heights == {3}
+
+
+def _ledgers_converge(urls: list[str], heights: list[int], timeout_s: float) -> list[dict[str, Any]]:
+    """Wait until every peer's ledger certified exactly ``heights`` and all state hashes are equal."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = [httpx.get(u + "/v1/ledger/state", timeout=10).json() for u in urls]
+        if all(s["certified_heights"] == heights for s in states) and len({s["state_hash"] for s in states}) == 1:
+            return states
+        if time.monotonic() > deadline:
+            seen = [(s["certified_heights"], s["state_hash"][:12]) for s in states]
+            raise AssertionError(f"ledgers did not converge: {seen}")
+        time.sleep(0.5)
+
+
+def test_a_peer_killed_with_sigkill_restarts_from_its_ledger_and_catches_up(
+        testnet: tuple[Path, list[PeerStatus]]) -> None:
+    """kill -9 of one peer; the other three decide height 3 without it; restarted from its SQLite ledger, it
+    serves height 3's certificate and reaches height 4 with everyone's ledger state."""
+    directory, peers = testnet
+    urls = [p.api_url for p in peers]
+    victim = load_state(directory).peer(peers[2].name)
+    assert victim.pid is not None
+    os.killpg(victim.pid, signal.SIGKILL)
+    os.waitpid(victim.pid, 0)  # reap it: the launcher started it from this process
+    assert ask(urls[0], "What is two plus two?", timeout_s=300)["height"] == 3
+    _ledgers_converge(urls[:2] + urls[3:], [1, 2, 3], 60)
+    restart(directory, victim.name, ready_timeout_s=300)
+    _ledgers_converge(urls, [1, 2, 3], 60)
+    deadline = time.monotonic() + 30
+    while _status(urls[2])["height"] != 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _status(urls[2])["height"] == 4  # its core caught up too
+    cert = httpx.get(urls[2] + "/v1/certificates/3", timeout=10).json()
+    assert cert["height"] == 3
+    page = httpx.get(urls[2] + "/v1/ledger?offset=0&limit=500", timeout=10).json()
+    assert [e["height"] for e in page["entries"] if e["type"] == "certificate"] == [1, 2, 3]
 
 
 QUESTIONS = ["What is the capital of Italy?", "What is the capital of Spain?", "What is the capital of Japan?",
