@@ -135,13 +135,14 @@ class Store:
         p = Path(path)
         try:
             conn = sqlite3.connect(p, isolation_level=None, check_same_thread=True)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            # the version first, before anything writes: a store of another schema is left as it was
             held = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
             row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() if held else None
             if row is not None and row[0] != SCHEMA_VERSION:
                 raise StoreError(_schema_message(p, row[0]))
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
