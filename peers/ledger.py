@@ -332,6 +332,10 @@ class LedgerService:
                 return key
         return None
 
+    def members(self) -> set[PeerId]:
+        """The members of the unsealed segments (whom this peer's ledger still needs to reach)."""
+        return {p for seg in self._segments.values() if not seg.sealed for p in seg.validators.ids}
+
     def _ledger_key_of(self, peer: PeerId) -> bytes | None:
         """For the ledger (fork evidence): the key of a member of a segment up to the current one, which every
         peer applying the current segment holds (so every peer decides alike)."""

@@ -323,8 +323,8 @@ class Node:
             log.info("asked to leave", extra=fields(height=height, refused=reason))
 
     def _sync_peers(self) -> None:
-        """Keep a link to every configured peer, every current or scheduled member and every committed
-        joiner; forget members that left."""
+        """Keep a link to every configured peer, every current or scheduled member, every committed
+        joiner and every member of an unsealed ledger segment; forget members that left."""
         chain = self.driver.chain
         wanted: dict[str, tuple[str, int] | None] = {q: None for q in chain.members_from(self.driver.height)}
         if chain.members is not None:
@@ -335,6 +335,9 @@ class Node:
                     continue
         for peer in self.cfg.persistent_peers:
             wanted[peer.id] = parse_hostport(peer.address, "p2p.peers")
+        if self.ledger is not None:  # the committees of the unsealed ledger segments, until they seal
+            for q in self.ledger.members():
+                wanted.setdefault(q, None)
         wanted.pop(self.key.peer_id, None)
         self.transport.set_peers(wanted)
         self._catchup_asked = {p: h for p, h in self._catchup_asked.items() if p in wanted}
