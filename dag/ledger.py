@@ -70,7 +70,6 @@ MAX_AHEAD = 64
 _PRECOMMITS_KEPT = 16
 """Recent certified heights whose precommits are kept, to blame signers of conflicting certificates."""
 _MAX_HEIGHT = 2**62
-EPOCH_SETS_KEPT = 4
 
 CommitCheck = Callable[[Any, Chain], Value]
 """Checks a certificate for the chain's next height against the chain; returns the value, raises ValueError."""
@@ -147,9 +146,9 @@ class Ledger:
         self.ignored: dict[str, int] = {}
         self._log: list[LedgerEntry] = []
         self.epoch_sets: dict[int, ValidatorSet] = {}
-        """The validator set in force at the first height of the latest epochs the chain reached (at most
-        :data:`EPOCH_SETS_KEPT`), recorded as the chain folds the height before it: the committee of that
-        epoch's ledger segment (``peers/ledger.py``). Derived from the answers, so not part of the state."""
+        """The validator set in force at the first height of every epoch the chain reached, recorded as the
+        chain folds the height before it: the committee of that epoch's ledger segment (``peers/ledger.py``,
+        which forgets those of sealed segments). Derived from the answers, so not part of the state."""
 
     @property
     def chain(self) -> Chain | None:
@@ -301,8 +300,6 @@ class Ledger:
             mp = chain.membership_params
             if mp is not None and chain.adaptive and h % mp.epoch_length == 0:  # h + 1 opens an epoch
                 self.epoch_sets[mp.epoch_of(h + 1)] = chain.validators_at(h + 1)
-                for e in sorted(self.epoch_sets)[:-EPOCH_SETS_KEPT]:
-                    del self.epoch_sets[e]
             if self.weights_at(h) != weights:
                 self.weights[h] = weights
             carried = cert.get("validators")

@@ -413,6 +413,8 @@ class LedgerService:
             self._open(nxt, vs)
         seg.sealed = True
         self.current = nxt
+        for e in [e for e in self.ledger.epoch_sets if e <= nxt]:  # the rest: at most MAX_AHEAD heights on
+            del self.ledger.epoch_sets[e]
         me = self.key.peer_id
         applied = set(seg.hashgraph.order_hashes()[:seg.applied])
         requeue: list[bytes] = []
@@ -496,6 +498,8 @@ class LedgerService:
                         self._segments[e].applied = self._segments[e].hashgraph.ordered_count
                     seg.applied = position
                     self.current = epoch
+                    for e in [e for e in ledger.epoch_sets if e <= epoch]:
+                        del ledger.epoch_sets[e]
         for seg in self._segments.values():
             if seg.sealed:
                 continue

@@ -94,24 +94,32 @@ def _entries(svc: LedgerService) -> list[tuple[str, bytes]]:
     return [(e.type, e.tx) for e in svc.ledger.page(0, 1000)]
 
 
-async def _run(paths: list[Path | None], *, hook: bool) -> list[LedgerService]:
-    ids = [k.peer_id for k in KEYS]
+NEWCOMER = KeyPair.from_seed(bytes([99]) * 32)
+
+
+async def _run(paths: list[Path | None], *, hook: bool = False, feed: bool = True, snapshot_every: int = 256,
+               newcomer: bool = False) -> list[LedgerService]:
+    """Five services (a sixth with nothing, ``newcomer``) gossiping until all hold heights 1..LAST alike;
+    ``feed``: every member posts each certificate as its node would."""
+    keys = KEYS + [NEWCOMER] * newcomer
+    ids = [k.peer_id for k in keys]
     links = _Links(ids)
-    svcs = [LedgerService.open(k, GENESIS, links.endpoint(k.peer_id), paths[i], sync_interval_ms=50)
-            for i, k in enumerate(KEYS)]
-    keys = {k.peer_id: k.public_key for k in KEYS}
+    svcs = [LedgerService.open(k, GENESIS, links.endpoint(k.peer_id), paths[i] if i < len(paths) else None,
+                               sync_interval_ms=50, snapshot_every=snapshot_every)
+            for i, k in enumerate(keys)]
+    public = {k.peer_id: k.public_key for k in keys}
 
     async def dispatch(svc: LedgerService) -> None:
         cache = VerifiedCache()
         async for peer, payload in links.channels[svc.key.peer_id][1]:
-            svc.handle(peer, decode_message(payload, keys.get, cache=cache))
+            svc.handle(peer, decode_message(payload, public.get, cache=cache))
 
     with trio.fail_after(300):
         async with trio.open_nursery() as nursery:
             for svc in svcs:
                 nursery.start_soon(dispatch, svc)
                 await nursery.start(svc.run)
-            for h, cert in enumerate(CERTS, start=1):  # every peer posts what it decided, as the node does
+            for h, cert in enumerate(CERTS if feed else [], start=1):
                 for svc in svcs:
                     svc.submit_certificate(h, cert)
                     if hook and h == 3:  # the node's chain knows epoch 1's set at 5 - delay
@@ -124,11 +132,11 @@ async def _run(paths: list[Path | None], *, hook: bool) -> list[LedgerService]:
     return svcs
 
 
-@pytest.mark.parametrize("hook", [True, False], ids=["node-hook", "ledger-only"])
+@pytest.mark.parametrize("hook,snapshot_every", [(True, 256), (False, 5)], ids=["node-hook", "ledger-only"])
 async def test_the_committee_changes_at_the_epoch_boundary(autojump_clock: trio.testing.MockClock,
-                                                           tmp_path: Path, hook: bool) -> None:
+                                                           tmp_path: Path, hook: bool, snapshot_every: int) -> None:
     paths: list[Path | None] = [tmp_path / f"peer{i}.sqlite" for i in range(5)]
-    svcs = await _run(paths, hook=hook)
+    svcs = await _run(paths, hook=hook, snapshot_every=snapshot_every)
     entries = [_entries(s) for s in svcs]
     assert all(e == entries[0] for e in entries)
     assert [t for t, _ in entries[0]].count("certificate") == LAST
@@ -206,3 +214,17 @@ def test_a_schema_1_store_gives_one_clear_line_and_is_left_untouched(tmp_path: P
         assert "\n" not in message and "schema version 1" in message and "move the file aside" in message
         assert f"mv {path} {path}.v1" in message
     assert path.read_bytes() == before  # nothing rewritten: the operator's data stays as it was
+
+
+async def test_a_peer_with_nothing_walks_the_sealed_segments_from_restarted_peers(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """After a run, every peer restarts from its store and a sixth peer, outside every set and with an empty
+    store, pulls segment 0, seals it, pulls segment 1, ... and reaches the same entries and state."""
+    paths: list[Path | None] = [tmp_path / f"peer{i}.sqlite" for i in range(5)]
+    first = await _run(paths, snapshot_every=7)
+    state, entries = first[0].state_hash(), _entries(first[0])
+    again = await _run(paths, feed=False, newcomer=True)
+    newcomer = again[-1]
+    assert newcomer.state_hash() == state and _entries(newcomer) == entries
+    assert newcomer.sealed(0) and newcomer.sealed(1) and newcomer.current == 2
+    assert newcomer.observer and newcomer.created == 0
