@@ -584,7 +584,7 @@ class LedgerService:
             if priority and tx in self._pending and len(self._priority) < MAX_PRIORITY:  # promote it
                 del self._pending[tx]
                 self._pending_bytes -= len(tx)
-                self._priority[tx] = self.current if epoch is None else epoch
+                self._priority[tx] = self.current if epoch is None else max(epoch, self.current)
                 self._priority_bytes += len(tx)
             return self._count(Admission.DUPLICATE)
         size = len(tx) if isinstance(tx, bytes) else 0
