@@ -98,7 +98,7 @@ NEWCOMER = KeyPair.from_seed(bytes([99]) * 32)
 
 
 async def _run(paths: list[Path | None], *, hook: bool = False, feed: bool = True, snapshot_every: int = 256,
-               newcomer: bool = False) -> list[LedgerService]:
+               newcomer: bool = False, wrong_hook: bool = False) -> list[LedgerService]:
     """Five services (a sixth with nothing, ``newcomer``) gossiping until all hold heights 1..LAST alike;
     ``feed``: every member posts each certificate as its node would."""
     keys = KEYS + [NEWCOMER] * newcomer
@@ -123,7 +123,8 @@ async def _run(paths: list[Path | None], *, hook: bool = False, feed: bool = Tru
                 for svc in svcs:
                     svc.submit_certificate(h, cert)
                     if hook and h == 3:  # the node's chain knows epoch 1's set at 5 - delay
-                        svc.set_epoch_validators(1, SETS[5])
+                        wrong = wrong_hook and svc is svcs[0]  # a bug's set: the ledger's own chain decides
+                        svc.set_epoch_validators(1, SETS[4] if wrong else SETS[5])
                 await trio.sleep(1.0)  # about a height's pace: each certificate is ordered before the next
             while not all(s.highest_height() == LAST and s.current == 2 for s in svcs) \
                     or len({s.state_hash() for s in svcs}) != 1:
@@ -132,11 +133,12 @@ async def _run(paths: list[Path | None], *, hook: bool = False, feed: bool = Tru
     return svcs
 
 
-@pytest.mark.parametrize("hook,snapshot_every", [(True, 256), (False, 5)], ids=["node-hook", "ledger-only"])
-async def test_the_committee_changes_at_the_epoch_boundary(autojump_clock: trio.testing.MockClock,
-                                                           tmp_path: Path, hook: bool, snapshot_every: int) -> None:
+@pytest.mark.parametrize("hook,snapshot_every,wrong_hook", [(True, 256, False), (False, 5, False), (True, 256, True)],
+                         ids=["node-hook", "ledger-only", "wrong-hook"])
+async def test_the_committee_changes_at_the_epoch_boundary(autojump_clock: trio.testing.MockClock, tmp_path: Path,
+                                                           hook: bool, snapshot_every: int, wrong_hook: bool) -> None:
     paths: list[Path | None] = [tmp_path / f"peer{i}.sqlite" for i in range(5)]
-    svcs = await _run(paths, hook=hook, snapshot_every=snapshot_every)
+    svcs = await _run(paths, hook=hook, snapshot_every=snapshot_every, wrong_hook=wrong_hook)
     entries = [_entries(s) for s in svcs]
     assert all(e == entries[0] for e in entries)
     assert [t for t, _ in entries[0]].count("certificate") == LAST
