@@ -352,6 +352,11 @@ class LedgerService:
         current one, the set the ledger's own chain derived decides (a differing early segment is dropped)."""
         if self.epoch_length is None or epoch in self._segments or epoch != self.current + 1:
             return
+        derived = self.ledger.epoch_sets.get(epoch)
+        if derived is not None and derived != validators:
+            log.error("the node's set for the next ledger segment differs from the ledger's own: ignored",
+                      extra=fields(epoch=epoch))
+            return
         self._open(epoch, validators)
         self._peers = self._pull_peers()
 
