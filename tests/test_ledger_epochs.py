@@ -230,3 +230,57 @@ async def test_a_peer_with_nothing_walks_the_sealed_segments_from_restarted_peer
     assert newcomer.state_hash() == state and _entries(newcomer) == entries
     assert newcomer.sealed(0) and newcomer.sealed(1) and newcomer.current == 2
     assert newcomer.observer and newcomer.created == 0
+
+
+async def test_a_member_restarted_from_its_store_after_the_boundary_catches_up(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """A member stops during epoch 0 (its store holds part of segment 0), the others go on through epoch 1;
+    restarted from its store, it finishes segment 0, seals it where the others did, and reaches their state."""
+    ids = [k.peer_id for k in KEYS]
+    links = _Links(ids)
+    public = {k.peer_id: k.public_key for k in KEYS}
+    path = tmp_path / "peer1.sqlite"
+
+    def start(i: int) -> LedgerService:
+        return LedgerService.open(KEYS[i], GENESIS, links.endpoint(ids[i]), path if i == 1 else None,
+                                  sync_interval_ms=50, snapshot_every=3)
+
+    svcs = [start(i) for i in range(5)]
+    scopes: dict[int, trio.CancelScope] = {}
+
+    async def serve(i: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scopes[i]:
+            async with trio.open_nursery() as inner:
+                await inner.start(svcs[i].run)
+                task_status.started()
+                cache = VerifiedCache()
+                async for peer, payload in links.channels[ids[i]][1]:
+                    svcs[i].handle(peer, decode_message(payload, public.get, cache=cache))
+
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                await nursery.start(serve, i)
+            for h, cert in enumerate(CERTS, start=1):
+                if h == 3:
+                    while svcs[1].highest_height() < 2:
+                        await trio.sleep(0.1)
+                    scopes[1].cancel()  # stopped: its store is closed, what it was sent waits in its channel
+                for i, svc in enumerate(svcs):
+                    if i != 1 or h < 3:
+                        svc.submit_certificate(h, cert)
+                await trio.sleep(1.0)
+            others = [s for i, s in enumerate(svcs) if i != 1]
+            while not all(s.highest_height() == LAST and s.current == 2 for s in others):
+                await trio.sleep(0.1)
+            assert svcs[1].store is None  # closed
+            svcs[1] = start(1)
+            assert svcs[1].current == 0 and 2 <= svcs[1].highest_height() < 4
+            await nursery.start(serve, 1)
+            while not (svcs[1].highest_height() == LAST and svcs[1].current == 2
+                       and len({s.state_hash() for s in svcs}) == 1):
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    assert _entries(svcs[1]) == _entries(svcs[0])
+    applied = [(s.statistics()["segments"][0]["applied"], s.statistics()["segments"][1]["applied"]) for s in svcs]
+    assert len(set(applied)) == 1  # it sealed both segments at the same events as everyone
