@@ -53,6 +53,7 @@ from typing import Any
 from consensus.chain import Chain
 from consensus.evidence import DuplicateVoteEvidence, Evidence
 from consensus.messages import Signed, Value, Vote, decode_value
+from consensus.validators import ValidatorSet
 from dag.event import MAX_TRANSACTION_BYTES, Event, EventError, decode_event, encode_event, verify_event
 from dag.hashgraph import ForkEvidence
 from multillmn import canonical, jsonsafe
@@ -144,6 +145,24 @@ class Ledger:
         self.membership: dict[PeerId, bytes] = {}
         self.ignored: dict[str, int] = {}
         self._log: list[LedgerEntry] = []
+        self.epoch_sets: dict[int, ValidatorSet] = {}
+        """The validator set in force at the first height of every epoch the chain reached, recorded as the
+        chain folds the height before it: the committee of that epoch's ledger segment (``peers/ledger.py``,
+        which forgets those of sealed segments). Derived from the answers, so not part of the state."""
+
+    @property
+    def chain(self) -> Chain | None:
+        """The chain this ledger folds certified values into (None: certificates checked without one)."""
+        return self._chain
+
+    def certified_through(self) -> int:
+        """The highest height ``h`` such that every height up to ``h`` is certified here (folded, with a chain)."""
+        if self._chain is not None and self._chain.adaptive:
+            return self._chain.height
+        h = 0
+        while h + 1 in self.answers:
+            h += 1
+        return h
 
     # --- input -----------------------------------------------------------
     def apply(self, events: Iterable[Event]) -> int:
@@ -278,6 +297,9 @@ class Ledger:
                 self.ignored["underivable weights"] = self.ignored.get("underivable weights", 0) + 1
                 return
             weights = {v.peer_id: v.weight for v in chain.validators_at(h)}
+            mp = chain.membership_params
+            if mp is not None and chain.adaptive and h % mp.epoch_length == 0:  # h + 1 opens an epoch
+                self.epoch_sets[mp.epoch_of(h + 1)] = chain.validators_at(h + 1)
             if self.weights_at(h) != weights:
                 self.weights[h] = weights
             carried = cert.get("validators")

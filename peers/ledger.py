@@ -1,9 +1,36 @@
 """The hashgraph ledger at the runner's edge: storage, gossip about gossip, certificates in, catch-up out.
 
-:class:`LedgerService` owns one peer's :class:`dag.Hashgraph` (validators from
-genesis), its :class:`dag.Ledger` (certificates verified against the genesis)
-and its :class:`dag.Store` (SQLite). The ``dag/`` package stays pure; this
-module does the I/O:
+:class:`LedgerService` owns one peer's ledger *segments*, one
+:class:`dag.Hashgraph` per epoch, its :class:`dag.Ledger` (certificates
+verified against the ledger's own chain) and its :class:`dag.Store`
+(SQLite). The ``dag/`` package stays pure; this module does the I/O.
+
+Segments (ADR 0017). Segment ``e`` is a ``Hashgraph(epoch=e)`` run by the
+validator set in force at epoch ``e``'s first height (the genesis set for
+``e = 0``), with that height's weights. The ledger state machine applies
+segment ``e``'s consensus order, event by event; the first ordered event
+after which the ledger is certified through the epoch's last height
+(``Ledger.certified_through() >= epoch_start(e + 1) - 1``) *seals* the
+segment: what segment ``e`` orders after it is never applied, and the
+ledger goes on with segment ``e + 1``, whose set the ledger's own chain has
+just computed (``Ledger.epoch_sets``). The rule reads ordered data only, so
+every peer seals at the same event. A static-weight network has no epochs:
+segment 0 is never sealed.
+
+* The *current* segment is the lowest unsealed one: a peer pulls it,
+  creates events only in it and only if a member of its set (else it
+  observes), and routes certificates to the segment of their height (a
+  certificate of a later epoch waits in the priority lane).
+* At most :data:`MAX_OPEN_SEGMENTS` segments are unsealed: the current one
+  and the next, which the node may open early
+  (:meth:`LedgerService.set_epoch_validators`, from its chain) so that the
+  next epoch's events that faster peers create are kept; events of any other
+  epoch are refused. Sealed segments accept no event and answer pulls.
+* On sealing, this peer's own transactions the segment did not apply (in
+  events ordered after the seal or not ordered) are queued again for the
+  next segment.
+
+The rest is as with one hashgraph:
 
 * every ``sync_interval`` it sends its known vector (``dag_sync``) to the next
   validator (round robin); the receiver answers with the events it is missing
@@ -33,6 +60,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +69,7 @@ import trio
 from consensus.chain import Chain
 from consensus.evidence import Evidence, check_evidence
 from consensus.messages import Message, Signed, Value, VerifiedCache, decode_value, sign
+from consensus.validators import ValidatorSet
 from dag import (
     Event,
     Hashgraph,
@@ -49,6 +78,7 @@ from dag import (
     LedgerEntry,
     Network,
     Store,
+    StoreError,
     SyncError,
     ancestors_missing,
     certificate_tx,
@@ -71,7 +101,7 @@ from multillmn.logs import fields
 from peers.transport import Transport
 from peers.wire import RejectStats, encode_message
 
-__all__ = ["Admission", "LedgerService", "SNAPSHOT_EVERY", "MAX_EVENT_PAYLOAD", "MAX_PENDING", "MAX_PENDING_BYTES",
+__all__ = ["Admission", "LedgerService", "MAX_OPEN_SEGMENTS", "SNAPSHOT_EVERY", "MAX_EVENT_PAYLOAD", "MAX_PENDING", "MAX_PENDING_BYTES",
            "MAX_PRIORITY", "MAX_PRIORITY_BYTES", "MAX_QUEUE_DELAY_S", "MAX_IN_FLIGHT", "SYNC_TIMEOUT_S",
            "check_store", "entry_json", "network_of"]
 
@@ -96,6 +126,8 @@ MAX_QUEUE_DELAY_S = 0.5
 """Ordinary transactions are refused (FULL) while the oldest queued one has waited longer than this: the
 queue drains slower than it fills, and a longer queue would only add latency."""
 SYNC_TIMEOUT_S = 2.0
+MAX_OPEN_SEGMENTS = 2
+"""Unsealed ledger segments held at once: the current epoch's and the next one's."""
 """A pull not answered within this long is given up and the next peer is asked (one pull in flight at a time)."""
 
 
@@ -117,6 +149,17 @@ class Admission(enum.Enum):
 
 
 CertificateHook = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class _Segment:
+    """One epoch's hashgraph and how far the ledger applied its order."""
+
+    epoch: int
+    validators: ValidatorSet
+    hashgraph: Hashgraph
+    applied: int = 0  # ordered events applied to the ledger (for a sealed segment: up to the sealing one)
+    sealed: bool = False
 
 
 def _tx_map(tx: bytes) -> dict[str, Any] | None:
@@ -169,7 +212,6 @@ class LedgerService:
             raise ValueError("admission and sync bounds must be positive (reply_bytes at most MAX_BATCH_BYTES)")
         self.key = key
         self.genesis = genesis
-        self.validators = genesis.validators
         self.transport = transport
         self.store = store
         self.sync_interval_s = sync_interval_ms / 1000
@@ -180,8 +222,14 @@ class LedgerService:
         self.on_certificate: CertificateHook | None = None
         self.on_evidence: Callable[[Evidence], None] | None = None
         self.on_refused: Callable[[int, dict[str, Any]], None] | None = None
-        self.hashgraph = Hashgraph(self.validators)
         self.ledger = self._new_ledger()
+        chain = self.ledger.chain
+        mp = chain.membership_params if chain is not None and chain.adaptive else None
+        self.epoch_length: int | None = None if mp is None else mp.epoch_length
+        """Heights per epoch (None: static weights, one segment for ever)."""
+        self._segments: dict[int, _Segment] = {0: _Segment(0, genesis.validators, Hashgraph(genesis.validators))}
+        self.current = 0
+        """The lowest unsealed segment's epoch: the one this peer pulls and creates events in."""
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.max_queue_delay_s = max_queue_delay_s
@@ -191,20 +239,17 @@ class LedgerService:
         self.reply_bytes = reply_bytes
         # Two lanes of transactions waiting for an event: priority (certificates, evidence) goes first and
         # has its own bounds, so ordinary load can neither fill it nor delay it.
-        self._priority: dict[bytes, None] = {}
+        self._priority: dict[bytes, int] = {}  # value: the epoch whose segment must carry it
         self._priority_bytes = 0
         self._pending: OrderedDict[bytes, float] = OrderedDict()  # first in, first out; value: when submitted
         self._pending_bytes = 0
-        self._unordered_tx: set[bytes] = set()
+        self._unordered_tx: dict[int, set[bytes]] = {}  # by epoch: events with transactions not ordered yet
         self._checked: dict[bytes, bool] = {}  # per event held: its transactions pass check_transaction
         self._own_unordered: dict[bytes, int] = {}  # own events with transactions, not ordered yet: how many
         self._in_flight = 0  # their transactions
         self._submitted: set[int] = set()  # heights whose certificate this peer queued (bounded below)
-        self._snap_at = 0
-        self._peers = [p for p in self.validators.ids if p != key.peer_id]
-        self.observer = key.peer_id not in self.validators.ids
-        """Not in the ledger's committee (a peer that joined after the genesis): it pulls and holds the
-        ledger but creates no events, so it submits nothing (the committee posts every certificate)."""
+        self._since_snap = 0  # ordered events applied since the last snapshot
+        self._peers = self._pull_peers()
         self._next_peer = 0
         self._awaiting: PeerId | None = None  # the peer asked by the pull in flight
         self._awaiting_since = 0.0
@@ -229,9 +274,189 @@ class LedgerService:
             store = Store.open(path, network_of(genesis))
         svc = cls(key, genesis, transport, store, **kwargs)
         if store is not None:
-            svc.hashgraph = replay(store, svc.validators)
+            try:
+                sets = store.segments()
+                if not sets:
+                    store.save_segment(0, genesis.validators)
+                    sets = {0: genesis.validators}
+                if sets.get(0) != genesis.validators:
+                    raise StoreError(f"{path}: its epoch-0 ledger segment is not run by this genesis' validators; "
+                                     "move the file aside to resync the ledger from the other peers")
+                for epoch, vs in sets.items():
+                    svc._segments[epoch] = _Segment(epoch, vs, replay(store, vs, epoch=epoch))
+            except BaseException:
+                store.close()
+                raise
         svc._restore()
         return svc
+
+    # -- segments -------------------------------------------------------------
+
+    @property
+    def hashgraph(self) -> Hashgraph:
+        """The current segment's hashgraph."""
+        return self._segments[self.current].hashgraph
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The current segment's committee."""
+        return self._segments[self.current].validators
+
+    @property
+    def observer(self) -> bool:
+        """Not in the current segment's committee: it pulls and holds the ledger but creates no events, so it
+        submits nothing (the committee posts every certificate)."""
+        return self.key.peer_id not in self._segments[self.current].validators
+
+    def segment(self, epoch: int) -> Hashgraph | None:
+        """Segment ``epoch``'s hashgraph, if this peer holds it."""
+        seg = self._segments.get(epoch)
+        return None if seg is None else seg.hashgraph
+
+    def sealed(self, epoch: int) -> bool:
+        seg = self._segments.get(epoch)
+        return seg is not None and seg.sealed
+
+    def epoch_of(self, height: int) -> int:
+        """The ledger epoch (segment) a certificate of ``height`` belongs to."""
+        return 0 if self.epoch_length is None else (height - 1) // self.epoch_length
+
+    def _last_height(self, epoch: int) -> int | None:
+        return None if self.epoch_length is None else (epoch + 1) * self.epoch_length
+
+    def key_of(self, peer: PeerId) -> bytes | None:
+        """The key of a member of any segment held (whose DAG messages this peer reads)."""
+        for seg in self._segments.values():
+            key = seg.validators.public_key_of(peer)
+            if key is not None:
+                return key
+        return None
+
+    def members(self) -> set[PeerId]:
+        """The members of the unsealed segments (whom this peer's ledger still needs to reach)."""
+        return {p for seg in self._segments.values() if not seg.sealed for p in seg.validators.ids}
+
+    def _ledger_key_of(self, peer: PeerId) -> bytes | None:
+        """For the ledger (fork evidence): the key of a member of a segment up to the current one, which every
+        peer applying the current segment holds (so every peer decides alike)."""
+        for epoch in range(self.current, -1, -1):
+            seg = self._segments.get(epoch)
+            key = None if seg is None else seg.validators.public_key_of(peer)
+            if key is not None:
+                return key
+        return None
+
+    def set_epoch_validators(self, epoch: int, validators: ValidatorSet) -> None:
+        """The node's chain computed ``epoch``'s set (at its first height): open that segment early, so events
+        that faster peers create in it are kept. Only the next epoch is opened this way; on sealing the
+        current one, the set the ledger's own chain derived decides (a differing early segment is dropped)."""
+        if self.epoch_length is None or epoch in self._segments or epoch != self.current + 1:
+            return
+        derived = self.ledger.epoch_sets.get(epoch)
+        if derived is not None and derived != validators:
+            log.error("the node's set for the next ledger segment differs from the ledger's own: ignored",
+                      extra=fields(epoch=epoch))
+            return
+        self._open(epoch, validators)
+        self._peers = self._pull_peers()
+
+    def _open(self, epoch: int, validators: ValidatorSet) -> _Segment:
+        seg = self._segments[epoch] = _Segment(epoch, validators, Hashgraph(validators, epoch=epoch))
+        if self.store is not None:
+            self.store.save_segment(epoch, validators)
+        log.info("ledger segment opened", extra=fields(epoch=epoch, validators=len(validators)))
+        return seg
+
+    def _pull_peers(self) -> list[PeerId]:
+        """Whom to pull from: the current segment's members, then the next one's (if open), not this peer."""
+        ids = list(self._segments[self.current].validators.ids)
+        nxt = self._segments.get(self.current + 1)
+        if nxt is not None:
+            ids += [p for p in nxt.validators.ids if p not in ids]
+        return [p for p in ids if p != self.key.peer_id]
+
+    def _advance(self) -> None:
+        """Apply the current segment's new order to the ledger; seal it once the ledger is certified through
+        the epoch's last height, and go on with the next segment."""
+        while True:
+            seg = self._segments[self.current]
+            last = self._last_height(seg.epoch)
+            sealed = last is not None and self.ledger.certified_through() >= last  # a snapshot taken at the seal
+            first = len(self.ledger)
+            for ev in seg.hashgraph.ordered(seg.applied) if not sealed else ():
+                self.ledger.apply([ev])
+                seg.applied += 1
+                self._since_snap += 1
+                if last is not None and self.ledger.certified_through() >= last:
+                    sealed = True
+                    break
+            if self.store is not None and self._since_snap >= self.snapshot_every:
+                self.store.save_snapshot(seg.applied, self.ledger.snapshot(), seg.epoch)
+                self._since_snap = 0
+            self._report(first)
+            if not sealed or not self._seal(seg):
+                return
+
+    def _seal(self, seg: _Segment) -> bool:
+        """Seal ``seg`` and make the next segment current; False if the next set is unknown (cannot happen
+        while the ledger derives weights)."""
+        nxt = seg.epoch + 1
+        vs = self.ledger.epoch_sets.get(nxt)
+        if vs is None:
+            log.error("cannot seal the ledger segment: the next epoch's set is unknown", extra=fields(epoch=seg.epoch))
+            return False
+        held = self._segments.get(nxt)
+        if held is not None and held.validators != vs:
+            log.error("ledger segment opened with another set than the ledger derived: dropped", extra=fields(
+                epoch=nxt))
+            del self._segments[nxt]
+            self._unordered_tx.pop(nxt, None)
+            if self.store is not None:
+                self.store.drop_segment(nxt)
+            held = None
+        if held is None:
+            self._open(nxt, vs)
+        seg.sealed = True
+        self.current = nxt
+        for e in [e for e in self.ledger.epoch_sets if e <= nxt]:  # the rest: at most MAX_AHEAD heights on
+            del self.ledger.epoch_sets[e]
+        me = self.key.peer_id
+        applied = set(seg.hashgraph.order_hashes()[:seg.applied])
+        requeue: list[bytes] = []
+        for ev in seg.hashgraph.events_by(me):
+            self._in_flight -= self._own_unordered.pop(ev.hash, 0)
+            if ev.hash not in applied:
+                requeue.extend(ev.transactions)
+        self._unordered_tx.pop(seg.epoch, None)
+        for tx, epoch in list(self._priority.items()):
+            if epoch <= seg.epoch:
+                height = _cert_height(tx)
+                if height is not None and (height in self.ledger.answers or self.epoch_of(height) <= seg.epoch):
+                    self._drop_priority(tx)
+                else:
+                    self._priority[tx] = nxt
+        observer = self.observer
+        if observer:
+            for tx in [tx for tx, epoch in self._priority.items() if epoch == nxt]:
+                self._drop_priority(tx)
+        elif requeue:
+            for tx in requeue:
+                height = _cert_height(tx)
+                if height is not None and (height in self.ledger.answers or self.epoch_of(height) <= seg.epoch):
+                    continue
+                self.submit(tx, priority=(_tx_map(tx) or {}).get("type") in ("certificate", "evidence"),
+                            epoch=None if height is None else self.epoch_of(height))
+        self._peers = self._pull_peers()
+        self._awaiting = None
+        log.info("ledger segment sealed", extra=fields(epoch=seg.epoch, applied=seg.applied,
+                                                       ordered=seg.hashgraph.ordered_count, next=nxt,
+                                                       member=not observer, requeued=len(requeue)))
+        return True
+
+    def _drop_priority(self, tx: bytes) -> None:
+        if tx in self._priority:
+            del self._priority[tx]
+            self._priority_bytes -= len(tx)
 
     def _check_commit(self, cert: Any, chain: Chain) -> Value:
         """A certificate checked against the set this peer's own chain computed (CertificateError is a
@@ -241,7 +466,7 @@ class LedgerService:
                              tolerance=params.similarity_tolerance, cache=self.verified)
 
     def _new_ledger(self) -> Ledger:
-        ledger = Ledger(None, self.validators.public_key_of, self.genesis.chain(self.verified), self._check_commit)
+        ledger = Ledger(None, self._ledger_key_of, self.genesis.chain(self.verified), self._check_commit)
         ledger.on_evidence = self._on_evidence
         ledger.on_refused = self._on_refused
         return ledger
@@ -256,31 +481,46 @@ class LedgerService:
             self.on_refused(height, cert)
 
     def _restore(self) -> None:
-        hg = self.hashgraph
-        ordered = hg.ordered()
-        start = 0
-        snap = self.store.latest_snapshot() if self.store is not None else None
-        if snap is not None and snap[0] <= len(ordered):
-            try:
-                self.ledger = Ledger.restore(snap[1], None, self.validators.public_key_of,
-                                             self.genesis.chain(self.verified), self._check_commit)
-                self.ledger.on_evidence = self._on_evidence
-                self.ledger.on_refused = self._on_refused
-                start = snap[0]
-            except ValueError as exc:
-                log.warning("ledger snapshot unusable; re-applying the whole order", extra=fields(error=str(exc)))
-                self.ledger = self._new_ledger()
-        self.ledger.apply(ordered[start:])
-        self._snap_at = len(ordered)
-        done = set(hg.order_hashes())
-        for ev in hg:
-            if ev.transactions and ev.hash not in done:
-                self._unordered_tx.add(ev.hash)
-                if ev.creator == self.key.peer_id:
-                    self._own_unordered[ev.hash] = len(ev.transactions)
-                    self._in_flight += len(ev.transactions)
-        log.info("ledger opened", extra=fields(events=len(hg), ordered=len(ordered), entries=len(self.ledger),
-                                               state_hash=self.state_hash()))
+        """Apply the replayed segments' order from the latest usable snapshot (sealing as the order says)."""
+        snap = self.store.latest_snapshot_at() if self.store is not None else None
+        if snap is not None:
+            epoch, position, state = snap
+            seg = self._segments.get(epoch)
+            if seg is not None and position <= seg.hashgraph.ordered_count and all(
+                    e in self._segments for e in range(epoch)):
+                try:
+                    ledger = Ledger.restore(state, None, self._ledger_key_of,
+                                            self.genesis.chain(self.verified), self._check_commit)
+                except ValueError as exc:
+                    log.warning("ledger snapshot unusable; re-applying the whole order",
+                                extra=fields(error=str(exc)))
+                else:
+                    ledger.on_evidence = self._on_evidence
+                    ledger.on_refused = self._on_refused
+                    self.ledger = ledger
+                    for e in range(epoch):
+                        self._segments[e].sealed = True
+                        self._segments[e].applied = self._segments[e].hashgraph.ordered_count
+                    seg.applied = position
+                    self.current = epoch
+                    for e in [e for e in ledger.epoch_sets if e <= epoch]:
+                        del ledger.epoch_sets[e]
+        for seg in self._segments.values():
+            if seg.sealed:
+                continue
+            done = set(seg.hashgraph.order_hashes())
+            for ev in seg.hashgraph:
+                if ev.transactions and ev.hash not in done:
+                    self._unordered_tx.setdefault(seg.epoch, set()).add(ev.hash)
+                    if ev.creator == self.key.peer_id and seg.epoch == self.current:
+                        self._own_unordered[ev.hash] = len(ev.transactions)
+                        self._in_flight += len(ev.transactions)
+        self._advance()
+        self._since_snap = 0
+        self._peers = self._pull_peers()
+        log.info("ledger opened", extra=fields(epoch=self.current, segments=len(self._segments),
+                                               events=sum(len(s.hashgraph) for s in self._segments.values()),
+                                               entries=len(self.ledger), state_hash=self.state_hash()))
 
     def close(self) -> None:
         if self.store is not None:
@@ -311,10 +551,14 @@ class LedgerService:
             "max_round": hg.max_round,
             "own_events": hg.height(self.key.peer_id),
             "observer": self.observer,
+            "epoch": self.current,
+            "segments": {e: {"validators": len(s.validators), "events": len(s.hashgraph),
+                             "ordered": s.hashgraph.ordered_count, "applied": s.applied, "sealed": s.sealed}
+                         for e, s in sorted(self._segments.items())[-MAX_OPEN_SEGMENTS - 2:]},
             "pending_transactions": len(self._pending) + len(self._priority),
             "pending_priority": len(self._priority),
             "pending_bytes": self._pending_bytes + self._priority_bytes,
-            "unordered_events_with_transactions": len(self._unordered_tx),
+            "unordered_events_with_transactions": sum(map(len, self._unordered_tx.values())),
             "own_unordered_events": len(self._own_unordered),
             "in_flight_transactions": self._in_flight,
             "admission": dict(self.admission),
@@ -326,7 +570,7 @@ class LedgerService:
 
     # -- transactions in ----------------------------------------------------------
 
-    def submit(self, tx: bytes, *, priority: bool = False) -> Admission:
+    def submit(self, tx: bytes, *, priority: bool = False, epoch: int | None = None) -> Admission:
         """Queue a transaction for this peer's next events, or refuse it; never blocks, never drops silently.
 
         Returns :attr:`Admission.QUEUED` (or :attr:`~Admission.DUPLICATE` for bytes already
@@ -339,12 +583,13 @@ class LedgerService:
         ``priority`` (certificates and evidence, which must never be lost) uses a lane of its
         own, ahead of ordinary transactions in every event and with its own bounds
         (:data:`MAX_PRIORITY`, :data:`MAX_PRIORITY_BYTES`), so ordinary load cannot refuse it.
+        A priority transaction goes to segment ``epoch`` (default: the current one).
         """
         if tx in self._priority or tx in self._pending:
             if priority and tx in self._pending and len(self._priority) < MAX_PRIORITY:  # promote it
                 del self._pending[tx]
                 self._pending_bytes -= len(tx)
-                self._priority[tx] = None
+                self._priority[tx] = self.current if epoch is None else max(epoch, self.current)
                 self._priority_bytes += len(tx)
             return self._count(Admission.DUPLICATE)
         size = len(tx) if isinstance(tx, bytes) else 0
@@ -362,7 +607,7 @@ class LedgerService:
             log.warning("ledger transaction refused", extra=fields(reason=reason))
             return self._count(Admission.INVALID)
         if priority:
-            self._priority[tx] = None
+            self._priority[tx] = self.current if epoch is None else max(epoch, self.current)
             self._priority_bytes += size
         else:
             self._pending[tx] = self._monotonic()
@@ -383,16 +628,20 @@ class LedgerService:
         return result
 
     def submit_certificate(self, height: int, cert: dict[str, Any]) -> Admission | None:
-        """Queue a decision's certificate (priority), unless the ledger already certified that height or this
-        peer queued it (then None).
+        """Queue a decision's certificate (priority) for the segment of its height, unless the ledger already
+        certified that height, this peer queued it, that segment is sealed or this peer is not in its
+        committee (then None).
 
         Only a certificate the ledger *accepted* counts: another one it merely
         carries (perhaps a forgery) must not stop this peer from posting the real one.
         """
-        if self.observer or height in self.ledger.answers or height in self._submitted:
+        epoch = self.epoch_of(height)
+        seg = self._segments.get(epoch)
+        if (epoch < self.current or (seg is not None and self.key.peer_id not in seg.validators)
+                or height in self.ledger.answers or height in self._submitted):
             return None
         result = self.submit(certificate_tx(height, json.dumps(cert, sort_keys=True, separators=(",", ":")).encode()),
-                             priority=True)
+                             priority=True, epoch=epoch)
         if result.accepted:
             self._submitted.add(height)
             self._submitted = {h for h in self._submitted if h > height - 64}
@@ -438,7 +687,8 @@ class LedgerService:
                 peer = self._pick_peer()
                 self._awaiting, self._awaiting_since = peer, now
                 self.sync_stats["pulls"] += 1
-                self._send(peer, DagSync(sender=self.key.peer_id, vector=known_vector(self.hashgraph)))
+                self._send(peer, DagSync(sender=self.key.peer_id, vector=known_vector(self.hashgraph),
+                                         epoch=self.current))
         finally:
             self.close()
 
@@ -459,10 +709,14 @@ class LedgerService:
         """A decoded, signature-checked ``dag_*`` message from ``peer``; bad contents are counted, never raised."""
         msg = signed.message
         try:
-            if isinstance(msg, DagSync):
-                self._send_events(msg.sender, events_missing(self.hashgraph, msg.vector), limit=self.reply_bytes)
+            if isinstance(msg, DagSync):  # any segment held; an empty reply for one not held
+                hg = self.segment(msg.epoch)
+                self._send_events(msg.sender, [] if hg is None else events_missing(hg, msg.vector), msg.epoch,
+                                  limit=self.reply_bytes)
             elif isinstance(msg, DagWant):
-                self._send_events(msg.sender, ancestors_missing(self.hashgraph, msg.wanted, msg.vector))
+                hg = self.segment(msg.epoch)
+                if hg is not None:
+                    self._send_events(msg.sender, ancestors_missing(hg, msg.wanted, msg.vector), msg.epoch)
             elif isinstance(msg, DagEvents):
                 if msg.sender == self._awaiting:
                     self.sync_stats["replies"] += 1
@@ -482,7 +736,7 @@ class LedgerService:
         except (KeyError, ValueError) as exc:
             log.warning("dag message not sent", extra=fields(peer=peer, error=str(exc)))
 
-    def _send_events(self, peer: PeerId, events: list[Event], *, limit: int | None = None) -> None:
+    def _send_events(self, peer: PeerId, events: list[Event], epoch: int, *, limit: int | None = None) -> None:
         """Send ``events`` in batches; with ``limit`` (a sync reply) only the first batch of at most ``limit``
         bytes, possibly empty: the puller asks again for the rest with its updated vector."""
         batch: list[bytes] = []
@@ -497,17 +751,17 @@ class LedgerService:
             if batch and (size + len(data) > cap or len(batch) == MAX_BATCH_EVENTS):
                 if limit is not None:
                     break
-                self._send_batch(peer, batch)
+                self._send_batch(peer, batch, epoch)
                 batch, size = [], 0
             batch.append(data)
             size += len(data)
         if batch or limit is not None:
-            self._send_batch(peer, batch)
+            self._send_batch(peer, batch, epoch)
 
-    def _send_batch(self, peer: PeerId, batch: list[bytes]) -> None:
+    def _send_batch(self, peer: PeerId, batch: list[bytes], epoch: int) -> None:
         # Every event here passed the schema's checks once (on receipt, or its transactions on submit, or
         # in _sendable): building the message unvalidated saves checking each transaction again per send.
-        self._send(peer, DagEvents.model_construct(sender=self.key.peer_id, events=tuple(batch)))
+        self._send(peer, DagEvents.model_construct(sender=self.key.peer_id, events=tuple(batch), epoch=epoch))
 
     def _sendable(self, ev: Event) -> bool:
         """Whether ``ev``'s transactions pass :func:`dag.event.check_transaction` (checked once per event)."""
@@ -521,20 +775,27 @@ class LedgerService:
         return ok
 
     def _receive(self, msg: DagEvents) -> None:
-        hg = self.hashgraph
+        seg = self._segments.get(msg.epoch)
+        if seg is None or seg.sealed:  # a sealed segment is complete for the ledger; another is not open
+            if seg is None and msg.events:
+                self.rejects.record("dag", f"events of epoch {msg.epoch}, a segment not open here (at epoch "
+                                           f"{self.current})", msg.sender)
+            return
+        hg = seg.hashgraph
         got = receive(hg, msg.decoded())
         for ev, reason in got.rejected:
             self.rejects.record("dag-event", f"{ev!r}: {reason}", msg.sender)
         if got.inserted:
             self._stored(got.inserted)
         if got.ordered:
-            self._ordered(got.ordered)
-        if got.missing:
+            self._ordered(seg, got.ordered)
+        if got.missing and not seg.sealed:
             self._send(msg.sender, DagWant(sender=self.key.peer_id, wanted=tuple(got.missing[:MAX_WANTED]),
-                                           vector=known_vector(hg)))
+                                           vector=known_vector(hg), epoch=seg.epoch))
         for evidence in hg.take_evidence():
             self.submit(fork_evidence_tx(evidence), priority=True)
-        self._maybe_create(hg.head(msg.sender))
+        if seg.epoch == self.current:
+            self._maybe_create(hg.head(msg.sender))
 
     def _maybe_create(self, other: Event | None) -> None:
         """Create an event if there is something to order: pending transactions, or unordered ones.
@@ -546,19 +807,21 @@ class LedgerService:
         """
         if self.observer:
             return
-        hg = self.hashgraph
+        seg = self._segments[self.current]
+        hg = seg.hashgraph
         me = self.key.peer_id
         head = hg.head(me)
         room = min(self.max_in_flight - self._in_flight, MAX_TRANSACTIONS)
-        if not self._priority and (room <= 0 or not self._pending):
-            if not self._unordered_tx:
+        priority = [tx for tx, epoch in self._priority.items() if epoch == seg.epoch]
+        if not priority and (room <= 0 or not self._pending):
+            if not self._unordered_tx.get(seg.epoch):
                 return
             alone = not self._peers  # a single validator orders by extending its own chain
             if head is not None and not alone and (other is None or hg.is_ancestor(other.hash, head.hash)):
                 return  # nothing new to record: the event would not help the order along
         txs: list[bytes] = []
         size = 0
-        for tx in self._priority:
+        for tx in priority:
             if txs and (size + len(tx) > MAX_EVENT_PAYLOAD or len(txs) == MAX_TRANSACTIONS):
                 break
             txs.append(tx)
@@ -574,11 +837,11 @@ class LedgerService:
         try:
             if head is None:
                 ev = sign_event(self.key, seq=0, self_parent=None, other_parent=None, timestamp=now,
-                                transactions=txs)
+                                transactions=txs, epoch=seg.epoch)
             else:
                 op = other.hash if other is not None and other.creator != me else None
                 ev = sign_event(self.key, seq=head.seq + 1, self_parent=head.hash, other_parent=op,
-                                timestamp=max(now, head.timestamp + 1), transactions=txs)
+                                timestamp=max(now, head.timestamp + 1), transactions=txs, epoch=seg.epoch)
             ordered = hg.insert(ev)
         except (InsertError, ValueError) as exc:  # a bug, not the network's fault: keep the transactions
             log.error("cannot create an event", extra=fields(error=str(exc)))
@@ -593,7 +856,7 @@ class LedgerService:
         self.created += 1
         self._stored([ev])
         if ordered:
-            self._ordered(ordered)
+            self._ordered(seg, ordered)
 
     def _stored(self, events: list[Event]) -> None:
         """Persist newly inserted events (before they are gossiped and before their order rows)."""
@@ -603,23 +866,24 @@ class LedgerService:
         for ev in events:
             self._checked[ev.hash] = True  # received (the schema checked it) or created here (submit checked it)
             if ev.transactions:
-                self._unordered_tx.add(ev.hash)
-                if ev.creator == me:
+                self._unordered_tx.setdefault(ev.epoch, set()).add(ev.hash)
+                if ev.creator == me and ev.epoch == self.current:
                     self._own_unordered[ev.hash] = len(ev.transactions)
                     self._in_flight += len(ev.transactions)
 
-    def _ordered(self, events: list[Event]) -> None:
-        hg = self.hashgraph
+    def _ordered(self, seg: _Segment, events: list[Event]) -> None:
+        """Newly ordered events of ``seg``: stored, then applied if ``seg`` is the current segment."""
         if self.store is not None:
-            self.store.append_order(e.hash for e in events)
-        first = len(self.ledger)
-        self.ledger.apply(events)
+            self.store.append_order((e.hash for e in events), seg.epoch)
+        unordered = self._unordered_tx.get(seg.epoch, set())
         for ev in events:
-            self._unordered_tx.discard(ev.hash)
+            unordered.discard(ev.hash)
             self._in_flight -= self._own_unordered.pop(ev.hash, 0)
-        if self.store is not None and hg.ordered_count - self._snap_at >= self.snapshot_every:
-            self.store.save_snapshot(hg.ordered_count, self.ledger.snapshot())
-            self._snap_at = hg.ordered_count
+        if seg.epoch == self.current:
+            self._advance()
+
+    def _report(self, first: int) -> None:
+        """Hand the certificates among the ledger entries from ``first`` on to the node."""
         new: list[LedgerEntry] = []
         while first < len(self.ledger):
             page = self.ledger.page(first, len(self.ledger) - first)

@@ -169,6 +169,7 @@ class Node:
             ledger.on_refused = self._on_refused_certificate
             ledger.on_evidence = self._on_ledger_evidence
             self._replay_ledger(ledger)
+            self._ledger_epochs()
         if wal is not None:
             records = [inp for h, inp in wal.records(self.driver.chain.key_of) if h == self.driver.height]
             self._later += self.driver.replay(records, self._now())
@@ -185,6 +186,18 @@ class Node:
                 log.warning("ledger lacks a certificate; resuming before it", extra=fields(height=height))
                 break
             self.driver.restore(height, value)
+
+    def _ledger_epochs(self) -> None:
+        """Tell the ledger the next epoch's set once the chain knows it (at ``b - delay``), so the ledger opens
+        that segment before it seals the current one (it checks the set against its own chain then)."""
+        chain = self.driver.chain
+        mp = chain.membership_params
+        if self.ledger is None or mp is None or chain.params is None or not chain.adaptive or chain.height < 1:
+            return
+        nxt = mp.epoch_of(chain.height) + 1
+        boundary = mp.epoch_start(nxt)
+        if chain.height >= boundary - chain.params.delay_heights:
+            self.ledger.set_epoch_validators(nxt, chain.validators_at(boundary))
 
     # -- public -------------------------------------------------------------------------
     @property
@@ -310,8 +323,8 @@ class Node:
             log.info("asked to leave", extra=fields(height=height, refused=reason))
 
     def _sync_peers(self) -> None:
-        """Keep a link to every configured peer, every current or scheduled member and every committed
-        joiner; forget members that left."""
+        """Keep a link to every configured peer, every current or scheduled member, every committed
+        joiner and every member of an unsealed ledger segment; forget members that left."""
         chain = self.driver.chain
         wanted: dict[str, tuple[str, int] | None] = {q: None for q in chain.members_from(self.driver.height)}
         if chain.members is not None:
@@ -322,6 +335,9 @@ class Node:
                     continue
         for peer in self.cfg.persistent_peers:
             wanted[peer.id] = parse_hostport(peer.address, "p2p.peers")
+        if self.ledger is not None:  # the committees of the unsealed ledger segments, until they seal
+            for q in self.ledger.members():
+                wanted.setdefault(q, None)
         wanted.pop(self.key.peer_id, None)
         self.transport.set_peers(wanted)
         self._catchup_asked = {p: h for p, h in self._catchup_asked.items() if p in wanted}
@@ -360,9 +376,12 @@ class Node:
 
     def _key_of(self, peer: str) -> bytes | None:
         """The key a message from ``peer`` opens with: the chain's (members, scheduled members, committed
-        joiners), else the genesis set's (the ledger's committee, which gossips the DAG even after leaving
-        the validator set; the driver counts only the votes of a height's members)."""
-        return self.driver.chain.key_of(peer) or self.genesis.validators.public_key_of(peer)
+        joiners), else that of a member of a ledger segment this peer holds (a peer that left still serves
+        the segments it ran; the driver counts only the votes of a height's members), else the genesis set's."""
+        key = self.driver.chain.key_of(peer)
+        if key is None and self.ledger is not None:
+            key = self.ledger.key_of(peer)
+        return key or self.genesis.validators.public_key_of(peer)
 
     def _handle(self, inp: DriverInput) -> None:
         self._execute(self.driver.handle(inp, self._now()))
@@ -584,6 +603,7 @@ class Node:
         value = e.value
         self._sync_peers()  # links follow the members (cheap: a set difference)
         self._scheduled_requests(e.height)
+        self._ledger_epochs()
         cert = self.ledger.certificate(e.height) if self.ledger is not None else None
         if cert is None or cert.get("value_id") != value.value_id().hex():  # not a catch-up from the ledger
             cert = build_certificate(self.genesis, e.height, e.round, value, e.precommits, self.verified,

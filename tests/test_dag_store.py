@@ -117,7 +117,8 @@ def test_sigkill_mid_write_leaves_a_consistent_database(tmp_path: Path, seed: in
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     db = tmp_path / "dag.db"
-    proc = subprocess.Popen([sys.executable, str(script), str(db), str(seed)], cwd=ROOT,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, str(script), str(db), str(seed)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
