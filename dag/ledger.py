@@ -51,8 +51,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.chain import Chain
-from consensus.evidence import DuplicateVoteEvidence, Evidence
-from consensus.messages import Signed, Value, Vote, decode_value
+from consensus.evidence import EVIDENCE_KINDS, DuplicateVoteEvidence, Evidence, decode_evidence
+from consensus.messages import MessageError, Signed, Value, Vote, decode_value
 from consensus.validators import ValidatorSet
 from dag.event import MAX_TRANSACTION_BYTES, Event, EventError, decode_event, encode_event, verify_event
 from dag.hashgraph import ForkEvidence
@@ -349,6 +349,12 @@ class Ledger:
             raise _Skip("duplicate evidence")
         self._evidence_ids.add(ident)
         self.evidence.append(dict(tx))
+        if tx["kind"] in EVIDENCE_KINDS and self.on_evidence is not None:
+            try:  # another peer caught it: this peer's values carry it too, so every chain applies it
+                ev = decode_evidence(canonical.unpack(tx["data"]))
+            except (canonical.CanonicalError, MessageError):
+                return
+            self.on_evidence(ev)
 
     def _fork_key(self, tx: dict[str, Any]) -> bytes:
         try:

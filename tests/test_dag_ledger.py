@@ -181,3 +181,21 @@ def test_a_ledger_with_a_chain_derives_weights_in_height_order_and_flags_a_wrong
     assert led.ignored["derived weights"] == 1
     restored = Ledger.restore(led.snapshot(), chain=Chain(vs, WeightParams.for_tests()))
     assert restored.state_hash() == led.state_hash()
+
+
+def test_ordered_vote_evidence_reaches_the_host_so_its_values_carry_it() -> None:
+    """Evidence another peer caught and ordered on the ledger is handed to ``on_evidence`` (the node puts it
+    in its driver's evidence pool); malformed or other kinds of evidence are kept but not handed on."""
+    from consensus.evidence import from_equivocation
+    from consensus.state_machine import Equivocation
+
+    net = make_net([1, 1, 1, 1])
+    a, b = net.value(["Paris"] * 4), net.value(["Lyon"] * 4)
+    ev = from_equivocation(Equivocation(net.precommit(0, 1, 0, a), net.precommit(0, 1, 0, b)))
+    led = Ledger()
+    handed: list[Any] = []
+    led.on_evidence = handed.append
+    led.apply(events([evidence_tx(ev.KIND, net.keys[0].peer_id, canonical.pack(ev.body())),
+                      evidence_tx(ev.KIND, P1, b"\xc1not msgpack"), evidence_tx("equivocation", P2, b"proof")]))
+    assert len(led.evidence) == 3
+    assert handed == [ev]
