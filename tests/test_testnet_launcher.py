@@ -750,7 +750,9 @@ def test_join_and_leave_a_running_testnet(tmp_path: Path) -> None:
         assert left.boundary is not None and (left.boundary - 1) % 4 == 0
         peer1 = launcher.load_state(tmp_path).peer("peer1")
         assert left.stopped == f"peer1: stopped (pid {pid})" and peer1.pid is None and _gone(pid or 0)
-        assert [(r["kind"], r["peer_id"]) for r in _requests_seen(tmp_path, "peer1")] == [("leave", peer1.peer_id)]
+        # its own API got its leave (a join may have gone there too: a joiner asks the member furthest ahead)
+        assert [(r["kind"], r["peer_id"]) for r in _requests_seen(tmp_path, "peer1") if r["kind"] == "leave"] == [
+            ("leave", peer1.peer_id)]
         assert any("peer1 accepted the leave request of peer1" in line for line in lines)
         cfg = PeerConfig.load(Path(peer1.config))
         assert (cfg.join_via, cfg.leave_at_height) == ("", 0)  # a restart neither joins nor leaves again
