@@ -726,14 +726,15 @@ def test_join_and_leave_a_running_testnet(tmp_path: Path) -> None:
         p = joined.peer
         assert (p.name, p.model, p.genesis, p.weight) == ("peer3", "gemma3", False, 0)
         assert joined.boundary is not None and (joined.boundary - 1) % 4 == 0  # an epoch's first height
-        assert any("peer0 accepted the join request of peer3" in line for line in lines)
+        # a joiner asks the member furthest ahead (any of the three, as the stub peers' heights go)
+        assert any(re.search(r"peer[012] accepted the join request of peer3", line) for line in lines)
         assert any("heights advance only as questions are decided" in line for line in lines)
         state = launcher.load_state(tmp_path)
         assert state.peer("peer3").pid == p.pid and not _gone(p.pid or 0)
         cfg = PeerConfig.load(Path(p.config))
         assert (cfg.join_via, cfg.external_address, cfg.model, cfg.join_at_height) == (
             joined.via, p.p2p, "gemma3", 0)
-        assert joined.via == state.peer("peer0").api_url
+        assert joined.via in {state.peer(f"peer{i}").api_url for i in range(3)}
         assert {x.id for x in cfg.persistent_peers} == {o.peer_id for o in state.peers[:3]}
         assert cfg.api_listen == p.api_url.removeprefix("http://") and cfg.genesis_file == "../genesis.json"
         assert [(r.name, r.member) for r in launcher.status(tmp_path)] == [
@@ -844,7 +845,7 @@ def test_cli_join_and_leave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr()
     assert re.search(r"newbie \([0-9a-f]{12}, gemma3, api http://127.0.0.1:\d+\) is a member of the validator "
                      r"set from height \d+", out.out), out
-    assert "newbie started" in out.err and "peer0 accepted the join request of newbie" in out.err
+    assert "newbie started" in out.err and re.search(r"peer[012] accepted the join request of newbie", out.err)
     assert run("status", "--dir", d, "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["member"]) for r in rows] == [("peer0", True), ("peer1", True), ("newbie", True)]
