@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -68,13 +70,24 @@ def _find_links() -> list[str]:
 
 
 def _compile(uv: str, args: list[str], stdin: str | None = None) -> str:
-    command = [uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-               "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM,
-               "--index-url", "https://pypi.org/simple", *_find_links(), *args]
-    done = subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"uv pip compile failed:\n{done.stderr}")
-    return done.stdout
+    """One ``uv pip compile``; versions already in the lock are kept unless something forces a change.
+
+    uv treats an existing ``--output-file`` as preferences (as pip-tools does), so a
+    copy of today's lock goes there: adding a dependency moves no other pin.
+    ``make lock UPGRADE=1`` (``--upgrade``) takes the newest versions instead.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        output = Path(scratch) / "lock.txt"
+        if LOCK.exists():
+            shutil.copyfile(LOCK, output)
+        command = [uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+                   "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM,
+                   "--index-url", "https://pypi.org/simple", *_find_links(),
+                   "--output-file", str(output), *(["--upgrade"] if os.environ.get("UPGRADE") else []), *args]
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            sys.exit(f"uv pip compile failed:\n{done.stderr}")
+        return output.read_text()
 
 
 def main() -> int:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import security  # noqa: E402
 
 
+@pytest.mark.campaign
 async def test_the_security_bench_s_quick_mode_refuses_everything_but_the_known_open() -> None:
     rows, crashes = await security.run(quick=True)
     assert crashes == []

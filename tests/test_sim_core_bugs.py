@@ -33,6 +33,8 @@ module docstring of ``consensus/votes.py``). These tests failed before it.
 
 from __future__ import annotations
 
+import pytest
+
 from consensus.grouping import build_value, pair_count
 from consensus.messages import Answer, Proposal, Query, Signed, Value, Vote, query_id_of, sign
 from consensus.sim import random_scenario, run
@@ -81,6 +83,7 @@ def test_double_voter_below_a_third_cannot_stall_the_network() -> None:
         run(random_scenario(seed), seed)  # every invariant, termination included
 
 
+@pytest.mark.campaign
 def test_counting_second_votes_keeps_safety() -> None:
     from consensus.sim import SimConfig
 

@@ -8,6 +8,8 @@ included: no tolerance for any behaviour.
 
 from __future__ import annotations
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +48,7 @@ def scenarios(draw: st.DrawFn) -> tuple[SimConfig, int]:
     return config.validate(), draw(st.integers(0, 2**32))
 
 
+@pytest.mark.campaign
 @settings(max_examples=200, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(scenarios())
@@ -55,6 +58,7 @@ def test_property_drawn_scenarios_never_violate(scenario: tuple[SimConfig, int])
     run(config, seed)
 
 
+@pytest.mark.campaign
 def test_the_benchmark_scenarios_never_violate() -> None:
     """The seed-drawn scenarios of bench/sim_safety.py, double voters and forgers included: every invariant."""
     for seed in range(100):

@@ -84,6 +84,7 @@ def attack_after_adaptation(behaviour: str) -> list[RunResult]:
     return results
 
 
+@pytest.mark.campaign
 def test_n8f4_wrong_then_double_vote_after_adaptation() -> None:
     for r in attack_after_adaptation("double-vote"):
         assert r.equivocations_reported > 0
