@@ -75,7 +75,7 @@ from multillmn.identity import KeyPair
 from multillmn.logs import fields
 from multillmn import jsonsafe
 from peers.attacks import poisoned_events_payload
-from peers.catchup import BATCH, MAX_CERTIFICATE_BYTES, CatchUpReply, CatchUpRequest, RateLimit, certificate_bytes
+from peers.catchup import BATCH, MAX_CERTIFICATE_BYTES, MIN_INTERVAL_S, CatchUpReply, CatchUpRequest, RateLimit, certificate_bytes
 from peers.certificates import CertificateStore
 from peers.engine import AnswerEngine
 from peers.judge import judge_pair
@@ -161,7 +161,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._later: list[Effect] = []  # effects of the start-up replays, carried out once running
         self._catchup_limit = RateLimit()
-        self._catchup_asked: dict[str, int] = {}  # by peer (a transport peer: bounded)
+        self._catchup_asked: dict[str, tuple[int, float]] = {}  # peer -> (height asked, when); transport peers
+        self._catchup_reasking: set[str] = set()  # peers a paced re-ask waits for
         self._leave_sent = False
         if ledger is not None:
             ledger.rejects = self.rejects
@@ -340,7 +341,7 @@ class Node:
                 wanted.setdefault(q, None)
         wanted.pop(self.key.peer_id, None)
         self.transport.set_peers(wanted)
-        self._catchup_asked = {p: h for p, h in self._catchup_asked.items() if p in wanted}
+        self._catchup_asked = {p: a for p, a in self._catchup_asked.items() if p in wanted}
 
     def status(self) -> dict[str, Any]:
         d = self.driver
@@ -418,7 +419,7 @@ class Node:
 
     def _ask_catch_up(self, peer: str, height: int) -> None:
         if peer in self.transport.known_peers():
-            self._catchup_asked[peer] = height
+            self._catchup_asked[peer] = (height, trio.current_time())
             self.transport.send_nowait(peer, encode_message(sign(CatchUpRequest(sender=self.key.peer_id,
                                                                                 height=height), self.key)))
 
@@ -451,9 +452,19 @@ class Node:
         precommits = tuple(certificate_precommits(cert, self.driver.chain.key_of, self.genesis.chain_id))
         self._handle(Certified(reply.height, round_, value, precommits))
         asked = self._catchup_asked.get(peer)
-        if asked is not None and reply.height == min(reply.latest, asked + BATCH - 1) \
-                and self.driver.height > reply.height and reply.latest >= self.driver.height:
-            self._ask_catch_up(peer, self.driver.height)  # the batch's last one folded, and there is more
+        if asked is not None and reply.height == min(reply.latest, asked[0] + BATCH - 1) \
+                and self.driver.height > reply.height and reply.latest >= self.driver.height \
+                and peer not in self._catchup_reasking:
+            # the batch's last one folded and there is more: ask again as soon as the replier's rate limit allows
+            self._catchup_reasking.add(peer)
+            self._spawn(self._ask_catch_up_after, peer, asked[1] + MIN_INTERVAL_S - trio.current_time())
+
+    async def _ask_catch_up_after(self, peer: str, delay_s: float) -> None:
+        try:
+            await trio.sleep(max(0.0, delay_s) + 0.01)
+            self._ask_catch_up(peer, self.driver.height)
+        finally:
+            self._catchup_reasking.discard(peer)
 
     def _on_ledger_evidence(self, evidence: Evidence) -> None:
         """Evidence the ledger derived (a refused certificate's signer): carried in this peer's next values."""

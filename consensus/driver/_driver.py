@@ -233,6 +233,7 @@ class Driver:
         self._seen_height = 0  # the highest height another peer is working on (a hint that we lag)
         self._seen_from: PeerId | None = None
         self._ticks = 0
+        self._asked_at_tick = -1  # the tick in which a vote from two heights ahead last made us ask
         self.deferred_proposals = 0  # proposals for a later height, checked once the peer got there
         self._last_commit: tuple[Envelope, ...] = ()  # precommits that decided ``chain.height``
         self._last_commit_round: int | None = None  # their round
@@ -381,10 +382,10 @@ class Driver:
             if self.pool.add_answer(signed, self.now):
                 self._try_propose(out)
         elif isinstance(msg, Proposal):
-            self._note_height(msg.height, inp.sender)
+            self._note_height(msg.height, inp.sender, out)
             self._proposal(signed, out)
         elif isinstance(msg, Vote):
-            self._note_height(msg.height, inp.sender)
+            self._note_height(msg.height, inp.sender, out)
             self._vote(signed, out)
         elif isinstance(msg, ScoreVector):
             self.scores.add_vector(signed, self.core.height)
@@ -413,9 +414,18 @@ class Driver:
     def _count(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
-    def _note_height(self, height: int, sender: PeerId | None) -> None:
+    def _note_height(self, height: int, sender: PeerId | None, out: list[Effect]) -> None:
+        """Remember who works ahead of us; two heights ahead means ours is decided: ask that peer at once.
+
+        At most one such ask per tick, so a stream of votes from ahead costs one request
+        a tick; without it a newcomer would wait two ticks (12 s shipped) to notice it lags.
+        """
         if height > self.core.height and (height > self._seen_height or self._seen_from is None):
             self._seen_height, self._seen_from = height, sender
+        if height > self.core.height + 1 and sender is not None and sender != self.me \
+                and self._asked_at_tick != self._ticks:
+            self._asked_at_tick = self._ticks
+            out.append(AskCatchUp(self.core.height, sender))
 
     # --- answering ----------------------------------------------------------------------
     def _generate(self, query: Signed[Query], out: list[Effect]) -> None:
