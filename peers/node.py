@@ -220,6 +220,10 @@ class Node:
                 nursery.start_soon(self._join_loop)
             self._execute(self.driver.start(self._now()) + self._later)
             self._later = []
+            known = sorted(self.transport.known_peers())
+            if known and self.ledger is None:  # without a ledger to sync, a new or restarted peer learns at
+                # once whether it lags, not after two idle ticks
+                self._ask_catch_up(known[self.driver.height % len(known)], self.driver.height)
             if self.ledger is not None:
                 nursery.start_soon(self.ledger.run)
             task_status.started()
