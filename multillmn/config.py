@@ -19,7 +19,7 @@ from typing import Any
 from multillmn.identity import is_peer_id
 
 __all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render_toml", "BYZANTINE_BEHAVIOURS",
-           "SHARD_OBJECTIVES"]
+           "SHARD_OBJECTIVES", "BROADCAST_MODES", "MAX_BROADCAST_FANOUT"]
 
 BYZANTINE_BEHAVIOURS = (
     "none", "wrong", "junk", "collude", "copy-late", "double-vote",
@@ -29,6 +29,12 @@ BYZANTINE_BEHAVIOURS = (
 
 SHARD_OBJECTIVES = ("latency", "throughput")
 """What the EdgeShard planner minimises for a sharded peer (``peers.shard.planner.OBJECTIVES``)."""
+
+BROADCAST_MODES = ("mesh", "tree")
+"""``[p2p] broadcast``: every message to every peer directly, or over self-repairing trees (issue 13)."""
+
+MAX_BROADCAST_FANOUT = 16
+"""Largest ``[p2p] broadcast_fanout``."""
 
 
 class ConfigError(ValueError):
@@ -72,6 +78,8 @@ class PeerConfig:
     handshake_timeout_ms: int = 5000
     link_delay_ms: int = 0
     link_loss: float = 0.0
+    broadcast: str = "mesh"
+    broadcast_fanout: int = 3
     # [api]
     api_listen: str = "127.0.0.1:8080"
     query_timeout_s: float = 300.0
@@ -149,6 +157,9 @@ class PeerConfig:
         _check_range("p2p.link_delay_ms", self.link_delay_ms, 0, 60_000)
         if not 0.0 <= self.link_loss < 1.0:
             raise ConfigError(f"p2p.link_loss: {self.link_loss} is outside [0, 1)")
+        if self.broadcast not in BROADCAST_MODES:
+            raise ConfigError(f"p2p.broadcast: expected {' | '.join(BROADCAST_MODES)}, got {self.broadcast!r}")
+        _check_range("p2p.broadcast_fanout", self.broadcast_fanout, 1, MAX_BROADCAST_FANOUT)
         _check_range("api.query_timeout_s", self.query_timeout_s, 1, 86400)
         _check_range("model.max_new_tokens", self.max_new_tokens, 1, 1024)
         _check_range("model.threads", self.threads, 1, 256)
@@ -252,7 +263,8 @@ _KEYS: dict[str, dict[str, str]] = {
             "inbound_queue": "inbound_queue", "inbound_peer_queue": "inbound_peer_queue",
             "inbound_peer_bytes": "inbound_peer_bytes", "max_handshakes": "max_handshakes",
             "handshake_timeout_ms": "handshake_timeout_ms",
-            "link_delay_ms": "link_delay_ms", "link_loss": "link_loss"},
+            "link_delay_ms": "link_delay_ms", "link_loss": "link_loss",
+            "broadcast": "broadcast", "broadcast_fanout": "broadcast_fanout"},
     "api": {"listen": "api_listen", "query_timeout_s": "query_timeout_s"},
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
               "cache_dir": "cache_dir"},
@@ -284,6 +296,10 @@ _COMMENTS: dict[str, str] = {
     "handshake_timeout_ms": "A connection that has not proved a validator's identity by then is closed.",
     "link_delay_ms": "Testnets: one-way delay added to every message this peer sends (emulated link).",
     "link_loss": "Testnets: probability in [0, 1) that a message this peer sends is lost (emulated link).",
+    "broadcast": "How this peer's signed messages reach the others: mesh (sent to every peer directly) | tree "
+                 "(latency-aware spanning trees that repair themselves around silent relays; peers/broadcast).",
+    "broadcast_fanout": "With broadcast = tree: children per peer in a tree (1 to "
+                        f"{MAX_BROADCAST_FANOUT}); more means fewer hops and more sends per peer.",
     "api_listen": "Address of the HTTP API (/v1/query, /v1/status, /v1/chat/completions).",
     "query_timeout_s": "How long an HTTP query waits for consensus before answering 504.",
     "model": "smollm2 | gemma3 (bundled GGUF models) or a path to a Hugging Face model directory.",

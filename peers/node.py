@@ -85,6 +85,7 @@ from peers.wal import ConsensusWal
 from peers.wire import RejectStats, decode_message, encode_message
 
 if TYPE_CHECKING:
+    from peers.broadcast._host import BroadcastTransport
     from consensus.messages import Value
     from peers.ledger import LedgerService
 
@@ -137,7 +138,7 @@ class Node:
         self.key = key
         self.genesis = genesis
         self.engine = engine
-        self.transport = transport
+        self.transport: Transport | BroadcastTransport = transport
         self.ledger = ledger
         self.wal = wal
         self.verified = VerifiedCache()
@@ -154,6 +155,12 @@ class Node:
             tick_ms=max(1000, 2 * cfg.timeout_propose_ms))
         self.driver = Driver(key, genesis.chain(self.verified), config, behaviour=behaviour, verified=self.verified)
         self.rejects = RejectStats()
+        self._tree: BroadcastTransport | None = None
+        if cfg.broadcast == "tree":  # [p2p] broadcast: signed messages spread over trees (peers/broadcast)
+            from peers.broadcast._host import tree_transport
+
+            self.transport = self._tree = tree_transport(transport, self._key_of, self.verified, self.rejects,
+                                                         fanout=cfg.broadcast_fanout)
         self.certificates = CertificateStore(genesis, ledger)
         self._waiters: dict[bytes, _Waiter] = {}
         self._generate_tx, self._generate_rx = trio.open_memory_channel[Generate](GENERATION_QUEUE)
@@ -216,6 +223,8 @@ class Node:
             self._nursery = nursery
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._generate_loop)
+            if self._tree is not None:
+                nursery.start_soon(self._tree.run_overlay)
             if self.cfg.join_via:
                 nursery.start_soon(self._join_loop)
             self._execute(self.driver.start(self._now()) + self._later)
