@@ -1,0 +1,561 @@
+"""The broadcast core: per-origin trees with Plumtree repair and relay scoring, pure and sans-I/O.
+
+``Broadcaster.broadcast / receive / fire -> [effect]``; effects are
+:class:`Send` (a frame to one peer), :class:`Deliver` (a validated payload of
+another origin, once) and :class:`Schedule` (call :meth:`Broadcaster.fire`
+with the timer after a delay). Time is the ``now`` argument; nothing here
+sleeps, reads a clock, opens a socket or draws a random number.
+
+Protocol (Plumtree, Leitão et al. 2007, with trees from a latency matrix):
+
+* **Eager push along the origin's tree.** Every peer computes the same tree
+  for an origin (:func:`~peers.broadcast._trees.build_tree` over the
+  committee and the latency matrix) and pushes a new payload of that origin
+  to its children there, plus peers that grafted onto it, minus peers that
+  pruned it.
+* **Lazy digests.** Each peer also sends IHAVE digests (batched, after
+  ``lazy_delay_s``) to its lazy neighbours: a fixed overlay of about
+  ``lazy_degree`` peers (a ring ordered by the hash of the peer ids, with
+  chords), so every peer hears of every message from several others.
+* **GRAFT**: a digest of a message not received within ``graft_timeout_s``
+  makes the peer ask an announcer (best score, then nearest) for it; the
+  announcer sends it and pushes that origin's later messages eagerly. No
+  answer within the timeout: the next announcer, and the silent one is
+  scored down.
+* **PRUNE**: a payload received twice eagerly prunes the link it came in
+  on the second time (the slower path) for that origin.
+* **Scores** (gossipsub v1.1's idea): a peer's score rises with first
+  deliveries and falls for invalid payloads, malformed frames, unanswered
+  grafts and for being the tree parent that did not forward. A peer at or
+  below ``exclude_score`` is made a leaf of this peer's view of every tree
+  (:func:`~peers.broadcast._trees.reroute`: its children are re-attached,
+  so this peer may take some of them) and is the last choice to graft from.
+
+Every payload is checked by ``validate`` (the origin's signature: it returns
+the origin's peer id or None) before it is delivered, stored or relayed, and
+its id is recomputed locally. Bounds on everything a remote peer can grow
+are in :class:`BroadcastConfig` (``max_*``) and the frame limits in
+:mod:`peers.broadcast._frames`; each is enforced at insertion and
+:meth:`Broadcaster.statistics` reports the sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from peers.broadcast._frames import (
+    MAX_GRAFT_IDS, MAX_IHAVE_IDS, Frame, FrameError, Gossip, Graft, IHave, Prune, decode, encode, kind_name,
+    max_frame_len, message_id,
+)
+from peers.broadcast._trees import LatencyMatrix, reroute
+
+__all__ = [
+    "BroadcastConfig", "Broadcaster", "Deliver", "Effect", "MAX_ANNOUNCERS", "SCORE_MAX", "SCORE_MIN", "Schedule",
+    "Send",
+]
+
+SCORE_MIN: Final = -100
+SCORE_MAX: Final = 100
+MAX_ANNOUNCERS: Final = 8
+"""Announcers remembered per missing message (the first ones)."""
+_SCORE_DELIVERY: Final = 1  # first delivery of a valid message through a peer
+_SCORE_INVALID: Final = -50  # a payload that fails validation, or whose origin is not the one claimed
+_SCORE_MALFORMED: Final = -10  # a frame that does not decode
+_SCORE_SILENT: Final = -10  # an unanswered graft, or the tree parent that did not forward a message others had
+
+
+@dataclass(frozen=True)
+class BroadcastConfig:
+    """Settings of one peer's broadcast core; every bound is on a table a remote peer can grow."""
+
+    fanout: int = 3  # children per node in a tree (upload bound)
+    lazy_degree: int = 6  # lazy neighbours that get IHAVE digests
+    lazy_delay_s: float = 0.05  # digests are batched for this long
+    graft_timeout_s: float = 0.25  # wait this long after a digest before grafting (and between grafts)
+    max_grafted: int = 6  # peers that may graft onto this one per origin beyond its tree children
+    exclude_score: int = -20  # a peer at or below this score relays for nobody in our view
+    max_payload: int = 1 << 20  # bytes of one payload
+    max_members: int = 4096  # committee size accepted by set_members
+    max_seen: int = 65536  # message ids remembered as received (oldest forgotten first)
+    max_stored: int = 1024  # payloads kept to answer grafts (oldest dropped first)
+    max_stored_bytes: int = 64 << 20  # their total size
+    max_missing: int = 1024  # announced but not received message ids
+    max_missing_per_peer: int = 128  # of which first announced by one peer
+    max_lazy: int = 4096  # digests waiting to be sent
+    max_served: int = 8192  # (peer, id) grafts answered, remembered so a repeated graft is not answered again
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings that cannot work."""
+        if self.fanout < 1 or self.lazy_degree < 0 or self.max_grafted < 0:
+            raise ValueError("fanout must be >= 1, lazy_degree and max_grafted >= 0")
+        for name in ("lazy_delay_s", "graft_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if not SCORE_MIN < self.exclude_score < 0:
+            raise ValueError(f"exclude_score must be in ({SCORE_MIN}, 0)")
+        for name in ("max_payload", "max_members", "max_seen", "max_stored", "max_stored_bytes", "max_missing",
+                     "max_missing_per_peer", "max_lazy", "max_served"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_stored > self.max_seen:
+            raise ValueError("max_stored must not exceed max_seen")
+
+    @classmethod
+    def default(cls) -> BroadcastConfig:
+        return cls()
+
+    @classmethod
+    def for_tests(cls) -> BroadcastConfig:
+        """Small tables, so floods reach the bounds quickly."""
+        return replace(cls(), max_payload=4096, max_members=64, max_seen=512, max_stored=128,
+                       max_stored_bytes=1 << 18, max_missing=64, max_missing_per_peer=16, max_lazy=256,
+                       max_served=256)
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``frame`` to peer ``to``."""
+
+    to: str
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """A validated payload of another origin, delivered once."""
+
+    payload: bytes
+    origin: str
+    msg_id: bytes
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Call :meth:`Broadcaster.fire` with ``timer`` after ``delay_s``."""
+
+    delay_s: float
+    timer: object
+
+
+Effect = Send | Deliver | Schedule
+
+
+@dataclass(frozen=True)
+class _FlushTimer:
+    generation: int
+
+
+@dataclass(frozen=True)
+class _GraftTimer:
+    msg_id: bytes
+    attempt: int
+
+
+@dataclass
+class _Missing:
+    origin: str
+    first: str  # the peer whose digest created the entry (per-peer bound)
+    announcers: list[str]
+    tried: list[str] = field(default_factory=list)
+    attempt: int = 0
+
+
+@dataclass
+class _View:
+    key: tuple[int, int, int]
+    parent: str | None
+    children: tuple[str, ...]
+
+
+class Broadcaster:
+    """One peer's broadcast core (see the module docstring)."""
+
+    def __init__(self, me: str, validate: Callable[[bytes], str | None],
+                 config: BroadcastConfig = BroadcastConfig(), *, matrix: LatencyMatrix | None = None) -> None:
+        config.validate()
+        self.me = me
+        self.config = config
+        self._validate = validate
+        self.matrix = matrix if matrix is not None else LatencyMatrix()
+        self._max_frame = max_frame_len(config.max_payload)
+        self._members: tuple[str, ...] = (me,)
+        self._member_set: frozenset[str] = frozenset(self._members)
+        self._members_key = b""
+        self._members_version = 0
+        self._lazy_peers: tuple[str, ...] = ()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._store: OrderedDict[bytes, tuple[str, bytes, int]] = OrderedDict()
+        self._stored_bytes = 0
+        self._missing: dict[bytes, _Missing] = {}
+        self._missing_by_peer: Counter[str] = Counter()
+        self._lazy: list[tuple[str, bytes, str]] = []
+        self._flush_generation = 0
+        self._flush_pending = False
+        self._served: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._scores: dict[str, int] = {}
+        self._excluded: frozenset[str] = frozenset()
+        self._excluded_version = 0
+        self._grafted: dict[str, set[str]] = {}
+        self._pruned: dict[str, set[str]] = {}
+        self._views: dict[str, _View] = {}
+        self._stats: Counter[str] = Counter()
+
+    # --- membership and latency (from the host) -----------------------------------------
+
+    def set_members(self, members: Iterable[str]) -> None:
+        """The committee (``me`` included or not). State about peers outside it is dropped."""
+        ids = sorted(set(members) | {self.me})
+        if len(ids) > self.config.max_members:
+            raise ValueError(f"{len(ids)} members exceed max_members={self.config.max_members}")
+        self._members = tuple(ids)
+        self._member_set = frozenset(ids)
+        self._members_key = hashlib.blake2b("\x00".join(ids).encode(), digest_size=16).digest()
+        self._members_version += 1
+        self._lazy_peers = self._overlay()
+        self._views.clear()
+        for table in (self._grafted, self._pruned):
+            for origin in [o for o in table if o not in self._member_set]:
+                del table[origin]
+            for peers in table.values():
+                peers &= self._member_set
+        self._scores = {p: s for p, s in self._scores.items() if p in self._member_set}
+        self._update_excluded()
+
+    def set_latency(self, a: str, b: str, seconds: float) -> None:
+        """One-way latency estimate from ``a`` to ``b`` (``b`` to ``a`` too unless set); unknown pairs:
+        :data:`~peers.broadcast._trees.DEFAULT_LATENCY_S`."""
+        self.matrix.set(a, b, seconds)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self._members
+
+    def score(self, peer: str) -> int:
+        return self._scores.get(peer, 0)
+
+    def lazy_peers(self) -> tuple[str, ...]:
+        return self._lazy_peers
+
+    def _overlay(self) -> tuple[str, ...]:
+        """Lazy neighbours: a ring ordered by hashed peer id, at offsets 1, m^(1/h), m^(2/h)... both ways (symmetric)."""
+        ring = sorted(self._members, key=lambda p: (hashlib.blake2b(p.encode(), digest_size=8).digest(), p))
+        m = len(ring)
+        half = max(1, self.config.lazy_degree // 2)
+        if self.config.lazy_degree == 0 or m <= 1:
+            return ()
+        offsets = sorted({max(1, round(m ** (j / half))) for j in range(half)})
+        i = ring.index(self.me)
+        peers = {ring[(i + k) % m] for k in offsets} | {ring[(i - k) % m] for k in offsets}
+        peers.discard(self.me)
+        return tuple(sorted(peers))
+
+    # --- trees ----------------------------------------------------------------------------
+
+    def _view(self, origin: str) -> _View:
+        """My parent and children in my view of ``origin``'s tree (excluded peers made leaves)."""
+        key = (self._members_version, self.matrix.version, self._excluded_version)
+        view = self._views.get(origin)
+        if view is not None and view.key == key:
+            return view
+        tree = self.matrix.tree(origin, self._members, self.config.fanout, self._members_key)
+        avoid = self._excluded - {origin}
+        if avoid and any(tree.get(a) for a in avoid):
+            tree = reroute(tree, origin, self.matrix.get, self.config.fanout, avoid)
+        parent = next((n for n, cs in tree.items() if self.me in cs), None)
+        view = _View(key, parent, tree.get(self.me, ()))
+        self._views[origin] = view
+        return view
+
+    def tree_children(self, origin: str) -> tuple[str, ...]:
+        """This peer's children in its view of ``origin``'s tree."""
+        return self._view(origin).children
+
+    def _eager_targets(self, origin: str, exclude: str | None) -> list[str]:
+        targets = set(self._view(origin).children) | self._grafted.get(origin, set())
+        targets -= self._pruned.get(origin, set())
+        targets.discard(origin)
+        targets.discard(self.me)
+        if exclude is not None:
+            targets.discard(exclude)
+        return sorted(targets)
+
+    # --- scores ---------------------------------------------------------------------------
+
+    def _adjust(self, peer: str | None, delta: int) -> None:
+        if peer is None or peer == self.me or peer not in self._member_set:
+            return
+        old = self._scores.get(peer, 0)
+        new = min(SCORE_MAX, max(SCORE_MIN, old + delta))
+        self._scores[peer] = new
+        if (old <= self.config.exclude_score) != (new <= self.config.exclude_score):
+            self._update_excluded()
+
+    def _update_excluded(self) -> None:
+        excluded = frozenset(p for p, s in self._scores.items() if s <= self.config.exclude_score)
+        if excluded != self._excluded:
+            self._excluded = excluded
+            self._excluded_version += 1
+
+    # --- sending --------------------------------------------------------------------------
+
+    def _send(self, to: str, frame: Frame) -> Send:
+        data = encode(frame)
+        kind = kind_name(frame)
+        self._stats[f"sent_{kind}"] += 1
+        self._stats[f"sent_{kind}_bytes"] += len(data)
+        return Send(to, data)
+
+    def _reject(self, reason: str) -> None:
+        self._stats[f"rejected_{reason}"] += 1
+        self._stats["rejected"] += 1
+
+    def _remember(self, msg_id: bytes, origin: str, payload: bytes, hops: int) -> None:
+        self._seen[msg_id] = None
+        while len(self._seen) > self.config.max_seen:
+            self._seen.popitem(last=False)
+        self._store[msg_id] = (origin, payload, hops)
+        self._stored_bytes += len(payload)
+        while len(self._store) > self.config.max_stored or self._stored_bytes > self.config.max_stored_bytes:
+            _, (_, old, _) = self._store.popitem(last=False)
+            self._stored_bytes -= len(old)
+
+    def _spread(self, origin: str, msg_id: bytes, payload: bytes, hops: int, sender: str | None) -> list[Effect]:
+        """Eager push to the tree (and grafted) children; queue the digest for the lazy neighbours."""
+        effects: list[Effect] = [self._send(to, Gossip(origin, payload, hops))
+                                 for to in self._eager_targets(origin, sender)]
+        if len(self._lazy) >= self.config.max_lazy:
+            self._reject("lazy-full")
+        elif self._lazy_peers:
+            self._lazy.append((origin, msg_id, sender or self.me))
+            if not self._flush_pending:
+                self._flush_pending = True
+                self._flush_generation += 1
+                effects.append(Schedule(self.config.lazy_delay_s, _FlushTimer(self._flush_generation)))
+        return effects
+
+    # --- the three entry points -----------------------------------------------------------
+
+    def broadcast(self, payload: bytes, now: float) -> list[Effect]:
+        """Start spreading this peer's own ``payload`` (no :class:`Deliver` for it). ``ValueError`` if it does
+        not validate as this peer's or is too large."""
+        if len(payload) > self.config.max_payload:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds max_payload={self.config.max_payload}")
+        if self._validate(payload) != self.me:
+            raise ValueError("the payload does not validate as this peer's")
+        msg_id = message_id(payload)
+        if msg_id in self._seen:
+            return []
+        self._remember(msg_id, self.me, payload, 0)
+        self._stats["broadcasts"] += 1
+        return self._spread(self.me, msg_id, payload, 1, None)
+
+    def receive(self, sender: str, frame: bytes, now: float) -> list[Effect]:
+        """A frame from ``sender`` (an authenticated link). Never raises for what the frame holds; every
+        refusal is counted in :meth:`statistics` (``rejected_<reason>``)."""
+        if sender not in self._member_set or sender == self.me:
+            self._reject("not-member")
+            return []
+        if len(frame) > self._max_frame:
+            self._reject("oversized")
+            self._adjust(sender, _SCORE_MALFORMED)
+            return []
+        try:
+            decoded = decode(frame, max_payload=self.config.max_payload)
+        except FrameError:
+            self._reject("malformed")
+            self._adjust(sender, _SCORE_MALFORMED)
+            return []
+        self._stats[f"received_{kind_name(decoded)}"] += 1
+        if isinstance(decoded, Gossip):
+            return self._on_gossip(sender, decoded)
+        if isinstance(decoded, IHave):
+            return self._on_ihave(sender, decoded)
+        if isinstance(decoded, Graft):
+            return self._on_graft(sender, decoded)
+        return self._on_prune(sender, decoded)
+
+    def fire(self, timer: object, now: float) -> list[Effect]:
+        """A timer this core scheduled is due; stale or unknown timers are ignored."""
+        if isinstance(timer, _FlushTimer):
+            if not self._flush_pending or timer.generation != self._flush_generation:
+                return []
+            return self._flush()
+        if isinstance(timer, _GraftTimer):
+            return self._graft(timer)
+        return []
+
+    # --- frames ---------------------------------------------------------------------------
+
+    def _on_gossip(self, sender: str, frame: Gossip) -> list[Effect]:
+        msg_id = message_id(frame.payload)
+        if msg_id in self._seen:
+            self._stats["duplicates"] += 1
+            stored = self._store.get(msg_id)
+            known = stored[0] if stored is not None else frame.origin
+            if known in self._member_set and sender != known:
+                self._stats["prunes_sent"] += 1
+                return [self._send(sender, Prune(known))]
+            return []
+        try:
+            signer = self._validate(frame.payload)
+        except Exception:  # a validator that chokes on hostile bytes has refused them
+            signer = None
+        if signer is None or signer != frame.origin:
+            self._reject("invalid-payload" if signer is None else "origin-mismatch")
+            self._adjust(sender, _SCORE_INVALID)
+            return []
+        origin = signer
+        if origin not in self._member_set or origin == self.me:
+            self._reject("origin-not-member" if origin != self.me else "own-message")
+            return []
+        self._remember(msg_id, origin, frame.payload, frame.hops)
+        missing = self._missing.pop(msg_id, None)
+        if missing is not None:
+            self._forget_missing(missing)
+            self._stats["recovered"] += 1
+        self._adjust(sender, _SCORE_DELIVERY)
+        self._stats["delivered"] += 1
+        effects: list[Effect] = [Deliver(frame.payload, origin, msg_id)]
+        effects.extend(self._spread(origin, msg_id, frame.payload, min(frame.hops + 1, 255), sender))
+        return effects
+
+    def _forget_missing(self, missing: _Missing) -> None:
+        self._missing_by_peer[missing.first] -= 1
+        if self._missing_by_peer[missing.first] <= 0:
+            del self._missing_by_peer[missing.first]
+
+    def _on_ihave(self, sender: str, frame: IHave) -> list[Effect]:
+        effects: list[Effect] = []
+        for origin, msg_id in frame.entries:
+            if msg_id in self._seen:
+                continue
+            if origin not in self._member_set or origin == self.me:
+                self._reject("ihave-origin")
+                continue
+            missing = self._missing.get(msg_id)
+            if missing is not None:
+                if sender not in missing.announcers and len(missing.announcers) < MAX_ANNOUNCERS:
+                    missing.announcers.append(sender)
+                continue
+            if sender in self._excluded:
+                self._reject("ihave-excluded")
+                continue
+            if (len(self._missing) >= self.config.max_missing
+                    or self._missing_by_peer[sender] >= self.config.max_missing_per_peer):
+                self._reject("missing-full")
+                continue
+            self._missing[msg_id] = _Missing(origin, sender, [sender])
+            self._missing_by_peer[sender] += 1
+            effects.append(Schedule(self.config.graft_timeout_s, _GraftTimer(msg_id, 0)))
+        return effects
+
+    def _on_graft(self, sender: str, frame: Graft) -> list[Effect]:
+        if frame.origin not in self._member_set:
+            self._reject("graft-origin")
+            return []
+        self._stats["grafts_received"] += 1
+        grafted = self._grafted.setdefault(frame.origin, set())
+        pruned = self._pruned.get(frame.origin)
+        if pruned is not None:
+            pruned.discard(sender)
+        if (sender not in grafted and sender != frame.origin
+                and sender not in self._view(frame.origin).children):
+            if len(grafted) < self.config.max_grafted:
+                grafted.add(sender)
+            else:
+                self._stats["grafts_not_eager"] += 1
+        effects: list[Effect] = []
+        for msg_id in frame.ids[:MAX_GRAFT_IDS]:
+            stored = self._store.get(msg_id)
+            if stored is None:
+                self._stats["grafts_unknown"] += 1
+                continue
+            if (sender, msg_id) in self._served:
+                self._stats["grafts_repeated"] += 1
+                continue
+            self._served[(sender, msg_id)] = None
+            while len(self._served) > self.config.max_served:
+                self._served.popitem(last=False)
+            origin, payload, hops = stored
+            self._stats["grafts_served"] += 1
+            effects.append(self._send(sender, Gossip(origin, payload, min(hops + 1, 255))))
+        return effects
+
+    def _on_prune(self, sender: str, frame: Prune) -> list[Effect]:
+        if frame.origin not in self._member_set:
+            self._reject("prune-origin")
+            return []
+        self._stats["prunes_received"] += 1
+        grafted = self._grafted.get(frame.origin)
+        if grafted is not None:
+            grafted.discard(sender)
+        self._pruned.setdefault(frame.origin, set()).add(sender)
+        return []
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def _flush(self) -> list[Effect]:
+        """Send the queued digests to the lazy neighbours that are not eager targets for their origin."""
+        self._flush_pending = False
+        batches: dict[str, list[tuple[str, bytes]]] = {}
+        eager: dict[str, set[str]] = {}
+        for origin, msg_id, sender in self._lazy:
+            skip = eager.get(origin)
+            if skip is None:
+                skip = eager[origin] = set(self._eager_targets(origin, None)) | {origin}
+            for peer in self._lazy_peers:
+                if peer not in skip and peer != sender:
+                    batches.setdefault(peer, []).append((origin, msg_id))
+        self._lazy.clear()
+        effects: list[Effect] = []
+        for peer in sorted(batches):
+            entries = batches[peer]
+            for start in range(0, len(entries), MAX_IHAVE_IDS):
+                effects.append(self._send(peer, IHave(tuple(entries[start:start + MAX_IHAVE_IDS]))))
+        return effects
+
+    def _graft(self, timer: _GraftTimer) -> list[Effect]:
+        missing = self._missing.get(timer.msg_id)
+        if missing is None or missing.attempt != timer.attempt or timer.msg_id in self._seen:
+            return []
+        if timer.attempt == 0:
+            parent = self._view(missing.origin).parent
+            self._stats["parent_silent"] += 1
+            self._adjust(parent, _SCORE_SILENT)
+        else:
+            self._stats["grafts_unanswered"] += 1
+            self._adjust(missing.tried[-1], _SCORE_SILENT)
+        untried = [p for p in missing.announcers if p not in missing.tried]
+        if not untried:
+            del self._missing[timer.msg_id]
+            self._forget_missing(missing)
+            self._stats["missing_given_up"] += 1
+            return []
+        target = min(untried, key=lambda p: (p in self._excluded, self.score(p) < 0, self.matrix.get(self.me, p), p))
+        missing.tried.append(target)
+        missing.attempt += 1
+        self._stats["grafts_sent"] += 1
+        return [self._send(target, Graft(missing.origin, (timer.msg_id,))),
+                Schedule(self.config.graft_timeout_s, _GraftTimer(timer.msg_id, missing.attempt))]
+
+    # --- introspection --------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, int]:
+        """Counters (frames and bytes sent by kind, received by kind, deliveries, duplicates, grafts, prunes,
+        rejects by reason) and the size of every bounded table."""
+        stats = dict(self._stats)
+        stats.update(
+            seen=len(self._seen), stored=len(self._store), stored_bytes=self._stored_bytes,
+            missing=len(self._missing), missing_peers=len(self._missing_by_peer), lazy_queue=len(self._lazy),
+            served=len(self._served), scores=len(self._scores), excluded=len(self._excluded),
+            grafted_links=sum(len(s) for s in self._grafted.values()),
+            pruned_links=sum(len(s) for s in self._pruned.values()), views=len(self._views),
+            members=len(self._members),
+        )
+        return stats

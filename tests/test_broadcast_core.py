@@ -1,0 +1,369 @@
+"""The broadcast core (peers/broadcast/_core.py) alone and in the deterministic in-memory network.
+
+Network scenarios run :class:`peers.broadcast._simnet.SimNet`: peers on a
+plane, seeded jitter, virtual time. A failing scenario names its seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import replace
+
+import pytest
+
+from peers.broadcast import (
+    MAX_ANNOUNCERS,
+    MAX_GRAFT_IDS,
+    MAX_IHAVE_IDS,
+    MAX_PEER_ID_LEN,
+    MSG_ID_LEN,
+    BroadcastConfig,
+    Broadcaster,
+    Deliver,
+    FrameError,
+    Gossip,
+    Graft,
+    IHave,
+    Prune,
+    Schedule,
+    Send,
+    decode,
+    encode,
+    max_frame_len,
+    message_id,
+)
+from peers.broadcast._simnet import SimNet, fake_validate, make_payload
+from multillmn.canonical import pack
+
+PEERS = [f"p{i:03d}" for i in range(8)]
+
+
+def _core(me: str = "p000", config: BroadcastConfig | None = None) -> Broadcaster:
+    b = Broadcaster(me, fake_validate, config or BroadcastConfig.for_tests())
+    b.set_members(PEERS)
+    return b
+
+
+def _sends(effects: list[object]) -> list[tuple[str, object]]:
+    return [(e.to, decode(e.frame, max_payload=1 << 20)) for e in effects if isinstance(e, Send)]
+
+
+# --- frames -----------------------------------------------------------------------------
+
+
+def test_frames_round_trip() -> None:
+    mid = message_id(b"x")
+    for frame in (Gossip("p1", b"payload", 3), IHave((("p1", mid), ("p2", mid))), Graft("p1", (mid,)),
+                  Prune("p1")):
+        assert decode(encode(frame), max_payload=100) == frame
+    assert len(mid) == MSG_ID_LEN
+    biggest = IHave(tuple(("x" * MAX_PEER_ID_LEN, mid) for _ in range(MAX_IHAVE_IDS)))
+    assert len(encode(biggest)) <= max_frame_len(100)
+    assert decode(encode(biggest), max_payload=100) == biggest
+
+
+@pytest.mark.parametrize("value", [
+    [], [9], [1, "p", b"x"], [1, "p", b"x", -1], [1, "p", b"x", 256], [1, "", b"x", 0], [1, "p" * 129, b"x", 0],
+    [1, "p", "text", 0], [1, "p", b"x" * 101, 0], [2, [["p", b"short"]]], [2, [["p", b"0" * 16, 1]]],
+    [2, [["p", b"0" * 16]] * (MAX_IHAVE_IDS + 1)], [3, "p", [b"0" * 16] * (MAX_GRAFT_IDS + 1)], [3, "p"],
+    [4], [4, 5], [True, "p"], ["1", "p"], {"k": 1}, [2, [[["deep"]]]],
+])
+def test_malformed_frames_raise_frame_error_only(value: object) -> None:
+    with pytest.raises(FrameError):
+        decode(pack(value), max_payload=100)
+
+
+def test_random_bytes_raise_frame_error_only() -> None:
+    rng = random.Random(4)
+    good = encode(Gossip("p001", b"payload" * 3, 2))
+    for _ in range(3000):
+        data = bytearray(good if rng.random() < 0.5 else os.urandom(rng.randint(0, 64)))
+        for _ in range(rng.randint(1, 4)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            decode(bytes(data), max_payload=100)
+        except FrameError:
+            pass
+
+
+# --- one core, step by step ---------------------------------------------------------------
+
+
+def test_config_validate() -> None:
+    BroadcastConfig().validate()
+    BroadcastConfig.for_tests().validate()
+    for bad in (dict(fanout=0), dict(lazy_delay_s=0.0), dict(graft_timeout_s=float("inf")), dict(exclude_score=5),
+                dict(max_seen=0), dict(max_stored=10, max_seen=5)):
+        with pytest.raises(ValueError):
+            replace(BroadcastConfig(), **bad).validate()  # type: ignore[arg-type]
+
+
+def test_broadcast_pushes_to_tree_children_and_schedules_digests() -> None:
+    b = _core()
+    payload = make_payload("p000", b"hello")
+    effects = b.broadcast(payload, 0.0)
+    sends = _sends(effects)
+    assert not [e for e in effects if isinstance(e, Deliver)]  # no Deliver of one's own payload
+    assert sorted(to for to, _ in sends) == list(b.tree_children("p000"))
+    assert 1 <= len(sends) <= b.config.fanout
+    assert all(f == Gossip("p000", payload, 1) for _, f in sends)
+    (flush,) = [e for e in effects if isinstance(e, Schedule)]
+    digests = _sends(b.fire(flush.timer, flush.delay_s))
+    assert digests and all(isinstance(f, IHave) for _, f in digests)
+    assert {to for to, _ in digests}.isdisjoint(b.tree_children("p000"))
+    assert b.fire(flush.timer, 1.0) == []  # a timer fires once
+    with pytest.raises(ValueError):
+        b.broadcast(make_payload("p001", b"not mine"), 0.0)
+
+
+def test_receive_delivers_once_relays_and_prunes_duplicates() -> None:
+    b = _core("p003")
+    payload = make_payload("p000", b"m")
+    effects = b.receive("p001", encode(Gossip("p000", payload, 1)), 0.0)
+    assert [e for e in effects if isinstance(e, Deliver)] == [Deliver(payload, "p000", message_id(payload))]
+    relayed = sorted(to for to, f in _sends(effects) if isinstance(f, Gossip))
+    assert relayed == sorted(set(b.tree_children("p000")) - {"p001"})
+    again = b.receive("p002", encode(Gossip("p000", payload, 2)), 0.1)
+    assert _sends(again) == [("p002", Prune("p000"))]
+    assert b.statistics()["duplicates"] == 1
+
+
+def test_ihave_then_graft_then_next_announcer_and_score() -> None:
+    b = _core("p003")
+    payload = make_payload("p000", b"lost")
+    mid = message_id(payload)
+    (sched,) = b.receive("p005", encode(IHave((("p000", mid),))), 0.0)
+    assert isinstance(sched, Schedule) and sched.delay_s == b.config.graft_timeout_s
+    assert b.receive("p006", encode(IHave((("p000", mid),))), 0.01) == []  # second announcer remembered
+    first = b.fire(sched.timer, 0.25)
+    assert [(to, f) for to, f in _sends(first)] in ([("p005", Graft("p000", (mid,)))],
+                                                    [("p006", Graft("p000", (mid,)))])
+    tried = _sends(first)[0][0]
+    (retry,) = [e for e in first if isinstance(e, Schedule)]
+    second = b.fire(retry.timer, 0.5)
+    other = ({"p005", "p006"} - {tried}).pop()
+    assert _sends(second) == [(other, Graft("p000", (mid,)))]
+    assert b.score(tried) < 0  # the unanswered graft
+    delivered = b.receive(other, encode(Gossip("p000", payload, 3)), 0.6)
+    assert any(isinstance(e, Deliver) for e in delivered)
+    (retry2,) = [e for e in second if isinstance(e, Schedule)]
+    assert b.fire(retry2.timer, 0.75) == []  # stale: received meanwhile
+    assert b.statistics()["missing"] == 0
+
+
+def test_graft_is_answered_and_makes_the_link_eager_prune_stops_it() -> None:
+    b = _core("p000")
+    payload = make_payload("p000", b"one")
+    b.broadcast(payload, 0.0)
+    outsider = next(p for p in PEERS[1:] if p not in b.tree_children("p000"))
+    answer = b.receive(outsider, encode(Graft("p000", (message_id(payload),))), 0.1)
+    assert _sends(answer) == [(outsider, Gossip("p000", payload, 1))]
+    assert b.receive(outsider, encode(Graft("p000", (message_id(payload),))), 0.2) == []  # served once
+    second = make_payload("p000", b"two")
+    assert outsider in [to for to, _ in _sends(b.broadcast(second, 1.0))]
+    b.receive(outsider, encode(Prune("p000")), 1.1)
+    assert outsider not in [to for to, _ in _sends(b.broadcast(make_payload("p000", b"three"), 2.0))]
+
+
+def test_invalid_and_mislabelled_payloads_are_rejected_and_scored() -> None:
+    b = _core("p003")
+    forged = bytearray(make_payload("p000", b"body"))
+    forged[5] ^= 1
+    assert b.receive("p001", encode(Gossip("p000", bytes(forged), 1)), 0.0) == []
+    assert b.receive("p002", encode(Gossip("p001", make_payload("p000", b"x"), 1)), 0.0) == []
+    stats = b.statistics()
+    assert stats["rejected_invalid-payload"] == 1 and stats["rejected_origin-mismatch"] == 1
+    assert b.score("p001") < 0 and b.score("p002") < 0
+    assert stats["seen"] == 0
+
+
+def test_hostile_input_never_raises_and_is_counted() -> None:
+    b = _core("p003")
+    rng = random.Random(9)
+    junk = [b"", b"\xc1", os.urandom(40), pack([1, "p000", b"x", 0, 1]), pack([2, [["zz", b"0" * 16]]]),
+            b"\x00" * (max_frame_len(b.config.max_payload) + 1), pack([3, "nobody", []]), pack([4, "nobody"])]
+    for data in junk:
+        assert b.receive("p001", data, 0.0) == []
+    assert b.receive("stranger", encode(Prune("p000")), 0.0) == []
+    assert b.receive("p003", encode(Prune("p000")), 0.0) == []  # from myself
+    for _ in range(500):
+        assert isinstance(b.receive("p001", bytes(rng.randrange(256) for _ in range(rng.randint(0, 30))), 0.0),
+                          list)
+    assert b.fire(object(), 0.0) == []
+    stats = b.statistics()
+    for reason in ("malformed", "oversized", "not-member", "ihave-origin", "graft-origin", "prune-origin"):
+        assert stats[f"rejected_{reason}"] >= 1, reason
+
+
+# --- bounds under a flood from one hostile peer ----------------------------------------------
+
+
+def _within_bounds(b: Broadcaster) -> None:
+    c, s = b.config, b.statistics()
+    assert s["seen"] <= c.max_seen
+    assert s["stored"] <= c.max_stored and s["stored_bytes"] <= c.max_stored_bytes
+    assert s["missing"] <= c.max_missing
+    assert s["lazy_queue"] <= c.max_lazy
+    assert s["served"] <= c.max_served
+    assert s["scores"] <= len(b.members) and s["views"] <= len(b.members)
+    assert s["grafted_links"] <= len(b.members) * c.max_grafted
+    assert s["pruned_links"] <= len(b.members) ** 2
+
+
+def test_flood_from_one_hostile_peer_keeps_every_table_bounded() -> None:
+    b = _core("p003")
+    hostile = "p007"
+    rng = random.Random(13)
+    schedules: list[Schedule] = []
+    now = 0.0
+    for i in range(400):  # fake digests
+        entries = tuple((rng.choice(PEERS), os.urandom(16)) for _ in range(MAX_IHAVE_IDS))
+        schedules += [e for e in b.receive(hostile, encode(IHave(entries)), now) if isinstance(e, Schedule)]
+        now += 0.001
+    assert b.statistics()["missing"] <= b.config.max_missing_per_peer
+    for i in range(3000):  # bogus frames of every kind, oversized ones, validly signed floods
+        kind = i % 6
+        if kind == 0:
+            frame = encode(Gossip(rng.choice(PEERS), os.urandom(rng.randint(1, 200)), 1))
+        elif kind == 1:
+            frame = os.urandom(max_frame_len(b.config.max_payload) + 1)
+        elif kind == 2:
+            frame = encode(Graft(rng.choice(PEERS), tuple(os.urandom(16) for _ in range(MAX_GRAFT_IDS))))
+        elif kind == 3:
+            frame = encode(Prune(rng.choice(PEERS)))
+        elif kind == 4:  # the hostile peer's own, validly "signed" messages: a flood of real traffic
+            frame = encode(Gossip(hostile, make_payload(hostile, os.urandom(64)), 1))
+        else:
+            frame = encode(Gossip(hostile, make_payload(hostile, os.urandom(b.config.max_payload - 200)), 1))
+        for e in b.receive(hostile, frame, now):
+            if isinstance(e, Schedule):
+                schedules.append(e)
+        now += 0.001
+        if i % 100 == 0:
+            _within_bounds(b)
+    for e in schedules:  # let every timer fire: grafts to the liar go unanswered
+        b.fire(e.timer, now + 1)
+    _within_bounds(b)
+    stats = b.statistics()
+    assert stats["rejected_oversized"] == 500 and stats["rejected_invalid-payload"] >= 400
+    assert stats["rejected_missing-full"] > 0
+    assert b.score(hostile) <= b.config.exclude_score
+
+
+def test_many_announcers_are_capped() -> None:
+    b = _core("p003")
+    mid = os.urandom(16)
+    for p in PEERS:
+        if p != "p003":
+            b.receive(p, encode(IHave((("p000", mid),))), 0.0)
+    assert len(b._missing[mid].announcers) <= MAX_ANNOUNCERS  # noqa: SLF001
+
+
+# --- the in-memory network --------------------------------------------------------------------
+
+
+def _run(net: SimNet, origins: list[str], rounds: int) -> list[dict[str, float]]:
+    """Broadcast once from each origin per round (one at a time); per round: worst delivery ratio over the
+    honest peers, max latency, duplicates per delivery, grafts."""
+    honest = [p for p in net.ids if net.behaviour(p) == "honest"]
+    out = []
+    for r in range(rounds):
+        dup0, graft0 = net.total("duplicates"), net.total("grafts_sent")
+        ids = []
+        for o in origins:
+            ids.append(net.broadcast(o, f"round {r} from {o}".encode()))
+            net.run()
+        delivered = sum(len(net.records[i].delivered) - 1 for i in ids)
+        out.append({
+            "ratio": min(len(set(net.records[i].delivered) & set(honest)) / len(honest) for i in ids),
+            "max_latency": max(max(t - net.records[i].start for p, t in net.records[i].delivered.items()
+                                   if p in honest) for i in ids),
+            "dups": (net.total("duplicates") - dup0) / delivered,
+            "grafts": net.total("grafts_sent") - graft0,
+        })
+    return out
+
+
+def test_healthy_network_delivers_everything_without_duplicates() -> None:
+    net = SimNet(24, seed=1)
+    origins = net.ids[:6]
+    rounds = _run(net, origins, 3)
+    assert all(r["ratio"] == 1.0 for r in rounds)
+    assert all(r["dups"] <= 0.2 for r in rounds[1:]), rounds
+    assert net.unknown_deliveries == 0
+    for o in origins:  # the origin sends at most fan-out full copies per broadcast (relaying others' is extra)
+        own = net.nodes[o].tree_children(o)
+        assert len(own) <= net.config.fanout
+    origin = net.ids[0]
+    before = net.nodes[origin].statistics()
+    net.broadcast(origin, b"count me")
+    after = net.nodes[origin].statistics()
+    assert 1 <= after["sent_gossip"] - before["sent_gossip"] <= net.config.fanout
+    net.run()
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_quarter_of_relays_dropping(seed: int) -> None:
+    net = SimNet(32, seed=seed)
+    bad = random.Random(seed).sample(net.ids[1:], 8)
+    net.behaviours = dict.fromkeys(bad, "drop")
+    origins = [p for p in net.ids if p not in bad][:6]
+    healthy = _run(SimNet(32, seed=seed), origins, 1)[0]["max_latency"]
+    rounds = _run(net, origins, 5)
+    assert all(r["ratio"] == 1.0 for r in rounds), f"seed {seed}: {rounds}"
+    first, last = rounds[0], rounds[-1]
+    assert first["grafts"] > 0  # the repair did work
+    assert last["grafts"] <= first["grafts"] // 10, f"seed {seed}: later broadcasts still graft: {rounds}"
+    assert last["max_latency"] < first["max_latency"]
+    assert last["max_latency"] <= 2.5 * healthy, f"seed {seed}: {last} vs healthy {healthy}"
+    assert all(r["dups"] <= 0.2 for r in rounds[2:]), rounds
+    # the droppers are scored down by someone they failed
+    scored = {b for b in bad if any(net.nodes[p].score(b) < 0 for p in net.ids if p not in bad)}
+    assert len(scored) >= len(bad) // 2
+
+
+def test_corrupting_relays_cannot_stop_delivery() -> None:
+    seed = 6
+    net = SimNet(32, seed=seed)
+    bad = random.Random(seed).sample(net.ids[1:], 8)
+    net.behaviours = dict.fromkeys(bad, "corrupt")
+    origins = [p for p in net.ids if p not in bad][:6]
+    rounds = _run(net, origins, 4)
+    assert all(r["ratio"] == 1.0 for r in rounds), rounds
+    assert net.total("rejected_invalid-payload") > 0
+    assert net.unknown_deliveries == 0  # nothing corrupted was ever delivered
+    excluded = {b for b in bad if any(net.nodes[p].score(b) <= net.config.exclude_score
+                                      for p in net.ids if p not in bad)}
+    assert excluded, "no corrupting relay was scored out"
+    assert rounds[-1]["grafts"] <= rounds[0]["grafts"] // 5
+
+
+def test_hostile_peer_in_the_network_cannot_stop_delivery_or_grow_tables() -> None:
+    config = BroadcastConfig.for_tests()
+    net = SimNet(16, seed=8, config=config)
+    hostile = net.ids[5]
+    net.behaviours = {hostile: "drop"}
+    rng = random.Random(8)
+    for to in net.ids:
+        if to == hostile:
+            continue
+        for _ in range(20):
+            entries = tuple((rng.choice(net.ids), os.urandom(16)) for _ in range(MAX_IHAVE_IDS))
+            net.inject(hostile, to, encode(IHave(entries)))
+            net.inject(hostile, to, os.urandom(64))
+    origins = [p for p in net.ids if p != hostile][:4]
+    rounds = _run(net, origins, 3)
+    assert all(r["ratio"] == 1.0 for r in rounds)
+    for p in net.ids:
+        _within_bounds(net.nodes[p])
+
+
+def test_same_seed_same_run() -> None:
+    def once() -> tuple[object, ...]:
+        net = SimNet(16, seed=2)
+        net.behaviours = {net.ids[3]: "drop"}
+        _run(net, net.ids[:3], 2)
+        return tuple(sorted(net.frames_sent.items())), net.now
+    assert once() == once()
