@@ -52,7 +52,7 @@ from peers.broadcast._frames import (
     MAX_GRAFT_IDS, MAX_IHAVE_IDS, Frame, FrameError, Gossip, Graft, IHave, Prune, decode, encode, kind_name,
     max_frame_len, message_id,
 )
-from peers.broadcast._trees import LatencyMatrix, reroute
+from peers.broadcast._trees import LatencyMatrix, Tree, reroute
 
 __all__ = [
     "BroadcastConfig", "Broadcaster", "Deliver", "Effect", "MAX_ANNOUNCERS", "SCORE_MAX", "SCORE_MIN", "Schedule",
@@ -168,7 +168,7 @@ class _Missing:
 
 @dataclass
 class _View:
-    key: tuple[int, int, int]
+    key: tuple[int, int, int, int]
     parent: str | None
     children: tuple[str, ...]
 
@@ -190,7 +190,7 @@ class Broadcaster:
         self._members_version = 0
         self._lazy_peers: tuple[str, ...] = ()
         self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._store: OrderedDict[bytes, tuple[str, bytes, int]] = OrderedDict()
+        self._store: OrderedDict[bytes, tuple[str, bytes, int]] = OrderedDict()  # origin, payload, hops
         self._stored_bytes = 0
         self._missing: dict[bytes, _Missing] = {}
         self._missing_by_peer: Counter[str] = Counter()
@@ -204,6 +204,7 @@ class Broadcaster:
         self._grafted: dict[str, set[str]] = {}
         self._pruned: dict[str, set[str]] = {}
         self._views: dict[str, _View] = {}
+        self._failed: dict[str, set[str]] = {}  # per origin: parents that did not forward its message to us
         self._stats: Counter[str] = Counter()
 
     # --- membership and latency (from the host) -----------------------------------------
@@ -219,6 +220,7 @@ class Broadcaster:
         self._members_version += 1
         self._lazy_peers = self._overlay()
         self._views.clear()
+        self._failed = {o: peers & self._member_set for o, peers in self._failed.items() if o in self._member_set}
         for table in (self._grafted, self._pruned):
             for origin in [o for o in table if o not in self._member_set]:
                 del table[origin]
@@ -259,18 +261,23 @@ class Broadcaster:
 
     def _view(self, origin: str) -> _View:
         """My parent and children in my view of ``origin``'s tree (excluded peers made leaves)."""
-        key = (self._members_version, self.matrix.version, self._excluded_version)
+        failed = self._failed.get(origin, set())
+        key = (self._members_version, self.matrix.version, self._excluded_version, len(failed))
         view = self._views.get(origin)
         if view is not None and view.key == key:
             return view
-        tree = self.matrix.tree(origin, self._members, self.config.fanout, self._members_key)
-        avoid = self._excluded - {origin}
+        tree = self.base_tree(origin)
+        avoid = (self._excluded | failed) - {origin}
         if avoid and any(tree.get(a) for a in avoid):
             tree = reroute(tree, origin, self.matrix.get, self.config.fanout, avoid)
         parent = next((n for n, cs in tree.items() if self.me in cs), None)
         view = _View(key, parent, tree.get(self.me, ()))
         self._views[origin] = view
         return view
+
+    def base_tree(self, origin: str) -> Tree:
+        """``origin``'s tree as every peer with the same members and matrix computes it (no exclusions)."""
+        return self.matrix.tree(origin, self._members, self.config.fanout, self._members_key)
 
     def tree_children(self, origin: str) -> tuple[str, ...]:
         """This peer's children in its view of ``origin``'s tree."""
@@ -398,7 +405,7 @@ class Broadcaster:
             self._stats["duplicates"] += 1
             stored = self._store.get(msg_id)
             known = stored[0] if stored is not None else frame.origin
-            if known in self._member_set and sender != known:
+            if known in self._member_set and sender != known:  # the slower link (Plumtree)
                 self._stats["prunes_sent"] += 1
                 return [self._send(sender, Prune(known))]
             return []
@@ -524,10 +531,18 @@ class Broadcaster:
         missing = self._missing.get(timer.msg_id)
         if missing is None or missing.attempt != timer.attempt or timer.msg_id in self._seen:
             return []
+        effects: list[Effect] = []
         if timer.attempt == 0:
             parent = self._view(missing.origin).parent
             self._stats["parent_silent"] += 1
             self._adjust(parent, _SCORE_SILENT)
+            if parent is not None and parent != missing.origin:
+                # route around it for this origin: my parent in the tree without it is asked to push to me
+                self._failed.setdefault(missing.origin, set()).add(parent)
+                replacement = self._view(missing.origin).parent
+                if replacement is not None and replacement != parent:
+                    self._stats["reparented"] += 1
+                    effects.append(self._send(replacement, Graft(missing.origin, ())))
         else:
             self._stats["grafts_unanswered"] += 1
             self._adjust(missing.tried[-1], _SCORE_SILENT)
@@ -536,13 +551,15 @@ class Broadcaster:
             del self._missing[timer.msg_id]
             self._forget_missing(missing)
             self._stats["missing_given_up"] += 1
-            return []
-        target = min(untried, key=lambda p: (p in self._excluded, self.score(p) < 0, self.matrix.get(self.me, p), p))
+            return effects
+        target = min(untried, key=lambda p: (p in self._excluded, self.score(p) < 0, p == missing.origin,
+                                             self.matrix.get(self.me, p), p))
         missing.tried.append(target)
         missing.attempt += 1
         self._stats["grafts_sent"] += 1
-        return [self._send(target, Graft(missing.origin, (timer.msg_id,))),
-                Schedule(self.config.graft_timeout_s, _GraftTimer(timer.msg_id, missing.attempt))]
+        effects.append(self._send(target, Graft(missing.origin, (timer.msg_id,))))
+        effects.append(Schedule(self.config.graft_timeout_s, _GraftTimer(timer.msg_id, missing.attempt)))
+        return effects
 
     # --- introspection --------------------------------------------------------------------
 
@@ -556,6 +573,7 @@ class Broadcaster:
             served=len(self._served), scores=len(self._scores), excluded=len(self._excluded),
             grafted_links=sum(len(s) for s in self._grafted.values()),
             pruned_links=sum(len(s) for s in self._pruned.values()), views=len(self._views),
+            failed_parents=sum(len(s) for s in self._failed.values()),
             members=len(self._members),
         )
         return stats

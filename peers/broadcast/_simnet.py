@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from peers.broadcast._core import BroadcastConfig, Broadcaster, Deliver, Effect, Schedule, Send
-from peers.broadcast._frames import Gossip, decode, encode, message_id
+from peers.broadcast._frames import GOSSIP, GRAFT, IHAVE, PRUNE, Gossip, decode, encode, message_id
 from peers.broadcast._trees import LatencyMatrix
 
 __all__ = ["Behaviour", "BroadcastRecord", "SimNet", "fake_validate", "make_payload"]
 
 _TAG_KEY = b"multillmn-broadcast-sim"
+_KINDS = {GOSSIP: "gossip", IHAVE: "ihave", GRAFT: "graft", PRUNE: "prune"}
 Behaviour = Literal["honest", "drop", "corrupt"]
 
 
@@ -89,6 +90,8 @@ class SimNet:
         self.records: dict[bytes, BroadcastRecord] = {}
         self.frames_sent: Counter[str] = Counter()  # by sender, frames actually put on the wire
         self.bytes_sent: Counter[str] = Counter()
+        self.kind_frames: Counter[str] = Counter()  # by frame kind (gossip, ihave, graft, prune, other)
+        self.kind_bytes: Counter[str] = Counter()
         self.unknown_deliveries = 0
 
     def latency(self, a: str, b: str) -> float:
@@ -136,6 +139,9 @@ class SimNet:
     def _transmit(self, sender: str, to: str, frame: bytes) -> None:
         self.frames_sent[sender] += 1
         self.bytes_sent[sender] += len(frame)
+        kind = _KINDS.get(frame[1], "other") if len(frame) > 1 and frame[0] & 0xF0 == 0x90 else "other"
+        self.kind_frames[kind] += 1
+        self.kind_bytes[kind] += len(frame)
         leave = self.now
         if self.bandwidth is not None:
             leave = max(leave, self._uplink_free[sender]) + len(frame) / self.bandwidth
