@@ -193,13 +193,14 @@ async def test_a_broadcast_reaches_every_peer_once_through_the_trees_and_direct_
 async def test_latency_estimates_reach_the_broadcaster_and_hostile_frames_are_only_counted() -> None:
     async with network(4) as (keys, hosts):
         for h in hosts:
-            h.inner.shaper.set(keys[3].peer_id, delay_s=0.04)  # everyone is 40 ms from peer 3, one way
-        with trio.fail_after(10):
+            h.inner.shaper.set(keys[3].peer_id, delay_s=0.2)  # everyone is 200 ms from peer 3, one way
+        with trio.fail_after(15):
             while any(len(h.probe.estimates()) < 3 for h in hosts) or \
-                    hosts[0].probe.statistics()["rows_taken"] < 3:
+                    hosts[0].probe.statistics()["rows_taken"] < 3 or hosts[0].probe.statistics()["samples"] < 9:
                 await trio.sleep(0.05)
-        est = hosts[0].probe.estimates()
-        assert est[keys[3].peer_id] > 0.015 > est[keys[1].peer_id]  # (40 ms + ~0) / 2 against ~0
+        est = {q: hosts[0].probe.estimate(q) or 0.0 for q in hosts[0].probe.estimates()}
+        # (200 ms + ~0) / 2 against ~0, give or take a loaded machine's scheduling delays
+        assert est[keys[3].peer_id] - est[keys[1].peer_id] > 0.05
         status = hosts[0].status()["broadcast"]
         assert status["rtt_samples"] >= 3 and status["latency_frames_received"] > 0
         # hostile frames from an authenticated peer: array junk to the core, latency junk to the probe
