@@ -87,6 +87,7 @@ class PeerConfig:
     model: str = "smollm2"
     max_new_tokens: int = 48
     threads: int = 1
+    max_batch: int = 8
     cache_dir: str = "~/.cache/multillmn/models"
     # [consensus]
     timeout_propose_ms: int = 3000
@@ -163,6 +164,7 @@ class PeerConfig:
         _check_range("api.query_timeout_s", self.query_timeout_s, 1, 86400)
         _check_range("model.max_new_tokens", self.max_new_tokens, 1, 1024)
         _check_range("model.threads", self.threads, 1, 256)
+        _check_range("model.max_batch", self.max_batch, 1, 64)
         for key in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms"):
             _check_range(f"consensus.{key}", getattr(self, key), 1, 3_600_000)
         _check_range("consensus.timeout_delta_ms", self.timeout_delta_ms, 0, 3_600_000)
@@ -267,7 +269,7 @@ _KEYS: dict[str, dict[str, str]] = {
             "broadcast": "broadcast", "broadcast_fanout": "broadcast_fanout"},
     "api": {"listen": "api_listen", "query_timeout_s": "query_timeout_s"},
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
-              "cache_dir": "cache_dir"},
+              "max_batch": "max_batch", "cache_dir": "cache_dir"},
     "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
                                  "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms", "judge_band")},
     "membership": {"external_address": "external_address", "join_via": "join_via", "join_at_height": "join_at_height",
@@ -305,6 +307,8 @@ _COMMENTS: dict[str, str] = {
     "model": "smollm2 | gemma3 (bundled GGUF models) or a path to a Hugging Face model directory.",
     "max_new_tokens": "Longest answer, in tokens; decoding is greedy.",
     "threads": "torch threads for this peer (peers of a local testnet share the cores).",
+    "max_batch": "Questions answered together in one batched generation (1 to 64; 1: one at a time). On CPU "
+                 "decoding is memory-bound, so a batch of 8 costs little more than one answer.",
     "cache_dir": "Where converted GGUF weights are cached so restarts load in seconds.",
     "timeout_propose_ms": "Wait for the proposal in round 0; grows by timeout_delta_ms per round.",
     "timeout_prevote_ms": "Wait after +2/3 mixed prevotes before precommitting nil.",
