@@ -367,3 +367,24 @@ def test_same_seed_same_run() -> None:
         _run(net, net.ids[:3], 2)
         return tuple(sorted(net.frames_sent.items())), net.now
     assert once() == once()
+
+
+def test_a_silent_tree_parent_is_routed_around_for_that_origin() -> None:
+    b = _core("p003")
+    origin = next(o for o in PEERS if o != "p003" and b._view(o).parent not in (None, o))  # noqa: SLF001
+    silent = b._view(origin).parent  # noqa: SLF001
+    mid = message_id(make_payload(origin, b"never forwarded"))
+    announcer = next(p for p in PEERS if p not in ("p003", origin, silent))
+    (sched,) = b.receive(announcer, encode(IHave(((origin, mid),))), 0.0)
+    sends = _sends(b.fire(sched.timer, 0.25))
+    assert (announcer, Graft(origin, (mid,))) in sends
+    (replacement,) = [to for to, f in sends if f == Graft(origin, ())]  # subscribe to the new parent
+    assert replacement != silent and b._view(origin).parent == replacement  # noqa: SLF001
+    assert b.score(silent) < 0
+    assert b.statistics()["failed_parents"] == 1
+    # the replacement, on its side, now pushes that origin's messages to us
+    r = _core(replacement)
+    assert "p003" not in r.tree_children(origin)
+    r.receive("p003", encode(Graft(origin, ())), 0.3)
+    payload = make_payload(origin, b"next")
+    assert "p003" in [to for to, _ in _sends(r.receive(origin, encode(Gossip(origin, payload, 1)), 0.4))]
