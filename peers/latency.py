@@ -9,7 +9,11 @@ and reads the clock.
   (one outstanding ping per peer, a random 64-bit nonce); a PONG carrying
   the nonce of the outstanding ping gives one round-trip sample, which
   includes the emulated link delay of both directions and the send queues.
-  The estimate of the one-way latency is an EWMA (``alpha``) of RTT/2. A
+  The estimate of the one-way latency is an EWMA (``alpha``) of RTT/2,
+  each sample first replaced by the smallest of the last ``window`` samples:
+  a stalled event loop, a busy queue or a slow peer only ever lengthens a
+  round trip, so the windowed minimum keeps those out while a lasting
+  change of the link still comes through within ``window`` pings. A
   PONG without a matching outstanding ping (late, replayed, invented) is
   ignored and counted.
 * **Reported values.** Peers compute the same tree for an origin only if
@@ -47,8 +51,9 @@ bytes are refused before decoding.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from multillmn import canonical
@@ -93,6 +98,8 @@ class LatencyConfig:
     """Time between two rows sent to every peer."""
     alpha: float = 0.25
     """EWMA weight of a new sample."""
+    window: int = 4
+    """Each sample fed to the EWMA is the smallest of the last ``window`` round trips."""
     min_pong_interval_s: float = 0.25
     """A peer's pings are answered at most once per this time."""
     min_row_interval_s: float = 1.0
@@ -111,6 +118,8 @@ class LatencyConfig:
                 raise ValueError(f"{name} must be > 0")
         if not 0 < self.alpha <= 1:
             raise ValueError("alpha must be within (0, 1]")
+        if not 1 <= self.window <= 64:
+            raise ValueError("window must be within [1, 64]")
         if not (self.min_change_s >= 0 and self.rel_change >= 0):
             raise ValueError("min_change_s and rel_change must be >= 0")
         return self
@@ -132,6 +141,7 @@ class _PeerLatency:
     estimate_s: float | None = None  # the EWMA
     reported_s: float | None = None  # what was last handed on (see the module docstring)
     samples: int = 0
+    recent: deque[float] = field(default_factory=deque)  # the last ``window`` one-way samples
     last_pong: float = float("-inf")
     last_row: float = float("-inf")
 
@@ -233,6 +243,10 @@ class LatencyProbe:
 
     def _sample(self, peer: str, p: _PeerLatency, one_way_s: float) -> None:
         one_way_s = min(max(one_way_s, 0.0), MAX_LATENCY_S)
+        p.recent.append(one_way_s)
+        while len(p.recent) > self.config.window:
+            p.recent.popleft()
+        one_way_s = min(p.recent)
         a = self.config.alpha
         p.estimate_s = one_way_s if p.estimate_s is None else (1 - a) * p.estimate_s + a * one_way_s
         p.samples += 1

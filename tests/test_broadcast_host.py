@@ -59,7 +59,7 @@ def _probe(me: str = A, **kwargs: float) -> tuple[LatencyProbe, list[tuple[str, 
 
 
 def test_a_pong_gives_half_the_round_trip_and_an_ewma_reported_past_a_deadband() -> None:
-    a, fed = _probe(alpha=0.5, min_change_s=0.002, rel_change=0.1)
+    a, fed = _probe(alpha=0.5, min_change_s=0.002, rel_change=0.1, window=1)
     b, _ = _probe(B)
     ping = a.ping(B, now=10.0)
     assert ping is not None and is_latency_frame(ping)
@@ -79,6 +79,21 @@ def test_a_pong_gives_half_the_round_trip_and_an_ewma_reported_past_a_deadband()
     a.row()
     assert len(fed) == 2 and fed[-1][2] == pytest.approx(0.06025, abs=1e-6)
     assert a.statistics()["samples"] == 3 and a.statistics()["outstanding"] == 0
+
+
+def test_a_stalled_round_trip_does_not_move_the_estimate_a_lasting_change_does() -> None:
+    a, _ = _probe(alpha=0.5, window=3)
+    b, _ = _probe(B, min_pong_interval_s=0.001)
+
+    def sample(t: float, rtt: float) -> None:
+        a.receive(B, b.receive(A, a.ping(B, now=t) or b"", now=t) or b"", now=t + rtt)
+
+    sample(0, 0.04)
+    sample(1, 0.5)  # the loop stalled for 460 ms
+    assert a.estimate(B) == pytest.approx(0.02)
+    for t in (2, 3, 4):
+        sample(t, 0.2)  # the link got slower for good
+    assert a.estimate(B) == pytest.approx(0.08)  # windows of min 0.02, 0.1, 0.1 through the EWMA
 
 
 def test_a_pong_without_its_ping_and_garbage_are_ignored() -> None:

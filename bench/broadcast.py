@@ -1,0 +1,350 @@
+r"""Tree broadcast against the full mesh (issue 13), in one process, with real encrypted loopback transports.
+
+    # the figures in bench/results/broadcast-loopback-<date>.json (about 10 minutes on two cores)
+    nice -n 10 .venv/bin/python bench/broadcast.py --sizes 8 16 32 --broadcasts 30
+    nice -n 10 .venv/bin/python bench/broadcast.py --sizes 64 --broadcasts 12
+    # a quick look (what tests/test_bench_broadcast.py runs)
+    .venv/bin/python bench/broadcast.py --sizes 8 --broadcasts 5 --no-json
+
+Every command merges its rows into ``--json`` (default
+``bench/results/broadcast-loopback-<today>.json``) and prints the table.
+
+**Setup.** N peers (8, 16, 32, 64), each with its own real
+:class:`~peers.transport.Transport` on 127.0.0.1 (X25519 + Ed25519 handshake,
+ChaCha20-Poly1305 frames), all in one trio process. Link delays are
+heterogeneous: N points drawn from a seeded RNG in the unit square, and the
+one-way delay from i to j is ``5 ms + 75 ms * distance / sqrt(2)`` (5 to
+80 ms), set on each sender's :class:`~peers.transport.LinkShaper`. Every
+payload is a real signed ``vote`` (about 200 bytes), signed by its origin;
+each receiver validates it as the node would (``decode_message`` with a
+``VerifiedCache``).
+
+* **mesh**: the origin's ``Transport.broadcast_nowait`` (N-1 direct sends).
+* **tree**: a :class:`~peers.broadcast._host.BroadcastTransport` around each
+  transport (``BroadcastConfig(fanout=--fanout)``, the shipped timers), its
+  latency probe warmed up first (pings every 0.5 s, rows every 1 s, until
+  every peer has an estimate towards every other and two rows went round),
+  then paused so that its frames do not share the measurement.
+
+Broadcasts go one at a time from honest origins in turn (seeded): *t0* when
+the origin hands the payload over; each peer's delivery time is when the
+payload comes out of its ``inbound`` channel. A broadcast ends when every
+honest peer has it or after ``--deadline`` seconds, then ``--settle`` seconds
+pass so that lazy announcements and repairs it caused are counted with it.
+
+Reported per (N, mode, faults): p50, p99 and max delivery latency over every
+(broadcast, honest receiver); frames and bytes sent per peer per broadcast
+(every peer's sends in the window, over N); the origin's sends; duplicates
+per delivered message (payload copies a peer received beyond the first, from
+the broadcaster's counters; 0 in the mesh); delivery ratio (honest receivers
+that got it before the deadline). **faults = quarter-silent**: a quarter of
+the peers (never an origin) silently drop every frame they would relay
+(:class:`SilentRelay`: they still receive, deliver to themselves and answer
+pings); in the mesh nothing relays, so only the receivers change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import random
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from consensus.messages import VerifiedCache, Vote, sign  # noqa: E402
+from multillmn.identity import KeyPair  # noqa: E402
+from peers.broadcast import BroadcastConfig, Send  # noqa: E402
+from peers.broadcast._host import BroadcastTransport, signed_validator  # noqa: E402
+from peers.latency import LatencyConfig  # noqa: E402
+from peers.transport import Transport  # noqa: E402
+from peers.wire import encode_message  # noqa: E402
+
+DEFAULT_JSON = ROOT / "bench" / "results" / f"broadcast-loopback-{datetime.date.today().isoformat()}.json"
+CHAIN = "bench-broadcast"
+
+
+class SilentRelay(BroadcastTransport):
+    """Fault injection: never relays (drops every frame not caused by its own broadcast), silently."""
+
+    def _on_send(self, send: Send, own: bool) -> bool:
+        return own
+
+
+def delay_matrix(n: int, seed: int) -> list[list[float]]:
+    """One-way delays in seconds: seeded points in the unit square, 5 ms + 75 ms * distance / sqrt(2)."""
+    rng = random.Random(seed)
+    pts = [(rng.random(), rng.random()) for _ in range(n)]
+    return [[0.0 if i == j else (5 + 75 * math.dist(pts[i], pts[j]) / math.sqrt(2)) / 1000 for j in range(n)]
+            for i in range(n)]
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+@dataclass
+class _Peer:
+    key: KeyPair
+    transport: Transport
+    host: BroadcastTransport | None
+    silent: bool
+    got: dict[int, float] = field(default_factory=dict)  # broadcast index -> delivery time
+    copies: int = 0  # payload copies beyond the first (mesh: same payload twice)
+
+    @property
+    def surface(self) -> Transport | BroadcastTransport:
+        return self.host if self.host is not None else self.transport
+
+
+async def run_network(n: int, mode: str, *, broadcasts: int, silent_fraction: float = 0.0, seed: int = 1,
+                      fanout: int = 3, deadline_s: float = 5.0, settle_s: float = 0.3,
+                      connect_timeout_s: float = 120.0, latency: LatencyConfig | None = None) -> dict[str, Any]:
+    """One network of ``n`` peers in ``mode`` ("mesh" | "tree"); returns the row of figures."""
+    assert mode in ("mesh", "tree")
+    rng = random.Random(seed * 1000 + n)
+    keys = [KeyPair.from_seed(rng.randbytes(32)) for _ in range(n)]
+    ids = [k.peer_id for k in keys]
+    public = {k.peer_id: k.public_key for k in keys}
+    delays = delay_matrix(n, seed)
+    silent_set = set(rng.sample(range(n), int(n * silent_fraction)))
+    honest = [i for i in range(n) if i not in silent_set]
+    payloads: dict[bytes, int] = {}
+    peers: list[_Peer] = []
+    for i, key in enumerate(keys):
+        t = Transport(key, ("127.0.0.1", 0), {p: None for p in ids if p != key.peer_id},
+                      backoff_initial=0.05, backoff_max=1.0, handshake_timeout=30.0)  # 64 peers dial at once
+        for j, other in enumerate(ids):
+            if j != i:
+                t.shaper.set(other, delay_s=delays[i][j])
+        host: BroadcastTransport | None = None
+        if mode == "tree":
+            cls = SilentRelay if i in silent_set else BroadcastTransport
+            host = cls(t, signed_validator(public.get, VerifiedCache()),
+                       config=_config(fanout),
+                       latency=latency or LatencyConfig(ping_interval_s=0.5, row_interval_s=1.0, min_row_interval_s=0.5))
+        peers.append(_Peer(key, t, host, i in silent_set))
+
+    started = time.perf_counter()
+    out: dict[str, Any] = {"n": n, "mode": mode, "faults": "quarter-silent" if silent_set else "none",
+                           "silent": len(silent_set), "fanout": fanout if mode == "tree" else None,
+                           "seed": seed, "broadcasts": broadcasts}
+    async with trio.open_nursery() as nursery:
+        for p in peers:
+            await nursery.start(p.surface.run)
+        for p in peers:
+            for q in peers:
+                if q is not p:
+                    assert q.transport.listen_port is not None
+                    p.transport.set_address(q.key.peer_id, ("127.0.0.1", q.transport.listen_port))
+        for p in peers:
+            nursery.start_soon(_collect, p, payloads)
+        with trio.fail_after(connect_timeout_s):
+            while any(len(p.transport.connected_peers()) < n - 1 for p in peers):
+                await trio.sleep(0.1)
+        out["connect_s"] = round(time.perf_counter() - started, 2)
+        if mode == "tree":
+            warm = time.perf_counter()
+            with trio.fail_after(connect_timeout_s):
+                while any(len(p.host.probe.estimates()) < n - 1 for p in peers if p.host is not None):
+                    await trio.sleep(0.1)
+                rows = 2 * max(p.host.probe.config.row_interval_s for p in peers if p.host is not None)
+                await trio.sleep(rows + 0.5)
+            for p in peers:
+                assert p.host is not None
+                p.host.pinging = False
+            await trio.sleep(0.5)  # the last pongs and rows land
+            with trio.fail_after(connect_timeout_s):
+                while not all(p.host.warm for p in peers if p.host is not None):  # trees computed ahead
+                    await trio.sleep(0.1)
+            out["warmup_s"] = round(time.perf_counter() - warm, 2)
+        base = _counters(peers)
+        latencies: list[float] = []
+        delivered = expected = 0
+        per_broadcast: list[dict[str, int]] = []
+        origin_sends: list[int] = []  # every frame the origin sent in the window (tree: payloads and digests)
+        origin_payload_sends: list[int] = []  # of which carried the payload
+        order = [honest[k % len(honest)] for k in range(broadcasts)]
+        rng.shuffle(order)
+        for b, origin in enumerate(order):
+            vote = Vote(chain_id=CHAIN, type="prevote", height=b + 1, round=0, value_id=None, voter=ids[origin])
+            payload = encode_message(sign(vote, keys[origin]))
+            payloads[payload] = b
+            before = _counters(peers)
+            t0 = trio.current_time()
+            mesh_sent = peers[origin].surface.broadcast_nowait(payload)
+            targets = [i for i in honest if i != origin]
+            with trio.move_on_after(deadline_s):
+                while any(b not in peers[i].got for i in targets):
+                    await trio.sleep(0.002)
+            await trio.sleep(settle_s)
+            after = _counters(peers)
+            for i in targets:
+                expected += 1
+                if b in peers[i].got:
+                    delivered += 1
+                    latencies.append(peers[i].got[b] - t0)
+            # the mesh sends nothing but the origin's N-1 copies (broadcast_nowait's count)
+            frames = sum(after["frames"]) - sum(before["frames"]) if mode == "tree" else mesh_sent
+            nbytes = sum(after["bytes"]) - sum(before["bytes"]) if mode == "tree" else mesh_sent * len(payload)
+            origin_sends.append(after["frames"][origin] - before["frames"][origin] if mode == "tree" else mesh_sent)
+            origin_payload_sends.append(after["gossip"][origin] - before["gossip"][origin] if mode == "tree"
+                                        else mesh_sent)
+            payload_frames = sum(after["gossip"]) - sum(before["gossip"]) if mode == "tree" else mesh_sent
+            per_broadcast.append({"frames": frames, "bytes": nbytes, "payload_frames": payload_frames,
+                                  "dups": sum(after["dups"]) - sum(before["dups"])})
+        end = _counters(peers)
+        deliveries = max(1, delivered)
+        out.update({
+            "payload_bytes": len(payload),
+            "p50_ms": round(1000 * _pct(latencies, 0.5), 2),
+            "p99_ms": round(1000 * _pct(latencies, 0.99), 2),
+            "max_ms": round(1000 * max(latencies), 2) if latencies else None,
+            "frames_per_node": round(statistics.fmean(x["frames"] for x in per_broadcast) / n, 3),
+            "payload_frames_per_node": round(statistics.fmean(x["payload_frames"] for x in per_broadcast) / n, 3),
+            "bytes_per_node": round(statistics.fmean(x["bytes"] for x in per_broadcast) / n, 1),
+            "origin_sends": round(statistics.fmean(origin_sends), 2),
+            "origin_payload_sends": round(statistics.fmean(origin_payload_sends), 2),
+            "dups_per_delivery": round(sum(x["dups"] for x in per_broadcast) / deliveries, 3),
+            "delivery_ratio": round(delivered / max(1, expected), 4),
+            "delivered": delivered, "expected": expected,
+            "core": _core_totals(peers, base, end) if mode == "tree" else None,
+            "wall_s": round(time.perf_counter() - started, 1),
+        })
+        nursery.cancel_scope.cancel()
+    return out
+
+
+def _config(fanout: int) -> BroadcastConfig:
+    cfg = replace(BroadcastConfig(), fanout=fanout)
+    cfg.validate()
+    return cfg
+
+
+async def _collect(p: _Peer, payloads: dict[bytes, int]) -> None:
+    async for _, payload in p.surface.inbound:
+        b = payloads.get(payload)
+        if b is None:
+            continue
+        if b in p.got:
+            p.copies += 1
+        else:
+            p.got[b] = trio.current_time()
+
+
+def _dups(p: _Peer) -> int:
+    if p.host is None:
+        return p.copies
+    stats = p.host.broadcaster.statistics()
+    for key in ("duplicates", "dup", "duplicate_payloads", "dups"):
+        if key in stats:
+            return int(stats[key]) + p.copies
+    return p.copies
+
+
+def _counters(peers: list[_Peer]) -> dict[str, list[int]]:
+    frames, nbytes, dups, gossip = [], [], [], []
+    for p in peers:
+        if p.host is None:
+            frames.append(0)
+            nbytes.append(0)
+            gossip.append(0)
+        else:
+            s = p.host.broadcast_statistics()
+            frames.append(s["frames_sent"])
+            nbytes.append(s["frame_bytes_sent"])
+            gossip.append(s.get("core_sent_gossip", 0))
+        dups.append(_dups(p))
+    return {"frames": frames, "bytes": nbytes, "dups": dups, "gossip": gossip}
+
+
+def _core_totals(peers: list[_Peer], base: dict[str, list[int]], end: dict[str, list[int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for p in peers:
+        if p.host is None:
+            continue
+        for k, v in p.host.broadcaster.statistics().items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+COLUMNS = [("n", "N", 4), ("mode", "mode", 5), ("faults", "faults", 15), ("p50_ms", "p50 ms", 8),
+           ("p99_ms", "p99 ms", 8), ("max_ms", "max ms", 8), ("frames_per_node", "frames/node", 12), ("payload_frames_per_node", "payl/node", 10),
+           ("bytes_per_node", "bytes/node", 11), ("origin_sends", "origin", 7), ("origin_payload_sends", "orig.payl", 9),
+           ("dups_per_delivery", "dups/deliv", 11), ("delivery_ratio", "delivery", 9)]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = " ".join(f"{title:>{w}}" for _, title, w in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(" ".join(f"{str(r.get(k)):>{w}}" for k, _, w in COLUMNS))
+    return "\n".join(lines)
+
+
+async def run_all(sizes: list[int], broadcasts: int, *, seed: int, fanout: int, deadline_s: float,
+                  settle_s: float, faults: list[str], modes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        for fault in faults:
+            for mode in modes:
+                row = await run_network(n, mode, broadcasts=broadcasts, seed=seed, fanout=fanout,
+                                        silent_fraction=0.25 if fault == "quarter-silent" else 0.0,
+                                        deadline_s=deadline_s, settle_s=settle_s)
+                print(table([row]).splitlines()[-1], f"  ({row['wall_s']} s)", flush=True)
+                rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--broadcasts", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--fanout", type=int, default=3)
+    ap.add_argument("--deadline", type=float, default=5.0)
+    ap.add_argument("--settle", type=float, default=0.3)
+    ap.add_argument("--faults", nargs="+", default=["none", "quarter-silent"], choices=["none", "quarter-silent"])
+    ap.add_argument("--modes", nargs="+", default=["mesh", "tree"], choices=["mesh", "tree"])
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--no-json", action="store_true")
+    args = ap.parse_args(argv)
+    logging.getLogger("multillmn.transport").setLevel(logging.ERROR)  # the start's dial storm, not news
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 64 peers hold about 8,000 sockets
+    print(table([]).splitlines()[0], flush=True)
+    rows = trio.run(lambda: run_all(args.sizes, args.broadcasts, seed=args.seed, fanout=args.fanout,
+                                    deadline_s=args.deadline, settle_s=args.settle, faults=args.faults,
+                                    modes=args.modes))
+    print()
+    print(table(rows))
+    if not args.no_json:
+        old: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
+        keep = [r for r in old.get("rows", []) if (r["n"], r["mode"], r["faults"]) not in
+                {(x["n"], x["mode"], x["faults"]) for x in rows}]
+        merged = sorted(keep + rows, key=lambda r: (r["n"], r["faults"], r["mode"]))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"bench": "broadcast-loopback", "date": datetime.date.today().isoformat(),
+                                         "command": " ".join(sys.argv), "rows": merged}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
