@@ -10,8 +10,10 @@ fan-out bound is what keeps a relay's upload small).
 * :func:`build_tree`: greedy (Prim-like: repeatedly attach the unattached node
   with the smallest arrival time through any attached node with free
   fan-out), then, up to :data:`IMPROVE_MAX_NODES` nodes, local search (move a
-  subtree under another parent, or swap two nodes' places) while the
-  (max, sum) of arrival times decreases.
+  subtree under another parent or between a node and its child, splice one
+  node out and put it back elsewhere, swap two nodes' places) while the
+  (max, sum) of arrival times decreases; up to :data:`RESTART_MAX_NODES`
+  nodes, restarts from greedy trees of perturbed latencies (a fixed seed).
 * :func:`reroute`: the same tree with some nodes made leaves (peers scored
   down as relays): their children, with their subtrees, are re-attached
   greedily; every other edge is kept, so a peer's view stays close to the
