@@ -4,6 +4,10 @@
 (:mod:`peers.embedder`). ``ScriptedEngine`` answers from a table and compares
 answers by normalised text; tests of the runner use it so they need no model.
 Both are blocking: the runner calls them from worker threads.
+
+``answer_batch`` answers several questions in one batched generation
+(ADR 0019); :func:`answer_all` falls back to one ``answer`` per question for an
+engine without it (a sharded peer's ``ShardedEngine`` today).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from consensus.grouping import pair_index
@@ -21,11 +26,18 @@ if TYPE_CHECKING:
     from peers.embedder import Embedder
     from peers.llm import Generator
 
-__all__ = ["AnswerEngine", "Reply", "ModelEngine", "ScriptedEngine", "upper_triangle"]
+__all__ = ["AnswerEngine", "Reply", "ModelEngine", "ScriptedEngine", "answer_all", "upper_triangle"]
 
 
 @dataclass(frozen=True)
 class Reply:
+    """An answer and the wall time this peer took to produce it (signed as the answer's ``gen_ms``).
+
+    In a batch every answer carries the whole batch's wall time: that is how
+    long its question waited for the model, and the timing the stability
+    record takes its median answer latency from.
+    """
+
     text: str
     seconds: float
 
@@ -36,9 +48,30 @@ class AnswerEngine(Protocol):
 
     def answer(self, question: str, max_new_tokens: int) -> Reply: ...
 
+    def answer_batch(self, questions: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[Reply]:
+        """Answers to ``questions`` in order, each equal to :meth:`answer`'s; every ``seconds`` is the batch's."""
+        ...
+
     def similarities(self, question: str, texts: list[str]) -> list[int]:
         """Quantised (per mille) similarities of answers to ``question``, upper triangle, row-major."""
         ...
+
+
+class _OneByOne(Protocol):
+    def answer(self, question: str, max_new_tokens: int) -> Reply: ...
+
+
+def answer_all(engine: _OneByOne, questions: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[Reply]:
+    """``engine.answer_batch`` if it has one, else one ``answer`` per question (each then carries the
+    wall time of all of them, as a batch's answers do)."""
+    batch = getattr(engine, "answer_batch", None)
+    if batch is not None:
+        return list(batch(questions, max_new_tokens))
+    limits = [max_new_tokens] * len(questions) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    start = time.monotonic()
+    texts = [engine.answer(q, m).text for q, m in zip(questions, limits, strict=True)]
+    seconds = time.monotonic() - start
+    return [Reply(text=t, seconds=seconds) for t in texts]
 
 
 def upper_triangle(matrix: list[list[int]]) -> list[int]:
@@ -79,6 +112,12 @@ class ModelEngine:
         gen = self._generator.generate(question, max_new_tokens)
         return Reply(text=gen.text, seconds=gen.seconds)
 
+    def answer_batch(self, questions: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[Reply]:
+        """One batched greedy generation (:meth:`peers.llm.Generator.generate_batch`); every reply's
+        ``seconds`` is the batch's wall time."""
+        return [Reply(text=g.text, seconds=g.seconds)
+                for g in self._generator.generate_batch(list(questions), max_new_tokens)]
+
     def similarities(self, question: str, texts: list[str]) -> list[int]:
         from peers.embedder import quantise
         from peers.similarity import similarity_matrix
@@ -100,12 +139,25 @@ class ScriptedEngine:
         self.model_name = model_name
         self.judge: Judge | None = ScriptedJudge(table)
 
+    def _text(self, question: str) -> str:
+        return self._table.get(question, "I do not know.")
+
     def answer(self, question: str, max_new_tokens: int) -> Reply:
         start = time.monotonic()
         if self._delay:
             time.sleep(self._delay)
-        text = self._table.get(question, "I do not know.")
-        return Reply(text=text, seconds=time.monotonic() - start)
+        return Reply(text=self._text(question), seconds=time.monotonic() - start)
+
+    def answer_batch(self, questions: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[Reply]:
+        """The table's answers; one ``delay_s`` for the whole batch, as a batched model costs about one.
+
+        It does not go through :meth:`answer`: a subclass that overrides ``answer`` overrides this too.
+        """
+        start = time.monotonic()
+        if self._delay:
+            time.sleep(self._delay)
+        seconds = time.monotonic() - start
+        return [Reply(text=self._text(q), seconds=seconds) for q in questions]
 
     def similarities(self, question: str, texts: list[str]) -> list[int]:
         norm = [" ".join(t.lower().strip(" .!").split()) for t in texts]

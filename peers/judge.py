@@ -20,11 +20,16 @@ only if it wins in both (MT-Bench's rule against position bias), so a judge
 with a position preference can only produce ties;
 :func:`consensus.scores.scores_from_similarity` turns the results into
 scores.
+
+The log-probabilities of a question's answers are computed in one padded
+forward pass (:meth:`LLMJudge.logprobs`, ADR 0019): :func:`judge_pairs` asks
+for every answer of its pairs at once, so judging k pairs costs one pass, not 2k.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from consensus.scores import JudgeResult
@@ -33,7 +38,7 @@ from multillmn.identity import PeerId
 if TYPE_CHECKING:
     from peers.llm import Generator
 
-__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "judge_pair"]
+__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "judge_pair", "judge_pairs"]
 
 
 class Judge(Protocol):
@@ -52,15 +57,24 @@ class LLMJudge:
         self._cache_size = cache_size
 
     def logprob(self, question: str, answer: str) -> float:
-        key = (question, answer)
-        if key not in self._cache:
-            self._cache[key] = self.generator.answer_logprob(question, answer)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return self._cache[key]
+        return self.logprobs(question, [answer])[0]
+
+    def logprobs(self, question: str, answers: Sequence[str]) -> list[float]:
+        """Mean token log-probability of each answer; the ones not cached yet in one forward pass."""
+        missing = [a for a in dict.fromkeys(answers) if (question, a) not in self._cache]
+        found: dict[str, float] = {a: self._cache[(question, a)] for a in answers if (question, a) in self._cache}
+        if len(missing) == 1:
+            found[missing[0]] = self.generator.answer_logprob(question, missing[0])
+        elif missing:
+            found.update(zip(missing, self.generator.answer_logprobs(question, missing), strict=True))
+        for a in missing:
+            self._cache[(question, a)] = found[a]
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return [found[a] for a in answers]
 
     def prefer(self, question: str, first: str, second: str) -> int | None:
-        a, b = self.logprob(question, first), self.logprob(question, second)
+        a, b = self.logprobs(question, [first, second])
         if a - b > self.margin:
             return 0
         if b - a > self.margin:
@@ -96,3 +110,11 @@ def judge_pair(judge: Judge, question: str, a: PeerId, a_text: str, b: PeerId, b
         a_first=None if first is None else (a, b)[first],
         b_first=None if second is None else (b, a)[second],
     )
+
+
+def judge_pairs(judge: Judge, question: str, pairs: Sequence[tuple[PeerId, str, PeerId, str]]) -> list[JudgeResult]:
+    """:func:`judge_pair` for each ``(a, a_text, b, b_text)``; an :class:`LLMJudge` first scores every
+    distinct answer in one batched forward pass."""
+    if isinstance(judge, LLMJudge):
+        judge.logprobs(question, [t for _, a_text, _, b_text in pairs for t in (a_text, b_text)])
+    return [judge_pair(judge, question, a, a_text, b, b_text) for a, a_text, b, b_text in pairs]

@@ -560,25 +560,56 @@ class Node:
         self._handle(TimerFired(e.timer))
 
     async def _generate_loop(self) -> None:
-        """Answer questions one at a time with the peer's model (or a fault-injection reply)."""
-        async for e in self._generate_rx:
-            if self.driver.pool.get(e.query_id) is None:
-                continue  # decided or expired meanwhile
-            if e.fabricated is not None:
-                self._handle(Generated(e.query_id, e.fabricated, 0))
+        """Answer questions in batches with the peer's model (or a fault-injection reply).
+
+        The first waiting question, then whatever else is already waiting (without blocking), up to
+        ``[model] max_batch``, go to the model together (ADR 0019); questions that arrive meanwhile form
+        the next batch. A batch of one is answered exactly as before batching (``engine.answer``).
+        """
+        from peers.engine import answer_all
+
+        async for first in self._generate_rx:
+            batch: list[Generate] = []
+            e: Generate | None = first
+            while e is not None:
+                if self.driver.pool.get(e.query_id) is None:
+                    pass  # decided or expired meanwhile
+                elif e.fabricated is not None:
+                    self._handle(Generated(e.query_id, e.fabricated, 0))
+                else:
+                    batch.append(e)
+                if len(batch) >= self.cfg.max_batch:
+                    break
+                try:
+                    e = self._generate_rx.receive_nowait()
+                except trio.WouldBlock:
+                    e = None
+            if not batch:
                 continue
             try:
-                reply = await trio.to_thread.run_sync(self.engine.answer, e.question, e.max_tokens,
-                                                      abandon_on_cancel=True)
-            except Exception as exc:  # e.g. a sharded model whose workers are gone: skip it, stay up
-                log.warning("could not answer", extra=fields(query=e.query_id.hex()[:12], error=str(exc)))
-                self._handle(GenerationFailed(e.query_id, str(exc)))
+                if len(batch) == 1:
+                    replies = [await trio.to_thread.run_sync(self.engine.answer, batch[0].question,
+                                                             batch[0].max_tokens, abandon_on_cancel=True)]
+                else:
+                    questions, limits = [g.question for g in batch], [g.max_tokens for g in batch]
+                    replies = await trio.to_thread.run_sync(answer_all, self.engine, questions, limits,
+                                                            abandon_on_cancel=True)
+            except Exception as exc:  # e.g. a sharded model whose workers are gone: skip them, stay up
+                for g in batch:
+                    log.warning("could not answer", extra=fields(query=g.query_id.hex()[:12], error=str(exc)))
+                    self._handle(GenerationFailed(g.query_id, str(exc)))
                 continue
-            if e.slowdown > 1:
-                await trio.sleep((e.slowdown - 1) * reply.seconds)
-            log.info("answered", extra=fields(query=e.query_id.hex()[:12], text=reply.text,
-                                                gen_ms=int(reply.seconds * 1000)))
-            self._handle(Generated(e.query_id, reply.text, int(e.slowdown * reply.seconds * 1000)))
+            done = list(zip(batch, replies, strict=True))
+            slowest = max(g.slowdown for g in batch)
+            for slowed in (False, True):  # fault injection: slowed answers leave after the others
+                if slowed and slowest > 1:
+                    await trio.sleep((slowest - 1) * max(r.seconds for _, r in done))
+                for g, reply in done:
+                    if (g.slowdown > 1) != slowed:
+                        continue
+                    log.info("answered", extra=fields(query=g.query_id.hex()[:12], text=reply.text,
+                                                        gen_ms=int(reply.seconds * 1000), batch=len(batch)))
+                    self._handle(Generated(g.query_id, reply.text, int(g.slowdown * reply.seconds * 1000)))
 
     async def _embed(self, e: Embed) -> None:
         try:

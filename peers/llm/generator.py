@@ -1,4 +1,17 @@
-"""Blocking text generation with a locally hosted causal LM (CPU, fp32, greedy)."""
+"""Blocking text generation with a locally hosted causal LM (CPU, fp32, greedy).
+
+``Generator.generate_batch`` answers several questions in one batched greedy
+decode: each prompt is tokenised exactly as alone, left-padded to the longest,
+with an attention mask (transformers derives each row's position ids from the
+mask, so a padded row sees the positions it would see alone); every row stops
+on its own (EOS, the newline stop of a few-shot base model, its own token
+limit) and the batch ends when its last row does. Greedy answers equal the
+unbatched ones (``tests/test_generation_batch.py`` checks both bundled models
+over the shipped questions). On CPU a small model's decoding is bound by
+memory bandwidth, so B rows cost little more than one (``bench/generation_batch.py``).
+No continuous batching (ADR 0019): a batch lasts at most ``max_new_tokens``
+steps, and questions that arrive meanwhile form the next batch.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,7 +37,7 @@ from .cache import load_or_convert, offline
 from .models import ModelSpec
 from .prompting import chat_messages, clean_answer, few_shot_prompt
 
-__all__ = ["Generation", "Generator", "NewlineStop"]
+__all__ = ["Generation", "Generator", "NewlineStop", "TokenLimits"]
 
 log = logging.getLogger("multillmn.llm")
 
@@ -59,6 +73,18 @@ class NewlineStop(StoppingCriteria):
             for ids in input_ids
         ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class TokenLimits(StoppingCriteria):
+    """Stop row ``i`` once it has generated ``limits[i]`` tokens (rows of one batch with different limits)."""
+
+    def __init__(self, limits: Sequence[int], prompt_len: int) -> None:
+        self._limits = torch.tensor(list(limits), dtype=torch.long)
+        self._prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        done = (input_ids.shape[1] - self._prompt_len) >= self._limits.to(input_ids.device)
+        return done  # type: ignore[return-value]
 
 
 class Generator:
@@ -103,6 +129,15 @@ class Generator:
             return str(text)
         return few_shot_prompt(question)
 
+    def _continuation(self, answer: str) -> list[int]:
+        chat = self.spec.prompt_style == "chat"
+        return list(self.tokenizer(("" if chat else " ") + " ".join(answer.split()),
+                                   add_special_tokens=False)["input_ids"])
+
+    def _judge_prompt(self, question: str) -> list[int]:
+        chat = self.spec.prompt_style == "chat"
+        return list(self.tokenizer(self.prompt(question), add_special_tokens=not chat)["input_ids"])
+
     def answer_logprob(self, question: str, answer: str) -> float:
         """Mean per-token log-probability of ``answer`` as this model's reply to ``question``.
 
@@ -110,44 +145,106 @@ class Generator:
         answer; the mean (not the sum) so a full sentence is not penalised
         against a one-word answer.
         """
-        chat = self.spec.prompt_style == "chat"
-        prompt = self.tokenizer(self.prompt(question), add_special_tokens=not chat)["input_ids"]
-        cont = self.tokenizer(("" if chat else " ") + " ".join(answer.split()), add_special_tokens=False)["input_ids"]
+        prompt = self._judge_prompt(question)
+        cont = self._continuation(answer)
         if not cont:
             return float("-inf")
-        ids = torch.tensor([list(prompt) + list(cont)])
+        ids = torch.tensor([prompt + cont])
         with self._lock, torch.inference_mode():
             logits = self.model(input_ids=ids).logits[0, len(prompt) - 1:-1]
         logp = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(cont)), torch.tensor(cont)]
         return float(logp.mean())
 
+    def answer_logprobs(self, question: str, answers: Sequence[str]) -> list[float]:
+        """:meth:`answer_logprob` of each answer, in one padded forward pass (equal within float rounding).
+
+        Right padding: the prompt is the same in every row and each answer's
+        tokens attend only to what precedes them, so the padding after them
+        changes nothing they see.
+        """
+        prompt = self._judge_prompt(question)
+        conts = [self._continuation(a) for a in answers]
+        rows = [i for i, c in enumerate(conts) if c]
+        out = [float("-inf")] * len(answers)
+        if not rows:
+            return out
+        width = len(prompt) + max(len(conts[i]) for i in rows)
+        ids = torch.tensor([prompt + conts[i] + [self._pad_id] * (width - len(prompt) - len(conts[i]))
+                            for i in rows])
+        mask = torch.tensor([[1] * (len(prompt) + len(conts[i])) + [0] * (width - len(prompt) - len(conts[i]))
+                             for i in rows])
+        with self._lock, torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        for r, i in enumerate(rows):
+            cont = conts[i]
+            step = logits[r, len(prompt) - 1:len(prompt) - 1 + len(cont)]
+            logp = torch.log_softmax(step.float(), dim=-1)[torch.arange(len(cont)), torch.tensor(cont)]
+            out[i] = float(logp.mean())
+        return out
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        # A chat template writes its own special tokens; a plain prompt gets the usual BOS.
+        enc = self.tokenizer(self.prompt(question), add_special_tokens=self.spec.prompt_style != "chat")
+        return list(enc["input_ids"])
+
+    def _stops(self, token_id: int) -> bool:
+        eos = self._eos_id
+        return eos is not None and (token_id in eos if isinstance(eos, list) else token_id == eos)
+
     def generate(self, question: str, max_new_tokens: int) -> Generation:
         """Answer ``question`` greedily with at most ``max_new_tokens`` new tokens."""
+        return self.generate_batch([question], max_new_tokens)[0]
+
+    def generate_batch(self, questions: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[Generation]:
+        """Answer ``questions`` together, greedily, each as :meth:`generate` would alone.
+
+        ``max_new_tokens`` is one limit for all or one per question. Every
+        :class:`Generation` carries the batch's wall time (the time this
+        peer took to produce that answer). A single question is run without
+        padding, exactly as before batching existed.
+        """
+        n = len(questions)
+        if n == 0:
+            return []
+        limits = [max(1, int(max_new_tokens))] * n if isinstance(max_new_tokens, int) else \
+            [max(1, int(m)) for m in max_new_tokens]
+        if len(limits) != n:
+            raise ValueError(f"{n} questions but {len(limits)} token limits")
         t0 = time.monotonic()
-        prompt = self.prompt(question)
-        # A chat template writes its own special tokens; a plain prompt gets the usual BOS.
-        enc = self.tokenizer(
-            prompt, return_tensors="pt", add_special_tokens=self.spec.prompt_style != "chat"
-        )
-        input_ids = enc["input_ids"]
-        prompt_len = int(input_ids.shape[1])
+        prompts = [self._prompt_ids(q) for q in questions]
+        width = max(len(p) for p in prompts)
+        # Left padding: every row's last prompt token is in the last column, so new tokens line up.
+        input_ids = torch.tensor([[self._pad_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
         config = GenerationConfig(  # type: ignore[no-untyped-call]
-            max_new_tokens=max(1, int(max_new_tokens)),
+            max_new_tokens=max(limits),
             do_sample=False,
             pad_token_id=self._pad_id,
             eos_token_id=self._eos_id,
         )
         stopping = StoppingCriteriaList()
         if self.spec.stop_at_newline:
-            stopping.append(NewlineStop(self.tokenizer, prompt_len))
+            stopping.append(NewlineStop(self.tokenizer, width))
+        if min(limits) < max(limits):
+            stopping.append(TokenLimits(limits, width))
         with self._lock, torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
-                attention_mask=enc.get("attention_mask", torch.ones_like(input_ids)),
+                attention_mask=attention_mask,
                 generation_config=config,
                 stopping_criteria=stopping,
             )
-        new = out[0, prompt_len:]
-        raw = self.tokenizer.decode(new, skip_special_tokens=True)
-        text = clean_answer(raw, self.spec.stop_at_newline)
-        return Generation(text, int(new.shape[0]), time.monotonic() - t0, self.spec.name)
+        seconds = time.monotonic() - t0
+        newline = stopping[0] if self.spec.stop_at_newline else None
+        results = []
+        for row, limit in zip(out, limits):
+            new = [int(t) for t in row[width:width + limit]]
+            # A finished row is padded to the batch's length: keep it up to its own stop.
+            for i, token in enumerate(new):
+                if self._stops(token) or (newline is not None and newline._has_newline(token)):
+                    new = new[:i + 1]
+                    break
+            raw = self.tokenizer.decode(new, skip_special_tokens=True)
+            text = clean_answer(raw, self.spec.stop_at_newline)
+            results.append(Generation(text, len(new), seconds, self.spec.name))
+        return results

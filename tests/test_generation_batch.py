@@ -1,0 +1,263 @@
+"""Batched generation (issue 14, ADR 0019): a batch answers exactly as one question at a time.
+
+Fast tests use tiny randomly initialised Llama and Gemma-3 models (the two architectures of the
+bundled models) with a byte-level tokenizer, so left padding, position ids, the newline stop, EOS
+and per-row token limits are exercised without weights on disk. Tests marked ``models`` compare
+the bundled SmolLM2 and Gemma-3 over the shipped questions at batch sizes 1, 4 and 8. A node-level
+test checks that concurrent questions share engine calls and decide as before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+import trio
+
+from multillmn.config import PeerConfig
+from peers.engine import ModelEngine, Reply, ScriptedEngine, answer_all
+from peers.judge import LLMJudge, judge_pair, judge_pairs
+from peers.llm import Generator, ModelSpec
+from tests.conftest import make_net
+
+torch.set_num_threads(1)
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QUESTIONS = [
+    "What is the capital of France?",
+    "2+2?",
+    "Who wrote Hamlet, the play about a Danish prince, and in which year was it first performed?",
+    "How many legs does a spider have?",
+    "Name a planet.",
+    "What is the boiling point of water at sea level in degrees Celsius?",
+    "Why?",
+    "What is the chemical symbol for gold?",
+    "Which ocean is the largest on Earth by surface area?",
+]
+
+
+def byte_tokenizer() -> Any:
+    """A byte-level BPE tokenizer without merges (256 byte tokens + BOS, EOS/<|im_end|>, <|im_start|>, <pad>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {t: i for i, t in enumerate(bytes_to_unicode().values())}
+    specials = ["<bos>", "<|im_end|>", "<|im_start|>", "<pad>"]
+    for t in specials:
+        vocab[t] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<|im_end|>",
+                                   pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def random_model(arch: str, tokenizer: Any, seed: int) -> Any:
+    """A 2-layer model with large random weights (logits far apart, so greedy has no near ties)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    common: dict[str, Any] = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=0.3, tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:  # Gemma-3: sliding-window and global layers alternate; a small window so padding meets it
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=48,
+                                                   layer_types=["sliding_attention", "full_attention"]))
+    # A second end token that random weights emit now and then, so rows end at different steps.
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("$")]
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return byte_tokenizer()
+
+
+@pytest.fixture(scope="module", params=["llama-chat", "gemma3-few-shot"])
+def generator(request: pytest.FixtureRequest, tokenizer: Any) -> Generator:
+    arch, style = request.param.split("-", 1)
+    spec = ModelSpec(f"tiny-{arch}", None, False, "chat" if style == "chat" else "few-shot", style == "few-shot")
+    return Generator(spec, random_model(arch, tokenizer, seed=1), tokenizer)
+
+
+def one_by_one(gen: Generator, questions: Sequence[str], limits: Sequence[int]) -> list[tuple[str, int]]:
+    return [(g.text, g.new_tokens) for g in (gen.generate(q, m) for q, m in zip(questions, limits))]
+
+
+# --- generation ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [1, 4, 8])
+def test_a_batch_answers_as_one_question_at_a_time(generator: Generator, size: int) -> None:
+    alone = one_by_one(generator, QUESTIONS, [24] * len(QUESTIONS))
+    together = []
+    for i in range(0, len(QUESTIONS), size):
+        together += [(g.text, g.new_tokens) for g in generator.generate_batch(QUESTIONS[i:i + size], 24)]
+    assert together == alone
+    assert len({n for _, n in alone}) > 1  # rows stopped at different steps (EOS or newline)
+
+
+def test_each_row_keeps_its_own_token_limit(generator: Generator) -> None:
+    limits = [1, 7, 3, 24, 2, 12, 5, 9, 16]
+    batch = generator.generate_batch(QUESTIONS, limits)
+    assert [(g.text, g.new_tokens) for g in batch] == one_by_one(generator, QUESTIONS, limits)
+    assert all(g.new_tokens <= m for g, m in zip(batch, limits))
+
+
+def test_a_batch_shares_one_wall_time_and_takes_no_question_twice(generator: Generator) -> None:
+    batch = generator.generate_batch(QUESTIONS[:3], 8)
+    assert len(batch) == 3 and len({g.seconds for g in batch}) == 1 and batch[0].seconds > 0
+    assert generator.generate_batch([], 8) == []
+    with pytest.raises(ValueError, match="token limits"):
+        generator.generate_batch(QUESTIONS[:3], [4, 4])
+
+
+def test_the_same_question_twice_in_a_batch_gets_the_same_answer(generator: Generator) -> None:
+    a, b, c = generator.generate_batch([QUESTIONS[2], QUESTIONS[1], QUESTIONS[2]], 16)
+    assert (a.text, a.new_tokens) == (c.text, c.new_tokens)
+
+
+# --- the judge -------------------------------------------------------------------------------
+
+ANSWERS = ["Paris", "The capital of France is Paris.", "", "Berlin, in Germany, is the capital of France, I think.",
+           "  Paris  "]
+
+
+def test_batched_log_probabilities_equal_one_by_one(generator: Generator) -> None:
+    q = QUESTIONS[0]
+    batched = generator.answer_logprobs(q, ANSWERS)
+    alone = [generator.answer_logprob(q, a) for a in ANSWERS]
+    if generator.spec.prompt_style == "chat":
+        assert batched[2] == alone[2] == float("-inf")  # an empty answer (few-shot: a lone space)
+    for x, y in zip(batched, alone):
+        assert x == y == float("-inf") or abs(x - y) < 1e-4
+    assert generator.answer_logprobs(q, []) == []
+
+
+def test_the_llm_judge_scores_a_questions_answers_in_one_pass(generator: Generator) -> None:
+    calls: list[int] = []
+    inner = generator.answer_logprobs
+
+    def counting(question: str, answers: Sequence[str]) -> list[float]:
+        calls.append(len(answers))
+        return inner(question, answers)
+
+    judge = LLMJudge(generator)
+    judge.generator = type("G", (), {"answer_logprobs": staticmethod(counting),
+                                    "answer_logprob": generator.answer_logprob})()  # type: ignore[assignment]
+    q = QUESTIONS[0]
+    pairs = [("a", ANSWERS[0], "b", ANSWERS[1]), ("a", ANSWERS[0], "c", ANSWERS[3]), ("b", ANSWERS[1], "c", ANSWERS[3])]
+    results = judge_pairs(judge, q, pairs)
+    assert calls == [3]  # three distinct answers, one forward pass; the pairs then hit the cache
+    reference = LLMJudge(generator)
+    assert results == [judge_pair(reference, q, *p) for p in pairs]
+
+
+# --- engines ---------------------------------------------------------------------------------
+
+def test_model_engine_answers_a_batch_as_its_generator(generator: Generator) -> None:
+    engine = ModelEngine(generator, embedder=None, model_name="tiny")  # type: ignore[arg-type]
+    replies = engine.answer_batch(QUESTIONS[:4], 12)
+    assert [r.text for r in replies] == [engine.answer(q, 12).text for q in QUESTIONS[:4]]
+    assert len({r.seconds for r in replies}) == 1
+
+
+def test_scripted_engine_and_the_one_by_one_fallback() -> None:
+    engine = ScriptedEngine({"a": "A", "b": "B"}, delay_s=0.05)
+    t0 = time.monotonic()
+    replies = engine.answer_batch(["a", "b", "c"], 8)
+    assert time.monotonic() - t0 < 0.1  # one delay for the batch
+    assert [r.text for r in replies] == ["A", "B", "I do not know."] and len({r.seconds for r in replies}) == 1
+
+    class OneByOne:  # an engine without answer_batch (a sharded peer's today)
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def answer(self, question: str, max_new_tokens: int) -> Reply:
+            self.calls += 1
+            return Reply(question.upper()[:max_new_tokens], 0.01)
+
+    old = OneByOne()
+    replies = answer_all(old, ["ab", "cd"], [1, 2])
+    assert [r.text for r in replies] == ["A", "CD"] and old.calls == 2 and replies[0].seconds == replies[1].seconds
+    assert [r.text for r in answer_all(engine, ["a"], 8)] == ["A"]
+
+
+# --- the node --------------------------------------------------------------------------------
+
+class CountingEngine(ScriptedEngine):
+    """Counts model calls and the batch sizes it was given."""
+
+    def __init__(self, table: dict[str, str], **kw: Any) -> None:
+        super().__init__(table, **kw)
+        self.lock = threading.Lock()
+        self.batches: list[int] = []  # questions per call
+        self.batch_calls = 0  # calls of answer_batch
+
+    def answer(self, question: str, max_new_tokens: int) -> Reply:
+        with self.lock:
+            self.batches.append(1)
+        return super().answer(question, max_new_tokens)
+
+    def answer_batch(self, questions: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[Reply]:
+        with self.lock:
+            self.batches.append(len(questions))
+            self.batch_calls += 1
+        return super().answer_batch(questions, max_new_tokens)
+
+
+TABLE = {f"What is {k} + {k}?": str(2 * k) for k in range(1, 6)}
+
+
+async def _ask_together(max_batch: int) -> tuple[list[CountingEngine], list[Any]]:
+    from tests.test_node import running
+
+    net = make_net([1, 1, 1, 1])
+    engines = [CountingEngine(TABLE, model_name=f"m{i}", delay_s=0.3) for i in range(4)]
+    decisions: dict[str, Any] = {}
+    async with running(net, engines, cfg=replace(PeerConfig.for_tests(), max_batch=max_batch)) as nodes:
+        async def ask(i: int, question: str) -> None:
+            decisions[question] = await nodes[i % 4].submit(question)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as n:
+                for i, question in enumerate(TABLE):
+                    n.start_soon(ask, i, question)
+    return engines, [decisions[q] for q in TABLE]
+
+
+async def test_concurrent_questions_share_engine_calls_and_decide_as_before() -> None:
+    engines, decisions = await _ask_together(max_batch=8)
+    assert [d.value.answer for d in decisions] == list(TABLE.values())
+    assert len({d.height for d in decisions}) == len(TABLE)  # one query per height, as before
+    # (a peer skips a question decided before its model got to it, so a few may be left out)
+    assert all(sum(e.batches) <= len(TABLE) for e in engines)
+    assert sum(sum(e.batches) for e in engines) >= 3 * len(TABLE)  # +2/3 answered every question
+    assert all(len(e.batches) < len(TABLE) and max(e.batches) > 1 for e in engines)  # fewer calls than questions
+
+
+async def test_max_batch_bounds_a_batch_and_one_means_one_at_a_time() -> None:
+    engines, decisions = await _ask_together(max_batch=2)
+    assert [d.value.answer for d in decisions] == list(TABLE.values())
+    assert all(max(e.batches) <= 2 for e in engines) and any(2 in e.batches for e in engines)
+    engines, decisions = await _ask_together(max_batch=1)
+    assert [d.value.answer for d in decisions] == list(TABLE.values())
+    assert all(set(e.batches) == {1} and e.batch_calls == 0 for e in engines)  # engine.answer, as before
