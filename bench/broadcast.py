@@ -3,7 +3,9 @@ r"""Tree broadcast against the full mesh (issue 13), in one process, with real e
     # the figures in bench/results/broadcast-loopback-<date>.json (about 10 minutes on two cores)
     nice -n 10 .venv/bin/python bench/broadcast.py --sizes 8 16 32 --broadcasts 30
     nice -n 10 .venv/bin/python bench/broadcast.py --sizes 64 --broadcasts 12
-    # a quick look (what tests/test_bench_broadcast.py runs)
+    # decision latency of 8 real Nodes (scripted answers) on the same kind of links, mesh then tree
+    nice -n 10 .venv/bin/python bench/broadcast.py --nodes 8 --queries 16
+    # a quick look (tests/test_bench_broadcast.py runs run_network(8, ...) with 3 broadcasts)
     .venv/bin/python bench/broadcast.py --sizes 8 --broadcasts 5 --no-json
 
 Every command merges its rows into ``--json`` (default
@@ -22,9 +24,10 @@ each receiver validates it as the node would (``decode_message`` with a
 * **mesh**: the origin's ``Transport.broadcast_nowait`` (N-1 direct sends).
 * **tree**: a :class:`~peers.broadcast._host.BroadcastTransport` around each
   transport (``BroadcastConfig(fanout=--fanout)``, the shipped timers), its
-  latency probe warmed up first (pings every 0.5 s, rows every 1 s, until
-  every peer has an estimate towards every other and two rows went round),
-  then paused so that its frames do not share the measurement.
+  latency probe warmed up first (pings every 0.5 s, rows every 1 s, both
+  times N/16 above 16 peers, until every peer has an estimate towards every
+  other and two rows went round), then paused so that its frames do not
+  share the measurement, and every host's trees computed ahead.
 
 Broadcasts go one at a time from honest origins in turn (seeded): *t0* when
 the origin hands the payload over; each peer's delivery time is when the
@@ -41,6 +44,15 @@ that got it before the deadline). **faults = quarter-silent**: a quarter of
 the peers (never an origin) silently drop every frame they would relay
 (:class:`SilentRelay`: they still receive, deliver to themselves and answer
 pings); in the mesh nothing relays, so only the receivers change.
+
+**Decisions** (``--nodes N``): N real :class:`~peers.node.Node` s with
+scripted answers (``PeerConfig.for_tests()`` timeouts, ``[p2p] broadcast``
+mesh, then tree with ``broadcast_fanout``), each with its own loopback
+transport and the same plane delays; after the links are up (and, for the
+tree, the latency warm-up as above) ``--queries`` questions are submitted one
+at a time, from each peer in turn. Reported: the time from ``submit`` to the
+decision at the entry peer (p50, mean, max) and the protocol part (from the
+height's first proposal at the entry peer).
 """
 
 from __future__ import annotations
@@ -138,7 +150,7 @@ async def run_network(n: int, mode: str, *, broadcasts: int, silent_fraction: fl
             cls = SilentRelay if i in silent_set else BroadcastTransport
             host = cls(t, signed_validator(public.get, VerifiedCache()),
                        config=_config(fanout),
-                       latency=latency or LatencyConfig(ping_interval_s=0.5, row_interval_s=1.0, min_row_interval_s=0.5))
+                       latency=latency or _warmup_latency(n))
         peers.append(_Peer(key, t, host, i in silent_set))
 
     started = time.perf_counter()
@@ -231,6 +243,12 @@ async def run_network(n: int, mode: str, *, broadcasts: int, silent_fraction: fl
     return out
 
 
+def _warmup_latency(n: int) -> LatencyConfig:
+    """Fast pings and rows for the warm-up, slower for many peers in one process (64 peers ping 4,032 links)."""
+    scale = max(1.0, n / 16)
+    return LatencyConfig(ping_interval_s=0.5 * scale, row_interval_s=1.0 * scale, min_row_interval_s=0.5 * scale)
+
+
 def _config(fanout: int) -> BroadcastConfig:
     cfg = replace(BroadcastConfig(), fanout=fanout)
     cfg.validate()
@@ -284,6 +302,78 @@ def _core_totals(peers: list[_Peer], base: dict[str, list[int]], end: dict[str, 
     return total
 
 
+async def decision_run(mode: str, *, n: int = 8, queries: int = 10, seed: int = 1, fanout: int = 3,
+                       timeout_s: float = 60.0) -> dict[str, Any]:
+    """``n`` real :class:`~peers.node.Node` s (scripted answers) on loopback with the same plane delays, ``[p2p]
+    broadcast = mode``; ``queries`` questions one at a time from entry peers in turn. Returns decision latencies."""
+    from multillmn.config import PeerConfig
+    from multillmn.genesis import Genesis
+    from peers.engine import ScriptedEngine
+    from peers.node import Node
+
+    rng = random.Random(seed * 1000 + n)
+    keys = [KeyPair.from_seed(rng.randbytes(32)) for _ in range(n)]
+    ids = [k.peer_id for k in keys]
+    genesis = Genesis.build(CHAIN, [(f"peer{i}", k.public_key, 1) for i, k in enumerate(keys)])
+    delays = delay_matrix(n, seed)
+    questions = [f"Question {i}: what is the capital of France?" for i in range(queries)]
+    table = {q: "Paris" for q in questions}
+    cfg = replace(PeerConfig.for_tests(), broadcast=mode, broadcast_fanout=fanout)
+    nodes: list[Node] = []
+    out: dict[str, Any] = {"n": n, "mode": mode, "queries": queries, "seed": seed,
+                           "fanout": fanout if mode == "tree" else None}
+    async with trio.open_nursery() as nursery:
+        for i, key in enumerate(keys):
+            t = Transport(key, ("127.0.0.1", 0), {p: None for p in ids if p != key.peer_id},
+                          backoff_initial=0.05, backoff_max=1.0, handshake_timeout=30.0)
+            for j, pid in enumerate(ids):
+                if j != i:
+                    t.shaper.set(pid, delay_s=delays[i][j])
+            node = Node(replace(cfg, moniker=f"peer{i}"), key, genesis, ScriptedEngine(table, model_name=f"m{i}"), t)
+            if isinstance(node.transport, BroadcastTransport):
+                node.transport.probe.config = _warmup_latency(n)
+            await nursery.start(t.run)
+            await nursery.start(node.run)
+            nodes.append(node)
+        for node in nodes:
+            for other in nodes:
+                if other is not node:
+                    assert other.transport.listen_port is not None
+                    node.transport.set_address(other.key.peer_id, ("127.0.0.1", other.transport.listen_port))
+        with trio.fail_after(timeout_s):
+            while any(len(node.transport.connected_peers()) < n - 1 for node in nodes):
+                await trio.sleep(0.05)
+            hosts = [node.transport for node in nodes if isinstance(node.transport, BroadcastTransport)]
+            while any(len(h.probe.estimates()) < n - 1 for h in hosts):
+                await trio.sleep(0.1)
+            if hosts:
+                await trio.sleep(2.5)  # two rounds of rows
+                for h in hosts:
+                    h.pinging = False
+                while not all(h.warm for h in hosts):
+                    await trio.sleep(0.1)
+        total, protocol = [], []
+        for k, q in enumerate(questions):
+            entry = nodes[k % n]
+            t0 = trio.current_time()
+            with trio.fail_after(timeout_s):
+                d = await entry.submit(q)
+            total.append(trio.current_time() - t0)
+            protocol.append(d.protocol_ms / 1000)
+            await trio.sleep(0.2)
+        out.update({
+            "decision_p50_ms": round(1000 * _pct(total, 0.5), 1), "decision_max_ms": round(1000 * max(total), 1),
+            "decision_mean_ms": round(1000 * statistics.fmean(total), 1),
+            "protocol_p50_ms": round(1000 * _pct(protocol, 0.5), 1),
+            "heights": min(node.height for node in nodes) - 1,
+            "tree": None if not hosts else {k: sum(h.broadcast_statistics().get(k, 0) for h in hosts) for k in
+                                           ("broadcasts", "sent_direct", "frames_sent", "delivered",
+                                            "core_duplicates", "core_grafts_sent", "core_parent_silent")},
+        })
+        nursery.cancel_scope.cancel()
+    return out
+
+
 COLUMNS = [("n", "N", 4), ("mode", "mode", 5), ("faults", "faults", 15), ("p50_ms", "p50 ms", 8),
            ("p99_ms", "p99 ms", 8), ("max_ms", "max ms", 8), ("frames_per_node", "frames/node", 12), ("payload_frames_per_node", "payl/node", 10),
            ("bytes_per_node", "bytes/node", 11), ("origin_sends", "origin", 7), ("origin_payload_sends", "orig.payl", 9),
@@ -312,6 +402,22 @@ async def run_all(sizes: list[int], broadcasts: int, *, seed: int, fanout: int, 
     return rows
 
 
+def _nodes_main(args: argparse.Namespace) -> int:
+    rows = []
+    for mode in args.modes:
+        row = trio.run(lambda: decision_run(mode, n=args.nodes, queries=args.queries, seed=args.seed,
+                                            fanout=args.fanout))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if not args.no_json:
+        old: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
+        old["decisions"] = {"command": " ".join(sys.argv), "rows": rows}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(old, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
@@ -324,7 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=["mesh", "tree"], choices=["mesh", "tree"])
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--no-json", action="store_true")
+    ap.add_argument("--nodes", type=int, default=0,
+                    help="instead: decision latency of this many real Nodes (scripted answers), mesh and tree")
+    ap.add_argument("--queries", type=int, default=10)
     args = ap.parse_args(argv)
+    if args.nodes:
+        logging.getLogger("multillmn").setLevel(logging.WARNING)
+        return _nodes_main(args)
     logging.getLogger("multillmn.transport").setLevel(logging.ERROR)  # the start's dial storm, not news
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 64 peers hold about 8,000 sockets
@@ -340,8 +452,9 @@ def main(argv: list[str] | None = None) -> int:
                 {(x["n"], x["mode"], x["faults"]) for x in rows}]
         merged = sorted(keep + rows, key=lambda r: (r["n"], r["faults"], r["mode"]))
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"bench": "broadcast-loopback", "date": datetime.date.today().isoformat(),
-                                         "command": " ".join(sys.argv), "rows": merged}, indent=1) + "\n")
+        doc = {**old, "bench": "broadcast-loopback", "date": datetime.date.today().isoformat(),
+               "command": " ".join(sys.argv), "rows": merged}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 

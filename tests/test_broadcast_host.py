@@ -285,7 +285,7 @@ async def test_a_silent_relay_is_routed_around() -> None:
 async def test_timers_are_one_bounded_heap() -> None:
     keys = [KeyPair.from_seed(bytes([60]) * 32)]
     inner = Transport(keys[0], ("127.0.0.1", 0), {})
-    host = BroadcastTransport(inner, signed_validator({}.get, VerifiedCache()), max_timers=3)
+    host = BroadcastTransport(inner, signed_validator(lambda peer: None, VerifiedCache()), max_timers=3)
     fired: list[object] = []
     host.broadcaster.fire = lambda timer, now: fired.append(timer) or []  # type: ignore[method-assign,func-returns-value]
     async with trio.open_nursery() as nursery:
@@ -300,7 +300,7 @@ async def test_timers_are_one_bounded_heap() -> None:
 async def test_the_inbound_channel_is_bounded_per_peer() -> None:
     key = KeyPair.from_seed(bytes([61]) * 32)
     inner = Transport(key, ("127.0.0.1", 0), {}, inbound_peer_queue=2)
-    host = BroadcastTransport(inner, signed_validator({}.get, VerifiedCache()))
+    host = BroadcastTransport(inner, signed_validator(lambda peer: None, VerifiedCache()))
     assert [host.inbound.put_nowait(A, b"x") for _ in range(3)] == [True, True, False]
     assert host.inbound.put_nowait(B, b"y")
     assert host.inbound.receive_nowait() == (A, b"x")

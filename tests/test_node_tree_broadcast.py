@@ -30,8 +30,8 @@ async def running(net: Net, cfg: PeerConfig, *, silent: frozenset[int] = frozens
         for i, key in enumerate(net.keys):
             transport = Transport(key, ("127.0.0.1", 0), {p: None for p in ids}, backoff_initial=0.05,
                                   backoff_max=0.5)
-            for j, other in enumerate(ids):  # heterogeneous links: 1 to 13 ms one way
-                transport.shaper.set(other, delay_s=(1 + (3 * i + 5 * j) % 13) / 1000)
+            for j, pid in enumerate(ids):  # heterogeneous links: 1 to 13 ms one way
+                transport.shaper.set(pid, delay_s=(1 + (3 * i + 5 * j) % 13) / 1000)
             node = Node(replace(cfg, moniker=f"peer{i}"), key, net.genesis,
                         ScriptedEngine({Q: "Paris"}, model_name=f"m{i}"), transport)
             if i in silent:

@@ -65,6 +65,7 @@ from peers.transport import Address, LinkShaper, Transport, TransportStats
 from peers.wire import RejectStats, decode_message
 
 __all__ = [
+    "FIRST_PING_TICK_S",
     "MAX_OWN",
     "WARM_DELAY_S",
     "MAX_TIMERS",
@@ -84,6 +85,9 @@ MAX_TIMERS: Final = 65_536
 
 WARM_DELAY_S: Final = 0.2
 """Quiet time after a change of the latency matrix or the members before the trees are computed ahead."""
+
+FIRST_PING_TICK_S: Final = 0.5
+"""A linked peer without a latency estimate is pinged within this time (then every ``ping_interval_s``)."""
 
 MAX_OWN: Final = 4096
 """Ids of this peer's own broadcasts remembered, so that sending one again goes to every peer directly."""
@@ -419,18 +423,23 @@ class BroadcastTransport:
             pass
 
     async def _ping_loop(self) -> None:
+        """Ping every linked peer each ``ping_interval_s``, and one without an estimate yet (a new link) at the
+        next tick of at most :data:`FIRST_PING_TICK_S`."""
         cfg = self.probe.config
+        tick = min(cfg.ping_interval_s, FIRST_PING_TICK_S)
+        last_round = float("-inf")
         while True:
-            connected = self.inner.connected_peers()
+            now = self._now()
+            full = now - last_round >= cfg.ping_interval_s
             if self.pinging:
-                now = self._now()
-                for peer in connected:
-                    frame = self.probe.ping(peer, now)
-                    if frame is not None:
-                        self._send_latency(peer, frame)
-            # until every linked peer has an estimate, ping again soon
-            missing = any(self.probe.estimate(q) is None for q in connected) or not connected
-            await trio.sleep(min(cfg.ping_interval_s, 0.5) if missing else cfg.ping_interval_s)
+                if full:
+                    last_round = now
+                for peer in self.inner.connected_peers():
+                    if full or self.probe.estimate(peer) is None:
+                        frame = self.probe.ping(peer, now)  # None while one is outstanding
+                        if frame is not None:
+                            self._send_latency(peer, frame)
+            await trio.sleep(tick)
 
     async def _row_loop(self) -> None:
         cfg = self.probe.config
