@@ -261,3 +261,42 @@ async def test_max_batch_bounds_a_batch_and_one_means_one_at_a_time() -> None:
     engines, decisions = await _ask_together(max_batch=1)
     assert [d.value.answer for d in decisions] == list(TABLE.values())
     assert all(set(e.batches) == {1} and e.batch_calls == 0 for e in engines)  # engine.answer, as before
+
+
+# --- the bundled models ----------------------------------------------------------------------
+
+def shipped_questions() -> list[str]:
+    """Every 4th shipped question (32, every topic); MULTILLMN_ALL_QUESTIONS=1: all of them."""
+    import os
+
+    from multillmn.questions import load_questions
+
+    questions = [q.question for q in load_questions()]
+    return questions if os.environ.get("MULTILLMN_ALL_QUESTIONS") == "1" else questions[::4]
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def bundled(request: pytest.FixtureRequest) -> Generator:
+    from peers.llm import default_cache_dir, resolve_model
+
+    return Generator.load(resolve_model(request.param), default_cache_dir(), threads=1)
+
+
+@pytest.mark.models
+def test_bundled_models_answer_in_batches_as_one_at_a_time(bundled: Generator) -> None:
+    questions = shipped_questions()
+    alone = one_by_one(bundled, questions, [48] * len(questions))
+    for size in (4, 8):
+        together = []
+        for i in range(0, len(questions), size):
+            together += [(g.text, g.new_tokens) for g in bundled.generate_batch(questions[i:i + size], 48)]
+        differ = [(q, a, b) for q, a, b in zip(questions, alone, together) if a != b]
+        assert not differ, f"batch {size}: {differ}"
+
+
+@pytest.mark.models
+def test_bundled_models_log_probabilities_in_one_pass(bundled: Generator) -> None:
+    q = "What is the capital of France?"
+    answers = ["Paris", "The capital of France is Paris.", "The capital of France is Berlin.", "Lyon, I think"]
+    for x, y in zip(bundled.answer_logprobs(q, answers), [bundled.answer_logprob(q, a) for a in answers]):
+        assert abs(x - y) < 1e-4

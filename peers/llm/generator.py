@@ -60,7 +60,8 @@ class NewlineStop(StoppingCriteria):
         self._prompt_len = prompt_len
         self._memo: dict[int, bool] = {}
 
-    def _has_newline(self, token_id: int) -> bool:
+    def has_newline(self, token_id: int) -> bool:
+        """Whether ``token_id`` decodes to text containing a newline (memoised)."""
         hit = self._memo.get(token_id)
         if hit is None:
             hit = "\n" in self._tok.decode([token_id], skip_special_tokens=True)
@@ -69,7 +70,7 @@ class NewlineStop(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         done = [
-            ids.shape[0] > self._prompt_len and self._has_newline(int(ids[-1]))
+            ids.shape[0] > self._prompt_len and self.has_newline(int(ids[-1]))
             for ids in input_ids
         ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
@@ -223,8 +224,9 @@ class Generator:
             eos_token_id=self._eos_id,
         )
         stopping = StoppingCriteriaList()
-        if self.spec.stop_at_newline:
-            stopping.append(NewlineStop(self.tokenizer, width))
+        newline = NewlineStop(self.tokenizer, width) if self.spec.stop_at_newline else None
+        if newline is not None:
+            stopping.append(newline)
         if min(limits) < max(limits):
             stopping.append(TokenLimits(limits, width))
         with self._lock, torch.inference_mode():
@@ -235,13 +237,12 @@ class Generator:
                 stopping_criteria=stopping,
             )
         seconds = time.monotonic() - t0
-        newline = stopping[0] if self.spec.stop_at_newline else None
         results = []
         for row, limit in zip(out, limits):
             new = [int(t) for t in row[width:width + limit]]
             # A finished row is padded to the batch's length: keep it up to its own stop.
             for i, token in enumerate(new):
-                if self._stops(token) or (newline is not None and newline._has_newline(token)):
+                if self._stops(token) or (newline is not None and newline.has_newline(token)):
                     new = new[:i + 1]
                     break
             raw = self.tokenizer.decode(new, skip_special_tokens=True)
