@@ -5,9 +5,12 @@ It offers the node the surface of the transport it wraps (``send_nowait``,
 ``connected_peers``, ``statistics``, ``status``, ``run``) and carries out the
 effects of the pure :class:`~peers.broadcast.Broadcaster`:
 
-* ``broadcast_nowait(payload)`` hands the payload to the broadcaster, whose
-  ``Send`` effects go out on the wrapped transport; ``send_nowait`` (catch-up,
-  ledger gossip, directed messages) passes through unchanged.
+* ``broadcast_nowait(payload)`` hands this peer's own payload to the
+  broadcaster, whose ``Send`` effects go out on the wrapped transport; a
+  payload sent again, another signer's (relayed votes) or one the core
+  refuses goes to every peer directly, as the mesh would (see there).
+  ``send_nowait`` (catch-up, ledger gossip, directed messages) passes
+  through unchanged.
 * Every payload the wrapped transport receives is classified by its first
   byte, without decoding: a broadcast frame is a canonical msgpack array
   (``[kind, ...]``, ``peers/broadcast/_frames.py``: a fixarray, 0x90-0x9f)
@@ -24,9 +27,13 @@ effects of the pure :class:`~peers.broadcast.Broadcaster`:
   delivered payload is a cache hit, not a second Ed25519 check.
 * ``Schedule`` effects become entries of one heap of deadlines, served by
   one task sleeping until the earliest (not a task per timer).
-* RTT: :class:`~peers.latency.LatencyProbe` pings every peer over the
-  authenticated links and spreads its row; its estimates feed
-  :meth:`Broadcaster.set_latency`.
+* RTT: :class:`~peers.latency.LatencyProbe` pings every linked peer over
+  the authenticated links (every ``ping_interval_s``, 5 s; a new link
+  within :data:`FIRST_PING_TICK_S`) and sends its row to every linked peer
+  directly every ``row_interval_s`` (10 s); its estimates and the rows it
+  receives feed :meth:`Broadcaster.set_latency`. A peer can only speak for
+  its own links, and a lying one only makes the trees worse, which the
+  core's scoring and repair absorb (``peers/latency.py`` for the choice).
 * Trees are computed ahead: the broadcaster builds an origin's tree when a
   message of that origin first needs it after the matrix or the members
   changed (tens of milliseconds of CPU each at 8 to 16 peers), so after a
@@ -41,8 +48,10 @@ messages, ``inbound_peer_queue`` per peer and ``inbound_peer_bytes`` per peer
 (a delivered payload counts against its relay); over any of them the payload
 is dropped and counted (``inbound_dropped``), exactly as the transport would.
 The timer heap holds at most :data:`MAX_TIMERS` entries (more are dropped and
-counted in ``timers_dropped``); the broadcaster's own tables are bounded by
-its configuration; the latency probe's are per known peer.
+counted in ``timers_dropped``); the ids of own broadcasts remembered, at most
+:data:`MAX_OWN`; the broadcaster's own tables are bounded by its
+configuration; the latency probe's are per known peer (one outstanding ping,
+one window of samples, pongs and rows rate-limited per peer).
 """
 
 from __future__ import annotations
