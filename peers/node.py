@@ -9,8 +9,9 @@ results back:
   ledger;
 * ``Send`` goes out on the transport; ``Persist`` is appended to the WAL and
   fsynced before the next effect; ``Schedule`` is a sleeping task;
-* ``Generate`` queues the question for the model (one at a time, in a worker
-  thread); ``Embed`` and ``Judge`` run in worker threads;
+* ``Generate`` queues the question for the model; the questions waiting when
+  the model is free go together in one batch (``[model] max_batch``) in a
+  worker thread; ``Embed`` and ``Judge`` run in worker threads;
 * ``Decided`` becomes a certificate (kept, posted to the ledger, and handed
   to the client waiting for that query).
 
