@@ -79,7 +79,7 @@ from peers.attacks import poisoned_events_payload
 from peers.catchup import BATCH, MAX_CERTIFICATE_BYTES, MIN_INTERVAL_S, CatchUpReply, CatchUpRequest, RateLimit, certificate_bytes
 from peers.certificates import CertificateStore
 from peers.engine import AnswerEngine
-from peers.judge import judge_pair
+from peers.judge import judge_pairs
 from peers.ledger import value_of_certificate
 from peers.transport import Transport
 from peers.wal import ConsensusWal
@@ -624,8 +624,8 @@ class Node:
         judge = self.engine.judge
         results = []
         if judge is not None:
-            def run() -> list[Any]:
-                return [judge_pair(judge, e.question, p.a, p.a_text, p.b, p.b_text) for p in e.pairs]
+            def run() -> list[Any]:  # an LLM judge scores every answer of the pairs in one batched pass
+                return judge_pairs(judge, e.question, [(p.a, p.a_text, p.b, p.b_text) for p in e.pairs])
             try:
                 results = await trio.to_thread.run_sync(run)
             except Exception as exc:
