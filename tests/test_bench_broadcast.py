@@ -15,6 +15,7 @@ import broadcast  # noqa: E402
 from peers.latency import LatencyConfig  # noqa: E402
 
 
+@pytest.mark.campaign
 @pytest.mark.parametrize("mode,silent", [("mesh", 0.0), ("tree", 0.25)])
 async def test_eight_peers_deliver_every_broadcast(mode: str, silent: float) -> None:
     row = await broadcast.run_network(8, mode, broadcasts=3, silent_fraction=silent, deadline_s=5.0,

@@ -91,10 +91,12 @@ def test_n8f4_wrong_then_double_vote_after_adaptation() -> None:
         assert max(r.faulty_shares[ATTACK + 3:]) <= 0.01  # evidence: trust 0, weight at the floor
 
 
+@pytest.mark.campaign
 def test_n8f4_wrong_then_conflicting_proposals_after_adaptation() -> None:
     attack_after_adaptation("conflicting-proposals")
 
 
+@pytest.mark.campaign
 def test_n8f4_wrong_then_collude_after_adaptation() -> None:
     attack_after_adaptation("collude")
 
