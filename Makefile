@@ -16,7 +16,7 @@ UV_FIND    := $(foreach d,$(FIND_LINKS),--find-links $(d))
 # Installs exactly the committed lock (every version pinned, every file hashed) with uv,
 # itself pinned and hashed in requirements/bootstrap.txt. The project goes in editable,
 # built with the locked setuptools (no unpinned build environment). Bytecode is compiled at
-# install time: with PYTHONDONTWRITEBYTECODE set (as on CI machines), every peer and every
+# install time: with PYTHONDONTWRITEBYTECODE set (as on this kind of machine), every peer and every
 # test worker would otherwise compile torch and transformers from source on each start.
 $(STAMP): $(LOCK) requirements/bootstrap.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -7,7 +7,7 @@ stuck behind (or periodically when idle); the node sends a
 decisions or its ledger's). The receiver hands each to its driver as
 :class:`~consensus.driver.Certified`, which checks it against the set its
 own chain computed, as any catch-up: the replier is trusted for nothing. A
-reply that says the replier has more (``latest``) makes the node ask again
+reply that says the replier has more (``latest``) makes the node ask
 again as soon as that peer's rate limit allows (:data:`MIN_INTERVAL_S` after
 its last request), so a newcomer catches up at the speed of its checks, not
 of the driver's tick: :data:`BATCH` per interval is 128 heights/s from one
