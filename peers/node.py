@@ -78,7 +78,7 @@ from multillmn import jsonsafe
 from peers.attacks import poisoned_events_payload
 from peers.catchup import BATCH, MAX_CERTIFICATE_BYTES, MIN_INTERVAL_S, CatchUpReply, CatchUpRequest, RateLimit, certificate_bytes
 from peers.certificates import CertificateStore
-from peers.engine import AnswerEngine
+from peers.engine import AnswerEngine, answer_all
 from peers.judge import judge_pairs
 from peers.ledger import value_of_certificate
 from peers.transport import Transport
@@ -86,7 +86,7 @@ from peers.wal import ConsensusWal
 from peers.wire import RejectStats, decode_message, encode_message
 
 if TYPE_CHECKING:
-    from peers.broadcast._host import BroadcastTransport
+    from peers.broadcast import BroadcastTransport
     from consensus.messages import Value
     from peers.ledger import LedgerService
 
@@ -158,7 +158,7 @@ class Node:
         self.rejects = RejectStats()
         self._tree: BroadcastTransport | None = None
         if cfg.broadcast == "tree":  # [p2p] broadcast: signed messages spread over trees (peers/broadcast)
-            from peers.broadcast._host import tree_transport
+            from peers.broadcast import tree_transport  # only a tree peer loads the broadcast layer
 
             self.transport = self._tree = tree_transport(transport, self._key_of, self.verified, self.rejects,
                                                          fanout=cfg.broadcast_fanout)
@@ -567,8 +567,6 @@ class Node:
         ``[model] max_batch``, go to the model together (ADR 0019); questions that arrive meanwhile form
         the next batch. A batch of one is answered exactly as before batching (``engine.answer``).
         """
-        from peers.engine import answer_all
-
         async for first in self._generate_rx:
             batch: list[Generate] = []
             e: Generate | None = first
