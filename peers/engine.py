@@ -6,8 +6,9 @@ answers by normalised text; tests of the runner use it so they need no model.
 Both are blocking: the runner calls them from worker threads.
 
 ``answer_batch`` answers several questions in one batched generation
-(ADR 0019); :func:`answer_all` falls back to one ``answer`` per question for an
-engine without it (a sharded peer's ``ShardedEngine`` today).
+(ADR 0019; a sharded peer's ``ShardedEngine`` pipelines micro-batches through
+its workers); :func:`answer_all` falls back to one ``answer`` per question for
+an engine without it.
 """
 
 from __future__ import annotations

@@ -133,6 +133,19 @@ async def test_sharded_peer_decides_the_same_answer_as_an_unsharded_peer(
     assert sharded.stats.replans == 0 and not sharded.stats.failures
 
 
+def test_sharded_peer_answers_a_batch_as_one_at_a_time(sharded: ShardedEngine, unsharded: ModelEngine) -> None:
+    """Left-padded micro-batches pipelined through the two workers (ADR 0019) give the unsharded answers."""
+    from multillmn.questions import load_questions
+
+    questions = [q.question for q in load_questions()][::16]  # 8 shipped questions, every topic
+    limits = [32, 5, 32, 32, 12, 32, 32, 32]
+    replies = sharded.answer_batch(questions, limits)
+    assert [r.text for r in replies] == [unsharded.answer(q, m).text for q, m in zip(questions, limits)]
+    assert len({r.seconds for r in replies}) == 1 and sharded.stats.batches[-1] == len(questions)
+    assert sharded.answer_batch(questions[:1], 8)[0].text == unsharded.answer(questions[0], 8).text
+    assert sharded.stats.replans == 0 and not sharded.stats.failures
+
+
 async def test_driver_link_shaper_adds_delay_and_resends_lost_frames(
         workers: dict[str, WorkerProcess], sharded: ShardedEngine) -> None:
     entries = _entries(workers)

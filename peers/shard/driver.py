@@ -10,6 +10,11 @@ prompt + tokens generated so far, so the new shards rebuild their KV caches
 (as Petals does). If no plan fits the survivors the query fails with
 :class:`ShardingFailed`, which names the failures and the memory shortfall.
 
+Batches (ADR 0019): :meth:`ShardDriver.generate_batch` answers several prompts
+at once, left-padded with an attention mask, in micro-batches that run
+through the shards as a pipeline (one micro-batch per shard by default); each
+row's greedy tokens equal those it gets alone.
+
 Emulated links (testnets): a :class:`peers.transport.LinkShaper` keyed by worker
 peer id delays each request before it is sent and each reply after it arrives
 (one-way delay, both directions); a frame it loses is resent after
@@ -24,7 +29,7 @@ from collections import deque
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -35,10 +40,19 @@ from peers.secure import HandshakeError, SecureChannel, handshake
 from peers.transport import LinkShaper
 from peers.shard.planner import NoFeasiblePlan, Objective, Plan, Problem, Shard
 from peers.shard.planner import plan as make_plan
-from peers.shard.protocol import MAX_FRAME, Request, Response, pack_request, unpack_response
+from peers.shard.protocol import (
+    MAX_BATCH,
+    MAX_FRAME,
+    MAX_REPLY_TENSOR,
+    Request,
+    Response,
+    pack_request,
+    unpack_response,
+)
 from peers.wire import RemoteProtocolError
 
-__all__ = ["WorkerAddress", "WorkerFailed", "ShardingFailed", "DriverStats", "ShardDriver", "RETRANSMIT_S"]
+__all__ = ["WorkerAddress", "WorkerFailed", "ShardingFailed", "DriverStats", "ShardDriver", "RETRANSMIT_S",
+           "micro_batch_rows"]
 
 log = logging.getLogger("multillmn.shard.driver")
 
@@ -83,9 +97,33 @@ class DriverStats:
     failed_at: dict[str, float] = field(default_factory=dict)  # trio clock of each failure
     events: list[str] = field(default_factory=list)
     compute_ms: dict[str, deque[float]] = field(default_factory=dict)
+    batches: deque[int] = field(default_factory=lambda: deque(maxlen=256))  # questions per generate_batch
 
     def record(self, device: str, compute_us: int) -> None:
         self.compute_ms.setdefault(device, deque(maxlen=256)).append(compute_us / 1000)
+
+
+def micro_batch_rows(lengths: Sequence[int], limits: Sequence[int], parts: int, bytes_per_token: int,
+                     max_bytes: int = MAX_REPLY_TENSOR, max_rows: int = MAX_BATCH) -> list[list[int]]:
+    """Row indices of each micro-batch: ``parts`` contiguous groups of near-equal size, each cut
+    further until ``rows x (longest prompt + largest limit) x bytes_per_token`` fits in ``max_bytes``
+    (a replay's prefill is the longest message a group sends) and it has at most ``max_rows`` rows."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    parts = max(1, min(parts, n))
+    size = -(-n // parts)
+    groups = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+    out: list[list[int]] = []
+    while groups:
+        g = groups.pop(0)
+        tokens = max(lengths[i] for i in g) + max(limits[i] for i in g)
+        if len(g) > 1 and (len(g) > max_rows or len(g) * tokens * bytes_per_token > max_bytes):
+            half = (len(g) + 1) // 2
+            groups[:0] = [g[:half], g[half:]]
+        else:
+            out.append(g)
+    return out
 
 
 class _Conn:
@@ -137,7 +175,7 @@ class _Conn:
             raise WorkerFailed(self.name, self.failure)
         rid = self._next
         self._next += 1
-        req = Request(rid, req.op, req.start, req.stop, req.session, req.pos, req.x, req.want)
+        req = replace(req, id=rid)
         send, recv = trio.open_memory_channel[Response](1)
         self.pending[rid] = send
         try:
@@ -356,25 +394,32 @@ class ShardDriver:
 
     async def step(self, session: str, ids: Sequence[int], pos: int, plan: Plan) -> int:
         """Run ``ids`` at ``pos`` (0 = prefill from scratch) through ``plan``; the next greedy token."""
-        x = torch.tensor([list(ids)], dtype=torch.int64)
-        q = len(ids)
+        return (await self.step_rows(session, torch.tensor([list(ids)], dtype=torch.int64), pos, plan))[0]
+
+    async def step_rows(self, session: str, x: torch.Tensor, pos: int, plan: Plan,
+                        mask: torch.Tensor | None = None) -> list[int]:
+        """Run token ids ``x`` ``(rows, q)`` at ``pos`` through ``plan``; each row's next greedy token.
+
+        ``pos`` 0 is a prefill from scratch, with ``mask`` the left padding of a batch (None: none).
+        """
+        rows, q = int(x.shape[0]), int(x.shape[1])
         op: Literal["prefill", "decode"] = "prefill" if pos == 0 else "decode"
         for i, shard in enumerate(plan.shards):
             last = i == len(plan.shards) - 1
             conn = await self._connect(shard.device)
-            req = Request(0, op, session=session, pos=pos, x=x, want="token" if last else "hidden")
+            req = Request(0, op, session=session, pos=pos, x=x, want="token" if last else "hidden", mask=mask)
             resp = await conn.call(req, self.request_timeout)
             if not resp.ok:
                 raise _Refused(f"worker {shard.device} refused {op} at position {pos}: {resp.error}")
             self.stats.record(shard.device, resp.compute_us)
             y = resp.x
-            if y is None or (last and (y.dtype != torch.int64 or tuple(y.shape) != (1,) or int(y[0]) < 0)) or (
-                not last and (y.dtype != torch.float32 or y.dim() != 3 or tuple(y.shape[:2]) != (1, q))
+            if y is None or (last and (y.dtype != torch.int64 or tuple(y.shape) != (rows,) or int(y.min()) < 0)) or (
+                not last and (y.dtype != torch.float32 or y.dim() != 3 or tuple(y.shape[:2]) != (rows, q))
             ):
                 got = None if y is None else (tuple(y.shape), y.dtype)
                 raise WorkerFailed(shard.device, f"bad {op} output {got}")
             x = y
-        return int(x[0])
+        return [int(t) for t in x]
 
     async def generate(
         self,
@@ -428,6 +473,118 @@ class ShardDriver:
                 on_token(len(tokens) - 1, token)
             if token in eos or (stop is not None and stop(token)):
                 break
+        await self._reset(session)
+        return tokens
+
+    async def generate_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        *,
+        eos_token_id: int | Sequence[int] | None = None,
+        stop: Callable[[int], bool] | None = None,
+        pad_token_id: int = 0,
+        micro_batches: int | None = None,
+    ) -> list[list[int]]:
+        """Greedy new tokens for each prompt, as :meth:`generate` gives them alone (ADR 0019).
+
+        The prompts are cut into ``micro_batches`` (default: one per shard of the plan) contiguous
+        groups, fewer rows each if a group's hidden states would not fit in a frame
+        (:func:`micro_batch_rows`). Each group is one left-padded batch (one session, its padding
+        mask sent with the prefill, finished rows fed ``pad_token_id``, as ``generate`` does) and the
+        groups run concurrently, so while one group's step is on a later shard the next group's is
+        on an earlier one: the shards work as a pipeline. A worker failure re-plans and replays the
+        group as one padded prefill of its prompts and the columns fed so far.
+        """
+        n = len(prompts)
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != n:
+            raise ValueError(f"{n} prompts but {len(limits)} token limits")
+        if any(not p for p in prompts):
+            raise ValueError("empty prompt")
+        if n == 0:
+            return []
+        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+        plan = await self.ensure_plan()
+        per_token = max(self.problem.model.boundary_bytes)
+        groups = micro_batch_rows([len(p) for p in prompts], limits, micro_batches or len(plan.shards), per_token)
+        out: list[list[int]] = [[] for _ in range(n)]
+        errors: list[Exception] = []
+
+        async def run(rows: list[int], scope: trio.CancelScope) -> None:
+            try:
+                got = await self._generate_rows([prompts[i] for i in rows], [max(1, limits[i]) for i in rows],
+                                                eos, stop, pad_token_id)
+            except Exception as exc:  # one group failing fails the batch: stop the others
+                errors.append(exc)
+                scope.cancel()
+                return
+            for i, tokens in zip(rows, got):
+                out[i] = tokens
+
+        async with trio.open_nursery() as nursery:
+            for rows in groups:
+                nursery.start_soon(run, rows, nursery.cancel_scope)
+        if errors:
+            raise errors[0]
+        self.stats.batches.append(n)
+        return out
+
+    async def _generate_rows(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], eos: set[int],
+                             stop: Callable[[int], bool] | None, pad: int) -> list[list[int]]:
+        """One micro-batch of :meth:`generate_batch`: a left-padded batch in one session."""
+        rows = len(prompts)
+        width = max(len(p) for p in prompts)
+        padded = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.int64)
+        mask = None if all(len(p) == width for p in prompts) else torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.int64)
+        session = os.urandom(8).hex()
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        fed: list[list[int]] = []  # the column fed at each decode step (a finished row gets the pad)
+        done = [False] * rows
+        fresh = True
+        budget = len(self.problem.devices) + 1
+        while not all(done):
+            plan = await self.ensure_plan()
+            epoch = self.epoch
+            try:
+                if fresh:
+                    cols = torch.tensor(fed, dtype=torch.int64).T if fed else torch.empty((rows, 0), dtype=torch.int64)
+                    full_mask = None if mask is None else torch.cat(
+                        [mask, torch.ones((rows, len(fed)), dtype=torch.int64)], dim=1)
+                    nxt = await self.step_rows(session, torch.cat([padded, cols], dim=1), 0, plan, full_mask)
+                    if fed:
+                        self.stats.replayed_tokens += rows * (width + len(fed))
+                    fresh = False
+                else:
+                    last = torch.tensor([fed[-1]], dtype=torch.int64).T
+                    nxt = await self.step_rows(session, last, width + len(fed) - 1, plan)
+            except WorkerFailed as exc:
+                budget -= 1
+                if budget < 0:
+                    raise ShardingFailed(f"gave up after {len(self.problem.devices) + 1} re-plans: {exc}") from None
+                self._mark_failed(exc)
+                async with self._replan_lock:
+                    if self.epoch == epoch:
+                        self.plan = None
+                        self.stats.replans += 1
+                fresh = True
+                continue
+            except _Refused as exc:
+                if self.epoch == epoch:
+                    raise ShardingFailed(str(exc)) from None
+                fresh = True
+                continue
+            column = []
+            for r, token in enumerate(nxt):
+                if done[r]:
+                    column.append(pad)
+                    continue
+                tokens[r].append(token)
+                column.append(token)
+                if token in eos or (stop is not None and stop(token)) or len(tokens[r]) >= limits[r]:
+                    done[r] = True
+            fed.append(column)
         await self._reset(session)
         return tokens
 

@@ -20,6 +20,9 @@ When no plan fits the surviving workers, :meth:`~ShardedEngine.answer` raises
 :class:`~peers.shard.driver.ShardingFailed` naming each failure; it never hangs. Failed
 workers are tried again ``retry_failed_s`` after they failed (a restarted worker rejoins).
 
+Batches: :meth:`ShardedEngine.answer_batch` answers the questions the node hands it together, in
+left-padded micro-batches pipelined through the workers, each answer equal to :meth:`answer`'s.
+
 No judge: :class:`~peers.judge.LLMJudge` scores answers by their log-probabilities under the
 whole model in one process, which a peer whose layers live elsewhere does not have.
 """
@@ -83,6 +86,10 @@ class Prompter:
             gen = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir))
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos: list[int] = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.pad: int = int(pad)  # what Generator pads a batch with and feeds a finished row
         self._newline: dict[int, bool] = {}
 
     def prompt_ids(self, question: str) -> list[int]:
@@ -315,6 +322,29 @@ class ShardedEngine:
 
         tokens = self._loop.call(generate)
         return Reply(text=self._prompter.text(tokens), seconds=time.monotonic() - t0)
+
+    def answer_batch(self, questions: Sequence[str], max_new_tokens: int | Sequence[int]) -> list[Reply]:
+        """Greedy answers to ``questions`` together, each equal to :meth:`answer`'s (ADR 0019): left-padded
+        micro-batches pipelined through the workers (:meth:`ShardDriver.generate_batch`). Every reply's
+        ``seconds`` is the batch's wall time; a batch of one is :meth:`answer`."""
+        n = len(questions)
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+        if len(limits) != n:
+            raise ValueError(f"{n} questions but {len(limits)} token limits")
+        if n <= 1:
+            return [self.answer(q, m) for q, m in zip(questions, limits)]
+        t0 = time.monotonic()
+        prompts = [self._prompter.prompt_ids(q) for q in questions]
+        eos, stop, pad, retry = self._prompter.eos, self._prompter.stops, self._prompter.pad, self.retry_failed_s
+
+        async def generate(driver: ShardDriver) -> list[list[int]]:
+            driver.revive(retry)
+            return await driver.generate_batch(prompts, [max(1, m) for m in limits], eos_token_id=eos, stop=stop,
+                                               pad_token_id=pad)
+
+        rows = self._loop.call(generate)
+        seconds = time.monotonic() - t0
+        return [Reply(text=self._prompter.text(tokens), seconds=seconds) for tokens in rows]
 
     def similarities(self, question: str, texts: list[str]) -> list[int]:
         from peers.embedder import quantise

@@ -54,10 +54,16 @@ class ShardError(ValueError):
 
 @dataclass
 class ShardState:
-    """One sequence's KV cache for one shard, and how many tokens it holds."""
+    """One sequence's (or one left-padded batch's) KV cache for one shard, and how many columns it holds.
+
+    ``mask`` is the batch's 2D attention mask over every cached column (``None``: no padding, every
+    row at positions ``0..seen-1``); ``next_pos`` the position of each row's next token then.
+    """
 
     cache: DynamicCache
     seen: int = 0
+    mask: torch.Tensor | None = None
+    next_pos: torch.Tensor | None = None
 
 
 def load_full_model(model_dir: Path | str, **config_overrides: Any) -> Any:
@@ -94,6 +100,12 @@ class ShardRunner:
     absolute position of ``x``'s first token and must equal the number of
     tokens this shard has already cached. Returns hidden states, or logits for
     the last shard.
+
+    A left-padded batch (ADR 0019) gives its ``mask`` ``(batch, q)`` with the
+    prefill (``position`` 0): each row's position ids are then
+    ``cumsum(mask) - 1`` (0 on padding) and continue by one per decoded
+    column, and the padded keys are masked out, as ``generate`` does with
+    an attention mask, so each row sees what it would see alone.
     """
 
     def __init__(
@@ -186,13 +198,27 @@ class ShardRunner:
 
     @torch.inference_mode()
     def forward(
-        self, x: torch.Tensor, position: int | None = None, *, last_only: bool = False, state: ShardState | None = None
+        self, x: torch.Tensor, position: int | None = None, *, last_only: bool = False, state: ShardState | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run this shard on ``x`` at absolute ``position`` (default: tokens seen) in ``state`` (default: own)."""
+        """Run this shard on ``x`` at absolute ``position`` (default: tokens seen) in ``state`` (default: own).
+
+        ``mask``: the left-padding attention mask of a batch's prefill (see the class docstring).
+        """
         st = self.state if state is None else state
         position = st.seen if position is None else int(position)
         if position != st.seen:
             raise ShardError(f"shard [{self.start}:{self.stop}) holds {st.seen} tokens, got position {position}")
+        if x.dim() < 2 or x.shape[0] < 1:
+            raise ShardError(f"input must be (batch, q, ...) with batch >= 1, got {tuple(x.shape)}")
+        if mask is not None:
+            if position != 0:
+                raise ShardError("an attention mask comes with a prefill (position 0)")
+            if mask.dtype != torch.int64 or tuple(mask.shape) != tuple(x.shape[:2]) or bool(
+                    ((mask != 0) & (mask != 1)).any()):
+                raise ShardError(f"mask must be 0/1 int64 of shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        elif st.mask is not None and x.shape[0] != st.mask.shape[0]:
+            raise ShardError(f"the session holds a batch of {st.mask.shape[0]} rows, got {x.shape[0]}")
         if self.embed is not None:
             if x.dtype not in (torch.int64, torch.int32) or x.dim() != 2:
                 raise ShardError(f"the first shard takes token ids (batch, q), got {tuple(x.shape)} {x.dtype}")
@@ -209,12 +235,22 @@ class ShardRunner:
         q = int(hidden.shape[1])
         if q < 1:
             raise ShardError("empty input")
-        position_ids = (torch.arange(q, device=hidden.device) + position).unsqueeze(0)
+        if mask is not None:  # a padded batch starts: positions as generate derives them from the mask
+            st.mask = mask
+            position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        elif st.mask is not None:  # it continues: every row one position further per column
+            st.mask = torch.cat([st.mask, st.mask.new_ones((st.mask.shape[0], q))], dim=-1)
+            assert st.next_pos is not None
+            position_ids = st.next_pos.unsqueeze(1) + torch.arange(q, device=hidden.device)
+        else:
+            position_ids = (torch.arange(q, device=hidden.device) + position).unsqueeze(0)
+        if st.mask is not None:
+            st.next_pos = position_ids[:, -1] + 1
         masks: dict[str, Any] = {}
         for t, idx in self._mask_layer.items():
             make: Callable[..., Any] = create_causal_mask if t == _FULL else create_sliding_window_causal_mask
             masks[t] = make(
-                config=self.config, inputs_embeds=hidden, attention_mask=None,
+                config=self.config, inputs_embeds=hidden, attention_mask=st.mask,
                 cache=st.cache, position_ids=position_ids, layer_idx=idx,
             )
         if self.model_type == "gemma3_text":

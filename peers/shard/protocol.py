@@ -10,6 +10,7 @@ op         request fields                             response fields (``ok`` tr
 info       -                                          ``n_layers``, ``model_type``, ``range``
 load       ``start``, ``stop``                        ``range``, ``load_ms``
 prefill    ``session``, ``pos`` (0), ``x``, ``want``  ``x``, ``compute_us``
+           (``mask``: a padded batch)
 decode     ``session``, ``pos``, ``x``, ``want``      ``x``, ``compute_us``
 reset      ``session``                                -
 =========  =========================================  ==============================
@@ -17,7 +18,11 @@ reset      ``session``                                -
 ``prefill`` starts the session afresh (a replay after a re-plan is a
 prefill of prompt + tokens so far); ``decode`` continues it. ``want`` is
 ``hidden`` (middle shards), ``token`` (greedy argmax of the last position,
-from the last shard) or ``logits`` (last position). A failed request has
+from the last shard) or ``logits`` (last position). ``x``'s first dimension
+is the batch: 1 to :data:`MAX_BATCH` rows (ADR 0019); a batch of prompts of
+different lengths is left-padded and its prefill carries ``mask``, an i64
+``(batch, q)`` tensor of 0s then 1s per row (at least one 1); decodes extend
+it by ones. A failed request has
 ``ok`` false and ``error``. Tensors are ``{"dtype": "f32" | "i64", "shape",
 "data"}`` with ``data`` the raw little-endian bytes: floats never appear as
 msgpack values. Decoding checks every key and type and raises
@@ -38,6 +43,8 @@ from peers.wire import RemoteProtocolError
 
 __all__ = [
     "MAX_FRAME",
+    "MAX_BATCH",
+    "MAX_REPLY_TENSOR",
     "OPS",
     "WANTS",
     "ProtocolError",
@@ -53,6 +60,13 @@ __all__ = [
 
 MAX_FRAME: Final = 16 * 2**20
 """Largest plaintext frame either side sends or accepts (a 4096-token Gemma3 prefill is 10 MiB)."""
+
+MAX_REPLY_TENSOR: Final = MAX_FRAME - 2**16
+"""Largest tensor a reply carries (the rest of the frame is room for the map around it); a
+batch whose hidden states or logits would be larger is refused: the driver sends fewer rows."""
+
+MAX_BATCH: Final = 64
+"""Most rows of one prefill or decode (the peer's ``[model] max_batch`` is at most 64 too)."""
 
 Op = Literal["info", "load", "prefill", "decode", "reset"]
 Want = Literal["hidden", "token", "logits"]
@@ -112,6 +126,7 @@ class Request:
     pos: int = 0
     x: torch.Tensor | None = None
     want: Want = "hidden"
+    mask: torch.Tensor | None = None  # prefill of a left-padded batch
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,10 @@ def pack_request(req: Request) -> bytes:
         if req.x is None:
             raise ValueError(f"{req.op} needs a tensor")
         body.update(session=req.session, pos=req.pos, x=encode_tensor(req.x), want=req.want)
+        if req.mask is not None:
+            if req.op != "prefill":
+                raise ValueError("only a prefill carries a mask")
+            body["mask"] = encode_tensor(req.mask)
     elif req.op == "reset":
         body.update(session=req.session)
     return canonical.pack(body)
@@ -180,7 +199,7 @@ def unpack_request(data: bytes) -> Request:
     op = msg.get("op")
     if op not in _REQUEST_KEYS:
         raise ProtocolError(f"unknown op {op!r}; expected one of {OPS}")
-    extra = set(msg) - {"id", "op"} - _REQUEST_KEYS[op]
+    extra = set(msg) - {"id", "op"} - _REQUEST_KEYS[op] - ({"mask"} if op == "prefill" else set())
     missing = ({"id"} | _REQUEST_KEYS[op]) - set(msg)
     if extra or missing:
         raise ProtocolError(f"{op} request: unexpected keys {sorted(extra)}, missing keys {sorted(missing)}")
@@ -201,7 +220,23 @@ def unpack_request(data: bytes) -> Request:
     pos = _int(msg, "pos")
     if op == "prefill" and pos != 0:
         raise ProtocolError("a prefill starts at position 0")
-    return Request(rid, op, session=session, pos=pos, x=decode_tensor(msg["x"]), want=want)
+    x = decode_tensor(msg["x"])
+    if x.dim() < 2 or not 1 <= x.shape[0] <= MAX_BATCH or x.shape[1] < 1:
+        raise ProtocolError(f"x must be (batch, q, ...) with 1 <= batch <= {MAX_BATCH} and q >= 1")
+    mask = _mask(msg["mask"], tuple(x.shape[:2])) if "mask" in msg else None
+    return Request(rid, op, session=session, pos=pos, x=x, want=want, mask=mask)
+
+
+def _mask(obj: object, shape: tuple[int, ...]) -> torch.Tensor:
+    """A left-padding mask: i64 of ``shape``, each row 0s then 1s with at least one 1."""
+    mask = decode_tensor(obj)
+    if mask.dtype != torch.int64 or tuple(mask.shape) != shape:
+        raise ProtocolError(f"mask must be an i64 tensor of shape {list(shape)}")
+    ones = mask.sum(-1)
+    if bool(((mask != 0) & (mask != 1)).any()) or bool((ones < 1).any()) or not torch.equal(
+            mask, (torch.arange(shape[1]) >= (shape[1] - ones).unsqueeze(1)).to(torch.int64)):
+        raise ProtocolError("mask rows must be 0s then 1s (left padding), each with at least one 1")
+    return mask
 
 
 def pack_response(resp: Response) -> bytes:

@@ -43,6 +43,7 @@ from peers.secure import HandshakeError, SecureChannel, handshake
 from peers.shard.model import ShardError, ShardRunner
 from peers.shard.protocol import (
     MAX_FRAME,
+    MAX_REPLY_TENSOR,
     ProtocolError,
     Request,
     Response,
@@ -129,11 +130,15 @@ class ShardWorker:
             return Response(req.id, False, error=f"shard {runner.layer_range} is the last: ask for token or logits")
         assert req.x is not None
         t0 = time.perf_counter()
-        out = runner.forward(req.x, req.pos, last_only=runner.is_last, state=state)
+        out = runner.forward(req.x, req.pos, last_only=runner.is_last, state=state, mask=req.mask)
         if req.want == "token":
             out = out[:, -1, :].argmax(dim=-1).to(torch.int64)
         elif req.want == "logits":
             out = out[:, -1, :].contiguous()
+        size = out.numel() * out.element_size()
+        if size > MAX_REPLY_TENSOR:
+            self.sessions.pop(req.session, None)  # its cache now holds a step the driver never saw
+            return Response(req.id, False, error=f"a reply of {size} bytes exceeds the frame limit: send fewer rows")
         return Response(req.id, True, x=out, compute_us=round((time.perf_counter() - t0) * 1e6))
 
     def _handle(self, req: Request) -> Response:
