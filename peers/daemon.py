@@ -6,7 +6,9 @@ start the transport so links come up meanwhile; load the model and the
 embedder in a worker thread; then open the ledger store (replaying the DAG
 to the same order and state as before a crash) and start the node, which
 catches its consensus core up from the ledger's certificates.
-SIGTERM or SIGINT cancels everything and the process exits 0.
+SIGTERM or SIGINT cancels everything and the process exits 0. SIGUSR1 cuts
+every p2p link and refuses new ones, SIGUSR2 restores them
+(``multillmn testnet disconnect|reconnect``, :meth:`Transport.disconnect`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
             handshake_timeout=cfg.handshake_timeout_ms / 1000, shaper=shaper,
         )
         await nursery.start(transport.run)  # links come up while the model loads
+        nursery.start_soon(_watch_link_signals, transport)
         handle.phase = "loading-model"
         engine = await trio.to_thread.run_sync(engine_factory, cfg, abandon_on_cancel=True)
         handle.model = engine.model_name
@@ -139,6 +142,16 @@ async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
             return
 
 
+async def _watch_link_signals(transport: Transport) -> None:
+    """SIGUSR1: cut every link until SIGUSR2 (testnet perturbations; ``main`` ignores both until then)."""
+    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
+        async for signum in signals:
+            if signum == signal.SIGUSR1:
+                transport.disconnect()
+            else:
+                transport.reconnect()
+
+
 CRASH_EXIT_CODE = 3
 """Exit status of a peer told to crash by fault injection (``[byzantine] behaviour = "crash"``)."""
 
@@ -146,6 +159,8 @@ CRASH_EXIT_CODE = 3
 def main(config_path: Path) -> int:
     """Entry point of ``multillmn peer start``; returns the exit status (0 after SIGTERM or SIGINT)."""
     cfg = PeerConfig.load(config_path)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):  # their default would kill a peer still starting
+        signal.signal(sig, signal.SIG_IGN)
     status = 0
     try:
         trio.run(run_peer, cfg)

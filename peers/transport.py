@@ -21,6 +21,9 @@ owns the reconnect loop for the direction it sends in.
 - Received payloads arrive as ``(peer_id, payload)`` on :attr:`Transport.inbound`
   (bounded; when full, the payload is dropped and counted).
 - A :class:`LinkShaper` can add per-destination delay and loss on the send path.
+- :meth:`Transport.disconnect` cuts every link and refuses new ones (what is
+  sent meanwhile is lost) until :meth:`Transport.reconnect`: a testnet's
+  ``disconnect`` perturbation (the daemon's SIGUSR1 / SIGUSR2).
 - The known peers change with the validator set: :meth:`Transport.add_peer`
   starts dialling a new one, :meth:`Transport.remove_peer` closes a departed
   one's links and refuses it from then on (:meth:`Transport.set_peers` does
@@ -356,6 +359,7 @@ class Transport:
         self._handshakes_in_flight = 0
         self._refusal_log_quiet_until = float("-inf")
         self._refusals_not_logged = 0
+        self.disconnected = False  # see disconnect()
 
     # --- public API ------------------------------------------------------------
 
@@ -405,6 +409,26 @@ class Transport:
         for pid, address in peers.items():
             self.add_peer(pid, address)
 
+    def disconnect(self) -> None:
+        """Cut every link (both directions) and refuse new ones until :meth:`reconnect`; messages sent
+        meanwhile are lost (counted in ``lost``), as on a pulled cable. For testnet perturbations."""
+        self.disconnected = True
+        for p in self._peers.values():
+            for scope in (p.dial_scope, p.inbound_scope):
+                if scope is not None:
+                    scope.cancel()
+        log.warning("disconnected: every link cut until reconnect")
+
+    def reconnect(self) -> None:
+        """Undo :meth:`disconnect`: accept inbound links again and dial every peer."""
+        if not self.disconnected:
+            return
+        self.disconnected = False
+        if self._nursery is not None:
+            for pid in self._peers:
+                self._nursery.start_soon(self._dial_loop, pid)
+        log.warning("reconnected: dialling every peer again")
+
     def known_peers(self) -> list[PeerId]:
         return sorted(self._peers)
 
@@ -419,7 +443,7 @@ class Transport:
         p = self._peers[peer]
         if len(payload) > self.max_frame:
             raise ValueError(f"payload of {len(payload)} bytes exceeds max_frame {self.max_frame}")
-        delay = self.shaper.plan(peer)
+        delay = None if self.disconnected else self.shaper.plan(peer)
         if delay is None:
             p.stats.lost += 1
             return True
@@ -478,6 +502,7 @@ class Transport:
         out: dict[str, Any] = {k: v for k, v in asdict(stats).items() if k != "peers"}
         out["peers"] = {pid: asdict(ps) for pid, ps in stats.peers.items()}
         out["limits"] = self.limits()
+        out["disconnected"] = self.disconnected
         return out
 
     async def run(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -516,7 +541,7 @@ class Transport:
     async def _keep_dialling(self, pid: PeerId, p: _Peer) -> None:
         backoff = self.backoff_initial
         was_up = False
-        while True:
+        while not self.disconnected:  # reconnect() starts the loop again
             await p.address_known.wait()
             assert p.address is not None
             channel = await self._dial(pid, p.address)
@@ -612,6 +637,9 @@ class Transport:
         self._refusal_log_quiet_until = now + REFUSAL_LOG_INTERVAL
 
     async def _serve_inbound(self, stream: trio.SocketStream) -> None:
+        if self.disconnected:
+            await trio.aclose_forcefully(stream)
+            return
         if self._handshakes_in_flight >= self.max_handshakes:
             self._refused_connections += 1
             self._log_refusal(f"{self._handshakes_in_flight} handshakes in flight")
@@ -645,8 +673,8 @@ class Transport:
             self._handshakes_in_flight -= 1
         pid = channel.remote_peer_id
         p = self._peers.get(pid)
-        if p is None:  # removed during its handshake
-            self._refused_unknown += 1
+        if p is None or self.disconnected:  # removed (or cut off) during its handshake
+            self._refused_unknown += p is None
             await trio.aclose_forcefully(channel.stream)
             return
         if p.inbound_scope is not None:  # MAX_INBOUND_LINKS_PER_PEER
