@@ -147,7 +147,7 @@ class Snapshots:
         links = status["transport"].get("peers", {})
         total = status["total_weight"] or 1
         out = []
-        for v in status["validators"]:
+        for v in sorted(status["validators"], key=lambda v: (v["moniker"], v["peer_id"])):
             pid = v["peer_id"]
             is_self = pid == self.peer.peer_id
             link = links.get(pid, {})

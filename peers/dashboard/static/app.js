@@ -58,8 +58,8 @@ function renderChart(weights) {
     }))];
     state.chart = new uPlot({
       width: Math.max(320, box.clientWidth || 800), height: 260, series,
-      scales: { x: { time: false } },
-      axes: [{ label: "height" }, { label: "weight" }],
+      scales: { x: { time: false } }, legend: { live: false },
+      axes: [{ label: "height", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, { label: "weight" }],
     }, data, box);
     state.chartKey = key;
   } else {
@@ -150,6 +150,8 @@ async function ask(event) {
   button.disabled = true;
   $("ask-error").hidden = true;
   $("result").hidden = true;
+  $("answer").textContent = "";
+  $("verification").removeAttribute("data-valid");
   try {
     const r = await fetch("/v1/query", { method: "POST", headers: { "Content-Type": "application/json" },
                                          body: JSON.stringify({ question }) });
