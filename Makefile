@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_FIND    := $(foreach d,$(FIND_LINKS),--find-links $(d))
 
-.PHONY: install demo test test-fast test-latest typecheck lock clean-testnet
+.PHONY: install demo demo-down test test-fast test-latest typecheck lock clean-testnet
 
 # Installs exactly the committed lock (every version pinned, every file hashed) with uv,
 # itself pinned and hashed in requirements/bootstrap.txt. The project goes in editable,
@@ -27,8 +27,12 @@ $(STAMP): $(LOCK) requirements/bootstrap.txt pyproject.toml
 
 install: $(STAMP)
 
+# `make demo KEEP=1` leaves the testnet running so its dashboard can be used; `make demo-down` stops it.
 demo: install
-	$(PY) -m testnet.demo
+	$(PY) -m testnet.demo $(if $(KEEP),--keep)
+
+demo-down:
+	$(VENV)/bin/multillmn testnet down --dir .demo
 
 test: install
 	$(PY) -m pytest -q

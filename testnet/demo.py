@@ -5,12 +5,19 @@ previous run's are deleted, and a testnet still running there is stopped
 first), with two SmolLM2-135M-Instruct peers and two Gemma-3-270M peers on
 loopback, asks "What is the capital of France?", prints every peer's signed
 answer, the consensus answer with the weight share that agreed, verifies the
-certificate against the testnet's genesis, and shuts the testnet down (also
-when something fails on the way).
+certificate against the testnet's genesis, prints the address of the first
+peer's live dashboard, and shuts the testnet down (also when something fails
+on the way).
+
+``--keep`` (``make demo KEEP=1``) leaves the testnet running after the
+question, so a newcomer can open the dashboard, ask more questions there and
+watch them being decided; ``multillmn testnet down --dir .demo`` (or ``make
+demo-down``) stops it. The testnet is still stopped when the demo fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -28,8 +35,9 @@ QUESTION = "What is the capital of France?"
 DEMO_DIR = Path(".demo")
 
 
-def main(directory: Path = DEMO_DIR) -> int:
+def main(directory: Path = DEMO_DIR, *, keep: bool = False) -> int:
     started = time.monotonic()
+    failed = True
     manifest = Manifest.from_args(4, ["smollm2", "gemma3"])
     if any(p.alive for p in _status_or_empty(directory)):
         print(f"stopping the testnet still running in {directory}")
@@ -51,14 +59,21 @@ def main(directory: Path = DEMO_DIR) -> int:
         offline = verify_file(cert_path, genesis_path)
         print(f"\nOffline check:    `multillmn verify {cert_path} --genesis {genesis_path}` -> VALID "
               f"(height {offline.height}, answer {offline.answer!r})")
+        print(f"\nDashboard:        {peers[0].api_url}/dashboard  (every peer serves one"
+              + (")" if keep else "; this testnet stops now, `make demo KEEP=1` keeps it running)"))
+        failed = False
         return 0
     except (TestnetError, ClientError, CertificateError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("\nshutting the testnet down")
-        for line in down(directory):
-            print(f"  {line}")
+        if keep and not failed:
+            print(f"\nthe testnet keeps running: open the dashboard above, ask it more questions there;\n"
+                  f"stop it with: multillmn testnet down --dir {directory}   (or: make demo-down)")
+        else:
+            print("\nshutting the testnet down")
+            for line in down(directory):
+                print(f"  {line}")
         print(f"demo took {time.monotonic() - started:.0f} s")
 
 
@@ -70,4 +85,7 @@ def _status_or_empty(directory: Path) -> list:  # type: ignore[type-arg]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(prog="python -m testnet.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the testnet running after the question (stop: multillmn testnet down --dir .demo)")
+    sys.exit(main(keep=parser.parse_args().keep))
