@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import MutableMapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from peers.api import PeerHandle, create_app
 from peers.dashboard import STATIC_FILES, dashboard_router
 from peers.node import Node
 from tests.conftest import make_net
+from tests.test_ledger_integration import _wait_settled, cluster
 from tests.test_node import Q, honest, running
 
 
@@ -179,3 +181,25 @@ async def test_verify_says_valid_for_a_decided_certificate_and_why_not_for_a_tam
     assert ok["genesis_digest"] == net.genesis.digest().hex() and ok["checked_by"] == "peer0"
     assert bad["valid"] is False and "summary does not match" in bad["reason"]
     assert junk.status_code == 422
+
+
+async def test_snapshot_shows_the_ledger_tail_newest_first(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        with trio.fail_after(40):
+            await c.nodes[0].submit(Q)
+            await c.nodes[1].submit(Q)
+        await _wait_settled(c.nodes, [1, 2])
+        node = c.nodes[2]
+        app = FastAPI()
+        app.include_router(dashboard_router(PeerHandle(node.key.peer_id, "peer2", "m2", phase="ready", node=node)))
+        async with _client(app) as client:
+            snap = (await client.get("/dashboard/api/snapshot")).json()
+        assert node.ledger is not None
+        state_hash = node.ledger.state_hash()
+    ledger = snap["ledger"]
+    assert ledger["entries"] >= 2 and ledger["state_hash"] == state_hash
+    certs = [e for e in ledger["tail"] if e["type"] == "certificate"]
+    assert [e["height"] for e in certs] == [2, 1] and certs[0]["answer"] == "Paris"
+    assert [e["index"] for e in ledger["tail"]] == sorted((e["index"] for e in ledger["tail"]), reverse=True)
+    assert ledger["evidence"] == [] and ledger["evidence_count"] == 0
+    assert [d["height"] for d in snap["decisions"]] == [2, 1]

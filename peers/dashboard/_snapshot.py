@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from multillmn import canonical
 from peers.ledger import entry_json, value_of_certificate
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ __all__ = ["CACHE_HEIGHTS", "DECISIONS", "EVIDENCE", "LEDGER_TAIL", "Snapshots",
 WEIGHT_HEIGHTS = 64
 """Heights the weight chart covers (the latest ones)."""
 DECISIONS = 8
-"""Recent decisions shown, each with every answer."""
+"""Recent decided queries shown (newest first; a height may decide several), each with every answer."""
 LEDGER_TAIL = 12
 """Latest ledger entries shown."""
 EVIDENCE = 16
@@ -43,10 +44,10 @@ MAX_TEXT = 600
 
 @dataclass(frozen=True)
 class _Height:
-    """What the dashboard reads from one height's certificate."""
+    """What the dashboard reads from one height's certificate: the weights in force and every query decided."""
 
     weights: dict[str, int]
-    decision: dict[str, Any]
+    decisions: list[dict[str, Any]]
 
 
 def _cut(text: Any) -> str:
@@ -54,30 +55,43 @@ def _cut(text: Any) -> str:
     return s if len(s) <= MAX_TEXT else s[:MAX_TEXT] + "…"
 
 
+def _body(envelope: Any) -> dict[str, Any]:
+    """The fields of a signed message as carried in a decided value (its signature was checked when the
+    value was decided or the ledger accepted the certificate; the page shows it, it does not rely on it)."""
+    try:
+        body = canonical.unpack(envelope.body)
+    except canonical.CanonicalError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _read_height(cert: dict[str, Any]) -> _Height:
     raw_validators = cert.get("validators")
     validators: list[Any] = raw_validators if isinstance(raw_validators, list) else []
     weights = {str(v["peer_id"]): int(v["weight"]) for v in validators if isinstance(v, dict)}
     monikers = {str(v["peer_id"]): str(v.get("moniker", "")) for v in validators if isinstance(v, dict)}
-    raw_summary = cert.get("summary")
-    summary: dict[str, Any] = raw_summary if isinstance(raw_summary, dict) else {}
-    winners = set(summary.get("winners") or [])
-    value = value_of_certificate(cert)
-    raw_answers = summary.get("answers") or []
-    sigs = [env.sig.hex() for env in value.answers] if value is not None else []
-    if len(sigs) != len(raw_answers):
-        sigs = [""] * len(raw_answers)
     total = sum(weights.values())
-    agreed = sum(weights.get(p, 0) for p in winners)
-    answers = [{"peer_id": a.get("peer_id"), "moniker": monikers.get(str(a.get("peer_id")), ""),
-                "model": a.get("model"), "text": _cut(a.get("text")), "agreed": a.get("peer_id") in winners,
-                "weight": weights.get(str(a.get("peer_id")), 0), "signature": sig}
-               for a, sig in zip(raw_answers, sigs) if isinstance(a, dict)]
-    decision = {"height": cert.get("height"), "round": cert.get("round"), "value_id": cert.get("value_id"),
-                "question": _cut(summary.get("question")), "answer": _cut(summary.get("answer")),
-                "agreed_weight": agreed, "total_weight": total, "precommits": len(cert.get("precommits") or []),
-                "answers": answers}
-    return _Height(weights=weights, decision=decision)
+    value = value_of_certificate(cert)
+    if value is None:
+        return _Height(weights=weights, decisions=[])
+    # a value decides one query, or several (``outcomes()``, ADR 0020), each with its own answers and choice
+    outcomes: tuple[Any, ...] = value.outcomes() if hasattr(value, "outcomes") else (value,)
+    decisions = []
+    for outcome in outcomes:
+        winners = set(outcome.winners)
+        answers = []
+        for envelope in outcome.answers:
+            a = _body(envelope)
+            pid = str(a.get("peer", ""))
+            answers.append({"peer_id": pid, "moniker": monikers.get(pid, ""), "model": a.get("model"),
+                            "text": _cut(a.get("text")), "agreed": pid in winners, "weight": weights.get(pid, 0),
+                            "signature": envelope.sig.hex()})
+        decisions.append({
+            "height": cert.get("height"), "round": cert.get("round"), "value_id": cert.get("value_id"),
+            "question": _cut(_body(outcome.query).get("question")), "answer": _cut(outcome.answer),
+            "agreed_weight": sum(weights.get(p, 0) for p in winners), "total_weight": total,
+            "precommits": len(cert.get("precommits") or []), "answers": answers})
+    return _Height(weights=weights, decisions=decisions)
 
 
 class Snapshots:
@@ -110,7 +124,7 @@ class Snapshots:
             return None
         try:
             read = _read_height(cert)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             return None
         self._heights[height] = read
         while len(self._heights) > CACHE_HEIGHTS:
@@ -136,14 +150,15 @@ class Snapshots:
             if read is not None:
                 heights.append((h, read))
         return {"self": me, "peers": self._peers(node, status, heights), "weights": self._weights(status, heights),
-                "decisions": [read.decision for _, read in reversed(heights[-DECISIONS:])],
+                "decisions": [d for _, read in reversed(heights) for d in read.decisions][:DECISIONS],
                 "ledger": self._ledger(node), "at": time.time()}
 
     def _peers(self, node: Node, status: dict[str, Any], heights: list[tuple[int, _Height]]) -> list[dict[str, Any]]:
         models: dict[str, str] = {}
         for _, read in heights:  # the model each peer named in its latest signed answer
-            for a in read.decision["answers"]:
-                models[str(a["peer_id"])] = str(a["model"])
+            for d in read.decisions:
+                for a in d["answers"]:
+                    models[str(a["peer_id"])] = str(a["model"])
         links = status["transport"].get("peers", {})
         total = status["total_weight"] or 1
         out = []
