@@ -1,0 +1,430 @@
+"""Throughput of a real 4-peer testnet under concurrent clients, batching on and off (issue 14).
+
+Starts 2 x SmolLM2 + 2 x Gemma-3 peers (``testnet.launcher.up``), once with the shipped
+settings ("batched": ``[model] max_batch`` and ``[consensus] queries_per_height`` at their
+defaults) and once with batching off ("off": ``max_batch = 1``, ``queries_per_height = 1``,
+today's behaviour before issue 14). The overrides are written into each peer's config by this
+script, run as the peer command's wrapper (``--peer KEY=VALUE ... -- CMD``); a key the config
+does not have (yet) is left out and reported. For each mode, 1, 4, 16 and 32 clients each ask the
+shipped questions (``multillmn.questions``) in a closed loop, round-robin over the peers, for a
+fixed time; queries started before the end are waited for (up to ``--drain-s``). Reported per
+cell: queries/s (completed / time until the last one), client-side p50 / p99 latency, 429
+rejections (retried after ``Retry-After``), decided heights and queries per height, and per peer
+the batch sizes its model ran and its generated tokens/s against the memory-bandwidth limit.
+
+Batch sizes and tokens come from the peers' JSON logs ("answered" records carry ``batch`` and the
+answer text; one batch is a run of records with the same ``batch`` and ``gen_ms``); tokens are the
+answer re-tokenised plus its stop token (an estimate, within a token or two). If ``/v1/status``
+has a ``generation`` object (``batches``, ``batch_sizes``), it is recorded as well.
+
+Memory bandwidth: a large numpy copy (as ``bench/generation_batch.py``). A decode step of one
+peer reads every weight once (``weight_bytes_per_step``: 0.54 GB SmolLM2, 1.07 GB Gemma-3, fp32);
+``bw_ratio`` = bytes per step x steps/s / bandwidth (the fraction of the machine's bandwidth the
+peer's decode steps stream), ``token_ratio`` = tokens/s over the one-stream bound bandwidth /
+bytes per step (above 1 only by batching).
+
+    nice -n 5 .venv/bin/python bench/throughput.py            # about 12 minutes
+    .venv/bin/python bench/throughput.py --quick --out /tmp/t.json   # smoke test (1 and 4 clients, short)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODES: dict[str, dict[str, int]] = {
+    "batched": {},  # the shipped defaults
+    "off": {"model.max_batch": 1, "consensus.queries_per_height": 1},
+}
+MODELS = ("smollm2", "gemma3")
+
+
+# --- the peer wrapper: apply config overrides, then exec the real peer command ------------------
+
+def peer_wrapper(argv: list[str]) -> NoReturn:
+    """``--peer SECTION.KEY=VALUE ... -- CMD ... --config PATH``: set the keys in PATH, then exec CMD.
+
+    A key is set where the rendered config has its line (``key = value``); a key it lacks is skipped.
+    """
+    split = argv.index("--")
+    overrides, command = argv[:split], argv[split + 1:]
+    path = Path(command[command.index("--config") + 1])
+    lines = path.read_text().splitlines()
+    for item in overrides:
+        key, value = item.split("=", 1)
+        name = key.split(".", 1)[1]
+        lines = [f"{name} = {int(value)}" if line.split("=", 1)[0].strip() == name else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+    os.execvp(command[0], command)
+
+
+def supported_overrides(overrides: dict[str, int]) -> tuple[dict[str, int], list[str]]:
+    """The overrides whose key ``multillmn.config.PeerConfig`` has, and the names of those it lacks."""
+    from multillmn.config import PeerConfig
+
+    cfg = PeerConfig()
+    ok = {k: v for k, v in overrides.items() if hasattr(cfg, k.split(".", 1)[1])}
+    return ok, sorted(set(overrides) - set(ok))
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+def memory_bandwidth(mib: int = 256, repeat: int = 5) -> float:
+    """Bytes per second moved by a large numpy copy (each byte read once and written once)."""
+    import numpy as np
+
+    a = np.ones(mib * 2**20 // 8)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    weight_bytes_per_step: int
+    tokenizer: Any
+
+
+def model_info(name: str) -> ModelInfo:
+    """Weight bytes a decode step reads (parameters counted on the meta device) and the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from peers.llm import default_cache_dir, resolve_model
+    from peers.llm.cache import load_or_convert, offline
+
+    offline()
+    directory = load_or_convert(resolve_model(name), default_cache_dir())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory), dtype=torch.float32)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from generation_batch import weight_bytes_per_step
+
+    return ModelInfo(name, weight_bytes_per_step(model), AutoTokenizer.from_pretrained(directory))
+
+
+@dataclass
+class Loop:
+    """What the clients of one cell saw."""
+
+    latencies: list[float] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    rejected: int = 0
+    unfinished: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def closed_loop(urls: list[str], questions: list[str], clients: int, seconds: float, drain_s: float,
+                timeout_s: float) -> tuple[Loop, float]:
+    """``clients`` threads each ask, wait, ask again until ``seconds`` have passed; returns what they saw
+    and the elapsed time until the last query started in time was answered (or ``drain_s`` more)."""
+    import httpx
+
+    out = Loop()
+    start = time.monotonic()
+    deadline = start + seconds
+    hard = deadline + drain_s
+
+    def client(i: int) -> None:
+        k = 0
+        with httpx.Client(timeout=timeout_s) as http:
+            while time.monotonic() < deadline:
+                q = questions[(i * 37 + k) % len(questions)]
+                url = urls[(i + k) % len(urls)]
+                k += 1
+                t0 = time.monotonic()
+                while True:
+                    left = hard - time.monotonic()
+                    if left <= 0:
+                        with out.lock:
+                            out.unfinished += 1
+                        return
+                    try:
+                        r = http.post(url + "/v1/query", json={"question": q}, timeout=min(timeout_s, left))
+                    except httpx.TimeoutException:
+                        with out.lock:
+                            out.unfinished += 1
+                        return
+                    except httpx.HTTPError as exc:
+                        with out.lock:
+                            out.errors.append(f"{type(exc).__name__}: {exc}")
+                        break
+                    if r.status_code == 429:  # admission: wait as told, then ask again
+                        with out.lock:
+                            out.rejected += 1
+                        time.sleep(min(2.0, float(r.headers.get("retry-after", "1"))))
+                        continue
+                    if r.status_code != 200:
+                        with out.lock:
+                            out.errors.append(f"{r.status_code}: {r.text[:200]}")
+                        break
+                    answer = str(r.json().get("answer", ""))
+                    with out.lock:
+                        out.latencies.append(time.monotonic() - t0)
+                        out.answers.setdefault(q, answer)
+                    break
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, hard - time.monotonic()) + timeout_s)
+    return out, time.monotonic() - start
+
+
+def log_records(path: Path, offset: int) -> list[dict[str, Any]]:
+    """JSON log records written to ``path`` from ``offset`` on."""
+    out = []
+    with path.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
+def batches_of(records: list[dict[str, Any]], tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
+    """Estimated generated tokens of each answer, grouped by batch (runs of "answered" records with one
+    ``batch`` and ``gen_ms``)."""
+    out: list[list[int]] = []
+    key: tuple[Any, Any] | None = None
+    left = 0
+    for rec in records:
+        if rec.get("msg") != "answered":
+            continue
+        size, gen_ms = rec.get("batch", 1), rec.get("gen_ms")
+        tokens = min(max_new_tokens, len(tokenizer(str(rec.get("text", "")), add_special_tokens=False)["input_ids"]) + 1)
+        if key == (size, gen_ms) and left > 0:
+            out[-1].append(tokens)
+        else:
+            out.append([tokens])
+            key, left = (size, gen_ms), int(size) if isinstance(size, int) else 1
+        left -= 1
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# --- one mode: a testnet, then every client count ---------------------------------------------
+
+def run_mode(mode: str, overrides: dict[str, int], clients_list: list[int], seconds: float, drain_s: float,
+             questions: list[str], infos: dict[str, ModelInfo], bandwidth: float, max_new_tokens: int,
+             say: Any) -> dict[str, Any]:
+    from multillmn.client import fetch_status
+    from testnet.launcher import DEFAULT_PEER_COMMAND, down, load_state, up
+    from testnet.manifest import Manifest
+
+    directory = Path(tempfile.mkdtemp(prefix=f"multillmn-throughput-{mode}-"))
+    wrapper = [sys.executable, str(Path(__file__).resolve()), "--peer",
+               *(f"{k}={v}" for k, v in overrides.items()), "--", *DEFAULT_PEER_COMMAND]
+    manifest = Manifest.from_args(4, list(MODELS), max_new_tokens=max_new_tokens)
+    t0 = time.monotonic()
+    up(manifest, directory, peer_command=wrapper, progress=lambda line: say(f"  [{mode}] {line}"))
+    startup = time.monotonic() - t0
+    cells = []
+    try:
+        state = load_state(directory)
+        peers = state.peers
+        urls = [p.api_url for p in peers]
+        configs = {}
+        for p in peers:
+            text = Path(p.config).read_text()
+            configs[p.name] = {k: next((line.split("=", 1)[1].strip() for line in text.splitlines()
+                                        if line.strip().startswith(k.split(".", 1)[1] + " ")), None)
+                               for k in MODES["off"]}
+        say(f"[{mode}] testnet up in {startup:.0f} s; peer settings {configs[peers[0].name]}")
+        closed_loop(urls, questions[:4], 4, 0.1, 300, 300)  # warm-up: one query per peer
+        for clients in clients_list:
+            offsets = {p.name: Path(p.log).stat().st_size for p in peers}
+            heights0 = [fetch_status(u).get("decided_heights", 0) for u in urls]
+            loop, elapsed = closed_loop(urls, questions, clients, seconds, drain_s, timeout_s=300)
+            statuses = [fetch_status(u) for u in urls]
+            heights = max(int(s.get("decided_heights", 0) or 0) for s in statuses) - max(int(h or 0) for h in heights0)
+            per_peer = []
+            for p, st in zip(peers, statuses):
+                info = infos[p.model]
+                groups = batches_of(log_records(Path(p.log), offsets[p.name]), info.tokenizer, max_new_tokens)
+                tokens = sum(sum(g) for g in groups)
+                steps = sum(max(g) for g in groups)
+                limit = bandwidth / info.weight_bytes_per_step
+                per_peer.append({
+                    "peer": p.name, "model": p.model,
+                    "batches": len(groups), "answers": sum(len(g) for g in groups),
+                    "batch_sizes": dict(sorted(Counter(len(g) for g in groups).items())),
+                    "max_batch_seen": max((len(g) for g in groups), default=0),
+                    "tokens_per_s": round(tokens / elapsed, 2), "steps_per_s": round(steps / elapsed, 2),
+                    "bandwidth_limit_tokens_per_s": round(limit, 1),
+                    "bw_ratio": round(info.weight_bytes_per_step * steps / elapsed / bandwidth, 3),
+                    "token_ratio": round(tokens / elapsed / limit, 3),
+                    "status_generation": st.get("generation"),
+                })
+            done = len(loop.latencies)
+            cell = {
+                "mode": mode, "clients": clients, "seconds": round(elapsed, 1), "completed": done,
+                "queries_per_s": round(done / elapsed, 3),
+                "p50_s": None if not done else round(statistics.median(loop.latencies), 2),
+                "p99_s": None if not done else round(percentile(loop.latencies, 0.99) or 0, 2),
+                "max_s": None if not done else round(max(loop.latencies), 2),
+                "rejected_429": loop.rejected, "errors": len(loop.errors), "error_examples": loop.errors[:3],
+                "unfinished": loop.unfinished, "decided_heights": heights,
+                "queries_per_height": round(done / heights, 2) if heights else None,
+                "peers": per_peer, "answers": loop.answers,
+            }
+            cells.append(cell)
+            sizes = " ".join(f"{x['peer']}:{x['max_batch_seen']}" for x in per_peer)
+            say(f"[{mode}] {clients:>2} clients: {cell['queries_per_s']:.3f} q/s, p50 {cell['p50_s']} s, "
+                f"p99 {cell['p99_s']} s, {done} done, {loop.unfinished} unfinished, {loop.rejected} x 429, "
+                f"{len(loop.errors)} errors, q/height {cell['queries_per_height']}, max batch {sizes}")
+    finally:
+        down(directory)
+    return {"mode": mode, "overrides": overrides, "startup_s": round(startup, 1), "peer_settings": configs,
+            "cells": cells}
+
+
+def git_state() -> dict[str, Any]:
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": run("rev-parse", "HEAD"), "dirty": run("status", "--porcelain", "--untracked-files=no").split("\n")}
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per client count, the modes side by side."""
+    modes = {m["mode"]: {c["clients"]: c for c in m["cells"]} for m in result["modes"]}
+    names = list(modes)
+    head = "| clients | " + " | ".join(f"{m} q/s | {m} p50 s | {m} p99 s | {m} max batch" for m in names)
+    if {"batched", "off"} <= set(names):
+        head += " | q/s ratio"
+    lines = [head + " |", "|" + "---:|" * (1 + 4 * len(names) + ({"batched", "off"} <= set(names))) ]
+    for clients in sorted({c for m in modes.values() for c in m}):
+        row = [str(clients)]
+        for m in names:
+            c = modes[m].get(clients)
+            if c is None:
+                row += ["-"] * 4
+                continue
+            top = max((p["max_batch_seen"] for p in c["peers"]), default=0)
+            row += [f"{c['queries_per_s']:.2f}", str(c["p50_s"]), str(c["p99_s"]), str(top)]
+        if {"batched", "off"} <= set(names):
+            a, b = modes["batched"].get(clients), modes["off"].get(clients)
+            row.append(f"{a['queries_per_s'] / b['queries_per_s']:.1f}x" if a and b and b["queries_per_s"] else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def peer_table(result: dict[str, Any]) -> str:
+    lines = ["| mode | clients | peer | model | batches | sizes | tokens/s | steps/s | bw limit | bw_ratio | token_ratio |",
+             "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for m in result["modes"]:
+        for c in m["cells"]:
+            for p in c["peers"]:
+                sizes = " ".join(f"{k}:{v}" for k, v in p["batch_sizes"].items())
+                lines.append(f"| {m['mode']} | {c['clients']} | {p['peer']} | {p['model']} | {p['batches']} | {sizes} | "
+                             f"{p['tokens_per_s']} | {p['steps_per_s']} | {p['bandwidth_limit_tokens_per_s']} | "
+                             f"{p['bw_ratio']} | {p['token_ratio']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--peer":
+        peer_wrapper(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,4,16,32", help="client counts (comma-separated)")
+    parser.add_argument("--seconds", type=float, default=40, help="how long the clients keep asking per cell")
+    parser.add_argument("--drain-s", type=float, default=150, help="most time to wait for queries in flight")
+    parser.add_argument("--modes", default="batched,off", help="batched and/or off")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 and 4 clients, 8 s each")
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/throughput-DATE.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.seconds, args.drain_s = "1,4", 8.0, 120.0
+    clients_list = [int(c) for c in args.clients.split(",")]
+    modes = args.modes.split(",")
+    if set(modes) - set(MODES):
+        parser.error(f"modes are {sorted(MODES)}")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    from multillmn.questions import load_questions
+
+    questions = [q.question for q in load_questions()]
+    load_before = os.getloadavg()
+    bandwidth = memory_bandwidth()
+    say(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (numpy copy); load average {load_before[0]:.2f}")
+    infos = {m: model_info(m) for m in MODELS}
+    for info in infos.values():
+        say(f"{info.name}: {info.weight_bytes_per_step / 1e9:.2f} GB per decode step, one-stream bound "
+            f"{bandwidth / info.weight_bytes_per_step:.1f} tokens/s")
+    results = []
+    missing_all: set[str] = set()
+    t0 = time.monotonic()
+    for mode in modes:
+        overrides, missing = supported_overrides(MODES[mode])
+        missing_all |= set(missing)
+        if missing:
+            say(f"[{mode}] config has no {', '.join(missing)}: left out")
+        results.append(run_mode(mode, overrides, clients_list, args.seconds, args.drain_s, questions, infos,
+                                bandwidth, args.max_new_tokens, say))
+    # answers to the same question in both modes (the consensus answer; identical peers' answers give one)
+    compare: dict[str, Any] = {}
+    if len(results) == 2:
+        a = {q: x for c in results[0]["cells"] for q, x in c["answers"].items()}
+        b = {q: x for c in results[1]["cells"] for q, x in c["answers"].items()}
+        both = sorted(set(a) & set(b))
+        compare = {"questions_in_both": len(both), "differing": [(q, a[q], b[q]) for q in both if a[q] != b[q]]}
+    result = {
+        "command": "bench/throughput.py " + " ".join(argv),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "memory_bandwidth_bytes_per_s": round(bandwidth),
+        "weight_bytes_per_step": {m: i.weight_bytes_per_step for m, i in infos.items()},
+        "seconds_per_cell": args.seconds, "drain_s": args.drain_s, "max_new_tokens": args.max_new_tokens,
+        "missing_config_keys": sorted(missing_all), "git": git_state(), "wall_s": round(time.monotonic() - t0, 1),
+        "answers_batched_vs_off": compare, "modes": results,
+    }
+    out = args.out or ROOT / "bench" / "results" / f"throughput-{datetime.now(timezone.utc):%Y-%m-%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    say("\n" + table(result) + "\n\n" + peer_table(result))
+    if compare:
+        say(f"\nanswers to {compare['questions_in_both']} questions asked in both modes: "
+            f"{len(compare['differing'])} differ")
+    say(f"\nwrote {out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

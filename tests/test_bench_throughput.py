@@ -1,0 +1,73 @@
+"""Smoke test of bench/throughput.py (issue 14): both modes on a real 4-peer testnet, a few seconds each.
+
+Also the pure parts: the peer wrapper's config overrides and the batch grouping of the peers' logs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import throughput  # noqa: E402
+
+
+class _Tok:
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": list(range(len(text.split())))}
+
+
+def test_batches_are_read_from_the_answered_log_records() -> None:
+    records = [
+        {"msg": "answered", "batch": 3, "gen_ms": 900, "text": "a b"},
+        {"msg": "answered", "batch": 3, "gen_ms": 900, "text": "a b c d"},
+        {"msg": "proposal"},
+        {"msg": "answered", "batch": 3, "gen_ms": 900, "text": "a"},
+        {"msg": "answered", "batch": 3, "gen_ms": 900, "text": "a"},  # the same timing again: a new batch
+        {"msg": "answered", "batch": 1, "gen_ms": 300, "text": "a b c d e f"},
+    ]
+    assert throughput.batches_of(records, _Tok(), max_new_tokens=6) == [[3, 5, 2], [2], [6]]
+
+
+def test_overrides_missing_from_the_config_are_reported() -> None:
+    ok, missing = throughput.supported_overrides({"model.max_batch": 1, "consensus.no_such_key": 1})
+    assert ok == {"model.max_batch": 1} and missing == ["consensus.no_such_key"]
+
+
+def test_the_peer_wrapper_rewrites_the_config_then_runs_the_peer(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[model]\nname = \"x\"\nmax_batch = 8\n")
+    script = ("import sys; print(open(sys.argv[sys.argv.index('--config') + 1]).read())")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--peer", "model.max_batch=1",
+                          "consensus.queries_per_height=1", "--", sys.executable, "-c", script, "--config", str(config)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "max_batch = 1" in out and "max_batch = 8" not in out and "queries_per_height" not in out
+
+
+@pytest.mark.e2e
+@pytest.mark.campaign
+def test_quick_run_reports_both_modes(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["memory_bandwidth_bytes_per_s"] > 1e9
+    modes = {m["mode"]: m for m in result["modes"]}
+    assert set(modes) == {"batched", "off"}
+    for mode in modes.values():
+        assert [c["clients"] for c in mode["cells"]] == [1, 4]
+        for cell in mode["cells"]:
+            assert cell["completed"] > 0 and cell["errors"] == 0 and cell["p50_s"] > 0
+            assert {p["model"] for p in cell["peers"]} == {"smollm2", "gemma3"}
+            assert all(p["tokens_per_s"] > 0 and 0 < p["bw_ratio"] < 10 for p in cell["peers"] if p["answers"])
+    # batching off really is one question per model call
+    assert all(settings["model.max_batch"] == "1" for settings in modes["off"]["peer_settings"].values())
+    assert all(p["max_batch_seen"] <= 1 for c in modes["off"]["cells"] for p in c["peers"])
+    assert "| clients |" in proc.stdout
