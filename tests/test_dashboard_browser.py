@@ -49,8 +49,12 @@ def _install_chromium() -> str | None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return (f"{CHROMIUM} or {CHROMEDRIVER} is missing and cannot be installed here "
                 "(needs root and apt-get: apt-get install -y chromium chromium-driver)")
-    done = subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "chromium", "chromium-driver"]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=900, env=env)
+    if done.returncode != 0:  # a fresh machine may not have the package lists yet
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True, timeout=900, env=env)
+        done = subprocess.run(install, capture_output=True, text=True, timeout=900, env=env)
     if done.returncode != 0 or not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         return f"apt-get install chromium chromium-driver failed: {done.stderr.strip()[-500:]}"
     return None
