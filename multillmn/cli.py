@@ -188,9 +188,21 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from multillmn.client import ClientError, ask, check, render
     from multillmn.genesis import GenesisError
 
+    peer, genesis = args.peer, args.genesis
+    if peer is None:  # the local testnet `testnet up` started: one of its peers, certificates pinned to its genesis
+        from testnet.launcher import TestnetError, find_local
+
+        try:
+            local = find_local(args.testnet)
+        except TestnetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        peer, genesis = local.api_url, genesis or local.genesis
+        print(f"asking {local.peer} of the local testnet in {local.dir} ({peer}); the certificate is checked "
+              f"against {genesis}", file=sys.stderr)
     try:
-        trusted = _load_trusted(args.genesis)
-        result = ask(args.peer, args.question, max_tokens=args.max_tokens, timeout_s=args.timeout)
+        trusted = _load_trusted(genesis)
+        result = ask(peer, args.question, max_tokens=args.max_tokens, timeout_s=args.timeout)
     except (ClientError, GenesisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -294,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = commands.add_parser("ask", help="ask the network a question")
     ask.add_argument("question")
-    ask.add_argument("--peer", default="http://127.0.0.1:8080", help="a peer's API URL")
+    ask.add_argument("--peer", metavar="URL", help="a peer's API URL (default: a peer of the local testnet that "
+                                                    "`multillmn testnet up` started, pinned to its genesis)")
+    ask.add_argument("--testnet", type=Path, metavar="DIR",
+                     help="without --peer: the testnet directory to ask (default: ./.testnet, else the one "
+                          "`testnet up` started last)")
     ask.add_argument("--json", action="store_true", help="print the full JSON result")
     ask.add_argument("--genesis", type=_existing_file, help="trusted genesis to check the certificate against")
     ask.add_argument("--max-tokens", type=int_range(1))

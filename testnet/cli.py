@@ -1,4 +1,5 @@
-"""``multillmn testnet up|status|logs|restart|join|leave|down``: argparse wiring for :mod:`testnet.launcher`.
+"""``multillmn testnet up|status|logs|restart|kill|pause|resume|disconnect|reconnect|join|leave|down``: argparse
+wiring for :mod:`testnet.launcher` and :mod:`testnet.perturb`.
 
 Hook into the main CLI with ``add_testnet_commands(subparsers)``; each leaf
 parser sets ``func(args) -> int``. User errors print to stderr and return 2.
@@ -11,9 +12,10 @@ import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from testnet import launcher
+from testnet import launcher, perturb
 from testnet.launcher import PeerStatus, TestnetError
 from multillmn.config import BYZANTINE_BEHAVIOURS
 from testnet.manifest import KNOWN_MODELS, Manifest, ManifestError
@@ -38,7 +40,21 @@ def format_table(rows: list[PeerStatus]) -> str:
     head = ("NAME", "PEER ID", "MODEL", "API URL", "HEIGHT", "PEERS", "WEIGHT", "PHASE")
     body = [(s.name, s.peer_id[:12], s.model, s.api_url, "-" if s.height is None else str(s.height),
              "-" if s.connected_peers is None else str(s.connected_peers),
-             "-" if s.weight_share is None else f"{100 * s.weight_share:.1f}%", s.phase) for s in rows]
+             "-" if s.weight_share is None else f"{100 * s.weight_share:.1f}%", _phase(s)) for s in rows]
+    table = _aligned(head, body)
+    workers = [w for s in rows for w in s.workers]
+    if not workers:
+        return table
+    whead = ("SHARD WORKER", "ADDRESS", "PID", "STATE")
+    wbody = [(w.name, w.address, "-" if w.pid is None else str(w.pid), w.state) for w in workers]
+    return f"{table}\n\n{_aligned(whead, wbody)}"
+
+
+def _phase(s: PeerStatus) -> str:
+    return f"{s.phase}, disconnected" if s.disconnected else s.phase
+
+
+def _aligned(head: tuple[str, ...], body: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (head, *body))
 
@@ -68,8 +84,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; all peers were stopped", file=sys.stderr)
         return 130
+    launcher.remember(args.dir)  # `multillmn ask` without --peer asks this testnet
     print(format_table(launcher.status(args.dir)))
-    print(f"\ntestnet is up; stop it with: multillmn testnet down --dir {args.dir}")
+    print(f"\ntestnet is up; ask it with: multillmn ask \"What is the capital of France?\"\n"
+          f"stop it with: multillmn testnet down --dir {args.dir}")
     return 0
 
 
@@ -103,6 +121,14 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     except TestnetError as exc:
         return _err(str(exc))
     print(f"{record.name} restarted (pid {record.pid}); it replayed its ledger and catches up")
+    return 0
+
+
+def _cmd_perturb(args: argparse.Namespace) -> int:
+    try:
+        print(args.perturb(args.dir, args.peer))
+    except TestnetError as exc:
+        return _err(str(exc))
     return 0
 
 
@@ -199,6 +225,19 @@ def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
     rs.add_argument("--timeout", type=float, default=900, metavar="S",
                     help="seconds to wait for it to be ready (default: 900)")
     rs.set_defaults(func=_cmd_restart)
+
+    for name, fn, text in (
+            ("kill", perturb.kill, "SIGKILL a peer's (or shard worker's) process group: a crash; `restart` brings "
+                                   "a peer back"),
+            ("pause", perturb.pause, "SIGSTOP a peer or shard worker: it keeps its sockets but does nothing"),
+            ("resume", perturb.resume, "SIGCONT a paused peer or shard worker"),
+            ("disconnect", perturb.disconnect, "cut every p2p link of a peer, both ways, until `reconnect`"),
+            ("reconnect", perturb.reconnect, "restore the p2p links of a disconnected peer")):
+        pt = with_dir(sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + "."))
+        pt.add_argument("--peer", metavar="NAME", required=True,
+                        help="the peer" + (", or a shard worker as PEER/DEVICE" if name in ("kill", "pause", "resume")
+                                           else ""))
+        pt.set_defaults(func=_cmd_perturb, perturb=fn)
 
     jn = with_dir(sub.add_parser(
         "join", help="add a peer to the running testnet; it asks a member to join the validator set",

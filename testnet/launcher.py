@@ -39,9 +39,10 @@ from peers.shard.devices import DeviceEntry, render_device_file
 from testnet import netns, processes
 from testnet.manifest import DeviceSpec, Manifest, ManifestError, check_join_model, check_model, is_peer_name
 
-__all__ = ["DEFAULT_PEER_COMMAND", "DEFAULT_WORKER_COMMAND", "JoinResult", "LeaveResult", "PeerRecord", "PeerStatus",
-           "TestnetError", "TestnetState", "WorkerRecord",
-           "down", "is_running", "join", "leave", "load_state", "logs", "restart", "status", "up"]
+__all__ = ["DEFAULT_PEER_COMMAND", "DEFAULT_WORKER_COMMAND", "JoinResult", "LeaveResult", "LocalTestnet", "PeerRecord",
+           "PeerStatus", "TestnetError", "TestnetState", "WorkerRecord", "WorkerStatus",
+           "down", "find_local", "is_running", "join", "leave", "load_state", "logs", "pointer_path", "remember",
+           "restart", "status", "up"]
 
 DEFAULT_PEER_COMMAND: list[str] = [sys.executable, "-m", "multillmn", "peer", "start"]
 """argv prefix of a peer; ``--config <path>`` is appended."""
@@ -132,8 +133,32 @@ class TestnetState:
 
 
 @dataclass(frozen=True)
+class WorkerStatus:
+    """A shard worker as ``status`` reports it: its process, and its peer's view of it (from ``/metrics``)."""
+
+    name: str  # "<peer>/<device>"
+    address: str
+    pid: int | None
+    process: str  # "running", "paused" or "exited"
+    up: bool | None = None  # False: its peer's shard driver marked it failed; None: the peer does not say
+    layers: int | None = None  # layers it runs in the peer's current plan (0: standby)
+
+    @property
+    def state(self) -> str:
+        """One word or two for a table: "serving 30 layers", "standby", "failed", "paused", "exited"."""
+        if self.process != "running":
+            return self.process
+        if self.up is None:
+            return "running"
+        if not self.up:
+            return "failed"
+        return f"serving {self.layers} layers" if self.layers else "standby"
+
+
+@dataclass(frozen=True)
 class PeerStatus:
-    """What ``status`` reports for one peer; ``phase`` is "down" when the API does not answer."""
+    """What ``status`` reports for one peer; ``phase`` is "down" when the API does not answer ("paused" when
+    it was paused with ``testnet pause``)."""
 
     name: str
     peer_id: str
@@ -147,6 +172,8 @@ class PeerStatus:
     connected_peers: int | None
     weight_share: float | None = None  # of the set in force, as the highest reachable peer reports it
     member: bool | None = None  # in the validator set in force at its height (None: it does not answer)
+    disconnected: bool | None = None  # its links are cut (``testnet disconnect``); None: it does not say
+    workers: tuple[WorkerStatus, ...] = ()  # a sharded peer's shard workers
 
 
 def load_state(dir: Path) -> TestnetState:
@@ -225,6 +252,70 @@ def is_running(dir: Path) -> bool:
         return False
 
 
+# --- the local testnet: `multillmn ask` without --peer ------------------------
+
+
+def pointer_path() -> Path:
+    """Where ``testnet up`` records the directory of the testnet it started last:
+    ``$XDG_STATE_HOME/multillmn/testnet`` (default ``~/.local/state/multillmn/testnet``)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "multillmn" / "testnet"
+
+
+def remember(dir: Path) -> None:
+    """Record ``dir`` as the local testnet (for ``multillmn ask`` without ``--peer``); best effort."""
+    path = pointer_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{dir.resolve()}\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True)
+class LocalTestnet:
+    """A running local testnet: its directory, a ready member's API and the genesis to pin certificates to."""
+
+    dir: Path
+    peer: str
+    api_url: str
+    genesis: Path
+
+
+def find_local(dir: Path | None = None) -> LocalTestnet:
+    """The local testnet to ask: ``dir`` if given, else ``./.testnet`` or the one ``testnet up`` started last
+    (:func:`pointer_path`), whichever runs; and its first peer that answers as a ready member.
+    :class:`TestnetError` saying where it looked and what to do."""
+    if dir is not None:
+        candidates = [dir]
+    else:
+        candidates = [Path(".testnet")]
+        try:
+            recorded = pointer_path().read_text().strip()
+        except OSError:
+            recorded = ""
+        if recorded and Path(recorded).resolve() != candidates[0].resolve():
+            candidates.append(Path(recorded))
+    found = [c.resolve() for c in candidates if (c / STATE_FILE).is_file()]
+    if not found:
+        raise TestnetError(f"no --peer given and no local testnet found (looked in "
+                           f"{', '.join(str(c) for c in candidates)}); start one with `multillmn testnet up --peers "
+                           f"4`, or pass --peer URL")
+    for d in found:
+        state = load_state(d)
+        running = [p for p in state.peers if processes.ours(p.pid)]
+        answers = _fetch_all([p.api_url for p in running])
+        for p, s in zip(running, answers):
+            if s is not None and s.get("peer_id") == p.peer_id and s.get("ready") is True \
+                    and s.get("member") is not False:
+                return LocalTestnet(d, p.name, p.api_url, d / "genesis.json")
+    raise TestnetError(f"no peer of the local testnet in {', '.join(map(str, found))} answers as a ready member "
+                       f"(stopped, or still starting: see `multillmn testnet status --dir {found[0]}`); pass --peer "
+                       f"URL to ask another peer")
+
+
 # --- status ----------------------------------------------------------------
 
 
@@ -262,14 +353,51 @@ def status(dir: Path) -> list[PeerStatus]:
     for p, a in zip(state.peers, alive):
         s = next(it) if a else None
         connected = s.get("connected_peers") if s else None
+        transport = s.get("transport") if s else None
+        mine = [w for w in state.workers if w.peer == p.name]
+        views = _shard_views(p.api_url) if mine and s is not None else {}
+        phase = str(s.get("phase", "?")) if s else "paused" if a and processes.paused(p.pid) else "down"
         out.append(PeerStatus(
             name=p.name, peer_id=p.peer_id, model=p.model, api_url=p.api_url, pid=p.pid, alive=a,
-            ready=bool(s and s.get("ready") is True), phase=str(s.get("phase", "?")) if s else "down",
+            ready=bool(s and s.get("ready") is True), phase=phase,
             height=s.get("height") if s else None,
             connected_peers=len(connected) if isinstance(connected, list) else None,
             weight_share=shares.get(p.peer_id), member=s.get("member") if s and isinstance(s.get("member"), bool)
-            else None))
+            else None,
+            disconnected=bool(transport.get("disconnected")) if isinstance(transport, dict) else None,
+            workers=tuple(_worker_status(w, views.get(w.name.partition("/")[2], {})) for w in mine)))
     return out
+
+
+def _worker_status(w: WorkerRecord, view: dict[str, float]) -> WorkerStatus:
+    process = "exited" if not processes.alive(w.pid) else "paused" if processes.paused(w.pid) else "running"
+    up = view.get("multillmn_shard_worker_up")
+    layers = view.get("multillmn_shard_worker_layers")
+    return WorkerStatus(name=w.name, address=w.address, pid=w.pid if process != "exited" else None, process=process,
+                        up=None if up is None else up == 1, layers=None if layers is None else int(layers))
+
+
+def _shard_views(api_url: str, timeout_s: float = 2.0) -> dict[str, dict[str, float]]:
+    """A sharded peer's view of its workers, from its ``/metrics``: device -> sample name -> value
+    (empty if it does not answer, or with anything the Prometheus parser refuses)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from multillmn.client import ClientError, read_bounded
+
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False) as client, \
+                client.stream("GET", f"{api_url}/metrics") as resp:
+            if resp.status_code != 200:
+                return {}
+            text = read_bounded(resp, 1 << 20).decode("utf-8", "replace")
+        views: dict[str, dict[str, float]] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name in ("multillmn_shard_worker_up", "multillmn_shard_worker_layers"):
+                for sample in family.samples:
+                    views.setdefault(sample.labels.get("worker", ""), {})[sample.name] = float(sample.value)
+        return views
+    except (httpx.HTTPError, ClientError, ValueError, TypeError):
+        return {}
 
 
 def _height(status: dict[str, Any] | None) -> int:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Process", "alive", "collect", "group_alive", "ours", "reap", "signal_group", "spawn", "stop", "tail"]
+__all__ = ["Process", "alive", "collect", "group_alive", "ours", "paused", "reap", "signal_group", "spawn", "stop",
+           "tail"]
 
 
 class Process(Protocol):
@@ -67,6 +68,16 @@ def alive(pid: int | None) -> bool:
         return stat.rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def paused(pid: int | None) -> bool:
+    """True if ``pid`` is stopped by a signal (SIGSTOP: ``testnet pause``), as ``/proc`` shows it."""
+    if pid is None:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
 
 
 def ours(pid: int | None) -> bool:
@@ -137,6 +148,7 @@ def stop(records: Sequence[Process], timeout_s: float) -> list[str]:
         elif not ours(r.pid) and not group_alive(r.pid):
             done.append(f"{r.name}: already exited (pid {r.pid})")
         elif signal_group(r.pid, signal.SIGTERM):
+            signal_group(r.pid, signal.SIGCONT)  # a paused process acts on SIGTERM only once it runs again
             waiting[r.name] = r
         else:
             done.append(f"{r.name}: already exited (pid {r.pid})")

@@ -54,6 +54,12 @@ def kill_leftovers() -> Iterator[None]:
             pass
 
 
+@pytest.fixture(autouse=True)
+def own_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`testnet up` records the testnet it started under $XDG_STATE_HOME: a test's own, never the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
