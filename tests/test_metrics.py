@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -166,3 +167,32 @@ async def test_two_nodes_in_one_process_keep_separate_registries() -> None:
                      for n in nodes]
     assert _value(first, "multillmn_generation_latency_seconds_count") == 1
     assert _value(second, "multillmn_generation_latency_seconds_count") == 0
+
+
+@pytest.mark.models  # two real SmolLM2 shard workers
+def test_a_real_sharded_engine_exports_its_workers(tmp_path: Path) -> None:
+    from peers.llm import resolve_model
+    from peers.llm.cache import default_cache_dir, load_or_convert
+    from peers.shard.engine import ShardedEngine
+    from tests.shardworkers import shard_workers
+
+    net = make_net([1], seed=91)
+    key = net.keys[0]
+    with shard_workers(load_or_convert(resolve_model("smollm2"), default_cache_dir()), tmp_path, key.peer_id,
+                       seed=0x70) as workers:
+        # SmolLM2 needs about 603 MiB: neither device holds it alone, so both serve layers
+        devices = [DeviceEntry(name, memory_mb=400, link_ms=0.5, threads=1, address=f"{w.host}:{w.port}",
+                               peer_id=w.peer_id) for name, w in workers.items()]
+        (tmp_path / "devices.toml").write_text(render_device_file(devices))
+        with ShardedEngine.load("smollm2", default_cache_dir(), tmp_path / "devices.toml", key,
+                                request_timeout_s=20, startup_timeout_s=60) as engine:  # warms up: a few steps
+            cfg = replace(PeerConfig.for_tests(), shard_devices_file=str(tmp_path / "devices.toml"))
+            node = Node(cfg, key, net.genesis, engine, Transport(key, ("127.0.0.1", 0), {}))
+            m = trio.run(_scrape, PeerHandle(key.peer_id, "edge", "smollm2", phase="ready", node=node))
+    assert {w: _value(m, "multillmn_shard_worker_up", worker=w) for w in "ab"} == {"a": 1, "b": 1}
+    layers = [_value(m, "multillmn_shard_worker_layers", worker=w) for w in "ab"]
+    assert all(n > 0 for n in layers) and sum(layers) == 30  # SmolLM2-135M: 30 layers, split over both
+    for w in "ab":
+        p50 = _value(m, "multillmn_shard_worker_token_compute_seconds", worker=w, quantile="0.5")
+        assert 0 < p50 <= _value(m, "multillmn_shard_worker_token_compute_seconds", worker=w, quantile="0.9") < 30
+    assert _value(m, "multillmn_shard_replans_total") == 0
