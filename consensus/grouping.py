@@ -40,6 +40,7 @@ from consensus.messages import (
     Envelope,
     EvidencePair,
     MessageError,
+    Outcome,
     Query,
     Signed,
     Value,
@@ -63,7 +64,9 @@ __all__ = [
     "eligibility",
     "check_claimed_sims",
     "validate_value",
+    "validate_outcome",
     "build_value",
+    "build_outcome",
 ]
 
 
@@ -171,7 +174,7 @@ def validate_value(
     value: Value,
     *,
     validators: ValidatorSet,
-    local_sims: Sequence[int] | None,
+    local_sims: Sequence[Sequence[int]] | None,
     threshold: int,
     tolerance: int,
     min_answer_weight_quorum: bool = True,
@@ -180,7 +183,37 @@ def validate_value(
 ) -> str | None:
     """``None`` if ``value`` is valid, else a human-readable reason.
 
-    With ``chain_id``, the value must be for that chain.
+    With ``chain_id``, the value must be for that chain. Its queries must be
+    distinct and each :class:`Outcome` valid (:func:`validate_outcome`);
+    ``local_sims``, if given, holds this peer's own similarities per outcome.
+    """
+    if chain_id is not None and value.chain_id != chain_id:
+        return f"the value is for chain {value.chain_id!r}, not {chain_id!r}"
+    outcomes = value.outcomes()
+    if len({o.query_id() for o in outcomes}) != len(outcomes):
+        return "the value decides one query twice"
+    if local_sims is not None and len(local_sims) != len(outcomes):
+        return f"{len(outcomes)} outcomes need {len(outcomes)} similarity lists, got {len(local_sims)}"
+    for k, outcome in enumerate(outcomes):
+        reason = validate_outcome(
+            outcome, validators=validators, local_sims=None if local_sims is None else local_sims[k],
+            threshold=threshold, tolerance=tolerance, min_answer_weight_quorum=min_answer_weight_quorum, cache=cache)
+        if reason is not None:
+            return reason if k == 0 else f"query {k}: {reason}"
+    return None
+
+
+def validate_outcome(
+    outcome: Outcome,
+    *,
+    validators: ValidatorSet,
+    local_sims: Sequence[int] | None,
+    threshold: int,
+    tolerance: int,
+    min_answer_weight_quorum: bool = True,
+    cache: VerifiedCache | None = None,
+) -> str | None:
+    """``None`` if one query's outcome is valid, else a human-readable reason.
 
     Checks: the query is signed by a validator; each answer opens, is for this
     query and comes from a distinct validator, in ascending peer-id order; the
@@ -189,16 +222,14 @@ def validate_value(
     ``local_sims`` (if given); and ``winners``/``answer`` are exactly what
     :func:`choose` yields on the claimed similarities.
     """
-    if chain_id is not None and value.chain_id != chain_id:
-        return f"the value is for chain {value.chain_id!r}, not {chain_id!r}"
     try:
-        question = open_envelope(Query, value.query, validators.public_key_of, cache).message.question
+        question = open_envelope(Query, outcome.query, validators.public_key_of, cache).message.question
     except MessageError as exc:
         return f"query: {exc}"
-    qid = query_id_of(value.query)
+    qid = query_id_of(outcome.query)
     answers: list[Answer] = []
     seen: set[PeerId] = set()
-    for k, env in enumerate(value.answers):
+    for k, env in enumerate(outcome.answers):
         try:
             answer = open_envelope(Answer, env, validators.public_key_of, cache).message
         except MessageError as exc:
@@ -218,41 +249,25 @@ def validate_value(
             "more than two thirds is required"
         )
     n = len(answers)
-    if len(value.sims) != pair_count(n):
-        return f"{n} answers need {pair_count(n)} similarities, got {len(value.sims)}"
+    if len(outcome.sims) != pair_count(n):
+        return f"{n} answers need {pair_count(n)} similarities, got {len(outcome.sims)}"
     if local_sims is not None:
-        reason = check_claimed_sims(value.sims, local_sims, tolerance)
+        reason = check_claimed_sims(outcome.sims, local_sims, tolerance)
         if reason is not None:
             return reason
-    group = choose(weights, value.sims, threshold, eligibility(question, [a.text for a in answers]))
+    group = choose(weights, outcome.sims, threshold, eligibility(question, [a.text for a in answers]))
     winners = tuple(answers[k].peer for k in group.members)
-    if value.winners != winners:
-        return f"winners {list(value.winners)} differ from the computed {list(winners)}"
-    if value.answer != answers[group.representative].text:
+    if outcome.winners != winners:
+        return f"winners {list(outcome.winners)} differ from the computed {list(winners)}"
+    if outcome.answer != answers[group.representative].text:
         return "answer text is not the winning group's representative answer"
     return None
 
 
-def build_value(
-    query: Envelope,
-    answers: Sequence[Signed[Answer]],
-    sims: Sequence[int],
-    weights: Sequence[int],
-    threshold: int,
-    *,
-    validators_hash: bytes = b"",
-    next_validators_hash: bytes = b"",
-    chain_id: str = "",
-    scores: Sequence[Envelope] = (),
-    evidence: Sequence[EvidencePair] = (),
-    joins: Sequence[Envelope] = (),
-    leaves: Sequence[Envelope] = (),
-    last_commit: Sequence[Envelope] = (),
-) -> Value:
-    """The proposer's value: answers sorted by peer id, the claimed sims and the choice.
-
-    ``validators_hash``, ``next_validators_hash``, ``scores``, ``evidence``, the membership requests
-    and ``last_commit`` are carried as given (see :class:`consensus.chain.Chain`).
+def build_outcome(
+    query: Envelope, answers: Sequence[Signed[Answer]], sims: Sequence[int], weights: Sequence[int], threshold: int,
+) -> Outcome:
+    """One query's outcome: answers sorted by peer id, the claimed sims and the choice.
 
     ``sims`` (upper triangle) and ``weights`` refer to ``answers`` in the order
     given; they are permuted to the sorted order. Raises ``ValueError`` on a
@@ -275,13 +290,45 @@ def build_value(
     question = str(canonical.unpack(query.body)["question"])  # our own query envelope: no need to verify
     group = choose(new_weights, new_sims, threshold,
                    eligibility(question, [a.message.text for a in sorted_answers]))
-    return Value(
-        chain_id=chain_id,
+    return Outcome(
         query=query,
         answers=tuple(a.envelope for a in sorted_answers),
         sims=tuple(new_sims),
         winners=tuple(sorted_answers[k].signer for k in group.members),
         answer=sorted_answers[group.representative].message.text,
+    )
+
+
+def build_value(
+    query: Envelope,
+    answers: Sequence[Signed[Answer]],
+    sims: Sequence[int],
+    weights: Sequence[int],
+    threshold: int,
+    *,
+    validators_hash: bytes = b"",
+    next_validators_hash: bytes = b"",
+    chain_id: str = "",
+    scores: Sequence[Envelope] = (),
+    evidence: Sequence[EvidencePair] = (),
+    joins: Sequence[Envelope] = (),
+    leaves: Sequence[Envelope] = (),
+    last_commit: Sequence[Envelope] = (),
+    more: Sequence[Outcome] = (),
+) -> Value:
+    """The proposer's value: the first query's outcome (:func:`build_outcome`), then ``more`` outcomes.
+
+    ``validators_hash``, ``next_validators_hash``, ``scores``, ``evidence``, the membership requests
+    and ``last_commit`` are carried as given (see :class:`consensus.chain.Chain`).
+    """
+    first = build_outcome(query, answers, sims, weights, threshold)
+    return Value(
+        chain_id=chain_id,
+        query=first.query,
+        answers=first.answers,
+        sims=first.sims,
+        winners=first.winners,
+        answer=first.answer,
         validators_hash=validators_hash,
         next_validators_hash=next_validators_hash,
         scores=tuple(scores),
@@ -289,4 +336,5 @@ def build_value(
         joins=tuple(joins),
         leaves=tuple(leaves),
         last_commit=tuple(last_commit),
+        more=tuple(more),
     )

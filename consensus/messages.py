@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from consensus import merkle
 from multillmn import canonical
 from multillmn.identity import KeyPair, PeerId, peer_id_of, verify_signature
 
@@ -24,6 +25,7 @@ __all__ = [
     "Query",
     "Answer",
     "Value",
+    "Outcome",
     "ValueHeader",
     "EvidencePair",
     "Proposal",
@@ -40,6 +42,9 @@ __all__ = [
     "MAX_ANSWER_CHARS",
     "query_id_of",
     "decode_value",
+    "decode_outcome",
+    "payload_hash",
+    "MAX_QUERIES_PER_VALUE",
 ]
 
 MAX_QUESTION_CHARS = 2000
@@ -128,9 +133,41 @@ class EvidencePair(BaseModel):
 MAX_SCORE_VECTORS = 4 * MAX_PEERS
 MAX_EVIDENCE = 64
 MAX_MEMBERSHIP = 16
+MAX_QUERIES_PER_VALUE = 16
+"""Queries one value (one height) decides at most."""
 
 
 ChainId = Annotated[str, Field(max_length=64)]
+
+
+class Outcome(BaseModel):
+    """One query's part of a value: the signed query, the answers that justify the choice, and the choice.
+
+    ``sims`` is the proposer's quantised similarity matrix (upper triangle, row
+    major, per-mille) between the answers in order; ``winners`` are the peers
+    whose answers form the chosen group and ``answer`` is its representative.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    query: Envelope
+    answers: Annotated[tuple[Envelope, ...], Field(min_length=1, max_length=MAX_PEERS)]
+    sims: tuple[Annotated[int, Field(ge=-1000, le=1000)], ...]
+    winners: Annotated[tuple[PeerIdField, ...], Field(min_length=1, max_length=MAX_PEERS)]
+    answer: Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]
+
+    def body(self) -> dict[str, Any]:
+        return {"query": self.query.model_dump(), "answers": [a.model_dump() for a in self.answers],
+                "sims": list(self.sims), "winners": list(self.winners), "answer": self.answer}
+
+    def canonical(self) -> bytes:
+        """The bytes a value's Merkle tree hashes as this outcome's leaf."""
+        return canonical.pack(self.body())
+
+    def query_id(self) -> bytes:
+        return query_id_of(self.query)
+
+
+_OUTCOME_FIELDS = ("query", "answers", "sims", "winners", "answer")
 
 
 class Value(Message):
@@ -151,9 +188,17 @@ class Value(Message):
     set too, and a client that trusts one height's set can follow the chain
     of sets (:mod:`multillmn.lightclient`).
 
+    A height can decide several queries (ADR 0020): the first one's
+    :class:`Outcome` sits in the top-level fields (so a one-query value is
+    the value of old), the others in ``more``, in the order the proposer took
+    them from its pool. :meth:`outcomes` gives all of them.
+
     The value id is the hash of a small *header*: the two set hashes and the
-    hash of everything else (:meth:`header`), so a light client checks the
-    set commitments of a height without the answers.
+    *payload hash* (:meth:`header`), so a light client checks the set
+    commitments of a height without the answers. The payload hash commits to
+    the outcomes through a Merkle root (:mod:`consensus.merkle`) and to the
+    rest of the value through its hash, so a client checks its own query's
+    outcome with a proof of ``log2(n)`` hashes, without the others' answers.
     """
 
     KIND: ClassVar[str] = "value"
@@ -170,6 +215,7 @@ class Value(Message):
     joins: Annotated[tuple[Envelope, ...], Field(max_length=MAX_MEMBERSHIP)] = ()
     leaves: Annotated[tuple[Envelope, ...], Field(max_length=MAX_MEMBERSHIP)] = ()
     last_commit: Annotated[tuple[Envelope, ...], Field(max_length=MAX_PEERS)] = ()
+    more: Annotated[tuple[Outcome, ...], Field(max_length=MAX_QUERIES_PER_VALUE - 1)] = ()
 
     def body(self) -> dict[str, Any]:
         return {
@@ -186,13 +232,25 @@ class Value(Message):
             "joins": [j.model_dump() for j in self.joins],
             "leaves": [x.model_dump() for x in self.leaves],
             "last_commit": [c.model_dump() for c in self.last_commit],
+            "more": [o.body() for o in self.more],
         }
 
-    def payload_hash(self) -> bytes:
-        """SHA-256 of the canonical body without the two set hashes."""
+    def outcomes(self) -> tuple[Outcome, ...]:
+        """Every query this value decides, the first one first."""
+        first = Outcome(query=self.query, answers=self.answers, sims=self.sims, winners=self.winners,
+                        answer=self.answer)
+        return (first, *self.more)
+
+    def rest_hash(self) -> bytes:
+        """SHA-256 of the canonical body without the outcomes and the two set hashes."""
         body = self.body()
-        del body["validators_hash"], body["next_validators_hash"]
+        for key in (*_OUTCOME_FIELDS, "more", "validators_hash", "next_validators_hash"):
+            del body[key]
         return canonical.digest(body)
+
+    def payload_hash(self) -> bytes:
+        """What the header commits to besides the set hashes: the outcomes' Merkle root and the rest's hash."""
+        return payload_hash(merkle.root([o.canonical() for o in self.outcomes()]), self.rest_hash())
 
     def header(self) -> ValueHeader:
         """What the value id commits to: the set hashes and the payload hash."""
@@ -203,7 +261,16 @@ class Value(Message):
         return self.header().value_id()
 
     def query_id(self) -> bytes:
+        """The first outcome's query (the one score vectors of this height name)."""
         return query_id_of(self.query)
+
+    def query_ids(self) -> tuple[bytes, ...]:
+        return tuple(o.query_id() for o in self.outcomes())
+
+
+def payload_hash(outcomes_root: bytes, rest_hash: bytes) -> bytes:
+    """A value's payload hash from its outcomes' Merkle root and the hash of the rest (see :class:`Value`)."""
+    return canonical.digest({"outcomes_root": outcomes_root, "rest": rest_hash})
 
 
 class ValueHeader(BaseModel):
@@ -332,12 +399,11 @@ def decode_value(raw: Any) -> Value:
     """Validate a decoded (tuple-form) value map into a :class:`Value`."""
     if not isinstance(raw, dict):
         raise MessageError("value is not a map")
-    raw = dict(raw)
+    raw = _with_envelopes(raw)
     try:
-        raw["query"] = Envelope.model_validate(raw.get("query"))
-        answers = raw.get("answers")
-        if isinstance(answers, tuple):
-            raw["answers"] = tuple(Envelope.model_validate(a) for a in answers)
+        more = raw.get("more", ())
+        if isinstance(more, tuple):
+            raw["more"] = tuple(decode_outcome(o) for o in more)
         scores = raw.get("scores")
         if isinstance(scores, tuple):
             raw["scores"] = tuple(Envelope.model_validate(e) for e in scores)
@@ -347,6 +413,31 @@ def decode_value(raw: Any) -> Value:
         return Value.model_validate(raw)
     except ValidationError as exc:
         raise MessageError(f"invalid value: {_first_error(exc)}") from exc
+
+
+def decode_outcome(raw: Any) -> Outcome:
+    """Validate a decoded (tuple-form) outcome map into an :class:`Outcome`."""
+    out = _with_envelopes(raw)
+    try:
+        return Outcome.model_validate(out)
+    except ValidationError as exc:
+        raise MessageError(f"invalid outcome: {_first_error(exc)}") from exc
+
+
+def _with_envelopes(raw: Any) -> dict[str, Any]:
+    """A value or outcome map with its query and answers as envelopes (pydantic's strict mode takes no maps
+    for models); a :class:`MessageError` when they are not well-formed."""
+    if not isinstance(raw, dict):
+        raise MessageError("an outcome is not a map")
+    out: dict[str, Any] = dict(raw)
+    try:
+        out["query"] = Envelope.model_validate(out.get("query"))
+        answers = out.get("answers")
+        if isinstance(answers, tuple):
+            out["answers"] = tuple(Envelope.model_validate(a) for a in answers)
+    except ValidationError as exc:
+        raise MessageError(f"invalid value: {_first_error(exc)}") from exc
+    return out
 
 
 def _evidence_pair(raw: Any) -> EvidencePair:

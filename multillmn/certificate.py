@@ -1,16 +1,28 @@
 """Commit certificates: everything a client needs to check a decision offline, from the genesis alone.
 
-A certificate is JSON (version 3)::
+A *commit certificate* is JSON (version 3) and carries the whole decided value::
 
     {"version": 3, "chain_id", "height", "round",
      "value": base64 canonical msgpack, "value_id": hex,
      "precommits": [{"body", "sig"}], "validators": [the set in force at height],
-     "genesis": {...}, "summary": {question, answer, winners, answers},
+     "genesis": {...}, "summary": {question, answer, winners, answers} (of the value's first query),
      "trust_path": [light blocks from the genesis (or a later trusted height) to height - 1]}
 
-Its authoritative parts are the decided value, the signed precommits and
-the validator set; ``summary`` repeats the question and answers in plain
-text and is checked against the signed data. ``trust_path`` holds the
+A height may decide several queries (ADR 0020). A client gets the *query
+certificate* of its own query (version 4, :func:`query_certificate`): the
+value's header instead of the value, that query's outcome, and the Merkle
+proof that the header's payload hash commits to it, so it needs none of the
+other queries' answers::
+
+    {"version": 4, "chain_id", "height", "round",
+     "header": {validators_hash, next_validators_hash, payload_hash},
+     "outcome": base64 canonical msgpack, "proof": {index, count, path: [hex], rest_hash: hex},
+     "precommits", "validators", "genesis", "summary", "trust_path"}
+
+Their authoritative parts are the decided value (or header, outcome and
+proof), the signed precommits and the validator set; ``summary`` repeats
+the question and answers in plain text and is checked against the signed
+data. ``trust_path`` holds the
 intermediate decided heights (value header, precommits, set) a client
 needs to trust the height's set (:mod:`consensus.lightclient`): usually
 none, since more than 1/3 of the genesis weight signs most heights.
@@ -20,8 +32,8 @@ genesis (or a later :class:`~consensus.lightclient.TrustedState`): every
 block of the trust path and then the certificate's own height by the
 light-client rule (adjacent set hash, or more than 1/3 of the trusted
 set's weight signing); the precommits carry more than 2/3 of the height's
-set; the value decodes and every answer and the query are signed by
-members of that set; the answers carry more than 2/3 of its weight and the
+set; the value decodes (or the outcome proves under the header) and every
+answer and the query are signed by members of that set; the answers carry more than 2/3 of its weight and the
 chosen group and answer follow from the claimed similarities by the
 grouping rule; the summary matches. Without a trusted genesis, the one in
 the certificate is used, which proves only self-consistency.
@@ -41,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from consensus import grouping
+from consensus import grouping, merkle
 from consensus.lightclient import (
     LightBlock,
     LightClientError,
@@ -53,15 +65,19 @@ from consensus.lightclient import (
 from consensus.messages import (
     Answer,
     Envelope,
+    MAX_QUERIES_PER_VALUE,
     MessageError,
+    Outcome,
     Query,
     Signed,
     Value,
     ValueHeader,
     VerifiedCache,
     Vote,
+    decode_outcome,
     decode_value,
     open_envelope,
+    payload_hash,
 )
 from consensus.validators import ValidatorSet
 from multillmn import canonical, jsonsafe
@@ -71,13 +87,17 @@ if TYPE_CHECKING:
     from consensus.chain import Chain
 
 __all__ = [
-    "Certificate", "CertificateError", "build_certificate", "certificate_precommits", "light_block_of", "trusted_state_from_json",
+    "Certificate", "CertificateError", "build_certificate", "certificate_precommits", "light_block_of",
+    "query_certificate", "trusted_state_from_json",
     "trusted_state_json", "verify", "verify_commit", "verify_file", "with_trust_path",
 ]
 
 VERSION = 3
+QUERY_VERSION = 4
 _KEYS = {"version", "chain_id", "height", "round", "value", "value_id", "precommits", "genesis", "validators",
          "summary", "trust_path"}
+_QUERY_KEYS = {"version", "chain_id", "height", "round", "header", "outcome", "proof", "precommits", "genesis",
+               "validators", "summary", "trust_path"}
 _MAX_HEIGHT = 2**62
 
 
@@ -101,6 +121,7 @@ class Certificate:
     answers: tuple[Answer, ...]
     trusted: TrustedState
     path_length: int = 0
+    queries: int = 1  # queries decided at this height (one query certificate proves only its own)
 
 
 # --- JSON pieces ----------------------------------------------------------------
@@ -207,8 +228,7 @@ def build_certificate(
     ``validators`` is the set in force at ``height`` (default: the genesis set).
     """
     vs = validators if validators is not None else genesis.validators
-    answers = [open_envelope(Answer, env, vs.public_key_of, cache).message for env in value.answers]
-    query = open_envelope(Query, value.query, vs.public_key_of, cache).message
+    first = value.outcomes()[0]
     return {
         "version": VERSION,
         "chain_id": genesis.chain_id,
@@ -219,8 +239,36 @@ def build_certificate(
         "precommits": [_envelope_json(p.envelope) for p in precommits],
         "genesis": genesis.to_json(),
         "validators": _validators_json(vs),
-        "summary": _summary(query, value, answers),
+        "summary": _summary(first, vs, cache),
         "trust_path": [],
+    }
+
+
+def query_certificate(cert: dict[str, Any], query_id: bytes) -> dict[str, Any]:
+    """The query certificate (version 4) of one query a commit certificate decided: the header, the query's
+    outcome and its Merkle proof, with the commit's precommits, sets and trust path."""
+    value = _decode_value(_unb64(cert.get("value"), "value"))
+    outcomes = value.outcomes()
+    ids = [o.query_id() for o in outcomes]
+    if query_id not in ids:
+        raise CertificateError("the certificate does not decide that query")
+    index = ids.index(query_id)
+    leaves = [o.canonical() for o in outcomes]
+    vs = _validators_from_json(cert.get("validators"), str(cert.get("chain_id")), "validators")
+    return {
+        "version": QUERY_VERSION,
+        "chain_id": cert["chain_id"],
+        "height": cert["height"],
+        "round": cert["round"],
+        "header": _header_json(value.header()),
+        "outcome": _b64(leaves[index]),
+        "proof": {"index": index, "count": len(leaves), "path": [h.hex() for h in merkle.proof(leaves, index)],
+                  "rest_hash": value.rest_hash().hex()},
+        "precommits": cert["precommits"],
+        "genesis": cert["genesis"],
+        "validators": cert["validators"],
+        "summary": _summary(outcomes[index], vs),
+        "trust_path": cert.get("trust_path", []),
     }
 
 
@@ -254,11 +302,14 @@ def certificate_precommits(cert: Any, public_key_of: Callable[[str], bytes | Non
     return out
 
 
-def _summary(query: Query, value: Value, answers: list[Answer]) -> dict[str, Any]:
+def _summary(outcome: Outcome, vs: ValidatorSet, cache: VerifiedCache | None = None) -> dict[str, Any]:
+    """One query's question, answers and choice in plain text (raises :class:`MessageError` if they do not open)."""
+    query = open_envelope(Query, outcome.query, vs.public_key_of, cache).message
+    answers = [open_envelope(Answer, env, vs.public_key_of, cache).message for env in outcome.answers]
     return {
         "question": query.question,
-        "answer": value.answer,
-        "winners": list(value.winners),
+        "answer": outcome.answer,
+        "winners": list(outcome.winners),
         "answers": [{"peer_id": a.peer, "model": a.model, "text": a.text} for a in answers],
     }
 
@@ -271,7 +322,9 @@ class _Parsed:
     genesis: Genesis
     height: int
     round: int
-    value: Value
+    value: Value | None  # a commit certificate's value; None for a query certificate
+    outcome: Outcome  # the query the certificate is read for (a commit certificate's first)
+    queries: int
     block: LightBlock
     path: list[LightBlock]
 
@@ -279,11 +332,14 @@ class _Parsed:
 def _parse(cert: Any, trusted: Genesis | None) -> _Parsed:
     if not isinstance(cert, dict):
         raise CertificateError("a certificate is a JSON object")
-    if set(cert) != _KEYS:
-        missing, extra = _KEYS - set(cert), set(cert) - _KEYS
+    version = cert.get("version")
+    if version not in (VERSION, QUERY_VERSION) or isinstance(version, bool):
+        raise CertificateError(f"unsupported certificate version {version!r} (this client reads {VERSION} and "
+                               f"{QUERY_VERSION})")
+    keys = _QUERY_KEYS if version == QUERY_VERSION else _KEYS
+    if set(cert) != keys:
+        missing, extra = keys - set(cert), set(cert) - keys
         raise CertificateError(f"unexpected fields: missing {sorted(missing)}, unknown {sorted(extra)}")
-    if cert["version"] != VERSION:
-        raise CertificateError(f"unsupported certificate version {cert['version']!r} (this client reads {VERSION})")
     try:
         genesis = Genesis.from_json(cert["genesis"])
     except GenesisError as exc:
@@ -293,10 +349,16 @@ def _parse(cert: Any, trusted: Genesis | None) -> _Parsed:
     if genesis.chain_id != cert["chain_id"]:
         raise CertificateError("chain_id does not match the genesis")
     height, round_ = _int(cert["height"], "height", 1), _int(cert["round"], "round", 0)
-    value = _decode_value(_unb64(cert["value"], "value"))
-    if cert["value_id"] != value.value_id().hex():
-        raise CertificateError("value_id does not match the value")
-    block = LightBlock(height, round_, value.header(), _precommits_from_json(cert["precommits"], "precommits"),
+    value: Value | None = None
+    if version == VERSION:
+        value = _decode_value(_unb64(cert["value"], "value"))
+        if cert["value_id"] != value.value_id().hex():
+            raise CertificateError("value_id does not match the value")
+        header, outcome, queries = value.header(), value.outcomes()[0], len(value.outcomes())
+    else:
+        header = _header_from_json(cert["header"], "header")
+        outcome, queries = _proven_outcome(cert["outcome"], cert["proof"], header)
+    block = LightBlock(height, round_, header, _precommits_from_json(cert["precommits"], "precommits"),
                        _validators_from_json(cert["validators"], genesis.chain_id, "validators"))
     raw_path = cert["trust_path"]
     if not isinstance(raw_path, list) or len(raw_path) > 64:
@@ -304,7 +366,37 @@ def _parse(cert: Any, trusted: Genesis | None) -> _Parsed:
     path = [_light_block_from_json(b, genesis.chain_id, f"trust_path[{i}]") for i, b in enumerate(raw_path)]
     if any(b.height >= height for b in path) or any(a.height >= b.height for a, b in zip(path, path[1:])):
         raise CertificateError("trust_path must hold ascending heights below the certificate's")
-    return _Parsed(genesis, height, round_, value, block, path)
+    return _Parsed(genesis, height, round_, value, outcome, queries, block, path)
+
+
+def _proven_outcome(raw_outcome: Any, raw_proof: Any, header: ValueHeader) -> tuple[Outcome, int]:
+    """A query certificate's outcome, once its Merkle proof shows the header commits to it; and the count."""
+    data = _unb64(raw_outcome, "outcome")
+    try:
+        outcome = decode_outcome(canonical.unpack(data))
+    except (canonical.CanonicalError, MessageError) as exc:
+        raise CertificateError(f"outcome: {exc}") from None
+    if outcome.canonical() != data:
+        raise CertificateError("outcome is not in canonical form")
+    if not isinstance(raw_proof, dict) or set(raw_proof) != {"index", "count", "path", "rest_hash"}:
+        raise CertificateError("proof must hold index, count, path and rest_hash")
+    count = raw_proof["count"]
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_QUERIES_PER_VALUE:
+        raise CertificateError(f"proof.count must be an integer from 1 to {MAX_QUERIES_PER_VALUE}")
+    index = raw_proof["index"]
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+        raise CertificateError("proof.index must be an integer below proof.count")
+    path = raw_proof["path"]
+    if not isinstance(path, list) or len(path) > 16:
+        raise CertificateError("proof.path must be a list of at most 16 hashes")
+    hashes = [_unhex(h, f"proof.path[{i}]", 32) for i, h in enumerate(path)]
+    try:
+        root = merkle.root_from_proof(data, index, count, hashes)
+    except merkle.MerkleError as exc:
+        raise CertificateError(f"proof: {exc}") from None
+    if payload_hash(root, _unhex(raw_proof["rest_hash"], "proof.rest_hash", 32)) != header.payload_hash:
+        raise CertificateError("the outcome's Merkle proof does not lead to the header's payload hash")
+    return outcome, count
 
 
 def verify(cert: Any, trusted: Genesis | None = None, *, state: TrustedState | None = None) -> Certificate:
@@ -325,21 +417,26 @@ def verify(cert: Any, trusted: Genesis | None = None, *, state: TrustedState | N
     except LightClientError as exc:
         raise CertificateError(str(exc)) from None
     vs = p.block.validators
-    reason = grouping.validate_value(
-        p.value, validators=vs, local_sims=None, threshold=p.genesis.params.similarity_threshold,
-        tolerance=p.genesis.params.similarity_tolerance, cache=verified, chain_id=p.genesis.chain_id)
+    threshold, tolerance = p.genesis.params.similarity_threshold, p.genesis.params.similarity_tolerance
+    if p.value is not None:
+        reason = grouping.validate_value(p.value, validators=vs, local_sims=None, threshold=threshold,
+                                         tolerance=tolerance, cache=verified, chain_id=p.genesis.chain_id)
+    else:
+        reason = grouping.validate_outcome(p.outcome, validators=vs, local_sims=None, threshold=threshold,
+                                           tolerance=tolerance, cache=verified)
     if reason is not None:
         raise CertificateError(f"invalid value: {reason}")
-    answers = tuple(open_envelope(Answer, env, vs.public_key_of, verified).message for env in p.value.answers)
-    query = open_envelope(Query, p.value.query, vs.public_key_of, verified).message
-    if cert["summary"] != _summary(query, p.value, list(answers)):
+    o = p.outcome
+    answers = tuple(open_envelope(Answer, env, vs.public_key_of, verified).message for env in o.answers)
+    query = open_envelope(Query, o.query, vs.public_key_of, verified).message
+    if cert["summary"] != _summary(o, vs, verified):
         raise CertificateError("the summary does not match the signed value")
     voters = {v.signer for v in commit_signers(p.block, p.genesis.chain_id, verified)}
     return Certificate(
         chain_id=p.genesis.chain_id, height=p.height, round=p.round, question=query.question,
-        answer=p.value.answer, winners=p.value.winners, agreed_weight=vs.weight_of_set(p.value.winners),
+        answer=o.answer, winners=o.winners, agreed_weight=vs.weight_of_set(o.winners),
         precommit_weight=vs.weight_of_set(voters), total_weight=vs.total, answers=answers, trusted=after,
-        path_length=len(p.path),
+        path_length=len(p.path), queries=p.queries,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from consensus.messages import MAX_QUERIES_PER_VALUE
 from multillmn.identity import is_peer_id
 
 __all__ = ["ConfigError", "PeerConfig", "PeerAddress", "parse_hostport", "render_toml", "BYZANTINE_BEHAVIOURS",
@@ -97,6 +98,7 @@ class PeerConfig:
     answer_wait_ms: int = 120000
     answer_grace_ms: int = 1500
     judge_band: int = 100
+    queries_per_height: int = 16
     # [membership]
     external_address: str = ""
     join_via: str = ""
@@ -171,6 +173,7 @@ class PeerConfig:
         _check_range("consensus.answer_wait_ms", self.answer_wait_ms, 1, 3_600_000)
         _check_range("consensus.answer_grace_ms", self.answer_grace_ms, 0, 3_600_000)
         _check_range("consensus.judge_band", self.judge_band, 0, 1000)
+        _check_range("consensus.queries_per_height", self.queries_per_height, 1, MAX_QUERIES_PER_VALUE)
         if self.behaviour not in BYZANTINE_BEHAVIOURS:
             raise ConfigError(f"byzantine.behaviour: expected one of {', '.join(BYZANTINE_BEHAVIOURS)}, "
                               f"got {self.behaviour!r}")
@@ -271,7 +274,8 @@ _KEYS: dict[str, dict[str, str]] = {
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
               "max_batch": "max_batch", "cache_dir": "cache_dir"},
     "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
-                                 "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms", "judge_band")},
+                                 "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms", "judge_band",
+                                 "queries_per_height")},
     "membership": {"external_address": "external_address", "join_via": "join_via", "join_at_height": "join_at_height",
                    "leave_at_height": "leave_at_height"},
     "ledger": {"path": "ledger_path", "sync_interval_ms": "ledger_sync_interval_ms"},
@@ -328,6 +332,9 @@ _COMMENTS: dict[str, str] = {
     "log_level": "debug | info | warning | error; logs are JSON lines on stderr.",
     "judge_band": "Answer pairs whose similarity is within this many per mille of the grouping threshold "
                   "are judged by this peer's own model, in both orders, when scoring (0: never).",
+    "queries_per_height": "Queries one value of this peer (as proposer) decides at most, 1 to "
+                          f"{MAX_QUERIES_PER_VALUE}: the ready ones whose answers are all in or whose grace is "
+                          "over (1: one query per height).",
     "behaviour": "Fault injection for testnets: none | " + " | ".join(BYZANTINE_BEHAVIOURS[1:])
                  + ". Never set this on a real peer.",
     "slow_ms": "For behaviour = slow: extra delay of every vote and proposal this peer sends.",

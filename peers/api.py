@@ -3,6 +3,8 @@
 * ``POST /v1/query`` — ask a question; returns the consensus answer, the
   certificate, every peer's answer and timings.
 * ``GET /v1/status`` — peer id, model, phase, height, connected peers, weights.
+* ``GET /metrics`` — the same and more in the Prometheus text format
+  (``peers/metrics.py``).
 * ``GET /v1/certificates/{height}`` — the certificate decided at a height
   (also after a restart: the ledger holds it).
 * ``GET /v1/ledger?offset=0&limit=50`` — a page of the ordered ledger entries
@@ -47,9 +49,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from consensus.messages import MAX_QUESTION_CHARS
 from multillmn import jsonsafe
+from peers.dashboard import dashboard_router
 from peers.httplimits import HttpLimits, RequestLimits
 from peers.ledger import LedgerService, entry_json
 from peers.membership_api import membership_router
+from peers.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, render as render_metrics
 from peers.node import Decision, Node, QueryFailed
 
 __all__ = ["PeerHandle", "create_app", "MAX_LEDGER_PAGE", "MAX_PENDING_PER_CLIENT", "RETRY_AFTER_S", "HttpLimits"]
@@ -135,11 +139,12 @@ def _question_of(messages: list[ChatMessage]) -> str:
 
 def _decision_json(node: Node, decision: Decision, total_ms: int) -> dict[str, Any]:
     vs = decision.validators or node.validators
-    winners = set(decision.value.winners)
+    outcome = decision.outcome
+    winners = set(outcome.winners)
     agreed = vs.weight_of_set(winners)
     return {
         "question": decision.certificate["summary"]["question"],
-        "answer": decision.value.answer,
+        "answer": outcome.answer,
         "height": decision.height,
         "round": decision.round,
         "agreed_weight": agreed,
@@ -156,7 +161,7 @@ def _decision_json(node: Node, decision: Decision, total_ms: int) -> dict[str, A
                 "generation_ms": a.gen_ms,
                 "signature": envelope.sig.hex(),
             }
-            for a, envelope in zip(decision.answers, decision.value.answers, strict=True)
+            for a, envelope in zip(decision.answers, outcome.answers, strict=True)
         ],
         "timings": {
             "total_ms": total_ms,
@@ -213,6 +218,7 @@ def create_app(peer: PeerHandle, limits: HttpLimits | None = None, *,
         return _decision_json(node, decision, total_ms)
 
     app.include_router(membership_router(peer.ready_node))
+    app.include_router(dashboard_router(peer))
 
     @app.get("/v1/status")
     async def status() -> dict[str, Any]:
@@ -223,6 +229,11 @@ def create_app(peer: PeerHandle, limits: HttpLimits | None = None, *,
         if peer.node is not None:
             base.update(peer.node.status())
         return base
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """The peer's state in the Prometheus text format (``peers/metrics.py``)."""
+        return Response(render_metrics(peer), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/certificates/{height}")
     async def certificate(height: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
@@ -267,7 +278,7 @@ def create_app(peer: PeerHandle, limits: HttpLimits | None = None, *,
             "model": request.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": decision.value.answer},
+                "message": {"role": "assistant", "content": decision.outcome.answer},
                 "finish_reason": "stop",
                 "logprobs": None,
             }],

@@ -55,6 +55,7 @@ from consensus.driver import (
     Persist,
     PoolFull,
     QueryExpired,
+    QueryTimes,
     Received,
     Schedule,
     Send,
@@ -64,12 +65,12 @@ from consensus.driver import (
 )
 from consensus.driver.behaviours import BehaviourParams, make_behaviour
 from consensus.evidence import Evidence
-from consensus.messages import Answer, Join, Leave, Signed, VerifiedCache, open_envelope, sign
+from consensus.messages import Answer, Join, Leave, Outcome, Signed, VerifiedCache, open_envelope, sign
 from consensus.state_machine import Timeouts
 from consensus.validators import ValidatorSet
 from dag import certificate_tx
 from dag.messages import DagEvents, DagSync, DagWant
-from multillmn.certificate import build_certificate, certificate_precommits
+from multillmn.certificate import build_certificate, certificate_precommits, query_certificate
 from multillmn.config import PeerConfig, parse_hostport
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
@@ -81,6 +82,7 @@ from peers.certificates import CertificateStore
 from peers.engine import AnswerEngine, answer_all
 from peers.judge import judge_pairs
 from peers.ledger import value_of_certificate
+from peers.metrics import NodeMetrics
 from peers.transport import Transport
 from peers.wal import ConsensusWal
 from peers.wire import RejectStats, decode_message, encode_message
@@ -113,7 +115,8 @@ class Decision:
     height: int
     round: int
     value: Value
-    certificate: dict[str, Any]
+    outcome: Outcome  # this query's part of the value
+    certificate: dict[str, Any]  # this query's certificate (version 4: the outcome with its Merkle proof)
     answers: list[Answer]
     generation_ms: int
     consensus_ms: int
@@ -153,9 +156,10 @@ class Node:
                               precommit_ms=cfg.timeout_precommit_ms, delta_ms=cfg.timeout_delta_ms),
             answer_wait_ms=cfg.answer_wait_ms, answer_grace_ms=cfg.answer_grace_ms,
             max_new_tokens=cfg.max_new_tokens, judge=engine.judge is not None, judge_band=cfg.judge_band,
-            tick_ms=max(1000, 2 * cfg.timeout_propose_ms))
+            tick_ms=max(1000, 2 * cfg.timeout_propose_ms), queries_per_height=cfg.queries_per_height)
         self.driver = Driver(key, genesis.chain(self.verified), config, behaviour=behaviour, verified=self.verified)
         self.rejects = RejectStats()
+        self.metrics = NodeMetrics()  # GET /metrics: histograms fed here, the rest read when scraped
         self._tree: BroadcastTransport | None = None
         if cfg.broadcast == "tree":  # [p2p] broadcast: signed messages spread over trees (peers/broadcast)
             from peers.broadcast import tree_transport  # only a tree peer loads the broadcast layer
@@ -608,15 +612,19 @@ class Node:
                         continue
                     log.info("answered", extra=fields(query=g.query_id.hex()[:12], text=reply.text,
                                                         gen_ms=int(reply.seconds * 1000), batch=len(batch)))
+                    self.metrics.generated(reply.seconds)
                     self._handle(Generated(g.query_id, reply.text, int(g.slowdown * reply.seconds * 1000)))
 
     async def _embed(self, e: Embed) -> None:
+        def run() -> tuple[tuple[int, ...], ...]:
+            return tuple(tuple(self.engine.similarities(question, list(texts))) for question, texts in e.groups)
+
         try:
-            sims = await trio.to_thread.run_sync(self.engine.similarities, e.question, list(e.texts))
+            sims = await trio.to_thread.run_sync(run)
         except Exception as exc:
             log.warning("could not compute similarities", extra=fields(error=str(exc)))
-            sims = []
-        self._handle(Embedded(e.request, tuple(sims)))
+            sims = ()
+        self._handle(Embedded(e.request, sims))
 
     async def _judge(self, e: Judge) -> None:
         judge = self.engine.judge
@@ -665,16 +673,22 @@ class Node:
             self.certificates.add(e.height, cert)
             if self.ledger is not None:
                 self.ledger.submit_certificate(e.height, cert)
-        log.info("decided", extra=fields(height=e.height, round=e.round, answer=value.answer))
-        waiter = self._waiters.get(value.query_id())
-        if waiter is None:
-            return
+        outcomes = value.outcomes()
+        log.info("decided", extra=fields(height=e.height, round=e.round, queries=len(outcomes), answer=value.answer))
         keys = e.validators.public_key_of
-        answers = [open_envelope(Answer, env, keys, self.verified).message for env in value.answers]
-        quorum = e.quorum_ms if e.quorum_ms is not None else now
-        waiter.decision = Decision(
-            height=e.height, round=e.round, value=value, certificate=self.certificates.with_path(cert),
-            answers=answers, generation_ms=max(0, quorum - (e.arrived_ms if e.arrived_ms is not None else now)),
-            consensus_ms=max(0, now - quorum),
-            protocol_ms=max(0, now - (e.proposed_ms if e.proposed_ms is not None else now)), validators=e.validators)
-        waiter.event.set()
+        full = self.certificates.with_path(cert)
+        for outcome, times in zip(outcomes, e.times or [QueryTimes()] * len(outcomes), strict=True):
+            arrived = times.arrived_ms if times.arrived_ms is not None else now
+            self.metrics.decided(e.round, None if times.arrived_ms is None else (now - arrived) / 1000)
+            waiter = self._waiters.get(outcome.query_id())
+            if waiter is None:
+                continue
+            answers = [open_envelope(Answer, env, keys, self.verified).message for env in outcome.answers]
+            quorum = times.quorum_ms if times.quorum_ms is not None else now
+            waiter.decision = Decision(
+                height=e.height, round=e.round, value=value, outcome=outcome,
+                certificate=full if len(outcomes) == 1 else query_certificate(full, outcome.query_id()),
+                answers=answers, generation_ms=max(0, quorum - arrived), consensus_ms=max(0, now - quorum),
+                protocol_ms=max(0, now - (e.proposed_ms if e.proposed_ms is not None else now)),
+                validators=e.validators)
+            waiter.event.set()

@@ -142,9 +142,9 @@ def test_a_validator_answers_checks_the_proposal_votes_and_decides() -> None:
              lambda d: d.statistics()["checking"] == 1),
     ])
     embed = seen[-1][0]
-    assert isinstance(embed, Embed) and embed.texts == ("Paris",) * 4 and embed.question == Q
+    assert isinstance(embed, Embed) and embed.groups == ((Q, ("Paris",) * 4),)
     run(d, [
-        Step("similarities in: valid, prevote", Embedded(embed.request, (1000,) * pair_count(4)),
+        Step("similarities in: valid, prevote", Embedded(embed.request, ((1000,) * pair_count(4),)),
              ["Persist:ProposalInput", "Persist:VoteInput", "Send:prevote"],
              lambda d: d.core.step_name == "prevote" and d.statistics()["checking"] == 0),
         Step("prevote 1", vote(net, others[0], "prevote", v), ["Persist:VoteInput"]),
@@ -179,10 +179,10 @@ def test_the_proposer_waits_for_the_grace_period_then_proposes() -> None:
              at=150),
     ])
     embed = seen[-1][0]
-    assert isinstance(embed, Embed) and len(embed.texts) == 3
+    assert isinstance(embed, Embed) and len(embed.groups) == 1 and len(embed.groups[0][1]) == 3
     seen = run(d, [
         Step("similarities in: propose, then prevote our own value",
-             Embedded(embed.request, (1000, 1000, 1000)),
+             Embedded(embed.request, ((1000, 1000, 1000),)),
              ["Persist:ProposeValue", "Persist:ProposalInput", "Send:proposal", "Persist:VoteInput", "Send:prevote"],
              lambda d: d.core.step_name == "prevote" and len(d.own_messages()) == 2),
     ], start_ms=200)
@@ -211,7 +211,7 @@ def test_an_invalid_proposal_gets_nil_and_a_proposal_ahead_waits_for_its_height(
     assert isinstance(embed, Embed)
     run(d, [
         Step("the choice does not follow from the claimed integers: prevote nil",
-             Embedded(embed.request, (1000,) * 6), ["Persist:ProposalInput", "Persist:VoteInput", "Send:prevote"],
+             Embedded(embed.request, ((1000,) * 6,)), ["Persist:ProposalInput", "Persist:VoteInput", "Send:prevote"],
              lambda d: d.rejected.get("invalid-proposal") == 1 and d.own_messages()[-1].message.value_id is None),
     ])
 
@@ -289,7 +289,7 @@ def test_adaptive_weights_score_a_decision_and_sign_a_vector() -> None:
     embed = seen[0][1]
     assert isinstance(embed, Embed)
     seen = run(d, [
-        Step("similarities in: sign and send our score vector", Embedded(embed.request, (1000, 1000, 0, 1000, 0, 0)),
+        Step("similarities in: sign and send our score vector", Embedded(embed.request, ((1000, 1000, 0, 1000, 0, 0),)),
              ["Send:scores"], lambda d: len(d.scores.own_vectors(d.me)) == 1),
     ])
     vector: Any = seen[0][0]

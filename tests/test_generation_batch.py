@@ -233,7 +233,8 @@ async def _ask_together(max_batch: int) -> tuple[list[CountingEngine], list[Any]
     net = make_net([1, 1, 1, 1])
     engines = [CountingEngine(TABLE, model_name=f"m{i}", delay_s=0.3) for i in range(4)]
     decisions: dict[str, Any] = {}
-    async with running(net, engines, cfg=replace(PeerConfig.for_tests(), max_batch=max_batch)) as nodes:
+    cfg = replace(PeerConfig.for_tests(), max_batch=max_batch, queries_per_height=1)  # batching alone
+    async with running(net, engines, cfg=cfg) as nodes:
         async def ask(i: int, question: str) -> None:
             decisions[question] = await nodes[i % 4].submit(question)
 
@@ -246,7 +247,7 @@ async def _ask_together(max_batch: int) -> tuple[list[CountingEngine], list[Any]
 
 async def test_concurrent_questions_share_engine_calls_and_decide_as_before() -> None:
     engines, decisions = await _ask_together(max_batch=8)
-    assert [d.value.answer for d in decisions] == list(TABLE.values())
+    assert [d.outcome.answer for d in decisions] == list(TABLE.values())
     assert len({d.height for d in decisions}) == len(TABLE)  # one query per height, as before
     # (a peer skips a question decided before its model got to it, so a few may be left out)
     assert all(sum(e.batches) <= len(TABLE) for e in engines)
@@ -256,10 +257,10 @@ async def test_concurrent_questions_share_engine_calls_and_decide_as_before() ->
 
 async def test_max_batch_bounds_a_batch_and_one_means_one_at_a_time() -> None:
     engines, decisions = await _ask_together(max_batch=2)
-    assert [d.value.answer for d in decisions] == list(TABLE.values())
+    assert [d.outcome.answer for d in decisions] == list(TABLE.values())
     assert all(max(e.batches) <= 2 for e in engines) and any(2 in e.batches for e in engines)
     engines, decisions = await _ask_together(max_batch=1)
-    assert [d.value.answer for d in decisions] == list(TABLE.values())
+    assert [d.outcome.answer for d in decisions] == list(TABLE.values())
     assert all(set(e.batches) == {1} and e.batch_calls == 0 for e in engines)  # engine.answer, as before
 
 

@@ -200,7 +200,7 @@ def honest() -> Value:
 
 
 def check(value: Value, local: Sequence[int] | None = None, **kw: bool) -> str | None:
-    return validate_value(value, validators=VS, local_sims=local, threshold=TH, tolerance=TOL, **kw)
+    return validate_value(value, validators=VS, local_sims=None if local is None else [local], threshold=TH, tolerance=TOL, **kw)
 
 
 def with_(value: Value, **update: object) -> Value:

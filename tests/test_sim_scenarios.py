@@ -141,3 +141,18 @@ def test_loss_without_gossip_can_stall() -> None:
     results = [run(config, s, check=False) for s in range(10)]
     assert any(r.termination_failures for r in results)
     assert all(r.safety_violations == 0 for r in results)
+
+
+def test_many_queries_per_height_under_a_double_voter_and_loss() -> None:
+    """Queries asked together share heights (ADR 0020); agreement, validity and every query decided once hold."""
+    config = SimConfig(byzantine=((2, "double-vote"),), heights=12, query_interval_ms=50, queries_per_height=16,
+                       loss=0.05)
+    for seed in range(4):
+        sim = Simulation(config, seed)
+        sim.run()
+        assert check_run(sim) == []
+        values = {h: r.value for r in sim.decisions[0].values() for h in [r.height] if r.value is not None}
+        assert len(values) < 12  # fewer heights than queries
+        assert max(len(v.outcomes()) for v in values.values()) > 1
+        ids = [q for v in values.values() for q in v.query_ids()]
+        assert len(ids) == len(set(ids)) == 12

@@ -50,12 +50,14 @@ membership requests: :data:`MAX_REQUESTS` joins and as many leaves.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from consensus import grouping
 from consensus.chain import Chain
 from consensus.driver._io import (
+    QueryTimes,
     AskCatchUp,
     Certified,
     Committed,
@@ -143,6 +145,8 @@ RESEND_MESSAGES = 32
 """Own votes and proposals of the height re-sent when it is stuck."""
 RESEND_ANSWERS = 8
 """Own answers to pending queries, and pending queries, re-sent when the height is stuck (each)."""
+VALUE_BUDGET_BYTES = 1 << 20
+"""Signed queries and answers a proposer puts into one value at most (a frame holds 2 MiB by default)."""
 MAX_SCORING_JOBS = 16
 """Decisions being scored at once (waiting for similarities or a judge)."""
 MAX_REQUESTS = 64
@@ -166,17 +170,30 @@ class DriverConfig:
     judge_band: int = 100
     tick_ms: int = 6000
     max_pending: int = 256  # pending queries
+    queries_per_height: int = 16  # queries a value of this proposer decides at most (1: one per height)
     max_orphans: int = 1024  # query ids with answers that overtook their query
 
 
 @dataclass
+class _ScoredQuery:
+    """One outcome of a decided value being scored: its answers, then its similarities and judged games."""
+
+    question: str
+    answers: list[Answer]
+    winners: tuple[PeerId, ...]
+    sims: tuple[int, ...] | None = None
+    judged: list[JudgeResult] | None = None
+
+
+@dataclass
 class _ScoringJob:
+    """Scoring a decided value: its outcomes one after another (``current``), then one signed vector."""
+
     height: int
     value: Value
     validators: ValidatorSet
-    answers: list[Answer]
-    question: str
-    sims: tuple[int, ...] | None = None
+    parts: list[_ScoredQuery]
+    current: int = 0
 
 
 @dataclass
@@ -184,8 +201,8 @@ class _Building:
     height: int
     round: int
     request: int
-    entry: PendingQuery
-    answers: list[Signed[Answer]]
+    entries: list[PendingQuery]
+    answers: list[list[Signed[Answer]]]  # per entry, sorted by signer
 
 
 @dataclass
@@ -223,7 +240,7 @@ class Driver:
         self.now = 0
         self.rejected: dict[str, int] = {}
         self._h = _Height()
-        self._checking: dict[int, tuple[Signed[Proposal], tuple[str, ...]]] = {}
+        self._checking: dict[int, tuple[Signed[Proposal], tuple[tuple[str, ...], ...]]] = {}
         self._scoring: dict[int, _ScoringJob] = {}
         self._future: dict[int, dict[PeerId, list[Signed[Proposal]]]] = {}
         self._catchup: dict[int, dict[bytes, Certified | Committed]] = {}
@@ -311,7 +328,8 @@ class Driver:
         """Fold a height decided before a restart (from the peer's own ledger), with no effects."""
         if height != self.core.height:
             raise ValueError(f"restore height {height} while at {self.core.height}")
-        self.pool.mark_decided(value.query_id())
+        for qid in value.query_ids():
+            self.pool.mark_decided(qid)
         self._last_commit = self._commit_of(height, None, value, precommits)
         self.chain.apply(height, value)
         self.core.step(EnterHeight(height + 1, self.chain.committee(height + 1)))
@@ -351,9 +369,7 @@ class Driver:
         elif isinstance(inp, Embedded):
             self._embedded(inp, out)
         elif isinstance(inp, Judged):
-            job = self._scoring.pop(inp.request, None)
-            if job is not None:
-                self._finish_scoring(job, list(inp.results), out)
+            self._judged(inp, out)
         elif isinstance(inp, TimerFired):
             self._timer(inp, out)
         elif isinstance(inp, (Certified, Committed)):
@@ -500,11 +516,13 @@ class Driver:
                  out: list[Effect]) -> None:
         """``height`` decided ``value`` here or by catch-up: certify, score, fold into the chain."""
         vs = self.validators
-        entry = self.pool.mark_decided(value.query_id())
-        quorum = None if entry is None or entry.quorum_at is None else int(entry.quorum_at)
-        out.append(Decided(height, round_, value, precommits, vs, None if entry is None else int(entry.arrived),
-                           quorum, self._h.proposed_ms))
-        self._own_answers.pop(value.query_id(), None)
+        times = []
+        for qid in value.query_ids():
+            entry = self.pool.mark_decided(qid)
+            self._own_answers.pop(qid, None)
+            times.append(QueryTimes(None if entry is None else int(entry.arrived),
+                                    None if entry is None or entry.quorum_at is None else int(entry.quorum_at)))
+        out.append(Decided(height, round_, value, precommits, vs, tuple(times), self._h.proposed_ms))
         self.scores.committed(value, vs)
         self._last_commit = self._commit_of(height, round_, value, precommits)
         self.chain.apply(height, value)
@@ -562,7 +580,8 @@ class Driver:
 
     # --- proposing ----------------------------------------------------------------------
     def _try_propose(self, out: list[Effect]) -> None:
-        """As proposer: once a query is ready and its grace period is over, compute similarities."""
+        """As proposer: once the oldest ready query's grace period is over, compute similarities for it and for
+        the other ready queries whose answers are all in or whose grace is over too (ADR 0020)."""
         h = self._h
         if h.request is None or h.building is not None:
             return
@@ -570,22 +589,37 @@ class Driver:
         if height != self.core.height or self.core.decided:
             h.request = None
             return
-        entry = self.pool.next_ready()
-        if entry is None:
+        ready = self.pool.ready(self.config.queries_per_height)
+        if not ready:
             return
-        assert entry.quorum_at is not None
-        due = int(entry.quorum_at) + self.config.answer_grace_ms
-        if len(entry.answers) < len(self.validators) and self.now < due:
+        first = ready[0]
+        if not self._graced(first):
+            assert first.quorum_at is not None
+            due = int(first.quorum_at) + self.config.answer_grace_ms
             if h.grace_armed != due:
                 h.grace_armed = due
                 out.append(Schedule(GraceTimer(height, round_), due - self.now))
             return
-        answers = sorted(entry.answers.values(), key=lambda a: a.signer)
+        entries, budget = [first], VALUE_BUDGET_BYTES
+        for entry in ready:
+            budget -= sum(len(a.envelope.body) + 64 for a in entry.answers.values()) + len(entry.query.envelope.body)
+            if budget < 0:
+                break
+            if entry is not first and self._graced(entry):
+                entries.append(entry)
+        answers = [sorted(e.answers.values(), key=lambda a: a.signer) for e in entries]
         request = self._request_id()
-        h.building = _Building(height, round_, request, entry, answers)
-        out.append(Embed(request, entry.query.message.question, tuple(a.message.text for a in answers)))
+        h.building = _Building(height, round_, request, entries, answers)
+        out.append(Embed(request, tuple((e.query.message.question, tuple(a.message.text for a in group))
+                                        for e, group in zip(entries, answers, strict=True))))
 
-    def _build(self, b: _Building, sims: tuple[int, ...], out: list[Effect]) -> None:
+    def _graced(self, entry: PendingQuery) -> bool:
+        """A ready query may go into a value: every validator answered it, or its grace period is over."""
+        assert entry.quorum_at is not None
+        return len(entry.answers) >= len(self.validators) or \
+            self.now >= int(entry.quorum_at) + self.config.answer_grace_ms
+
+    def _build(self, b: _Building, sims: tuple[tuple[int, ...], ...], out: list[Effect]) -> None:
         h = self._h
         h.building = None
         if (b.height, b.round) != h.request or b.height != self.core.height:
@@ -593,13 +627,16 @@ class Driver:
         vs = self.validators
         scores, evidence = self.scores.includable(self.chain, b.height)
         joins, leaves = self.chain.includable_requests(self._joins.values(), self._leaves.values(), b.height)
+        more = [grouping.build_outcome(e.query.envelope, a, s, [vs.weight_of(x.signer) for x in a],
+                                       self.config.threshold)
+                for e, a, s in zip(b.entries[1:], b.answers[1:], sims[1:], strict=True)]
         value = grouping.build_value(
-            b.entry.query.envelope, b.answers, sims, [vs.weight_of(a.signer) for a in b.answers],
+            b.entries[0].query.envelope, b.answers[0], sims[0], [vs.weight_of(a.signer) for a in b.answers[0]],
             self.config.threshold, validators_hash=vs.set_hash(),
             next_validators_hash=self.chain.validators_at(b.height + 1).set_hash(), chain_id=self.config.chain_id,
             scores=scores, evidence=evidence, joins=joins, leaves=leaves,
-            last_commit=self._last_commit if b.height > 1 else ())
-        self.scores.remember_sims(value.value_id(), sims)
+            last_commit=self._last_commit if b.height > 1 else (), more=more)
+        self.scores.remember_sims(value.value_id(), [o.sims for o in value.outcomes()])
         h.request = None
         if h.proposed_ms is None:
             h.proposed_ms = self.now
@@ -640,22 +677,25 @@ class Driver:
             return
         request = self._request_id()
         self._checking[request] = (signed, texts)
-        question = open_envelope(Query, p.value.query, self.validators.public_key_of, self.verified).message.question
-        out.append(Embed(request, question, texts))
-
-    def _precheck(self, value: Value, height: int) -> tuple[str | None, tuple[str, ...]]:
-        """Reasons to refuse a value before computing any similarity; the answer texts otherwise."""
-        if self.pool.is_decided(value.query_id()):
-            return "the query was decided at an earlier height", ()
         keys = self.validators.public_key_of
+        questions = [open_envelope(Query, o.query, keys, self.verified).message.question for o in p.value.outcomes()]
+        out.append(Embed(request, tuple(zip(questions, texts, strict=True))))
+
+    def _precheck(self, value: Value, height: int) -> tuple[str | None, tuple[tuple[str, ...], ...]]:
+        """Reasons to refuse a value before computing any similarity; the answer texts per outcome otherwise."""
+        if any(self.pool.is_decided(q) for q in value.query_ids()):
+            return "a query was decided at an earlier height", ()
+        keys = self.validators.public_key_of
+        texts = []
         try:
-            open_envelope(Query, value.query, keys, self.verified)
-            texts = tuple(open_envelope(Answer, e, keys, self.verified).message.text for e in value.answers)
+            for o in value.outcomes():
+                open_envelope(Query, o.query, keys, self.verified)
+                texts.append(tuple(open_envelope(Answer, e, keys, self.verified).message.text for e in o.answers))
         except MessageError as exc:
             return f"query or answer does not open: {exc}", ()
-        return self.chain.check_extras(value, height, self.verified), texts
+        return self.chain.check_extras(value, height, self.verified), tuple(texts)
 
-    def _checked(self, signed: Signed[Proposal], sims: tuple[int, ...], out: list[Effect]) -> None:
+    def _checked(self, signed: Signed[Proposal], sims: tuple[tuple[int, ...], ...], out: list[Effect]) -> None:
         p = signed.message
         if p.height != self.core.height:
             return
@@ -670,35 +710,42 @@ class Driver:
         self._step(ProposalInput(signed, valid=reason is None), out)
 
     def _learn(self, value: Value) -> None:
-        """A valid value holds a query and answers with a quorum: a peer that missed them can start the height."""
+        """A valid value holds queries and answers with a quorum: a peer that missed them can start the height."""
         keys = self.validators.public_key_of
-        try:
-            query = open_envelope(Query, value.query, keys, self.verified)
-            answers = [open_envelope(Answer, e, keys, self.verified) for e in value.answers]
-            self.pool.add_query(query, self.now)
-        except (MessageError, PoolFull):
-            return
-        for answer in answers:
-            self.pool.add_answer(answer, self.now)
+        for o in value.outcomes():
+            try:
+                query = open_envelope(Query, o.query, keys, self.verified)
+                answers = [open_envelope(Answer, e, keys, self.verified) for e in o.answers]
+                self.pool.add_query(query, self.now)
+            except (MessageError, PoolFull):
+                return
+            for answer in answers:
+                self.pool.add_answer(answer, self.now)
 
     def _embedded(self, inp: Embedded, out: list[Effect]) -> None:
+        def fits(groups: Sequence[Sequence[object]]) -> bool:  # the host returned a well-formed triangle per group
+            return len(inp.sims) == len(groups) and all(
+                len(s) == grouping.pair_count(len(g)) for s, g in zip(inp.sims, groups, strict=True))
+
         checking = self._checking.pop(inp.request, None)
         if checking is not None:
             signed, texts = checking
-            if len(inp.sims) == grouping.pair_count(len(texts)):
+            if fits(texts):
                 self._checked(signed, inp.sims, out)
             return
         b = self._h.building
         if b is not None and b.request == inp.request:
-            if len(inp.sims) == grouping.pair_count(len(b.answers)):
+            if fits(b.answers):
                 self._build(b, inp.sims, out)
             else:
                 self._h.building = None
             return
         job = self._scoring.pop(inp.request, None)
-        if job is not None and len(inp.sims) == grouping.pair_count(len(job.answers)):
-            job.sims = inp.sims
-            self._judge_or_score(job, out)
+        if job is not None and job.current < len(job.parts):
+            part = job.parts[job.current]
+            if fits([part.answers]):
+                part.sims = inp.sims[0]
+                self._score_next(job, out)
 
     # --- votes ----------------------------------------------------------------------------
     def _vote(self, signed: Signed[Vote], out: list[Effect]) -> None:
@@ -720,49 +767,77 @@ class Driver:
 
     # --- scoring decided values ---------------------------------------------------------------
     def _start_scoring(self, height: int, value: Value, vs: ValidatorSet, out: list[Effect]) -> None:
+        parts: list[_ScoredQuery] = []
         try:
-            answers = [open_envelope(Answer, e, vs.public_key_of, self.verified).message for e in value.answers]
-            question = open_envelope(Query, value.query, vs.public_key_of, self.verified).message.question
+            for o in value.outcomes():
+                answers = [open_envelope(Answer, e, vs.public_key_of, self.verified).message for e in o.answers]
+                question = open_envelope(Query, o.query, vs.public_key_of, self.verified).message.question
+                parts.append(_ScoredQuery(question, answers, o.winners))
         except MessageError:
             return  # a decided value always opens; be defensive anyway
-        job = _ScoringJob(height, value, vs, answers, question, self.scores.sims_of(value.value_id()))
-        if job.sims is None:  # decided without this peer checking it (e.g. it caught up)
-            request = self._request_id()
-            self._keep_scoring(request, job)
-            out.append(Embed(request, question, tuple(a.text for a in answers)))
-        else:
-            self._judge_or_score(job, out)
+        known = self.scores.sims_of(value.value_id())  # None: decided without this peer checking it (catch-up)
+        if known is not None and len(known) == len(parts):
+            for part, sims in zip(parts, known, strict=True):
+                part.sims = sims
+        self._score_next(_ScoringJob(height, value, vs, parts), out)
 
-    def _judge_or_score(self, job: _ScoringJob, out: list[Effect]) -> None:
-        assert job.sims is not None
-        peers = [a.peer for a in job.answers]
-        pairs: list[tuple[int, int]] = []
-        if self.config.judge and self.behaviour.judges():
-            vs = job.validators
-            winners = [peers.index(p) for p in job.value.winners if p in peers]
-            contested = 3 * vs.weight_of_set(job.value.winners) <= 2 * vs.weight_of_set(peers)
-            own = peers.index(self.me) if self.me in peers else None
-            pairs = judge_pairs(len(peers), job.sims, self.config.threshold, self.config.judge_band,
-                                contested_winners=winners if contested else (), own=own)
-        if not pairs:
-            self._finish_scoring(job, [], out)
-            return
-        request = self._request_id()
-        self._keep_scoring(request, job)
-        a = job.answers
-        out.append(Judge(request, job.question, tuple(JudgePair(a[i].peer, a[i].text, a[j].peer, a[j].text)
-                                                     for i, j in pairs)))
+    def _score_next(self, job: _ScoringJob, out: list[Effect]) -> None:
+        """Take the job's outcomes in turn: similarities if missing, then judged games; then sign the vector."""
+        while job.current < len(job.parts):
+            part = job.parts[job.current]
+            if part.sims is None:
+                request = self._request_id()
+                self._keep_scoring(request, job)
+                out.append(Embed(request, ((part.question, tuple(a.text for a in part.answers)),)))
+                return
+            if part.judged is None:
+                pairs = self._judged_pairs(job.validators, part)
+                if pairs:
+                    request = self._request_id()
+                    self._keep_scoring(request, job)
+                    a = part.answers
+                    out.append(Judge(request, part.question, tuple(
+                        JudgePair(a[i].peer, a[i].text, a[j].peer, a[j].text) for i, j in pairs)))
+                    return
+                part.judged = []
+            job.current += 1
+        self._finish_scoring(job, out)
 
-    def _finish_scoring(self, job: _ScoringJob, judged: list[JudgeResult], out: list[Effect]) -> None:
-        if job.sims is None:
-            return
-        peers = [a.peer for a in job.answers]
-        texts = [a.text for a in job.answers]
-        valid = [r for r in judged if r.a in peers and r.b in peers and r.a != r.b]
-        scores = score_answers(peers, job.sims, [peers.index(p) for p in job.value.winners],
-                               grouping.eligibility(job.question, texts), valid)
-        own = next((a.text for a in job.answers if a.peer == self.me), None)
-        scores = self.behaviour.scores(scores, dict(zip(peers, texts)), own)
+    def _judged_pairs(self, vs: ValidatorSet, part: _ScoredQuery) -> list[tuple[int, int]]:
+        """The close calls of one outcome this peer's judge should see (none without a judge)."""
+        if not (self.config.judge and self.behaviour.judges()):
+            return []
+        assert part.sims is not None
+        peers = [a.peer for a in part.answers]
+        winners = [peers.index(p) for p in part.winners if p in peers]
+        contested = 3 * vs.weight_of_set(part.winners) <= 2 * vs.weight_of_set(peers)
+        own = peers.index(self.me) if self.me in peers else None
+        return judge_pairs(len(peers), part.sims, self.config.threshold, self.config.judge_band,
+                           contested_winners=winners if contested else (), own=own)
+
+    def _judged(self, inp: Judged, out: list[Effect]) -> None:
+        job = self._scoring.pop(inp.request, None)
+        if job is not None and job.current < len(job.parts):
+            job.parts[job.current].judged = list(inp.results)
+            job.current += 1
+            self._score_next(job, out)
+
+    def _finish_scoring(self, job: _ScoringJob, out: list[Effect]) -> None:
+        """Score every outcome against its decision; a peer's score for the height is the mean over the
+        outcomes it answered (floor), so a value of many queries weighs like one of a single query."""
+        totals: dict[PeerId, list[int]] = {}
+        for part in job.parts:
+            assert part.sims is not None
+            peers = [a.peer for a in part.answers]
+            texts = [a.text for a in part.answers]
+            valid = [r for r in part.judged or [] if r.a in peers and r.b in peers and r.a != r.b]
+            for peer, score in score_answers(peers, part.sims, [peers.index(p) for p in part.winners],
+                                             grouping.eligibility(part.question, texts), valid):
+                totals.setdefault(peer, []).append(score)
+        scores = tuple((peer, sum(got) // len(got)) for peer, got in sorted(totals.items()))
+        first = job.parts[0]
+        own = next((a.text for a in first.answers if a.peer == self.me), None)
+        scores = self.behaviour.scores(scores, {a.peer: a.text for a in first.answers}, own)
         vector = self._sign(ScoreVector(scorer=self.me, height=job.height, query_id=job.value.query_id(),
                                         scores=scores))
         self.scores.add_vector(vector, self.core.height)
@@ -853,8 +928,8 @@ class Driver:
                   == (self.config.chain_id, "precommit", c.height, c.round, vid)}
         if not vs.has_quorum(vs.weight_of_set(voters)):
             return "the precommits carry no quorum of this peer's set"
-        if self.pool.is_decided(c.value.query_id()):
-            return "the query was decided at an earlier height"
+        if any(self.pool.is_decided(q) for q in c.value.query_ids()):
+            return "a query was decided at an earlier height"
         return self.chain.check_extras(c.value, c.height, self.verified) or grouping.validate_value(
             c.value, validators=vs, local_sims=None, threshold=self.config.threshold,
             tolerance=self.config.tolerance, cache=self.verified, chain_id=self.config.chain_id)

@@ -20,7 +20,7 @@ from multillmn.identity import PeerId
 
 __all__ = [
     "Announce", "AskCatchUp", "BehaviourTimer", "Certified", "Committed", "Crash", "CoreTimeout", "Decided",
-    "DriverInput", "Effect", "Embed", "Embedded", "EvidenceFound", "Generate", "GenerationFailed", "Generated",
+    "DriverInput", "Effect", "Embed", "Embedded", "QueryTimes", "EvidenceFound", "Generate", "GenerationFailed", "Generated",
     "GraceTimer", "Judge", "JudgePair", "Judged", "Persist", "QueryExpired", "Received", "Schedule", "Send",
     "SendRaw", "InjectEvent", "Tick", "Timer", "TimerFired",
 ]
@@ -91,10 +91,10 @@ class GenerationFailed:
 
 @dataclass(frozen=True)
 class Embedded:
-    """Similarities for an :class:`Embed` request (upper triangle, per mille)."""
+    """Similarities for an :class:`Embed` request: per group, the upper triangle, per mille."""
 
     request: int
-    sims: tuple[int, ...]
+    sims: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -188,11 +188,11 @@ class Generate:
 
 @dataclass(frozen=True)
 class Embed:
-    """Compute similarities of ``texts`` (answers to ``question``); feed back :class:`Embedded`."""
+    """Compute, for each ``(question, texts)`` group, the similarities of the answers ``texts``; feed back
+    :class:`Embedded` (a value of several queries asks for all of them at once)."""
 
     request: int
-    question: str
-    texts: tuple[str, ...]
+    groups: tuple[tuple[str, tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,8 @@ class Decided:
     """``height`` is decided (here, or by catch-up): certify it (the host builds and publishes the certificate).
 
     Times (ms, the driver's clock; ``None`` when unknown, e.g. after catch-up):
-    when the query reached this peer, when its answers reached a quorum, and
-    when the height's first proposal arrived.
+    per query, when it reached this peer and when its answers reached a
+    quorum; when the height's first proposal arrived.
     """
 
     height: int
@@ -226,9 +226,16 @@ class Decided:
     value: Value
     precommits: tuple[Signed[Vote], ...]
     validators: ValidatorSet
+    times: tuple[QueryTimes, ...] = ()  # per outcome of the value, in its order (empty after catch-up)
+    proposed_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class QueryTimes:
+    """When a decided query reached this peer and when its answers reached a quorum (ms, the driver's clock)."""
+
     arrived_ms: int | None = None
     quorum_ms: int | None = None
-    proposed_ms: int | None = None
 
 
 @dataclass(frozen=True)

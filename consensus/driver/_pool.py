@@ -146,6 +146,16 @@ class QueryPool:
                 return entry
         return None
 
+    def ready(self, limit: int) -> list[PendingQuery]:
+        """The oldest ``limit`` pending queries whose answers carry more than 2/3 of the weight, oldest first."""
+        out: list[PendingQuery] = []
+        for entry in self._pending.values():
+            if len(out) >= limit:
+                break
+            if entry.quorum_at is not None:
+                out.append(entry)
+        return out
+
     def expired(self, now: float, wait_s: float) -> list[PendingQuery]:
         """Remove and return queries that waited ``wait_s`` without an answer quorum."""
         gone = [e for e in self._pending.values() if e.quorum_at is None and now - e.arrived >= wait_s]

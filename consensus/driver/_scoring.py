@@ -44,7 +44,7 @@ class ScoreBook:
         self.chain_id = chain_id
         self.vectors: dict[tuple[int, PeerId], Signed[ScoreVector]] = {}  # (height, scorer) -> first one seen
         self.evidence: dict[PeerId, Evidence] = {}  # offender -> one proof (enough to slash)
-        self._sims: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
+        self._sims: OrderedDict[bytes, tuple[tuple[int, ...], ...]] = OrderedDict()
 
     def add_vector(self, signed: Signed[ScoreVector], height: int) -> None:
         """Keep a verified vector if it can still be carried from the core's ``height``."""
@@ -82,13 +82,14 @@ class ScoreBook:
     def own_vectors(self, me: PeerId) -> list[Signed[ScoreVector]]:
         return [v for (_, scorer), v in self.vectors.items() if scorer == me]
 
-    def remember_sims(self, value_id: bytes, sims: Sequence[int]) -> None:
-        self._sims[value_id] = tuple(sims)
+    def remember_sims(self, value_id: bytes, sims: Sequence[Sequence[int]]) -> None:
+        """This peer's own similarities of a value's answers, per outcome (for scoring it once decided)."""
+        self._sims[value_id] = tuple(tuple(s) for s in sims)
         self._sims.move_to_end(value_id)
         while len(self._sims) > SIMS_KEPT:
             self._sims.popitem(last=False)
 
-    def sims_of(self, value_id: bytes) -> tuple[int, ...] | None:
+    def sims_of(self, value_id: bytes) -> tuple[tuple[int, ...], ...] | None:
         return self._sims.get(value_id)
 
     def statistics(self) -> dict[str, int]:

@@ -123,6 +123,7 @@ class SimConfig:
     gen_ms: float = 500.0  # mean answer generation time
     error_rate: float = 0.0  # per-model error rates are drawn uniformly from [0, error_rate]
     query_interval_ms: int = 1000  # query h is issued at (h-1) * interval
+    queries_per_height: int = 1  # queries a value decides at most; scenarios count one query per height
     real_signatures: bool = False
     baseline: Baseline = "wbft"
     adaptive_weights: bool = True  # wbft: weights follow committed score vectors (ADR 0006); else static
@@ -174,6 +175,8 @@ class SimConfig:
                       "weights", "positive integers", self.weights)
         _need(isinstance(self.heights, int) and 1 <= self.heights <= 10_000, "heights", "an integer in [1, 10000]",
               self.heights)
+        _need(isinstance(self.queries_per_height, int) and 1 <= self.queries_per_height <= 16,
+              "queries_per_height", "an integer in [1, 16]", self.queries_per_height)
         _need(0.0 <= self.loss < 1.0, "loss", "a probability in [0, 1)", self.loss)
         _need(self.latency_ms >= 0, "latency_ms", ">= 0", self.latency_ms)
         _need(0 <= self.latency_sigma <= 3, "latency_sigma", "in [0, 3]", self.latency_sigma)

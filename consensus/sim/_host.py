@@ -159,7 +159,8 @@ class DriverNode(SimNode):
             model=f"model-{index}", chain_id=SIM_CHAIN_ID, threshold=self.cfg.threshold, tolerance=self.cfg.tolerance,
             timeouts=Timeouts(propose_ms=t[0], prevote_ms=t[1], precommit_ms=t[2], delta_ms=t[3]),
             answer_wait_ms=max(60_000, 40 * int(self.cfg.gen_ms)), answer_grace_ms=self.cfg.answer_grace_ms,
-            max_new_tokens=32, judge=False, tick_ms=self.cfg.gossip_ms or 10**9)
+            max_new_tokens=32, judge=False, tick_ms=self.cfg.gossip_ms or 10**9,
+            queries_per_height=self.cfg.queries_per_height)
         # durable ("disk"): decided heights (this peer's ledger) and the write-ahead log of the current height
         self.decided: dict[int, CatchUpItem] = {}
         self.wal: list[tuple[int, Input]] = []
@@ -227,7 +228,8 @@ class DriverNode(SimNode):
             elif isinstance(e, Generate):
                 self.sim.schedule(self.generation_delay_us(e.slowdown), self, self._generated, e, label="gen")
             elif isinstance(e, Embed):
-                self.sim.schedule(0, self, self.feed, Embedded(e.request, tuple(similarities(e.texts))),
+                self.sim.schedule(0, self, self.feed, Embedded(e.request, tuple(tuple(similarities(texts))
+                                                                      for _, texts in e.groups)),
                                   label="embed")
             elif isinstance(e, Judge):
                 self.sim.schedule(0, self, self.feed, Judged(e.request, ()), label="judge")

@@ -104,19 +104,20 @@ def _validity(sim: Simulation, out: list[Violation]) -> None:
                 return
         value = recs[0].value
         assert value is not None
-        qid = value.query_id()
-        if query_height.setdefault(qid, h) != h:
-            out.append(Violation("validity", f"query decided at heights {query_height[qid]} and {h}"))
+        for qid in value.query_ids():
+            if query_height.setdefault(qid, h) != h:
+                out.append(Violation("validity", f"query decided at heights {query_height[qid]} and {h}"))
 
 
 def _value_reason(sim: Simulation, value: Value, vs: ValidatorSet) -> str | None:
     if value.validators_hash != vs.set_hash():
         return "the value does not carry the hash of the set in force at its height"
     try:
-        texts = [open_envelope(Answer, e, vs.public_key_of).message.text for e in value.answers]
+        texts = [[open_envelope(Answer, e, vs.public_key_of).message.text for e in o.answers]
+                 for o in value.outcomes()]
     except MessageError as exc:
         return f"decided value holds a bad answer: {exc}"
-    return grouping.validate_value(value, validators=vs, local_sims=similarities(texts),
+    return grouping.validate_value(value, validators=vs, local_sims=[similarities(t) for t in texts],
                                    threshold=sim.config.threshold, tolerance=sim.config.tolerance)
 
 
@@ -182,6 +183,14 @@ def _weights(sim: Simulation, out: list[Violation]) -> None:
 
 def _termination(sim: Simulation, out: list[Violation]) -> None:
     if not sim.within_model:
+        return
+    if sim.config.queries_per_height > 1:  # heights are not queries then: every honest node decided every query
+        asked = set(sim.query_index)
+        short = [(i, len(asked - {q for r in sim.decisions[i].values() if r.value is not None
+                                   for q in r.value.query_ids()})) for i in sim.honest]
+        if len(asked) < sim.config.heights or any(n for _, n in short):
+            first = ", ".join(f"node {i} lacks {n}" for i, n in short if n)
+            out.append(Violation("termination", f"{len(asked)} of {sim.config.heights} queries asked; {first}"))
         return
     missing = [(i, h) for i in sim.honest for h in range(1, sim.config.heights + 1)
                if sim.required(i, h) and h not in sim.decisions[i]]
