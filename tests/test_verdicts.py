@@ -1,0 +1,135 @@
+"""The verdict rule (consensus/verdicts.py): quorum first, judges decide contested splits, recusal, ties."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from consensus.grouping import choose, pair_count, pair_index
+from consensus.verdicts import decide, group_verdict
+
+
+def _sims(labels: list[str]) -> list[int]:
+    """1000 for equal labels, 0 otherwise, upper triangle."""
+    n = len(labels)
+    out = [0] * pair_count(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[pair_index(n, i, j)] = 1000 if labels[i] == labels[j] else 0
+    return out
+
+
+def _verdicts(labels: list[str], judged: dict[int, dict[str, int]]) -> list[list[int | None]]:
+    """Judge ``j`` gives ``judged[j][label]`` to every answer with that label (others: no verdict)."""
+    return [[judged.get(j, {}).get(lab) for lab in labels] for j in range(len(labels))]
+
+
+# Two families, two peers each: S answers "Lyon" (wrong), G answers "Paris" (right).
+SPLIT = ["Lyon", "Lyon", "Paris", "Paris"]
+
+
+def test_without_verdicts_it_is_the_grouping_rule_on_random_inputs() -> None:
+    rng = random.Random(15)
+    for _ in range(2000):
+        n = rng.randint(1, 7)
+        weights = [rng.choice([1, 1, 2, 3, 5, 1000, 1001]) for _ in range(n)]
+        sims = [rng.choice([-200, 0, 500, 799, 800, 950, 1000]) for _ in range(pair_count(n))]
+        eligible = [rng.random() < 0.7 for _ in range(n)]
+        assert decide(weights, sims, 800, eligible=eligible).group == choose(weights, sims, 800, eligible)
+
+
+def test_judges_decide_a_two_two_split_and_recuse_from_their_own_side() -> None:
+    weights = [1, 1, 1, 1]
+    sims = _sims(SPLIT)
+    assert choose(weights, sims, 800).representative == 0  # today: the lowest index wins the tie
+    # G judges reject "Lyon", S judges accept "Paris" a little: "Paris" wins by verdict.
+    verdicts = _verdicts(SPLIT, {0: {"Paris": 100}, 1: {"Paris": 50}, 2: {"Lyon": -300}, 3: {"Lyon": -200}})
+    d = decide(weights, sims, 800, verdicts=verdicts)
+    assert (d.group.members, d.reason) == ((2, 3), "verdict")
+    # Each family swearing by its own answer changes nothing: those verdicts are recused.
+    for j, own in enumerate(SPLIT):
+        verdicts[j][j] = 1000
+        verdicts[j][[1, 0, 3, 2][j]] = 1000  # the other peer of the same family
+    assert decide(weights, sims, 800, verdicts=verdicts).group.members == (2, 3)
+
+
+def test_a_quorum_of_weight_wins_whatever_the_verdicts() -> None:
+    labels = ["Lyon", "Lyon", "Lyon", "Paris"]
+    verdicts = _verdicts(labels, {3: {"Lyon": -1000}})
+    d = decide([1, 1, 1, 1], _sims(labels), 800, verdicts=verdicts)
+    assert (d.group.members, d.reason) == ((0, 1, 2), "quorum")
+    # 2/3 exactly is not a quorum: the judge decides.
+    labels = ["Lyon", "Lyon", "Paris"]
+    d = decide([1, 1, 1], _sims(labels), 800, verdicts=_verdicts(labels, {2: {"Lyon": -1000}}))
+    assert (d.group.members, d.reason) == ((2,), "verdict")
+
+
+def test_only_groups_at_least_half_as_heavy_as_the_heaviest_contend() -> None:
+    labels = ["Lyon", "Lyon", "Lyon", "Paris", "Rome", "Rome"]
+    weights = [1, 1, 1, 1, 1, 1]
+    verdicts = _verdicts(labels, {j: {"Lyon": -1000, "Paris": 1000, "Rome": 0} for j in range(6)})
+    d = decide(weights, _sims(labels), 800, verdicts=verdicts)  # "Paris" (1) weighs under half of 3
+    assert d.group.members == (4, 5)
+    assert {g.representative for g in d.contenders} == {4}
+
+
+def test_verdicts_within_the_margin_fall_back_to_weight_and_tie_breaks() -> None:
+    weights = [1, 1, 1, 1]
+    sims = _sims(SPLIT)
+    verdicts = _verdicts(SPLIT, {0: {"Paris": 10}, 1: {"Paris": 10}, 2: {"Lyon": -10}, 3: {"Lyon": -10}})
+    assert decide(weights, sims, 800, verdicts=verdicts, margin=0).group.members == (2, 3)
+    d = decide(weights, sims, 800, verdicts=verdicts, margin=20)
+    assert (d.group.members, d.reason) == ((0, 1), "tie-break")
+    # Heavier wins inside the margin; outside it, the verdict beats weight.
+    assert decide([2, 2, 1, 1], sims, 800, verdicts=verdicts, margin=20).group.members == (0, 1)
+    assert decide([2, 2, 1, 1], sims, 800, verdicts=verdicts, margin=0).group.members == (2, 3)
+
+
+def test_confidence_and_relevance_only_break_ties() -> None:
+    weights = [1, 1, 1, 1]
+    sims = _sims(SPLIT)
+    assert decide(weights, sims, 800, confidence=[-900, -900, -100, -100]).group.members == (2, 3)
+    assert decide(weights, sims, 800, confidence=[-100, -100, -900, -900]).group.members == (0, 1)
+    # An irrelevant answer loses the tie, whatever its confidence ...
+    d = decide(weights, sims, 800, confidence=[-100, -100, -900, -900], relevance=[100, 100, 600, 600],
+               relevance_floor=300)
+    assert d.group.members == (2, 3)
+    # ... but not a verdict, and never weight.
+    verdicts = _verdicts(SPLIT, {2: {"Lyon": 500}, 3: {"Lyon": 500}, 0: {"Paris": 0}, 1: {"Paris": 0}})
+    assert decide(weights, sims, 800, verdicts=verdicts, relevance=[100, 100, 600, 600],
+                  relevance_floor=300).group.members == (0, 1)
+    assert decide([2, 2, 1, 1], sims, 800, relevance=[100, 100, 600, 600],
+                  relevance_floor=300).group.members == (0, 1)
+
+
+def test_group_verdict_is_the_floor_of_the_weighted_mean_of_outside_judges() -> None:
+    labels = ["a", "b", "b", "c"]
+    group = decide([1, 1, 1, 1], _sims(labels), 800).contenders[0]
+    assert group.members == (1, 2)
+    verdicts: list[list[int | None]] = [[None, -5, -5, None], [None, 900, 900, None],
+                                        [None, 900, 900, None], [None, 2, 2, None]]
+    assert group_verdict(group, [3, 1, 1, 1], verdicts) == (3 * -5 + 1 * 2) // 4  # -5 (floor of -4.25)
+    assert group_verdict(group, [3, 1, 1, 1], [[None] * 4] * 4) == 0
+
+
+def test_colluders_rejecting_every_honest_answer_cannot_pick_between_equal_honest_families() -> None:
+    # Two S peers (wrong), two G peers (right), two colluders with "Rome" and -1000 for everyone else.
+    labels = ["Lyon", "Lyon", "Paris", "Paris", "Rome", "Rome"]
+    honest = {"Lyon": -200, "Paris": 300, "Rome": -600}
+    judged = {j: dict(honest) for j in range(4)}
+    judged.update({4: {"Lyon": -1000, "Paris": -1000}, 5: {"Lyon": -1000, "Paris": -1000}})
+    d = decide([1] * 6, _sims(labels), 800, verdicts=_verdicts(labels, judged))
+    assert d.group.members == (2, 3)
+
+
+def test_bad_shapes_and_ranges_raise() -> None:
+    sims = _sims(SPLIT)
+    with pytest.raises(ValueError):
+        decide([1, 1, 1, 1], sims, 800, verdicts=[[0, 0, 0, 0]] * 3)
+    with pytest.raises(ValueError):
+        decide([1, 1, 1, 1], sims, 800, verdicts=[[0, 0, 0, 1001]] * 4)
+    with pytest.raises(ValueError):
+        decide([1, 1, 1, 1], sims, 800, confidence=[0, 0, 0])
+    with pytest.raises(ValueError):
+        decide([1, 1, 1, 1], sims, 800, margin=-1)
