@@ -346,17 +346,19 @@ def status(dir: Path) -> list[PeerStatus]:
     """Each peer's process and API state; unreachable peers have phase "down"."""
     state = load_state(dir)
     alive = [processes.alive(p.pid) for p in state.peers]
-    answers = _fetch_all([p.api_url for p, a in zip(state.peers, alive) if a])
+    paused = [a and processes.paused(p.pid) for p, a in zip(state.peers, alive)]  # would not answer: not asked
+    asked = [a and not z for a, z in zip(alive, paused)]
+    answers = _fetch_all([p.api_url for p, a in zip(state.peers, asked) if a])
     it = iter(answers)
     shares = _weight_shares(_highest(answers))
     out = []
-    for p, a in zip(state.peers, alive):
-        s = next(it) if a else None
+    for p, a, z, q in zip(state.peers, alive, paused, asked):
+        s = next(it) if q else None
         connected = s.get("connected_peers") if s else None
         transport = s.get("transport") if s else None
         mine = [w for w in state.workers if w.peer == p.name]
         views = _shard_views(p.api_url) if mine and s is not None else {}
-        phase = str(s.get("phase", "?")) if s else "paused" if a and processes.paused(p.pid) else "down"
+        phase = str(s.get("phase", "?")) if s else "paused" if z else "down"
         out.append(PeerStatus(
             name=p.name, peer_id=p.peer_id, model=p.model, api_url=p.api_url, pid=p.pid, alive=a,
             ready=bool(s and s.get("ready") is True), phase=phase,

@@ -98,8 +98,11 @@ def test_kill_pause_resume_disconnect_reconnect(tmp_path: Path, monkeypatch: pyt
         assert _rows(capsys, d)["peer0"]["ready"] is True
         assert _run("kill", "--dir", d, "--peer", "nobody") == 2
         assert "no peer or shard worker named 'nobody'" in capsys.readouterr().err
+        assert _run("pause", "--dir", d, "--peer", "peer1") == 0
+        capsys.readouterr()
     finally:
-        _run("down", "--dir", d)
+        assert _run("down", "--dir", d) == 0
+    assert "peer1: stopped (pid" in capsys.readouterr().out  # SIGTERM reached the paused peer: it was continued
     assert _run("kill", "--dir", str(tmp_path / "none"), "--peer", "peer0") == 2
 
 
@@ -134,14 +137,6 @@ def test_status_lists_each_sharded_peers_workers_with_their_state(tmp_path: Path
         report = launcher.down(net, timeout_s=10)
     assert "edge/phone: stopped" in report[-1]  # SIGTERM reached it (a paused one is continued first)
     assert _children() == []
-
-
-def test_down_stops_a_paused_peer_with_sigterm(tmp_path: Path) -> None:
-    from testnet import perturb
-
-    state = launcher.up(Manifest.from_args(1, ["smollm2"]), tmp_path, peer_command=FAKE, ready_timeout_s=60)
-    perturb.pause(tmp_path, "peer0")
-    assert launcher.down(tmp_path, timeout_s=10) == [f"peer0: stopped (pid {state.peers[0].pid})"]
 
 
 def _reply(question: str) -> dict[str, Any]:
