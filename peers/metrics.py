@@ -5,8 +5,9 @@ Each node has its own :class:`NodeMetrics` with its own ``CollectorRegistry``
 families are read from the node at scrape time by :class:`NodeCollector`
 (``Node.status()``, the transport's counters, the ledger, a sharded engine's
 driver); only what needs events is fed by the node as they happen, as
-histograms: the rounds each height took, decision latency (query reached
-this peer -> decided) and generation latency (this peer's model, per answer).
+histograms: the rounds each height took, decision latency (per query: it
+reached this peer -> its height decided) and generation latency (this
+peer's model, per answer).
 
 Names follow the Prometheus conventions: ``multillmn_`` prefix, base units in
 the name (``_seconds``), ``_total`` for counters only, ``_info`` for the
@@ -86,10 +87,13 @@ class NodeMetrics:
             self._collector = NodeCollector(node, self)
             self.registry.register(self._collector)
 
-    def decided(self, round_: int, latency_s: float | None) -> None:
-        """A height was decided here in ``round_``; ``latency_s`` from its query's arrival (None: catch-up)."""
+    def height_decided(self, round_: int) -> None:
+        """A height was decided here (or caught up) in ``round_``."""
         self.last_round = round_
         self.rounds.observe(round_ + 1)
+
+    def query_decided(self, latency_s: float | None) -> None:
+        """One query of a decided height, ``latency_s`` after it reached this peer (None: unknown, a catch-up)."""
         if latency_s is not None:
             self.decision_latency.observe(max(0.0, latency_s))
 
