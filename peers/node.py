@@ -677,9 +677,10 @@ class Node:
         log.info("decided", extra=fields(height=e.height, round=e.round, queries=len(outcomes), answer=value.answer))
         keys = e.validators.public_key_of
         full = self.certificates.with_path(cert)
+        self.metrics.height_decided(e.round)
         for outcome, times in zip(outcomes, e.times or [QueryTimes()] * len(outcomes), strict=True):
             arrived = times.arrived_ms if times.arrived_ms is not None else now
-            self.metrics.decided(e.round, None if times.arrived_ms is None else (now - arrived) / 1000)
+            self.metrics.query_decided(None if times.arrived_ms is None else (now - arrived) / 1000)
             waiter = self._waiters.get(outcome.query_id())
             if waiter is None:
                 continue
