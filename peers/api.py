@@ -2,7 +2,8 @@
 
 * ``POST /v1/query`` — ask a question; returns the consensus answer, the
   certificate, every peer's answer and timings.
-* ``GET /v1/status`` — peer id, model, phase, height, connected peers, weights.
+* ``GET /v1/status`` — peer id, model, phase, height, connected peers, weights,
+  and the query queue (``queue``: pending queries, and those waiting here).
 * ``GET /metrics`` — the same and more in the Prometheus text format
   (``peers/metrics.py``).
 * ``GET /v1/certificates/{height}`` — the certificate decided at a height
@@ -228,6 +229,12 @@ def create_app(peer: PeerHandle, limits: HttpLimits | None = None, *,
                 "height": 1, "connected_peers": []}
         if peer.node is not None:
             base.update(peer.node.status())
+        base["queue"] = {  # the pool's queries (all entry peers) and the ones asked through this API
+            "pending_queries": base.get("pending_queries", 0),
+            "max_pending_queries": peer.node.driver.config.max_pending if peer.node is not None else 0,
+            "waiting_here": sum(pending.values()), "clients_waiting": len(pending),
+            "max_pending_per_client": max_pending_per_client,
+        }
         return base
 
     @app.get("/metrics", include_in_schema=False)

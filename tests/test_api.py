@@ -113,6 +113,15 @@ class _StubNode:
         await self.release.wait()
         raise QueryFailed(self.error)
 
+    def status(self) -> dict[str, Any]:
+        return {"pending_queries": self.calls}
+
+    @property
+    def driver(self) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(config=SimpleNamespace(max_pending=256))
+
 
 def _stub_client(stub: _StubNode, address: str, app: Any = None) -> httpx.AsyncClient:
     handle = PeerHandle("a" * 40, "peer0", "m", phase="ready", node=cast(Node, stub))
@@ -178,6 +187,10 @@ async def test_one_client_cannot_hold_more_than_its_share_of_pending_queries() -
                 nursery.start_soon(ask, other)
                 while stub.calls < MAX_PENDING_PER_CLIENT + 1:
                     await trio.sleep(0.01)
+                queue = (await other.get("/v1/status")).json()["queue"]  # the queue, as /v1/status shows it
+                assert queue == {"pending_queries": MAX_PENDING_PER_CLIENT + 1, "max_pending_queries": 256,
+                                 "waiting_here": MAX_PENDING_PER_CLIENT + 1, "clients_waiting": 2,
+                                 "max_pending_per_client": MAX_PENDING_PER_CLIENT}
                 stub.release.set()
             assert statuses == [503] * (MAX_PENDING_PER_CLIENT + 1)
             r = await greedy.post("/v1/query", json={"question": Q})  # its slots were given back
