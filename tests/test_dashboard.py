@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from collections.abc import MutableMapping
 from functools import partial
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 import trio
 from fastapi import FastAPI
 
+from multillmn.config import PeerConfig
 from peers.api import PeerHandle, create_app
 from peers.dashboard import STATIC_FILES, dashboard_router
+from peers.engine import ScriptedEngine
 from peers.node import Node
 from tests.conftest import make_net
 from tests.test_ledger_integration import _wait_settled, cluster
@@ -203,3 +206,33 @@ async def test_snapshot_shows_the_ledger_tail_newest_first(tmp_path: Path) -> No
     assert [e["index"] for e in ledger["tail"]] == sorted((e["index"] for e in ledger["tail"]), reverse=True)
     assert ledger["evidence"] == [] and ledger["evidence_count"] == 0
     assert [d["height"] for d in snap["decisions"]] == [2, 1]
+
+
+async def test_a_height_that_decides_several_queries_shows_each_and_their_certificates_verify() -> None:
+    table = {f"What is {k} + {k}?": str(2 * k) for k in range(1, 7)}
+    net = make_net([1, 1, 1, 1])
+    engines = [ScriptedEngine(table, model_name=f"m{i}", delay_s=0.2) for i in range(4)]
+    cfg = replace(PeerConfig.for_tests(), max_batch=8, queries_per_height=16)
+    certs: list[dict[str, Any]] = []
+    async with running(net, engines, cfg=cfg) as nodes:
+        async with _client(create_app(_handle(nodes[0]))) as client:
+            async def ask(question: str) -> None:
+                r = await client.post("/v1/query", json={"question": question})
+                assert r.status_code == 200, r.text
+                certs.append(r.json()["certificate"])
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for question in table:
+                        nursery.start_soon(ask, question)
+                snap = (await client.get("/dashboard/api/snapshot")).json()
+                checks = [(await client.post("/dashboard/api/verify", json=c)).json() for c in certs]
+    decisions = snap["decisions"]
+    assert sorted(d["question"] for d in decisions) == sorted(table)
+    assert all(d["answer"] == table[d["question"]] for d in decisions)
+    assert len({d["height"] for d in decisions}) < len(table)  # some shared a height
+    for d in decisions:
+        assert len(d["answers"]) >= 3 and all(a["text"] == d["answer"] and a["agreed"] for a in d["answers"])
+        assert len({a["signature"] for a in d["answers"]}) == len(d["answers"])
+    assert any(c["version"] == 4 for c in certs)  # query certificates of a shared height
+    assert all(c["valid"] for c in checks), checks
