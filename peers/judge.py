@@ -28,9 +28,11 @@ for every answer of its pairs at once, so judging k pairs costs one pass, not 2k
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.scores import JudgeResult
 from multillmn.identity import PeerId
@@ -38,7 +40,10 @@ from multillmn.identity import PeerId
 if TYPE_CHECKING:
     from peers.llm import Generator
 
-__all__ = ["Judge", "LLMJudge", "ScriptedJudge", "judge_pair", "judge_pairs"]
+__all__ = [
+    "VERIFY_EXAMPLES", "Judge", "LLMJudge", "ScriptedJudge", "VerifyingJudge", "judge_pair", "judge_pairs",
+    "verify_messages", "verify_prompt",
+]
 
 
 class Judge(Protocol):
@@ -118,3 +123,117 @@ def judge_pairs(judge: Judge, question: str, pairs: Sequence[tuple[PeerId, str, 
     if isinstance(judge, LLMJudge):
         judge.logprobs(question, [t for _, a_text, _, b_text in pairs for t in (a_text, b_text)])
     return [judge_pair(judge, question, a, a_text, b, b_text) for a, a_text, b, b_text in pairs]
+
+
+# A verifying judge (issue 15): P("yes") to "is the proposed answer correct?".
+
+VERIFY_EXAMPLES: tuple[tuple[str, str, bool], ...] = (
+    ("What is the capital of Italy?", "The capital of Italy is Milan.", False),
+    ("How many legs does a spider have?", "A spider has eight legs.", True),
+    ("Who wrote Pride and Prejudice?", "Pride and Prejudice was written by Charles Dickens.", False),
+    ("What is the chemical symbol for silver?", "The chemical symbol for silver is Ag.", True),
+)
+"""Few-shot verification examples, two right and two wrong (disjoint from the shipped questions)."""
+
+_ASK = "Is the proposed answer correct? Answer yes or no."
+_VERIFY_SYSTEM = "You check answers to questions. Reply with yes or no."
+
+
+def _verify_block(question: str, answer: str) -> str:
+    return f"Question: {' '.join(question.split())}\nProposed answer: {' '.join(answer.split())}\n{_ASK}"
+
+
+def verify_prompt(question: str, answer: str, examples: Sequence[tuple[str, str, bool]] = VERIFY_EXAMPLES) -> str:
+    """The few-shot verification prompt for a base model, ending where it should say " yes" or " no"."""
+    shots = "".join(f"{_verify_block(q, a)} {'yes' if ok else 'no'}\n\n" for q, a, ok in examples)
+    return f"{shots}{_verify_block(question, answer)}"
+
+
+def verify_messages(question: str, answer: str,
+                    examples: Sequence[tuple[str, str, bool]] = VERIFY_EXAMPLES) -> list[dict[str, str]]:
+    """The verification as chat turns for an instruct model: the examples as earlier turns."""
+    messages = [{"role": "system", "content": _VERIFY_SYSTEM}]
+    for q, a, ok in examples:
+        messages += [{"role": "user", "content": _verify_block(q, a)},
+                     {"role": "assistant", "content": "Yes" if ok else "No"}]
+    messages.append({"role": "user", "content": _verify_block(question, answer)})
+    return messages
+
+
+class VerifyingJudge:
+    """A peer's model asked "is the proposed answer correct?": ``P(yes) / (P(yes) + P(no))`` per mille.
+
+    The probability of each word is summed over its spellings' first tokens
+    ("yes", " yes", "Yes", " Yes"); an instruct model is asked in its chat
+    template with the few-shot examples as earlier turns, a base model in a
+    few-shot text prompt (:func:`verify_prompt`). The answers of one question
+    are scored in one left-padded forward pass (positions from the mask, so
+    each row sees what it would see alone); results are cached per
+    (question, answer). The raw score carries the model's yes-bias: the
+    decision (:mod:`consensus.verdicts`) subtracts a per-judge calibration.
+    """
+
+    def __init__(self, generator: Generator, cache_size: int = 256) -> None:
+        self.generator = generator
+        self._cache: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._cache_size = cache_size
+        tok = generator.tokenizer
+        yes = _first_tokens(tok, ("yes", " yes", "Yes", " Yes"))
+        no = _first_tokens(tok, ("no", " no", "No", " No"))
+        self._yes = [t for t in yes if t not in no]  # a byte-level tokenizer starts both with " "
+        self._no = [t for t in no if t not in yes]
+
+    def prompt_ids(self, question: str, answer: str) -> list[int]:
+        g = self.generator
+        if g.spec.prompt_style == "chat":
+            text = str(g.tokenizer.apply_chat_template(verify_messages(question, answer), tokenize=False,
+                                                       add_generation_prompt=True))
+            return list(g.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(g.tokenizer(verify_prompt(question, answer), add_special_tokens=True)["input_ids"])
+
+    def yes_score(self, question: str, answer: str) -> int:
+        return self.yes_scores(question, [answer])[0]
+
+    def yes_scores(self, question: str, answers: Sequence[str]) -> list[int]:
+        """Per-mille ``P(yes)`` of each answer; the ones not cached yet in one batched forward pass."""
+        missing = [a for a in dict.fromkeys(answers) if (question, a) not in self._cache]
+        if missing:
+            for a, v in zip(missing, self._score([self.prompt_ids(question, a) for a in missing]), strict=True):
+                self._cache[(question, a)] = v
+        out = [self._cache[(question, a)] for a in answers]
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def _score(self, prompts: list[list[int]]) -> list[int]:
+        import torch
+
+        g = self.generator
+        width = max(len(p) for p in prompts)
+        pad = int(g.tokenizer.pad_token_id if g.tokenizer.pad_token_id is not None else 0)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        lock = getattr(g, "_lock", None) or contextlib.nullcontext()  # the generator's: one pass at a time
+        with lock, torch.inference_mode():
+            logits = g.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        out = []
+        for row in logp:
+            yes = float(torch.logsumexp(row[self._yes], dim=0))
+            no = float(torch.logsumexp(row[self._no], dim=0))
+            out.append(per_mille_yes(yes, no))
+        return out
+
+
+def per_mille_yes(log_yes: float, log_no: float) -> int:
+    """``round(1000 * P(yes) / (P(yes) + P(no)))`` from the two log-probabilities, overflow-free."""
+    if math.isinf(log_yes) and math.isinf(log_no):
+        return 500
+    return round(1000 / (1 + math.exp(max(-50.0, min(50.0, log_no - log_yes)))))
+
+
+def _first_tokens(tokenizer: Any, spellings: Sequence[str]) -> list[int]:
+    """The distinct first token of each spelling."""
+    ids = [tokenizer.encode(s, add_special_tokens=False) for s in spellings]
+    return sorted({i[0] for i in ids if i})

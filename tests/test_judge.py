@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
+import pytest
+import torch
 import trio
 
 from collections.abc import Sequence
@@ -14,7 +17,8 @@ from consensus.scores import JudgeResult, score_answers
 from multillmn.config import PeerConfig
 from multillmn.identity import PeerId
 from peers.engine import ScriptedEngine
-from peers.judge import Judge, ScriptedJudge, judge_pair
+from peers.judge import Judge, ScriptedJudge, VerifyingJudge, judge_pair, per_mille_yes, verify_messages, verify_prompt
+from peers.llm import Generator, ModelSpec
 from tests.conftest import make_net
 from tests.test_node import _wait_height, running
 
@@ -108,3 +112,89 @@ async def test_the_runner_scores_close_calls_with_its_own_judge() -> None:
     expected = score_answers([a.peer for a in answers], sims, winners, judge_results=judged)
     assert vector.scores == expected
     assert expected != score_answers([a.peer for a in answers], sims, winners)  # the judge mattered
+
+
+# --- the verifying judge (issue 15): P("yes") to "is the proposed answer correct?" -------------
+
+@pytest.fixture(scope="module", params=["llama-chat", "gemma3-few-shot"])
+def tiny_generator(request: pytest.FixtureRequest) -> Generator:
+    from tests.test_generation_batch import byte_tokenizer, random_model
+
+    arch, style = request.param.split("-", 1)
+    tokenizer = byte_tokenizer()
+    spec = ModelSpec(f"tiny-{arch}", None, False, "chat" if style == "chat" else "few-shot", style == "few-shot")
+    return Generator(spec, random_model(arch, tokenizer, seed=3), tokenizer)
+
+
+ANSWERS = ["Paris", "The capital of France is Berlin.", "It is Lyon, I think, or maybe Marseille.", "no"]
+
+
+def _reference_yes(judge: VerifyingJudge, question: str, answer: str) -> int:
+    """The score from one unpadded forward pass over the whole vocabulary, computed here independently."""
+    g = judge.generator
+    ids = torch.tensor([judge.prompt_ids(question, answer)])
+    with torch.inference_mode():
+        probs = torch.softmax(g.model(input_ids=ids).logits[0, -1].double(), dim=-1)
+    yes = sum(float(probs[g.tokenizer.convert_tokens_to_ids(t)]) for t in ("y", "Y"))
+    no = sum(float(probs[g.tokenizer.convert_tokens_to_ids(t)]) for t in ("n", "N"))
+    return round(1000 * yes / (yes + no))
+
+
+def test_verifying_judge_scores_a_batch_as_each_answer_alone(tiny_generator: Generator) -> None:
+    judge = VerifyingJudge(tiny_generator)
+    together = judge.yes_scores(Q, ANSWERS)
+    alone = [_reference_yes(judge, Q, a) for a in ANSWERS]
+    assert all(abs(a - b) <= 1 for a, b in zip(together, alone)), (together, alone)
+    assert len({len(judge.prompt_ids(Q, a)) for a in ANSWERS}) > 1  # the batch was padded
+    if tiny_generator.spec.prompt_style == "chat":  # (the tiny Gemma's last window is the same text)
+        assert len(set(together)) > 1
+
+
+def test_verifying_judge_caches_per_question_and_answer(tiny_generator: Generator) -> None:
+    judge = VerifyingJudge(tiny_generator, cache_size=3)
+    first = judge.yes_scores(Q, ANSWERS[:2])
+    calls = 0
+    forward = tiny_generator.model.forward
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return forward(*args, **kwargs)
+
+    tiny_generator.model.forward = counting
+    try:
+        assert judge.yes_scores(Q, list(reversed(ANSWERS[:2]))) == list(reversed(first))
+        assert calls == 0
+        judge.yes_scores(Q, ANSWERS)  # two new answers: one batched pass; the cache keeps 3
+        assert calls == 1
+        assert len(judge._cache) == 3
+    finally:
+        del tiny_generator.model.forward
+
+
+def test_verification_prompts_end_where_the_verdict_starts() -> None:
+    text = verify_prompt("What is 2 + 2?", "It is  4.")
+    assert text.endswith("Question: What is 2 + 2?\nProposed answer: It is 4.\n"
+                         "Is the proposed answer correct? Answer yes or no.")
+    assert text.count(" yes\n\n") == 2 and text.count(" no\n\n") == 2
+    messages = verify_messages("What is 2 + 2?", "4")
+    assert messages[0]["role"] == "system" and messages[-1]["role"] == "user"
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == ["No", "Yes", "No", "Yes"]
+
+
+def test_per_mille_yes() -> None:
+    assert per_mille_yes(-1.0, -1.0) == 500
+    assert per_mille_yes(math.log(0.3), math.log(0.1)) == 750
+    assert per_mille_yes(0.0, -200.0) == 1000 and per_mille_yes(-200.0, 0.0) == 0
+    assert per_mille_yes(-math.inf, -math.inf) == 500
+
+
+@pytest.mark.models
+def test_bundled_verifying_judges_score_in_a_batch_as_alone() -> None:
+    from peers.llm import default_cache_dir, resolve_model
+
+    for name in ("smollm2", "gemma3"):
+        judge = VerifyingJudge(Generator.load(resolve_model(name), default_cache_dir(), threads=1))
+        together = judge.yes_scores(Q, ANSWERS)
+        alone = [VerifyingJudge(judge.generator).yes_score(Q, a) for a in ANSWERS]
+        assert all(abs(a - b) <= 1 for a, b in zip(together, alone)), (name, together, alone)
