@@ -26,7 +26,12 @@ Normative rule (:func:`decide`), all integer arithmetic:
 2. A contender's *verdict* is ``sum(w_j * v_j) // sum(w_j)`` over the judges
    ``j`` outside it that gave a verdict on its representative (0 if none:
    no evidence either way). Contenders within ``margin`` of the best verdict
-   stay; with ``margin >= 2000`` verdicts never decide.
+   stay; with ``margin >= 2000`` verdicts never decide. Under ``rule="veto"``
+   instead, a contender is *rejected* when the judges outside it whose
+   verdict is below ``-margin`` hold more than 1/3 of ``total_weight`` (all
+   validators' weight): faulty judges, below 1/3 by the fault model, can
+   reject nothing on their own. The contenders not rejected stay (all of
+   them if every one is rejected).
 3. Among those, the heaviest (within ``answering // TIE_MARGIN``), then the
    old order of :func:`consensus.grouping.choose`: a representative that
    *answers* (not an echo, and at least ``relevance_floor`` relevant when
@@ -50,9 +55,10 @@ from dataclasses import dataclass
 
 from consensus.grouping import TIE_MARGIN, Group, group_answers, pair_index
 
-__all__ = ["MAX_VERDICT", "Decision", "decide", "group_verdict"]
+__all__ = ["MAX_VERDICT", "RULES", "Decision", "decide", "group_verdict", "rejecting_weight"]
 
 MAX_VERDICT = 1000
+RULES = ("mean", "veto")
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,14 @@ def group_verdict(group: Group, weights: Sequence[int], verdicts: Sequence[Seque
     return 0 if weight == 0 else total // weight
 
 
+def rejecting_weight(group: Group, weights: Sequence[int], verdicts: Sequence[Sequence[int | None]],
+                     margin: int = 0) -> int:
+    """The weight of the judges outside ``group`` whose verdict on its representative is below ``-margin``."""
+    inside = set(group.members)
+    return sum(weights[j] for j, row in enumerate(verdicts)
+               if j not in inside and (v := row[group.representative]) is not None and v < -margin)
+
+
 def decide(
     weights: Sequence[int],
     sims: Sequence[int],
@@ -94,6 +108,8 @@ def decide(
     relevance_floor: int = 0,
     confidence: Sequence[int] | None = None,
     margin: int = 0,
+    rule: str = "mean",
+    total_weight: int | None = None,
 ) -> Decision:
     """The winning group by the module's rule (see the docstring); raises ``ValueError`` on bad shapes."""
     n = len(weights)
@@ -109,6 +125,11 @@ def decide(
                 raise ValueError("verdicts are per mille in [-1000, 1000]")
     if margin < 0:
         raise ValueError("margin must be non-negative")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}")
+    total = sum(weights) if total_weight is None else total_weight
+    if total < sum(weights):
+        raise ValueError("the total weight is less than the answering weight")
     groups = group_answers(weights, sims, threshold)
     answering = sum(weights)
     heaviest = max(g.weight for g in groups)
@@ -120,9 +141,13 @@ def decide(
         contenders = [g for g in groups if 2 * g.weight >= heaviest]
     reason = "tie-break"
     if verdicts is not None and len(contenders) > 1:
-        scored = {g.representative: group_verdict(g, weights, verdicts) for g in contenders}
-        best = max(scored.values())
-        kept = [g for g in contenders if scored[g.representative] >= best - margin]
+        if rule == "mean":
+            scored = {g.representative: group_verdict(g, weights, verdicts) for g in contenders}
+            best = max(scored.values())
+            kept = [g for g in contenders if scored[g.representative] >= best - margin]
+        else:
+            kept = [g for g in contenders if 3 * rejecting_weight(g, weights, verdicts, margin) <= total] \
+                or contenders
         if len(kept) < len(contenders):
             reason = "verdict"
         contenders = kept

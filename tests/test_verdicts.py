@@ -133,3 +133,34 @@ def test_bad_shapes_and_ranges_raise() -> None:
         decide([1, 1, 1, 1], sims, 800, confidence=[0, 0, 0])
     with pytest.raises(ValueError):
         decide([1, 1, 1, 1], sims, 800, margin=-1)
+
+
+def test_veto_rejects_a_group_only_with_more_than_a_third_of_all_weight() -> None:
+    labels = ["Lyon", "Lyon", "Paris", "Paris", "Rome", "Rome"]
+    sims = _sims(labels)
+    colluders = {4: {"Lyon": -1000, "Paris": -1000}, 5: {"Lyon": -1000, "Paris": -1000}}
+    # Colluders alone (1/3 of the weight, not more) reject nothing: the old tie-break (lowest index) stands.
+    d = decide([1] * 6, sims, 800, verdicts=_verdicts(labels, colluders), rule="veto")
+    assert (d.group.members, d.reason) == ((0, 1), "tie-break")
+    # One honest judge rejecting "Lyon" tips it; honest judges reject "Rome" as well.
+    judged = {**colluders, 2: {"Lyon": -10, "Rome": -500}, 0: {"Rome": -500}, 1: {"Rome": -500}}
+    d = decide([1] * 6, sims, 800, verdicts=_verdicts(labels, judged), rule="veto")
+    assert (d.group.members, d.reason) == ((2, 3), "verdict")
+    # Within the margin a negative verdict is no rejection.
+    assert decide([1] * 6, sims, 800, verdicts=_verdicts(labels, judged), rule="veto",
+                  margin=10).group.members == (0, 1)
+
+
+def test_veto_counts_against_all_validators_weight_and_keeps_everyone_if_all_are_rejected() -> None:
+    sims = _sims(SPLIT)
+    verdicts = _verdicts(SPLIT, {2: {"Lyon": -1}, 3: {"Lyon": -1}})
+    assert decide([1] * 4, sims, 800, verdicts=verdicts, rule="veto").group.members == (2, 3)
+    # The same two judges hold exactly a third once two absent validators count (total 6): no rejection.
+    assert decide([1] * 4, sims, 800, verdicts=verdicts, rule="veto", total_weight=6).group.members == (0, 1)
+    everyone = _verdicts(SPLIT, {j: {"Lyon": -1, "Paris": -1} for j in range(4)})
+    d = decide([1] * 4, sims, 800, verdicts=everyone, rule="veto")
+    assert (d.group.members, len(d.contenders)) == ((0, 1), 2)
+    with pytest.raises(ValueError):
+        decide([1] * 4, sims, 800, verdicts=everyone, rule="median")
+    with pytest.raises(ValueError):
+        decide([1] * 4, sims, 800, total_weight=3)
