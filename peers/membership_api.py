@@ -62,7 +62,7 @@ def membership_router(ready_node: Callable[[], Node]) -> APIRouter:
             return _refuse(node, 422, "malformed", "body and sig must be base64 (sig: 64 bytes)")
         keys = (lambda _: None) if kind is Join else node.driver.chain.key_of
         try:
-            signed = open_envelope(kind, envelope, keys)  # type: ignore[type-var]
+            signed = open_envelope(kind, envelope, keys)
         except MessageError as exc:
             text = str(exc)
             code = "bad-signature" if "signature" in text or "unknown peer" in text else "malformed"

@@ -26,7 +26,7 @@ from pathlib import Path
 from multillmn.certificate import CertificateError, verify_file
 from multillmn.client import ClientError, ask, check, render
 from multillmn.genesis import Genesis
-from testnet.launcher import TestnetError, down, status, up
+from testnet.launcher import TestnetError, down, remember, status, up
 from testnet.manifest import Manifest
 
 QUESTION = "What is the capital of France?"
@@ -68,8 +68,10 @@ def main(directory: Path = DEMO_DIR, *, keep: bool = False) -> int:
         return 1
     finally:
         if keep and not failed:
-            print(f"\nthe testnet keeps running: open the dashboard above, ask it more questions there;\n"
-                  f"stop it with: multillmn testnet down --dir {directory}   (or: make demo-down)")
+            remember(directory)  # `multillmn ask "..."` with no --peer asks this testnet
+            print(f"\nthe testnet keeps running: open the dashboard above, ask it more questions there or with\n"
+                  f"`multillmn ask \"...\"`; stop it with: multillmn testnet down --dir {directory}"
+                  "   (or: make demo-down)")
         else:
             print("\nshutting the testnet down")
             for line in down(directory):
