@@ -12,8 +12,6 @@ and restart cleanly; a client must refuse the forgery from the genesis.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ from multillmn.client import ask, check
 from multillmn.genesis import Genesis
 from multillmn.identity import KeyPair
 from peers.attacks import forged_certificate
-from testnet import launcher
+from testnet import launcher, perturb
 from testnet.manifest import Manifest
 
 pytestmark = pytest.mark.e2e
@@ -134,8 +132,7 @@ def test_a_killed_honest_peer_restarts_from_its_ledger(attacked: tuple[Path, dic
     directory, urls, _ = attacked
     bob = launcher.load_state(directory).peer("bob")
     assert bob.pid is not None
-    os.killpg(bob.pid, signal.SIGKILL)
-    os.waitpid(bob.pid, 0)  # reap it: we started it
+    assert "killed" in perturb.kill(directory, "bob")  # `multillmn testnet kill`: SIGKILL, then reaped
     launcher.restart(directory, "bob", ready_timeout_s=300)  # its store holds no poisoned event
     result = ask(urls["bob"], "What is the capital of Italy?", timeout_s=300)
     assert result["height"] == 4

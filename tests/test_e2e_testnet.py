@@ -10,8 +10,6 @@ a genesis peer leaves while questions flow (issue 12).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import pytest
 from multillmn.certificate import verify
 from multillmn.client import ask, check
 from multillmn.genesis import Genesis
+from testnet import perturb
 from testnet.launcher import PeerStatus, down, join, load_state, restart, status, up
 from testnet.manifest import Manifest
 
@@ -106,8 +105,7 @@ def test_a_peer_killed_with_sigkill_restarts_from_its_ledger_and_catches_up(
     urls = [p.api_url for p in peers]
     victim = load_state(directory).peer(peers[2].name)
     assert victim.pid is not None
-    os.killpg(victim.pid, signal.SIGKILL)
-    os.waitpid(victim.pid, 0)  # reap it: the launcher started it from this process
+    assert "killed" in perturb.kill(directory, victim.name)  # `multillmn testnet kill`: SIGKILL, then reaped
     assert ask(urls[0], "What is two plus two?", timeout_s=300)["height"] == 3
     _ledgers_converge(urls[:2] + urls[3:], [1, 2, 3], 60)
     restart(directory, victim.name, ready_timeout_s=300)
