@@ -14,10 +14,11 @@ fan-out bound is what keeps a relay's upload small).
   node out and put it back elsewhere, swap two nodes' places) while the
   (max, sum) of arrival times decreases; up to :data:`RESTART_MAX_NODES`
   nodes, restarts from greedy trees of perturbed latencies (a fixed seed).
-* :func:`reroute`: the same tree with some nodes made leaves (peers scored
-  down as relays): their children, with their subtrees, are re-attached
-  greedily; every other edge is kept, so a peer's view stays close to the
-  tree its neighbours compute.
+* :func:`reroute`: the same tree with some nodes taken out as relays (peers
+  seen failing): they are detached (freeing their parents' slots), their
+  children's subtrees re-attached whole, greedily, and they hang as leaves
+  last; every other edge is kept, so peers that avoid the same nodes compute
+  the same tree, one close to the original.
 * :func:`brute_force_best_tree`: exhaustive, for tests and benchmarks on
   small graphs (at most :data:`BRUTE_FORCE_MAX_NODES` nodes).
 
@@ -367,45 +368,57 @@ def build_tree(origin: str, members: Iterable[str], latency: Latency, fanout: in
     return _tree_from_parents(nodes, best[1])
 
 
+def _attach(kids: dict[str, list[str]], arrival: dict[str, float], pending: set[str],
+            lat: Callable[[str, str], float], fanout: int, forbidden: Collection[str]) -> None:
+    """Hang every root of ``pending`` (with the subtree ``kids`` gives it) under a reached node, earliest arrival
+    first; nodes of ``forbidden`` get no new children unless no other slot is left."""
+    for honour in (True, False):
+        heap = [(t + lat(p, v), v, p) for p, t in arrival.items()
+                if len(kids[p]) < fanout and not (honour and p in forbidden) for v in pending]
+        heapq.heapify(heap)
+        while heap and pending:
+            t, v, p = heapq.heappop(heap)
+            if v not in pending or len(kids[p]) >= fanout:
+                continue
+            pending.discard(v)
+            kids[p].append(v)
+            for w, tw in arrival_times(kids, v, lat).items():
+                arrival[w] = t + tw
+                if len(kids[w]) < fanout and not (honour and w in forbidden):
+                    for x in pending:
+                        heapq.heappush(heap, (arrival[w] + lat(w, x), x, w))
+        if not pending:
+            return
+    raise ValueError("no tree with this fan-out spans the members")
+
+
 def reroute(tree: Mapping[str, Iterable[str]], origin: str, latency: Latency, fanout: int,
             avoid: Collection[str]) -> Tree:
-    """``tree`` with the nodes of ``avoid`` made leaves: their children (and subtrees) re-attached greedily.
+    """``tree`` with the nodes of ``avoid`` taken out as relays (peers seen failing to forward).
 
-    Every edge not out of an avoided node is kept. Cost: about (nodes
-    re-attached) x (nodes), so cheap when few peers are avoided.
+    The avoided nodes are detached, which frees their slots at their parents;
+    the subtrees of their children are re-attached whole, greedily (earliest
+    arrival first) at free slots of the other nodes; then the avoided nodes
+    themselves hang as leaves, last. Every edge not into or out of an avoided
+    node is kept, so peers that avoid the same set compute the same tree, one
+    close to the original. Cost: about (free slots) x (orphans) heap entries.
     """
-    avoid = frozenset(avoid) - {origin}
-    parent = parents_of(tree)
-    orphans = sorted(c for a in avoid for c in tree.get(a, ()))
-    if not orphans:
+    nodes = {n: list(c) for n, c in tree.items()}
+    avoided = frozenset(avoid) & nodes.keys() - {origin}
+    if not avoided:
         return {n: tuple(c) for n, c in tree.items()}
     lat = latency_function(latency)
-    for child in orphans:
-        del parent[child]
-    nodes = sorted(tree)
-    children = _tree_from_parents(nodes, parent)
-    pending = set(orphans)
-    while pending:
-        reached = arrival_times(children, origin, lat)
-        counts = {n: len(children[n]) for n in reached}
-        best: tuple[float, str, str] | None = None
-        for honour_avoid in (True, False):
-            for p, t in reached.items():
-                if counts[p] >= fanout or (honour_avoid and p in avoid):
-                    continue
-                for v in pending:
-                    cand = (t + lat(p, v), v, p)
-                    if best is None or cand < best:
-                        best = cand
-            if best is not None:
-                break
-        if best is None:
-            raise ValueError("no tree with this fan-out spans the members")
-        _, v, p = best
-        pending.discard(v)
-        parent[v] = p
-        children[p] = tuple(sorted((*children[p], v)))
-    return children
+    orphans = {c for a in avoided for c in nodes[a]} - avoided
+    parent = parents_of(tree)
+    for a in avoided:
+        nodes[a] = []
+        up = parent.get(a)
+        if up is not None and a in nodes[up]:
+            nodes[up].remove(a)
+    arrival = arrival_times(nodes, origin, lat)
+    _attach(nodes, arrival, orphans, lat, fanout, avoided)
+    _attach(nodes, arrival, set(avoided), lat, fanout, avoided)
+    return {n: tuple(sorted(c)) for n, c in sorted(nodes.items())}
 
 
 def brute_force_best_tree(origin: str, members: Iterable[str], latency: Latency,
