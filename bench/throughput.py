@@ -1,9 +1,10 @@
 """Throughput of a real 4-peer testnet under concurrent clients, batching on and off (issue 14).
 
-Starts 2 x SmolLM2 + 2 x Gemma-3 peers (``testnet.launcher.up``), once with the shipped
-settings ("batched": ``[model] max_batch`` and ``[consensus] queries_per_height`` at their
-defaults) and once with batching off ("off": ``max_batch = 1``, ``queries_per_height = 1``,
-today's behaviour before issue 14). The overrides are written into each peer's config by this
+Starts two testnets of 2 x SmolLM2 + 2 x Gemma-3 peers (``testnet.launcher.up``), one with the
+shipped settings ("batched": ``[model] max_batch`` and ``[consensus] queries_per_height`` at their
+defaults) and one with batching off ("off": ``max_batch = 1``, ``queries_per_height = 1``,
+today's behaviour before issue 14). Both run at once (an idle testnet costs next to nothing) and
+their cells alternate, so both see the shared machine's changing load alike. The overrides are written into each peer's config by this
 script, run as the peer command's wrapper (``--peer KEY=VALUE ... -- CMD``); a key the config
 does not have (yet) is left out and reported. For each mode, 1, 4, 16 and 32 clients each ask the
 shipped questions (``multillmn.questions``) in a closed loop, round-robin over the peers, for a
@@ -129,6 +130,7 @@ class Loop:
 
     latencies: list[float] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
+    peer_answers: dict[str, dict[str, str]] = field(default_factory=dict)  # question -> moniker -> text
     errors: list[str] = field(default_factory=list)
     rejected: int = 0
     unfinished: int = 0
@@ -179,10 +181,12 @@ def closed_loop(urls: list[str], questions: list[str], clients: int, seconds: fl
                         with out.lock:
                             out.errors.append(f"{r.status_code}: {r.text[:200]}")
                         break
-                    answer = str(r.json().get("answer", ""))
+                    reply = r.json()
                     with out.lock:
                         out.latencies.append(time.monotonic() - t0)
-                        out.answers.setdefault(q, answer)
+                        out.answers.setdefault(q, str(reply.get("answer", "")))
+                        for a in reply.get("answers", []):
+                            out.peer_answers.setdefault(q, {}).setdefault(str(a.get("moniker")), str(a.get("text")))
                     break
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
@@ -237,78 +241,157 @@ def percentile(values: list[float], q: float) -> float | None:
 
 # --- one mode: a testnet, then every client count ---------------------------------------------
 
-def run_mode(mode: str, overrides: dict[str, int], clients_list: list[int], seconds: float, drain_s: float,
-             questions: list[str], infos: dict[str, ModelInfo], bandwidth: float, max_new_tokens: int,
-             say: Any) -> dict[str, Any]:
-    from multillmn.client import fetch_status
-    from testnet.launcher import DEFAULT_PEER_COMMAND, down, load_state, up
+@dataclass
+class Net:
+    """One mode's running testnet."""
+
+    mode: str
+    overrides: dict[str, int]
+    directory: Path
+    peers: list[Any]
+    startup_s: float
+    settings: dict[str, dict[str, str | None]]
+    cells: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [p.api_url for p in self.peers]
+
+
+def start_net(mode: str, overrides: dict[str, int], max_new_tokens: int, say: Any) -> Net:
+    """A 4-peer testnet whose peers run with ``overrides`` (through this script as their wrapper)."""
+    from testnet.launcher import DEFAULT_PEER_COMMAND, load_state, up
     from testnet.manifest import Manifest
 
     directory = Path(tempfile.mkdtemp(prefix=f"multillmn-throughput-{mode}-"))
     wrapper = [sys.executable, str(Path(__file__).resolve()), "--peer",
                *(f"{k}={v}" for k, v in overrides.items()), "--", *DEFAULT_PEER_COMMAND]
-    manifest = Manifest.from_args(4, list(MODELS), max_new_tokens=max_new_tokens)
     t0 = time.monotonic()
-    up(manifest, directory, peer_command=wrapper, progress=lambda line: say(f"  [{mode}] {line}"))
-    startup = time.monotonic() - t0
-    cells = []
-    try:
-        state = load_state(directory)
-        peers = state.peers
-        urls = [p.api_url for p in peers]
-        configs = {}
-        for p in peers:
-            text = Path(p.config).read_text()
-            configs[p.name] = {k: next((line.split("=", 1)[1].strip() for line in text.splitlines()
-                                        if line.strip().startswith(k.split(".", 1)[1] + " ")), None)
-                               for k in MODES["off"]}
-        say(f"[{mode}] testnet up in {startup:.0f} s; peer settings {configs[peers[0].name]}")
-        closed_loop(urls, questions[:4], 4, 0.1, 300, 300)  # warm-up: one query per peer
-        for clients in clients_list:
-            offsets = {p.name: Path(p.log).stat().st_size for p in peers}
-            heights0 = [fetch_status(u).get("decided_heights", 0) for u in urls]
-            loop, elapsed = closed_loop(urls, questions, clients, seconds, drain_s, timeout_s=300)
-            statuses = [fetch_status(u) for u in urls]
-            heights = max(int(s.get("decided_heights", 0) or 0) for s in statuses) - max(int(h or 0) for h in heights0)
-            per_peer = []
-            for p, st in zip(peers, statuses):
-                info = infos[p.model]
-                groups = batches_of(log_records(Path(p.log), offsets[p.name]), info.tokenizer, max_new_tokens)
-                tokens = sum(sum(g) for g in groups)
-                steps = sum(max(g) for g in groups)
-                limit = bandwidth / info.weight_bytes_per_step
-                per_peer.append({
-                    "peer": p.name, "model": p.model,
-                    "batches": len(groups), "answers": sum(len(g) for g in groups),
-                    "batch_sizes": dict(sorted(Counter(len(g) for g in groups).items())),
-                    "max_batch_seen": max((len(g) for g in groups), default=0),
-                    "tokens_per_s": round(tokens / elapsed, 2), "steps_per_s": round(steps / elapsed, 2),
-                    "bandwidth_limit_tokens_per_s": round(limit, 1),
-                    "bw_ratio": round(info.weight_bytes_per_step * steps / elapsed / bandwidth, 3),
-                    "token_ratio": round(tokens / elapsed / limit, 3),
-                    "status_generation": st.get("generation"),
-                })
-            done = len(loop.latencies)
-            cell = {
-                "mode": mode, "clients": clients, "seconds": round(elapsed, 1), "completed": done,
-                "queries_per_s": round(done / elapsed, 3),
-                "p50_s": None if not done else round(statistics.median(loop.latencies), 2),
-                "p99_s": None if not done else round(percentile(loop.latencies, 0.99) or 0, 2),
-                "max_s": None if not done else round(max(loop.latencies), 2),
-                "rejected_429": loop.rejected, "errors": len(loop.errors), "error_examples": loop.errors[:3],
-                "unfinished": loop.unfinished, "decided_heights": heights,
-                "queries_per_height": round(done / heights, 2) if heights else None,
-                "peers": per_peer, "answers": loop.answers,
-            }
-            cells.append(cell)
-            sizes = " ".join(f"{x['peer']}:{x['max_batch_seen']}" for x in per_peer)
-            say(f"[{mode}] {clients:>2} clients: {cell['queries_per_s']:.3f} q/s, p50 {cell['p50_s']} s, "
-                f"p99 {cell['p99_s']} s, {done} done, {loop.unfinished} unfinished, {loop.rejected} x 429, "
-                f"{len(loop.errors)} errors, q/height {cell['queries_per_height']}, max batch {sizes}")
-    finally:
-        down(directory)
-    return {"mode": mode, "overrides": overrides, "startup_s": round(startup, 1), "peer_settings": configs,
-            "cells": cells}
+    up(Manifest.from_args(4, list(MODELS), max_new_tokens=max_new_tokens), directory, peer_command=wrapper,
+       progress=lambda line: say(f"  [{mode}] {line}"))
+    peers = load_state(directory).peers
+    settings = {}
+    for p in peers:
+        lines = Path(p.config).read_text().splitlines()
+        settings[p.name] = {k: next((line.split("=", 1)[1].strip() for line in lines
+                                     if line.split("=", 1)[0].strip() == k.split(".", 1)[1]), None)
+                            for k in MODES["off"]}
+    net = Net(mode, overrides, directory, peers, round(time.monotonic() - t0, 1), settings)
+    say(f"[{mode}] testnet up in {net.startup_s:.0f} s; peer settings {settings[peers[0].name]}")
+    return net
+
+
+def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: list[str],
+             infos: dict[str, ModelInfo], bandwidth: float, max_new_tokens: int, say: Any) -> dict[str, Any]:
+    """``clients`` closed-loop clients on ``net`` for ``seconds``; what they saw and what the peers did."""
+    from multillmn.client import fetch_status
+
+    peers, urls = net.peers, net.urls
+    offsets = {p.name: Path(p.log).stat().st_size for p in peers}
+    heights0 = [fetch_status(u).get("decided_heights", 0) for u in urls]
+    load = os.getloadavg()[0]
+    loop, elapsed = closed_loop(urls, questions, clients, seconds, drain_s, timeout_s=300)
+    statuses = [fetch_status(u) for u in urls]
+    heights = max(int(s.get("decided_heights", 0) or 0) for s in statuses) - max(int(h or 0) for h in heights0)
+    per_peer = []
+    for p, st in zip(peers, statuses):
+        info = infos[p.model]
+        groups = batches_of(log_records(Path(p.log), offsets[p.name]), info.tokenizer, max_new_tokens)
+        tokens = sum(sum(g) for g in groups)
+        steps = sum(max(g) for g in groups)
+        limit = bandwidth / info.weight_bytes_per_step
+        per_peer.append({
+            "peer": p.name, "model": p.model,
+            "batches": len(groups), "answers": sum(len(g) for g in groups),
+            "tokens": tokens, "row_steps": sum(len(g) * max(g) for g in groups),
+            "batch_sizes": dict(sorted(Counter(len(g) for g in groups).items())),
+            "max_batch_seen": max((len(g) for g in groups), default=0),
+            "tokens_per_s": round(tokens / elapsed, 2), "steps_per_s": round(steps / elapsed, 2),
+            "bandwidth_limit_tokens_per_s": round(limit, 1),
+            "bw_ratio": round(info.weight_bytes_per_step * steps / elapsed / bandwidth, 3),
+            "token_ratio": round(tokens / elapsed / limit, 3),
+            "status_generation": st.get("generation"),
+        })
+    done = len(loop.latencies)
+    cell = {
+        "mode": net.mode, "clients": clients, "seconds": round(elapsed, 1), "load_average_at_start": load,
+        "completed": done, "queries_per_s": round(done / elapsed, 3),
+        "p50_s": None if not done else round(statistics.median(loop.latencies), 2),
+        "p99_s": None if not done else round(percentile(loop.latencies, 0.99) or 0, 2),
+        "max_s": None if not done else round(max(loop.latencies), 2),
+        "rejected_429": loop.rejected, "errors": len(loop.errors), "error_examples": loop.errors[:3],
+        "unfinished": loop.unfinished, "decided_heights": heights,
+        "queries_per_height": round(done / heights, 2) if heights else None,
+        "peers": per_peer, "answers": loop.answers, "peer_answers": loop.peer_answers,
+    }
+    net.cells.append(cell)
+    sizes = " ".join(f"{x['peer']}:{x['max_batch_seen']}" for x in per_peer)
+    say(f"[{net.mode}] {clients:>2} clients: {cell['queries_per_s']:.3f} q/s, p50 {cell['p50_s']} s, "
+        f"p99 {cell['p99_s']} s, {done} done, {loop.unfinished} unfinished, {loop.rejected} x 429, "
+        f"{len(loop.errors)} errors, q/height {cell['queries_per_height']}, max batch {sizes}, load {load:.1f}")
+    return cell
+
+
+def step_costs(batches: tuple[int, ...] = (1, 4, 8, 16), steps: int = 12, threads: int = 1) -> dict[str, Any]:
+    """What continuous batching could gain (ADR 0019): the time of one decode step and of a prefill
+    at each batch size, per model, with one torch thread as a testnet peer runs.
+
+    Continuous batching keeps a batch's slots full; static batching keeps finished rows until
+    the longest ends. Its gain is bounded by the decode time spent on finished rows, which
+    :func:`slot_use` reads from the throughput run's batches; whether a row is nearly free
+    (memory-bound) or costs its share (compute-bound) is what these figures show.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from multillmn.questions import load_questions
+    from peers.llm import Generator, default_cache_dir, resolve_model
+
+    questions = [q.question for q in load_questions()][::5]
+    out: dict[str, Any] = {"threads": threads, "steps": steps, "models": {}}
+    for name in MODELS:
+        gen = Generator.load(resolve_model(name), default_cache_dir(), threads=threads)
+        rows = []
+        for b in batches:
+            prompts = [gen._prompt_ids(q) for q in questions[:b]]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[gen._pad_id] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            with torch.inference_mode():
+                cache = DynamicCache(config=gen.model.config)
+                t0 = time.perf_counter()
+                logits = gen.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                                   use_cache=True, logits_to_keep=1).logits
+                prefill = time.perf_counter() - t0
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
+                    pos = pos[:, -1:] + 1
+                    logits = gen.model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache,
+                                       use_cache=True).logits
+                    nxt = logits[:, -1].argmax(-1, keepdim=True)
+                step = (time.perf_counter() - t0) / steps
+            rows.append({"batch": b, "prompt_tokens": width, "prefill_s": round(prefill, 3),
+                         "step_s": round(step, 4), "step_s_per_row": round(step / b, 4)})
+            print(f"{name} batch {b:>2}: prefill {prefill:.2f} s ({width} columns), decode step {step * 1000:.0f} ms "
+                  f"({step * 1000 / b:.0f} ms per row)", flush=True)
+        out["models"][name] = rows
+        del gen
+    return out
+
+
+def slot_use(result: dict[str, Any]) -> dict[str, Any]:
+    """Per mode and client count: of the row-steps the batches ran (rows x longest row), the share that
+    produced a token of an unfinished row; the rest is what continuous batching would refill."""
+    out: dict[str, Any] = {}
+    for m in result["modes"]:
+        for c in m["cells"]:
+            ran = sum(p.get("row_steps", 0) for p in c["peers"])
+            used = sum(p.get("tokens", 0) for p in c["peers"])
+            out[f"{m['mode']}/{c['clients']}"] = round(used / ran, 3) if ran else None
+    return out
 
 
 def git_state() -> dict[str, Any]:
@@ -367,7 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 and 4 clients, 8 s each")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/throughput-DATE.json)")
+    parser.add_argument("--step-cost", action="store_true",
+                        help="only measure prefill and decode-step time per batch size in-process (continuous batching)")
     args = parser.parse_args(argv)
+    if args.step_cost:
+        costs = step_costs()
+        costs["load_average"] = os.getloadavg()
+        out = args.out or ROOT / "bench" / "results" / f"throughput-step-cost-{datetime.now(timezone.utc):%Y-%m-%d}.json"
+        out.write_text(json.dumps(costs, indent=1) + "\n")
+        print(f"wrote {out}")
+        return 0
     if args.quick:
         args.clients, args.seconds, args.drain_s = "1,4", 8.0, 120.0
     clients_list = [int(c) for c in args.clients.split(",")]
@@ -388,23 +480,44 @@ def main(argv: list[str] | None = None) -> int:
     for info in infos.values():
         say(f"{info.name}: {info.weight_bytes_per_step / 1e9:.2f} GB per decode step, one-stream bound "
             f"{bandwidth / info.weight_bytes_per_step:.1f} tokens/s")
-    results = []
     missing_all: set[str] = set()
     t0 = time.monotonic()
-    for mode in modes:
-        overrides, missing = supported_overrides(MODES[mode])
-        missing_all |= set(missing)
-        if missing:
-            say(f"[{mode}] config has no {', '.join(missing)}: left out")
-        results.append(run_mode(mode, overrides, clients_list, args.seconds, args.drain_s, questions, infos,
-                                bandwidth, args.max_new_tokens, say))
-    # answers to the same question in both modes (the consensus answer; identical peers' answers give one)
+    nets: list[Net] = []
+    try:
+        for mode in modes:  # both testnets run at once; an idle one costs next to nothing
+            overrides, missing = supported_overrides(MODES[mode])
+            missing_all |= set(missing)
+            if missing:
+                say(f"[{mode}] config has no {', '.join(missing)}: left out")
+            nets.append(start_net(mode, overrides, args.max_new_tokens, say))
+        for net in nets:
+            closed_loop(net.urls, questions[:4], 4, 0.1, 300, 300)  # warm-up: one query per peer
+        for clients in clients_list:  # the modes' cells alternate, so both see the machine's load alike
+            for net in nets:
+                run_cell(net, clients, args.seconds, args.drain_s, questions, infos, bandwidth,
+                         args.max_new_tokens, say)
+    finally:
+        from testnet.launcher import down
+
+        for net in nets:
+            down(net.directory)
+    results = [{"mode": n.mode, "overrides": n.overrides, "startup_s": n.startup_s, "peer_settings": n.settings,
+                "cells": n.cells} for n in nets]
+    # the same question in both modes: each peer's own answer (batched must equal one at a time) and the
+    # consensus answer (may differ: the winning group depends on the weights each run's history gave)
     compare: dict[str, Any] = {}
     if len(results) == 2:
-        a = {q: x for c in results[0]["cells"] for q, x in c["answers"].items()}
-        b = {q: x for c in results[1]["cells"] for q, x in c["answers"].items()}
+        def merged(key: str, r: dict[str, Any]) -> dict[str, Any]:
+            return {q: x for c in r["cells"] for q, x in c[key].items()}
+
+        a, b = merged("answers", results[0]), merged("answers", results[1])
+        pa, pb = merged("peer_answers", results[0]), merged("peer_answers", results[1])
+        pairs = [(q, peer, pa[q][peer], pb[q][peer]) for q in sorted(set(pa) & set(pb))
+                 for peer in sorted(set(pa[q]) & set(pb[q]))]
         both = sorted(set(a) & set(b))
-        compare = {"questions_in_both": len(both), "differing": [(q, a[q], b[q]) for q in both if a[q] != b[q]]}
+        compare = {"questions_in_both": len(both), "consensus_differing": [(q, a[q], b[q]) for q in both if a[q] != b[q]],
+                   "peer_answers_compared": len(pairs),
+                   "peer_answers_differing": [p for p in pairs if p[2] != p[3]]}
     result = {
         "command": "bench/throughput.py " + " ".join(argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -415,13 +528,16 @@ def main(argv: list[str] | None = None) -> int:
         "missing_config_keys": sorted(missing_all), "git": git_state(), "wall_s": round(time.monotonic() - t0, 1),
         "answers_batched_vs_off": compare, "modes": results,
     }
+    result["slot_use"] = slot_use(result)
     out = args.out or ROOT / "bench" / "results" / f"throughput-{datetime.now(timezone.utc):%Y-%m-%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     say("\n" + table(result) + "\n\n" + peer_table(result))
+    say(f"\nslot use (tokens / rows x longest row, all peers): {result['slot_use']}")
     if compare:
-        say(f"\nanswers to {compare['questions_in_both']} questions asked in both modes: "
-            f"{len(compare['differing'])} differ")
+        say(f"\n{compare['peer_answers_compared']} peer answers to questions asked in both modes: "
+            f"{len(compare['peer_answers_differing'])} differ; consensus answers to {compare['questions_in_both']} "
+            f"questions: {len(compare['consensus_differing'])} differ")
     say(f"\nwrote {out} ({result['wall_s']:.0f} s)")
     return 0
 
