@@ -100,7 +100,9 @@ def run_tree(args: argparse.Namespace, droppers: set[str], body: bytes) -> dict[
                 "bytes_per_node": (sum(net.bytes_sent.values()) - bytes0) / n,
                 "max_frames_one_node": max(net.frames_sent[p] - sent0.get(p, 0) for p in net.ids),
                 "gossip_frames_per_node": kinds["gossip"] / n,
-                "control_frames_per_node": (kinds["ihave"] + kinds["graft"] + kinds["prune"]) / n,
+                "control_frames_per_node": (kinds["ihave"] + kinds["graft"] + kinds["prune"] + kinds["suspect"]
+                                            + kinds["exclude"]) / n,
+                "exclude_frames_per_node": kinds["exclude"] / n,
                 "origin_frames": net.frames_sent[o] - origin0,
                 "origin_gossip_frames": net.nodes[o].statistics().get("sent_gossip", 0) - copies0,
                 "duplicates_per_delivery": (net.total("duplicates") - dup0) / max(1, delivered),
@@ -210,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", type=int, default=1024, help="payload bytes")
     parser.add_argument("--bandwidth", type=float, default=1.25e6, help="upload bytes per second per peer")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scenarios", nargs="+", choices=["honest", "drop-25%"], default=["honest", "drop-25%"])
+    parser.add_argument("--protocols", nargs="+", choices=["tree", "mesh", "flooding"],
+                        default=["tree", "mesh", "flooding"])
     parser.add_argument("--json", type=Path,
                         default=RESULTS / f"broadcast-sim-{datetime.date.today().isoformat()}.json")
     args = parser.parse_args(argv)
@@ -220,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {}
     for scenario, bad in (("honest", set()), ("drop-25%", droppers)):
+        if scenario not in args.scenarios:
+            continue
         print(f"{scenario}:", file=sys.stderr)
-        results[scenario] = {"tree": run_tree(args, bad, body), "mesh": run_mesh(args, bad, frame_len),
-                             "flooding": run_flood(args, bad, frame_len)}
+        runs = {"tree": lambda: run_tree(args, bad, body), "mesh": lambda: run_mesh(args, bad, frame_len),
+                "flooding": lambda: run_flood(args, bad, frame_len)}
+        results[scenario] = {name: run() for name, run in runs.items() if name in args.protocols}
     elapsed = time.perf_counter() - started
     print(table(results))
     print(f"\n{args.nodes} nodes, fan-out {BroadcastConfig().fanout}, {args.origins} origins x {args.rounds} rounds "

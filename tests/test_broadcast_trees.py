@@ -18,6 +18,7 @@ from peers.broadcast import (
     parents_of,
     reroute,
 )
+from peers.broadcast._trees import reparent
 
 RATIO_BOUND = 1.25
 
@@ -177,6 +178,46 @@ def test_reroute_around_a_quarter_of_failed_relays_is_as_good_as_the_offline_tre
     assert all(not view[a] for a in avoid)
     offline = max_latency(build_tree("n0", ids, lat, 3, avoid=avoid), "n0", lat)
     assert max_latency(view, "n0", lat) <= 1.1 * offline
+
+
+@pytest.mark.parametrize("kind", ["plane", "arbitrary"])
+def test_reparent_is_the_best_single_move_by_brute_force(kind: str) -> None:
+    """One peer leaving a failed parent: among every move of its subtree under another node that keeps a valid
+    tree within the fan-out and avoids the failed nodes, none reaches it earlier."""
+    rng = random.Random(31 if kind == "plane" else 32)
+    make = _plane if kind == "plane" else _arbitrary
+    checked = 0
+    while checked < 60:
+        n = rng.randint(3, 7)
+        fanout = rng.choice([1, 2, 3])
+        ids, lat = make(rng, n)
+        tree = build_tree("n0", ids, lat, fanout, improve=False)
+        parent = parents_of(tree)
+        node = rng.choice(ids[1:])
+        if parent[node] == "n0":
+            continue
+        checked += 1
+        avoid = {parent[node]}
+        arrival = arrival_times(tree, "n0", lat)
+        got = reparent(tree, arrival, node, lat, fanout, avoid)
+        best = None
+        for p in ids:
+            if p == parent[node] or p in avoid or p == node:
+                continue
+            moved = dict(parent)
+            moved[node] = p
+            children = {m: tuple(c for c, q in moved.items() if q == m) for m in ids}
+            try:
+                check_tree(children, "n0", ids, fanout)
+            except ValueError:
+                continue
+            t = arrival_times(children, "n0", lat)[node]
+            best = t if best is None else min(best, t)
+        if best is None:  # no valid move within the fan-out: it still names a parent outside its subtree
+            assert got is None or got not in avoid
+            continue
+        assert got is not None and got not in avoid
+        assert math.isclose(arrival[got] + lat[(got, node)], best)
 
 
 def test_latency_matrix_lookup_and_cache() -> None:

@@ -23,17 +23,20 @@ from peers.broadcast._core import (
 )
 from peers.broadcast._frames import (
     MAX_CONTROL_FRAME,
+    MAX_EXCLUDED,
     MAX_GRAFT_IDS,
     MAX_HOPS,
     MAX_IHAVE_IDS,
     MAX_PEER_ID_LEN,
     MSG_ID_LEN,
     Frame,
+    Exclude,
     FrameError,
     Gossip,
     Graft,
     IHave,
     Prune,
+    Suspect,
     decode,
     encode,
     max_frame_len,
@@ -56,10 +59,10 @@ from peers.broadcast._trees import (
 )
 
 __all__ = [
-    "BRUTE_FORCE_MAX_NODES", "DEFAULT_LATENCY_S", "IMPROVE_MAX_NODES", "MAX_ANNOUNCERS", "MAX_CONTROL_FRAME", "MAX_GRAFT_IDS",
+    "BRUTE_FORCE_MAX_NODES", "DEFAULT_LATENCY_S", "IMPROVE_MAX_NODES", "MAX_ANNOUNCERS", "MAX_CONTROL_FRAME", "MAX_EXCLUDED", "MAX_GRAFT_IDS",
     "MAX_HOPS", "MAX_IHAVE_IDS", "MAX_PEER_ID_LEN", "MSG_ID_LEN", "SCORE_MAX", "SCORE_MIN", "BroadcastConfig",
-    "BroadcastTransport", "Broadcaster", "Deliver", "Effect", "Frame", "FrameError", "Gossip", "Graft", "IHave", "LatencyMatrix",
-    "Prune", "Schedule", "Send", "Tree", "arrival_times", "brute_force_best_tree", "build_tree", "check_tree",
+    "BroadcastTransport", "Broadcaster", "Deliver", "Effect", "Exclude", "Frame", "FrameError", "Gossip", "Graft", "IHave", "LatencyMatrix",
+    "Prune", "Schedule", "Send", "Suspect", "Tree", "arrival_times", "brute_force_best_tree", "build_tree", "check_tree",
     "decode", "encode", "max_frame_len", "max_latency", "message_id", "parents_of", "reroute",
     "signed_validator", "tree_transport",
 ]

@@ -23,13 +23,29 @@ Protocol (Plumtree, Leitão et al. 2007, with trees from a latency matrix):
   answer within the timeout: the next announcer, and the silent one is
   scored down.
 * **PRUNE**: a payload received twice eagerly prunes the link it came in
-  on the second time (the slower path) for that origin.
+  on the second time (the slower path) for that origin, unless the second
+  copy came from the tree parent: then the first sender's link is pruned,
+  so the eager links settle on the tree.
+* **Silent parents and the origin's exclusions.** A message that arrives
+  other than from the tree parent (a graft, a link off the tree) starts a
+  check: if the parent has not forwarded it ``graft_timeout_s`` later, it is
+  silent, not merely late. The peer scores it down, moves itself (with its
+  subtree) to the best other parent in its view
+  (:func:`~peers.broadcast._trees.reparent`; an empty GRAFT there) and tells
+  the origin (SUSPECT). The origin owns its tree: it acts on a report only
+  if the accused is the reporter's parent in its published tree, at most
+  ``max_suspects_per_peer`` times per reporter, and after
+  ``exclude_delay_s`` sends its list of excluded relays (EXCLUDE, with an
+  epoch) directly to every member. Every member then follows the origin's
+  tree rebuilt around them (:func:`~peers.broadcast._trees.reroute`: the
+  excluded relays become leaves, their children's subtrees re-attached
+  greedily), the same at every peer that heard the list. An EXCLUDE
+  speaks only for its sender's own tree (the authenticated link says who).
 * **Scores** (gossipsub v1.1's idea): a peer's score rises with first
   deliveries and falls for invalid payloads, malformed frames, unanswered
   grafts and for being the tree parent that did not forward. A peer at or
-  below ``exclude_score`` is made a leaf of this peer's view of every tree
-  (:func:`~peers.broadcast._trees.reroute`: its children are re-attached,
-  so this peer may take some of them) and is the last choice to graft from.
+  below ``exclude_score`` is avoided as a parent in this peer's view of
+  every tree and is the last choice to graft from.
 
 Every payload is checked by ``validate`` (the origin's signature: it returns
 the origin's peer id or None) before it is delivered, stored or relayed, and
@@ -49,10 +65,10 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from peers.broadcast._frames import (
-    MAX_GRAFT_IDS, MAX_IHAVE_IDS, Frame, FrameError, Gossip, Graft, IHave, Prune, decode, encode, kind_name,
-    max_frame_len, message_id,
+    MAX_EPOCH, MAX_EXCLUDED, MAX_GRAFT_IDS, MAX_IHAVE_IDS, Exclude, Frame, FrameError, Gossip, Graft, IHave, Prune,
+    Suspect, decode, encode, kind_name, max_frame_len, message_id,
 )
-from peers.broadcast._trees import LatencyMatrix, Tree, reroute
+from peers.broadcast._trees import LatencyMatrix, Routed, Tree, reparent
 
 __all__ = [
     "BroadcastConfig", "Broadcaster", "Deliver", "Effect", "MAX_ANNOUNCERS", "SCORE_MAX", "SCORE_MIN", "Schedule",
@@ -88,21 +104,26 @@ class BroadcastConfig:
     max_missing_per_peer: int = 128  # of which first announced by one peer
     max_lazy: int = 4096  # digests waiting to be sent
     max_served: int = 8192  # (peer, id) grafts answered, remembered so a repeated graft is not answered again
+    exclude_delay_s: float = 0.25  # an origin batches the relays reported to it this long before it sends EXCLUDE
+    max_excluded: int = 256  # relays one origin's tree may exclude (at most MAX_EXCLUDED)
+    max_suspects_per_peer: int = 4  # reports from one peer an origin acts on (each about that peer's own parent)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot work."""
         if self.fanout < 1 or self.lazy_degree < 0 or self.max_grafted < 0:
             raise ValueError("fanout must be >= 1, lazy_degree and max_grafted >= 0")
-        for name in ("lazy_delay_s", "graft_timeout_s"):
+        for name in ("lazy_delay_s", "graft_timeout_s", "exclude_delay_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds")
         if not SCORE_MIN < self.exclude_score < 0:
             raise ValueError(f"exclude_score must be in ({SCORE_MIN}, 0)")
         for name in ("max_payload", "max_members", "max_seen", "max_stored", "max_stored_bytes", "max_missing",
-                     "max_missing_per_peer", "max_lazy", "max_served"):
+                     "max_missing_per_peer", "max_lazy", "max_served", "max_excluded", "max_suspects_per_peer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_excluded > MAX_EXCLUDED:
+            raise ValueError(f"max_excluded must not exceed {MAX_EXCLUDED}")
         if self.max_stored > self.max_seen:
             raise ValueError("max_stored must not exceed max_seen")
 
@@ -157,6 +178,16 @@ class _GraftTimer:
     attempt: int
 
 
+@dataclass(frozen=True)
+class _ExcludeTimer:
+    generation: int
+
+
+@dataclass(frozen=True)
+class _ParentTimer:
+    msg_id: bytes
+
+
 @dataclass
 class _Missing:
     origin: str
@@ -168,7 +199,7 @@ class _Missing:
 
 @dataclass
 class _View:
-    key: tuple[int, int, int, int]
+    key: tuple[int, int, int, int, int]
     parent: str | None
     children: tuple[str, ...]
 
@@ -190,7 +221,7 @@ class Broadcaster:
         self._members_version = 0
         self._lazy_peers: tuple[str, ...] = ()
         self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._store: OrderedDict[bytes, tuple[str, bytes, int]] = OrderedDict()  # origin, payload, hops
+        self._store: OrderedDict[bytes, tuple[str, bytes, int, str]] = OrderedDict()  # origin, payload, hops, from
         self._stored_bytes = 0
         self._missing: dict[bytes, _Missing] = {}
         self._missing_by_peer: Counter[str] = Counter()
@@ -205,6 +236,14 @@ class Broadcaster:
         self._pruned: dict[str, set[str]] = {}
         self._views: dict[str, _View] = {}
         self._failed: dict[str, set[str]] = {}  # per origin: parents that did not forward its message to us
+        self._watch: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # msg id -> (origin, tree parent to hear)
+        self._exclusions: dict[str, tuple[int, frozenset[str]]] = {}  # per origin: its last EXCLUDE (epoch, relays)
+        self._exclude_heard: dict[str, float] = {}  # per origin: when its last EXCLUDE was taken
+        self._my_epoch = 0
+        self._my_pending: set[str] = set()  # relays reported to me, not yet in my EXCLUDE
+        self._suspects_from: Counter[str] = Counter()  # reports acted on, by reporter
+        self._exclude_generation = 0
+        self._regraft: dict[str, str] = {}  # origins whose tree parent changed in my view: the new parent
         self._stats: Counter[str] = Counter()
 
     # --- membership and latency (from the host) -----------------------------------------
@@ -227,6 +266,11 @@ class Broadcaster:
             for peers in table.values():
                 peers &= self._member_set
         self._scores = {p: s for p, s in self._scores.items() if p in self._member_set}
+        self._exclusions = {o: (e, r & self._member_set) for o, (e, r) in self._exclusions.items()
+                            if o in self._member_set}
+        self._exclude_heard = {o: t for o, t in self._exclude_heard.items() if o in self._member_set}
+        self._my_pending &= self._member_set
+        self._suspects_from = Counter({p: c for p, c in self._suspects_from.items() if p in self._member_set})
         self._update_excluded()
 
     def set_latency(self, a: str, b: str, seconds: float) -> None:
@@ -260,20 +304,36 @@ class Broadcaster:
     # --- trees ----------------------------------------------------------------------------
 
     def _view(self, origin: str) -> _View:
-        """My parent and children in my view of ``origin``'s tree (excluded peers made leaves)."""
+        """My parent and children in my view of ``origin``'s tree: the tree without the relays the origin
+        excluded, those I saw fail for it, and the peers I scored down (see :func:`~peers.broadcast._trees.reroute`)."""
         failed = self._failed.get(origin, set())
-        key = (self._members_version, self.matrix.version, self._excluded_version, len(failed))
-        view = self._views.get(origin)
-        if view is not None and view.key == key:
-            return view
-        tree = self.base_tree(origin)
-        avoid = (self._excluded | failed) - {origin}
-        if avoid and any(tree.get(a) for a in avoid):
-            tree = reroute(tree, origin, self.matrix.get, self.config.fanout, avoid)
-        parent = next((n for n, cs in tree.items() if self.me in cs), None)
-        view = _View(key, parent, tree.get(self.me, ()))
+        epoch, published = self._exclusions.get(origin, (0, frozenset()))
+        key = (self._members_version, self.matrix.version, self._excluded_version, len(failed), epoch)
+        old = self._views.get(origin)
+        if old is not None and old.key == key:
+            return old
+        routed = self.routed(origin, published)  # the origin's tree: the same at every peer that heard it
+        parent = routed.parent.get(self.me)
+        if parent is not None and parent != origin and (parent in failed or parent in self._excluded):
+            # the origin has not (yet) taken it out: I alone move, with my subtree, to the best other parent
+            parent = reparent(routed.tree, routed.arrival, self.me, self.matrix.get, self.config.fanout,
+                              self._excluded | failed | published) or parent
+        view = _View(key, parent, routed.tree.get(self.me, ()))
         self._views[origin] = view
+        if old is not None and parent is not None and parent != old.parent:
+            self._regraft[origin] = parent  # a new parent: ask it to push to me (it may hold an old PRUNE)
         return view
+
+    def view_tree(self, origin: str, avoid: Iterable[str] = ()) -> Tree:
+        """``origin``'s tree without the relays of ``avoid`` (:func:`~peers.broadcast._trees.reroute`)."""
+        return self.routed(origin, avoid).tree
+
+    def routed(self, origin: str, avoid: Iterable[str] = ()) -> Routed:
+        return self.matrix.view(origin, self._members, self.config.fanout, self._members_key, frozenset(avoid))
+
+    def exclusions(self, origin: str) -> frozenset[str]:
+        """The relays ``origin``'s tree excludes, as it last told this peer (this peer's own list for ``me``)."""
+        return self._exclusions.get(origin, (0, frozenset()))[1]
 
     def base_tree(self, origin: str) -> Tree:
         """``origin``'s tree as every peer with the same members and matrix computes it (no exclusions)."""
@@ -322,14 +382,14 @@ class Broadcaster:
         self._stats[f"rejected_{reason}"] += 1
         self._stats["rejected"] += 1
 
-    def _remember(self, msg_id: bytes, origin: str, payload: bytes, hops: int) -> None:
+    def _remember(self, msg_id: bytes, origin: str, payload: bytes, hops: int, sender: str) -> None:
         self._seen[msg_id] = None
         while len(self._seen) > self.config.max_seen:
             self._seen.popitem(last=False)
-        self._store[msg_id] = (origin, payload, hops)
+        self._store[msg_id] = (origin, payload, hops, sender)
         self._stored_bytes += len(payload)
         while len(self._store) > self.config.max_stored or self._stored_bytes > self.config.max_stored_bytes:
-            _, (_, old, _) = self._store.popitem(last=False)
+            _, (_, old, _, _) = self._store.popitem(last=False)
             self._stored_bytes -= len(old)
 
     def _spread(self, origin: str, msg_id: bytes, payload: bytes, hops: int, sender: str | None) -> list[Effect]:
@@ -358,7 +418,7 @@ class Broadcaster:
         msg_id = message_id(payload)
         if msg_id in self._seen:
             return []
-        self._remember(msg_id, self.me, payload, 0)
+        self._remember(msg_id, self.me, payload, 0, self.me)
         self._stats["broadcasts"] += 1
         return self._spread(self.me, msg_id, payload, 1, None)
 
@@ -380,11 +440,15 @@ class Broadcaster:
             return []
         self._stats[f"received_{kind_name(decoded)}"] += 1
         if isinstance(decoded, Gossip):
-            return self._on_gossip(sender, decoded)
+            return self._regrafts(self._on_gossip(sender, decoded))
         if isinstance(decoded, IHave):
             return self._on_ihave(sender, decoded)
         if isinstance(decoded, Graft):
-            return self._on_graft(sender, decoded)
+            return self._regrafts(self._on_graft(sender, decoded))
+        if isinstance(decoded, Suspect):
+            return self._on_suspect(sender, decoded)
+        if isinstance(decoded, Exclude):
+            return self._on_exclude(sender, decoded, now)
         return self._on_prune(sender, decoded)
 
     def fire(self, timer: object, now: float) -> list[Effect]:
@@ -394,7 +458,11 @@ class Broadcaster:
                 return []
             return self._flush()
         if isinstance(timer, _GraftTimer):
-            return self._graft(timer)
+            return self._regrafts(self._graft(timer))
+        if isinstance(timer, _ParentTimer):
+            return self._regrafts(self._parent_check(timer))
+        if isinstance(timer, _ExcludeTimer):
+            return self._publish_exclusions(timer)
         return []
 
     # --- frames ---------------------------------------------------------------------------
@@ -405,9 +473,17 @@ class Broadcaster:
             self._stats["duplicates"] += 1
             stored = self._store.get(msg_id)
             known = stored[0] if stored is not None else frame.origin
-            if known in self._member_set and sender != known:  # the slower link (Plumtree)
+            if known not in self._member_set or known == self.me:
+                return []
+            watched = self._watch.get(msg_id)
+            if watched is not None and watched[1] == sender:
+                del self._watch[msg_id]  # the tree parent did forward it
+            slower = sender
+            if stored is not None and sender == self._view(known).parent:
+                slower = stored[3]  # keep the tree link: prune the one that came first off the tree
+            if slower != known and slower != self.me and slower in self._member_set:
                 self._stats["prunes_sent"] += 1
-                return [self._send(sender, Prune(known))]
+                return [self._send(slower, Prune(known))]
             return []
         try:
             signer = self._validate(frame.payload)
@@ -421,14 +497,22 @@ class Broadcaster:
         if origin not in self._member_set or origin == self.me:
             self._reject("origin-not-member" if origin != self.me else "own-message")
             return []
-        self._remember(msg_id, origin, frame.payload, frame.hops)
+        self._remember(msg_id, origin, frame.payload, frame.hops, sender)
         missing = self._missing.pop(msg_id, None)
+        effects: list[Effect] = [Deliver(frame.payload, origin, msg_id)]
         if missing is not None:
             self._forget_missing(missing)
             self._stats["recovered"] += 1
+        parent = self._view(origin).parent
+        if parent is not None and parent != sender and parent != origin:
+            # it came another way (a graft, or a link off the tree): if the tree parent has not forwarded it
+            # within graft_timeout_s from now, it is silent, not merely late: route around it
+            self._watch[msg_id] = (origin, parent)
+            while len(self._watch) > self.config.max_missing:
+                self._watch.popitem(last=False)
+            effects.append(Schedule(self.config.graft_timeout_s, _ParentTimer(msg_id)))
         self._adjust(sender, _SCORE_DELIVERY)
         self._stats["delivered"] += 1
-        effects: list[Effect] = [Deliver(frame.payload, origin, msg_id)]
         effects.extend(self._spread(origin, msg_id, frame.payload, min(frame.hops + 1, 255), sender))
         return effects
 
@@ -489,7 +573,7 @@ class Broadcaster:
             self._served[(sender, msg_id)] = None
             while len(self._served) > self.config.max_served:
                 self._served.popitem(last=False)
-            origin, payload, hops = stored
+            origin, payload, hops, _ = stored
             self._stats["grafts_served"] += 1
             effects.append(self._send(sender, Gossip(origin, payload, min(hops + 1, 255))))
         return effects
@@ -504,6 +588,59 @@ class Broadcaster:
             grafted.discard(sender)
         self._pruned.setdefault(frame.origin, set()).add(sender)
         return []
+
+    def _on_suspect(self, sender: str, frame: Suspect) -> list[Effect]:
+        """``sender`` says its parent in my tree, ``frame.relay``, did not forward my message. Acted on only if
+        that relay is the sender's parent in my published tree, and for at most ``max_suspects_per_peer``
+        reports of one sender: a peer can only take out its own parent, so one hostile peer excludes at most
+        that many honest relays, and only ones the tree put above it."""
+        relay = frame.relay
+        published = self.exclusions(self.me)
+        if relay in published or relay in self._my_pending:
+            self._stats["suspects_known"] += 1
+            return []
+        if (relay not in self._member_set or relay == self.me
+                or self.routed(self.me, published).parent.get(sender) != relay):
+            self._reject("suspect-not-parent")
+            return []
+        if (self._suspects_from[sender] >= self.config.max_suspects_per_peer
+                or len(published) + len(self._my_pending) >= self.config.max_excluded):
+            self._reject("suspect-full")
+            return []
+        self._suspects_from[sender] += 1
+        self._my_pending.add(relay)
+        self._stats["suspects_accepted"] += 1
+        if len(self._my_pending) > 1:
+            return []
+        self._exclude_generation += 1
+        return [Schedule(self.config.exclude_delay_s, _ExcludeTimer(self._exclude_generation))]
+
+    def _publish_exclusions(self, timer: _ExcludeTimer) -> list[Effect]:
+        if timer.generation != self._exclude_generation or not self._my_pending:
+            return []
+        relays = frozenset(self.exclusions(self.me) | self._my_pending)
+        self._my_pending.clear()
+        self._my_epoch = min(self._my_epoch + 1, MAX_EPOCH)
+        self._exclusions[self.me] = (self._my_epoch, relays)
+        frame = Exclude(self._my_epoch, tuple(sorted(relays)))
+        self._stats["exclusions_published"] += 1
+        return [self._send(peer, frame) for peer in self._members if peer != self.me]
+
+    def _on_exclude(self, sender: str, frame: Exclude, now: float) -> list[Effect]:
+        """``sender``'s list of the relays its own tree avoids (it can only speak for its own tree)."""
+        epoch = self._exclusions.get(sender, (0, frozenset()))[0]
+        if frame.epoch <= epoch:
+            self._reject("exclude-stale")
+            return []
+        if (len(frame.relays) > self.config.max_excluded
+                or now < self._exclude_heard.get(sender, -math.inf) + self.config.exclude_delay_s / 2):
+            self._reject("exclude-refused")  # an origin publishes at most once per exclude_delay_s
+            return []
+        self._exclude_heard[sender] = now
+        self._exclusions[sender] = (frame.epoch, frozenset(frame.relays) & self._member_set - {sender})
+        self._stats["exclusions_received"] += 1
+        self._view(sender)  # a new parent in its tree hears from me now, before its next message
+        return self._regrafts([])
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -533,16 +670,7 @@ class Broadcaster:
             return []
         effects: list[Effect] = []
         if timer.attempt == 0:
-            parent = self._view(missing.origin).parent
-            self._stats["parent_silent"] += 1
-            self._adjust(parent, _SCORE_SILENT)
-            if parent is not None and parent != missing.origin:
-                # route around it for this origin: my parent in the tree without it is asked to push to me
-                self._failed.setdefault(missing.origin, set()).add(parent)
-                replacement = self._view(missing.origin).parent
-                if replacement is not None and replacement != parent:
-                    self._stats["reparented"] += 1
-                    effects.append(self._send(replacement, Graft(missing.origin, ())))
+            self._stats["parent_late"] += 1  # judged once the message is in (see _parent_check)
         else:
             self._stats["grafts_unanswered"] += 1
             self._adjust(missing.tried[-1], _SCORE_SILENT)
@@ -561,6 +689,42 @@ class Broadcaster:
         effects.append(Schedule(self.config.graft_timeout_s, _GraftTimer(timer.msg_id, missing.attempt)))
         return effects
 
+    def _regrafts(self, effects: list[Effect]) -> list[Effect]:
+        """``effects`` plus an empty GRAFT to each new tree parent (:meth:`_view` found them)."""
+        while self._regraft:
+            origin, parent = self._regraft.popitem()
+            self._stats["regrafts"] += 1
+            effects.append(self._send(parent, Graft(origin, ())))
+        return effects
+
+    def _route_around(self, origin: str, parent: str | None) -> list[Effect]:
+        """``parent``, my tree parent for ``origin``, did not forward one of its messages: score it down and,
+        for this origin, take it out as a relay in my view; my new parent is asked (empty GRAFT) to push to me."""
+        self._stats["parent_silent"] += 1
+        self._adjust(parent, _SCORE_SILENT)
+        if parent is None or parent == origin:
+            return []
+        self._failed.setdefault(origin, set()).add(parent)
+        effects: list[Effect] = []
+        if parent not in self.exclusions(origin):
+            self._stats["suspects_sent"] += 1
+            effects.append(self._send(origin, Suspect(parent)))
+        replacement = self._view(origin).parent
+        if replacement is not None and replacement != parent:
+            self._stats["reparented"] += 1
+            self._regraft[origin] = replacement
+        return effects
+
+    def _parent_check(self, timer: _ParentTimer) -> list[Effect]:
+        watched = self._watch.pop(timer.msg_id, None)
+        if watched is None:
+            return []
+        origin, parent = watched
+        if self._view(origin).parent != parent:
+            return []
+        self._stats["parent_silent_masked"] += 1
+        return self._route_around(origin, parent)
+
     # --- introspection --------------------------------------------------------------------
 
     def statistics(self) -> dict[str, int]:
@@ -573,7 +737,8 @@ class Broadcaster:
             served=len(self._served), scores=len(self._scores), excluded=len(self._excluded),
             grafted_links=sum(len(s) for s in self._grafted.values()),
             pruned_links=sum(len(s) for s in self._pruned.values()), views=len(self._views),
-            failed_parents=sum(len(s) for s in self._failed.values()),
+            failed_parents=sum(len(s) for s in self._failed.values()), watched=len(self._watch),
+            excluded_relays=sum(len(r) for _, r in self._exclusions.values()), suspects_pending=len(self._my_pending),
             members=len(self._members),
         )
         return stats

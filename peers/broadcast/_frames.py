@@ -9,11 +9,17 @@ kind       fields                                          meaning
 2 IHAVE    [[origin: str, msg_id: bytes(16)], ...]         digests of messages the sender holds
 3 GRAFT    origin: str, [msg_id: bytes(16), ...]           send me these; push ``origin``'s to me
 4 PRUNE    origin: str                                     stop pushing ``origin``'s messages to me
+5 SUSPECT  relay: str                                      to an origin: my parent in your tree, ``relay``,
+                                                           did not forward your message to me
+6 EXCLUDE  epoch: int, [relay: str, ...]                   from an origin, directly to every member: the
+                                                           relays its tree no longer uses (sorted)
 =========  ==============================================  ==========================================
 
 Frames are not signed: the payload inside a GOSSIP is (by its origin), and
 its message id is always recomputed by the receiver (:func:`message_id`),
-never read from a frame. :func:`decode` raises :class:`FrameError`, and
+never read from a frame. An EXCLUDE speaks only for the tree of the peer
+that sent it (the authenticated link says who), so it needs no signature
+either. :func:`decode` raises :class:`FrameError`, and
 nothing else, for any input.
 """
 
@@ -26,8 +32,9 @@ from typing import Any, Final
 from multillmn.canonical import CanonicalError, pack, unpack
 
 __all__ = [
-    "FRAME_OVERHEAD", "GOSSIP", "GRAFT", "IHAVE", "MAX_GRAFT_IDS", "MAX_HOPS", "MAX_CONTROL_FRAME", "MAX_IHAVE_IDS", "MAX_PEER_ID_LEN",
-    "MSG_ID_LEN", "PRUNE", "Frame", "FrameError", "Gossip", "Graft", "IHave", "Prune", "decode", "encode",
+    "EXCLUDE", "FRAME_OVERHEAD", "GOSSIP", "GRAFT", "IHAVE", "MAX_EXCLUDED", "MAX_GRAFT_IDS", "MAX_HOPS",
+    "MAX_CONTROL_FRAME", "MAX_IHAVE_IDS", "MAX_PEER_ID_LEN", "MSG_ID_LEN", "PRUNE", "SUSPECT", "Exclude", "Frame",
+    "FrameError", "Gossip", "Graft", "IHave", "Prune", "Suspect", "decode", "encode",
     "kind_name", "max_frame_len", "message_id",
 ]
 
@@ -35,6 +42,8 @@ GOSSIP: Final = 1
 IHAVE: Final = 2
 GRAFT: Final = 3
 PRUNE: Final = 4
+SUSPECT: Final = 5
+EXCLUDE: Final = 6
 
 
 MSG_ID_LEN: Final = 16
@@ -43,6 +52,10 @@ MAX_IHAVE_IDS: Final = 256
 """Digests in one IHAVE frame (a sender splits longer lists)."""
 MAX_GRAFT_IDS: Final = 64
 """Message ids in one GRAFT frame."""
+MAX_EXCLUDED: Final = 256
+"""Relays in one EXCLUDE frame (one origin's list)."""
+MAX_EPOCH: Final = (1 << 32) - 1
+"""Largest EXCLUDE epoch."""
 MAX_HOPS: Final = 255
 """Hop count a GOSSIP frame may carry (a tree over 2^16 peers with fan-out 2 is 16 deep)."""
 MAX_PEER_ID_LEN: Final = 128
@@ -93,17 +106,32 @@ class Prune:
     origin: str
 
 
-Frame = Gossip | IHave | Graft | Prune
+@dataclass(frozen=True)
+class Suspect:
+    relay: str
+
+
+@dataclass(frozen=True)
+class Exclude:
+    epoch: int
+    relays: tuple[str, ...]
+
+
+Frame = Gossip | IHave | Graft | Prune | Suspect | Exclude
 
 
 def kind_name(frame: Frame) -> str:
-    """``gossip``, ``ihave``, ``graft`` or ``prune``."""
+    """``gossip``, ``ihave``, ``graft``, ``prune``, ``suspect`` or ``exclude``."""
     if isinstance(frame, Gossip):
         return "gossip"
     if isinstance(frame, IHave):
         return "ihave"
     if isinstance(frame, Graft):
         return "graft"
+    if isinstance(frame, Suspect):
+        return "suspect"
+    if isinstance(frame, Exclude):
+        return "exclude"
     return "prune"
 
 
@@ -115,6 +143,10 @@ def encode(frame: Frame) -> bytes:
         return pack([IHAVE, [[o, i] for o, i in frame.entries]])
     if isinstance(frame, Graft):
         return pack([GRAFT, frame.origin, list(frame.ids)])
+    if isinstance(frame, Suspect):
+        return pack([SUSPECT, frame.relay])
+    if isinstance(frame, Exclude):
+        return pack([EXCLUDE, frame.epoch, list(frame.relays)])
     return pack([PRUNE, frame.origin])
 
 
@@ -138,7 +170,7 @@ def decode(data: bytes, *, max_payload: int) -> Frame:
     """
     try:
         value = unpack(data, max_len=max_frame_len(max_payload), max_depth=_MAX_DEPTH,
-                       max_array_len=max(MAX_IHAVE_IDS, MAX_GRAFT_IDS, 4))
+                       max_array_len=max(MAX_IHAVE_IDS, MAX_GRAFT_IDS, MAX_EXCLUDED, 4))
     except CanonicalError as exc:
         raise FrameError(str(exc)) from None
     if type(value) is not tuple or not value or type(value[0]) is not int:
@@ -170,4 +202,16 @@ def decode(data: bytes, *, max_payload: int) -> Frame:
         if len(fields) != 1:
             raise FrameError("PRUNE has an origin")
         return Prune(_origin(fields[0]))
+    if kind == SUSPECT:
+        if len(fields) != 1:
+            raise FrameError("SUSPECT has a relay")
+        return Suspect(_origin(fields[0]))
+    if kind == EXCLUDE:
+        if (len(fields) != 2 or type(fields[0]) is not int or not 0 <= fields[0] <= MAX_EPOCH
+                or type(fields[1]) is not tuple or len(fields[1]) > MAX_EXCLUDED):
+            raise FrameError(f"EXCLUDE has an epoch and a list of at most {MAX_EXCLUDED} relays")
+        relays = tuple(_origin(r) for r in fields[1])
+        if list(relays) != sorted(set(relays)):
+            raise FrameError("EXCLUDE relays must be sorted and distinct")
+        return Exclude(fields[0], relays)
     raise FrameError(f"unknown frame kind {kind}")

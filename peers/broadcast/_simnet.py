@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from peers.broadcast._core import BroadcastConfig, Broadcaster, Deliver, Effect, Schedule, Send
-from peers.broadcast._frames import GOSSIP, GRAFT, IHAVE, PRUNE, Gossip, decode, encode, message_id
+from peers.broadcast._frames import EXCLUDE, GOSSIP, GRAFT, IHAVE, PRUNE, SUSPECT, Gossip, decode, encode, message_id
 from peers.broadcast._trees import LatencyMatrix
 
 __all__ = ["Behaviour", "BroadcastRecord", "SimNet", "fake_validate", "make_payload"]
 
 _TAG_KEY = b"multillmn-broadcast-sim"
-_KINDS = {GOSSIP: "gossip", IHAVE: "ihave", GRAFT: "graft", PRUNE: "prune"}
+_KINDS = {GOSSIP: "gossip", IHAVE: "ihave", GRAFT: "graft", PRUNE: "prune", SUSPECT: "suspect", EXCLUDE: "exclude"}
 Behaviour = Literal["honest", "drop", "corrupt"]
 
 

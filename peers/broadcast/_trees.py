@@ -34,12 +34,13 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 __all__ = [
-    "BRUTE_FORCE_MAX_NODES", "DEFAULT_LATENCY_S", "IMPROVE_MAX_NODES", "MAX_CACHED_TREES", "RESTARTS", "RESTART_MAX_NODES", "Latency",
+    "BRUTE_FORCE_MAX_NODES", "DEFAULT_LATENCY_S", "IMPROVE_MAX_NODES", "MAX_CACHED_TREES", "MAX_CACHED_VIEWS", "RESTARTS", "RESTART_MAX_NODES", "Latency",
     "LatencyMatrix", "Tree", "arrival_times", "brute_force_best_tree", "build_tree", "check_tree",
-    "latency_function", "max_latency", "parents_of", "reroute",
+    "Routed", "latency_function", "max_latency", "parents_of", "reparent", "reroute",
 ]
 
 DEFAULT_LATENCY_S: Final = 0.1
@@ -53,9 +54,21 @@ RESTART_MAX_NODES: Final = 10
 RESTARTS: Final = 12
 MAX_CACHED_TREES: Final = 256
 """Trees a :class:`LatencyMatrix` keeps (least recently used evicted)."""
+MAX_CACHED_VIEWS: Final = 64
+"""Rerouted trees a :class:`LatencyMatrix` keeps (peers that share a matrix, as in the simulator, share them)."""
 
 Tree: TypeAlias = dict[str, tuple[str, ...]]
 """Children by node; every node of the tree is a key (a leaf maps to ``()``)."""
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A tree with its parent by node and arrival time by node (see :meth:`LatencyMatrix.view`)."""
+
+    tree: Tree
+    parent: dict[str, str]
+    arrival: dict[str, float]
+
 Latency: TypeAlias = "Callable[[str, str], float] | Mapping[tuple[str, str], float]"
 
 
@@ -91,6 +104,7 @@ class LatencyMatrix:
         self._default = default
         self._entries: dict[tuple[str, str], float] = {}
         self._trees: OrderedDict[tuple[str, int, bytes], Tree] = OrderedDict()
+        self._views: OrderedDict[tuple[str, int, bytes, frozenset[str]], Routed] = OrderedDict()
         self.version = 0
 
     def set(self, a: str, b: str, seconds: float) -> None:
@@ -101,6 +115,7 @@ class LatencyMatrix:
         self._entries[(a, b)] = float(seconds)
         self.version += 1
         self._trees.clear()
+        self._views.clear()
 
     def get(self, a: str, b: str) -> float:
         value = self._entries.get((a, b))
@@ -127,6 +142,24 @@ class LatencyMatrix:
         else:
             self._trees.move_to_end(key)
         return tree
+
+    def view(self, origin: str, members: tuple[str, ...], fanout: int, members_key: bytes,
+             avoid: frozenset[str]) -> Routed:
+        """:func:`reroute` of :meth:`tree` around ``avoid`` with its parents and arrival times, cached (at most
+        :data:`MAX_CACHED_VIEWS`; peers that share the matrix share them)."""
+        key = (origin, fanout, members_key, avoid)
+        view = self._views.get(key)
+        if view is None:
+            tree = self.tree(origin, members, fanout, members_key)
+            if avoid:
+                tree = reroute(tree, origin, self.get, fanout, avoid)
+            view = Routed(tree, parents_of(tree), arrival_times(tree, origin, self.get))
+            self._views[key] = view
+            while len(self._views) > MAX_CACHED_VIEWS:
+                self._views.popitem(last=False)
+        else:
+            self._views.move_to_end(key)
+        return view
 
 
 def parents_of(tree: Mapping[str, Iterable[str]]) -> dict[str, str]:
@@ -419,6 +452,35 @@ def reroute(tree: Mapping[str, Iterable[str]], origin: str, latency: Latency, fa
     _attach(nodes, arrival, orphans, lat, fanout, avoided)
     _attach(nodes, arrival, set(avoided), lat, fanout, avoided)
     return {n: tuple(sorted(c)) for n, c in sorted(nodes.items())}
+
+
+def reparent(tree: Mapping[str, Iterable[str]], arrival: Mapping[str, float], node: str, latency: Latency,
+             fanout: int, avoid: Collection[str]) -> str | None:
+    """The parent that gives ``node`` (and the subtree below it, which moves with it) the earliest arrival:
+    not in that subtree, not in ``avoid``, with a free slot if any has one; ties by id. None if none is left.
+
+    This is one peer moving itself away from a parent it saw fail, without
+    changing anyone else's place: ``arrival`` is the tree's (by
+    :func:`arrival_times`).
+    """
+    lat = latency_function(latency)
+    below = {node}
+    stack = [node]
+    while stack:
+        for child in tree.get(stack.pop(), ()):
+            below.add(child)
+            stack.append(child)
+    for need_slot in (True, False):
+        best: tuple[float, str] | None = None
+        for p, t in arrival.items():
+            if p in below or p in avoid or (need_slot and len(tuple(tree.get(p, ()))) >= fanout):
+                continue
+            cand = (t + lat(p, node), p)
+            if best is None or cand < best:
+                best = cand
+        if best is not None:
+            return best[1]
+    return None
 
 
 def brute_force_best_tree(origin: str, members: Iterable[str], latency: Latency,
