@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +160,7 @@ class Node:
             tick_ms=max(1000, 2 * cfg.timeout_propose_ms), queries_per_height=cfg.queries_per_height)
         self.driver = Driver(key, genesis.chain(self.verified), config, behaviour=behaviour, verified=self.verified)
         self.rejects = RejectStats()
+        self.batch_sizes: Counter[int] = Counter()  # questions per model call -> calls (GET /v1/status)
         self.metrics = NodeMetrics()  # GET /metrics: histograms fed here, the rest read when scraped
         self._tree: BroadcastTransport | None = None
         if cfg.broadcast == "tree":  # [p2p] broadcast: signed messages spread over trees (peers/broadcast)
@@ -371,6 +373,9 @@ class Node:
             "height": d.height,
             "decided_heights": self.certificates.decided,
             "pending_queries": len(d.pool),
+            "generation": {"batches": sum(self.batch_sizes.values()),
+                           "answered": sum(k * n for k, n in self.batch_sizes.items()),
+                           "batch_sizes": {str(k): n for k, n in sorted(self.batch_sizes.items())}},
             "connected_peers": self.transport.connected_peers(),
             "validators": [{"peer_id": v.peer_id, "moniker": v.moniker, "weight": v.weight}
                            for v in self.validators.validators],
@@ -603,6 +608,7 @@ class Node:
                     self._handle(GenerationFailed(g.query_id, str(exc)))
                 continue
             done = list(zip(batch, replies, strict=True))
+            self.batch_sizes[len(batch)] += 1  # at most [model] max_batch keys
             slowest = max(g.slowdown for g in batch)
             for slowed in (False, True):  # fault injection: slowed answers leave after the others
                 if slowed and slowest > 1:

@@ -29,6 +29,9 @@ from tests.test_node import running
 TABLE = {f"What is {k} + {k}?": str(2 * k) for k in range(1, 9)}
 
 
+GENERATION: list[dict[str, Any]] = []  # each node's status()["generation"] after the last run
+
+
 async def _ask_together(queries_per_height: int) -> tuple[Any, list[Any]]:
     net = make_net([1, 1, 1, 1])
     engines = [ScriptedEngine(TABLE, model_name=f"m{i}", delay_s=0.2) for i in range(4)]
@@ -42,6 +45,7 @@ async def _ask_together(queries_per_height: int) -> tuple[Any, list[Any]]:
             async with trio.open_nursery() as n:
                 for i, question in enumerate(TABLE):
                     n.start_soon(ask, i, question)
+        GENERATION[:] = [node.status()["generation"] for node in nodes]
     return net, [decisions[q] for q in TABLE]
 
 
@@ -63,6 +67,9 @@ async def test_questions_asked_together_are_decided_in_fewer_heights_each_with_i
             assert all(base64.b64encode(o.canonical()).decode() not in text
                        for o in d.value.outcomes() if o.query_id() != d.outcome.query_id())
             assert others
+    for g in GENERATION:  # /v1/status shows the batches each peer's model ran
+        assert g["answered"] == sum(int(k) * n for k, n in g["batch_sizes"].items()) <= len(TABLE)
+        assert g["batches"] == sum(g["batch_sizes"].values()) and g["batches"] < g["answered"]
     # every query decided once, across heights
     ids = [q for h in heights for q in next(d for d in decisions if d.height == h).value.query_ids()]
     assert len(ids) == len(set(ids)) == len(TABLE)
