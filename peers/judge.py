@@ -216,7 +216,9 @@ class VerifyingJudge:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         lock = getattr(g, "_lock", None) or contextlib.nullcontext()  # the generator's: one pass at a time
         with lock, torch.inference_mode():
-            logits = g.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            # Only the last position's logits: a 262k-token head over every prompt position would dominate.
+            logits = g.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         out = []
         for row in logp:
