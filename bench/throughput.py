@@ -49,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODES: dict[str, dict[str, int]] = {
-    "batched": {},  # the shipped defaults
-    "off": {"model.max_batch": 1, "consensus.queries_per_height": 1},
+    "batched": {},  # the shipped defaults (batches, many queries per height, the prompt prefix's KV cache)
+    "off": {"model.max_batch": 1, "consensus.queries_per_height": 1, "env.MULTILLMN_PREFIX_CACHE": 0},
+    "nocache": {"env.MULTILLMN_PREFIX_CACHE": 0},  # batched as before the prefix cache (not run by default)
 }
 MODELS = ("smollm2", "gemma3")
 
@@ -61,6 +62,7 @@ def peer_wrapper(argv: list[str]) -> NoReturn:
     """``--peer SECTION.KEY=VALUE ... -- CMD ... --config PATH``: set the keys in PATH, then exec CMD.
 
     A key is set where the rendered config has its line (``key = value``); a key it lacks is skipped.
+    ``env.NAME=VALUE`` sets an environment variable of the peer process instead.
     """
     split = argv.index("--")
     overrides, command = argv[:split], argv[split + 1:]
@@ -68,7 +70,10 @@ def peer_wrapper(argv: list[str]) -> NoReturn:
     lines = path.read_text().splitlines()
     for item in overrides:
         key, value = item.split("=", 1)
-        name = key.split(".", 1)[1]
+        section, name = key.split(".", 1)
+        if section == "env":
+            os.environ[name] = value
+            continue
         lines = [f"{name} = {int(value)}" if line.split("=", 1)[0].strip() == name else line for line in lines]
     path.write_text("\n".join(lines) + "\n")
     os.execvp(command[0], command)
@@ -79,7 +84,7 @@ def supported_overrides(overrides: dict[str, int]) -> tuple[dict[str, int], list
     from multillmn.config import PeerConfig
 
     cfg = PeerConfig()
-    ok = {k: v for k, v in overrides.items() if hasattr(cfg, k.split(".", 1)[1])}
+    ok = {k: v for k, v in overrides.items() if k.startswith("env.") or hasattr(cfg, k.split(".", 1)[1])}
     return ok, sorted(set(overrides) - set(ok))
 
 
@@ -275,7 +280,7 @@ def start_net(mode: str, overrides: dict[str, int], max_new_tokens: int, say: An
         lines = Path(p.config).read_text().splitlines()
         settings[p.name] = {k: next((line.split("=", 1)[1].strip() for line in lines
                                      if line.split("=", 1)[0].strip() == k.split(".", 1)[1]), None)
-                            for k in MODES["off"]}
+                            for k in MODES["off"] if not k.startswith("env.")}
     net = Net(mode, overrides, directory, peers, round(time.monotonic() - t0, 1), settings)
     say(f"[{mode}] testnet up in {net.startup_s:.0f} s; peer settings {settings[peers[0].name]}")
     return net
@@ -334,7 +339,9 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
 
 def step_costs(batches: tuple[int, ...] = (1, 4, 8, 16), steps: int = 12, threads: int = 1) -> dict[str, Any]:
     """What continuous batching could gain (ADR 0019): the time of one decode step and of a prefill
-    at each batch size, per model, with one torch thread as a testnet peer runs.
+    at each batch size, per model, with one torch thread as a testnet peer runs; and the prefill
+    over the shared prompt prefix's KV cache (addendum 2): copying it to the rows and running only
+    each prompt's own suffix.
 
     Continuous batching keeps a batch's slots full; static batching keeps finished rows until
     the longest ends. Its gain is bounded by the decode time spent on finished rows, which
@@ -373,9 +380,27 @@ def step_costs(batches: tuple[int, ...] = (1, 4, 8, 16), steps: int = 12, thread
                                        use_cache=True).logits
                     nxt = logits[:, -1].argmax(-1, keepdim=True)
                 step = (time.perf_counter() - t0) / steps
+                # Over the shared prefix's KV cache (computed once, outside the timing): the copy for
+                # b rows and the prefill of each prompt's own suffix, padded between prefix and suffix.
+                pc = gen._prefix
+                head = len(pc.ids)
+                pc.copy_for(1)
+                suffixes = [pc.split(p) or [] for p in prompts]
+                sw = max(len(x) for x in suffixes)
+                sids = torch.tensor([[gen._pad_id] * (sw - len(x)) + x for x in suffixes])
+                smask = torch.tensor([[1] * head + [0] * (sw - len(x)) + [1] * len(x) for x in suffixes])
+                spos = (smask.cumsum(-1) - 1)[:, head:]
+                t0 = time.perf_counter()
+                scache = pc.copy_for(b)
+                gen.model(input_ids=sids, attention_mask=smask, position_ids=spos, cache=scache, use_cache=True,
+                          logits_to_keep=1)
+                cached = time.perf_counter() - t0
             rows.append({"batch": b, "prompt_tokens": width, "prefill_s": round(prefill, 3),
-                         "step_s": round(step, 4), "step_s_per_row": round(step / b, 4)})
-            print(f"{name} batch {b:>2}: prefill {prefill:.2f} s ({width} columns), decode step {step * 1000:.0f} ms "
+                         "step_s": round(step, 4), "step_s_per_row": round(step / b, 4),
+                         "prefix_tokens": head, "suffix_tokens": sw, "prefill_cached_s": round(cached, 3),
+                         "prefix_compute_s": pc.statistics(True).compute_s})
+            print(f"{name} batch {b:>2}: prefill {prefill:.2f} s ({width} columns), over the cached prefix "
+                  f"{cached:.3f} s ({head} + {sw} columns), decode step {step * 1000:.0f} ms "
                   f"({step * 1000 / b:.0f} ms per row)", flush=True)
         out["models"][name] = rows
         del gen
@@ -446,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16,32", help="client counts (comma-separated)")
     parser.add_argument("--seconds", type=float, default=40, help="how long the clients keep asking per cell")
     parser.add_argument("--drain-s", type=float, default=150, help="most time to wait for queries in flight")
-    parser.add_argument("--modes", default="batched,off", help="batched and/or off")
+    parser.add_argument("--modes", default="batched,off", help="batched, off and/or nocache (batched without the prompt prefix's KV cache)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 and 4 clients, 8 s each")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/throughput-DATE.json)")

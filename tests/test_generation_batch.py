@@ -2,8 +2,11 @@
 
 Fast tests use tiny randomly initialised Llama and Gemma-3 models (the two architectures of the
 bundled models) with a byte-level tokenizer, so left padding, position ids, the newline stop, EOS
-and per-row token limits are exercised without weights on disk. Tests marked ``models`` compare
-the bundled SmolLM2 and Gemma-3 over the shipped questions at batch sizes 1, 4 and 8. A node-level
+and per-row token limits are exercised without weights on disk. Every answer is compared with the
+reference: the same model answering one question at a time without the shared prompt prefix's KV
+cache (``prefix_cache=False``), i.e. as before batching and the cache existed. Tests marked
+``models`` compare the bundled SmolLM2 and Gemma-3 over the shipped questions at batch sizes 1, 4
+and 8, over the prefix cache, against that reference. A node-level
 test checks that concurrent questions share engine calls and decide as before.
 """
 
@@ -65,7 +68,7 @@ def byte_tokenizer() -> Any:
     return fast
 
 
-def random_model(arch: str, tokenizer: Any, seed: int) -> Any:
+def random_model(arch: str, tokenizer: Any, seed: int, window: int = 48) -> Any:
     """A 2-layer model with large random weights (logits far apart, so greedy has no near ties)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
@@ -79,7 +82,7 @@ def random_model(arch: str, tokenizer: Any, seed: int) -> Any:
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:  # Gemma-3: sliding-window and global layers alternate; a small window so padding meets it
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=48,
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=window,
                                                    layer_types=["sliding_attention", "full_attention"]))
     # A second end token that random weights emit now and then, so rows end at different steps.
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("$")]
@@ -92,15 +95,29 @@ def tokenizer() -> Any:
     return byte_tokenizer()
 
 
-@pytest.fixture(scope="module", params=["llama-chat", "gemma3-few-shot"])
+# gemma3 has a 48-token sliding window, which a batch over the cached prefix would exceed (so it runs
+# without the cache, left-padded across the window); gemma3wide has a 1024-token one and uses the cache.
+@pytest.fixture(scope="module", params=["llama-chat", "gemma3-few-shot", "gemma3wide-few-shot"])
 def generator(request: pytest.FixtureRequest, tokenizer: Any) -> Generator:
     arch, style = request.param.split("-", 1)
     spec = ModelSpec(f"tiny-{arch}", None, False, "chat" if style == "chat" else "few-shot", style == "few-shot")
-    return Generator(spec, random_model(arch, tokenizer, seed=1), tokenizer)
+    window = 1024 if arch == "gemma3wide" else 48
+    return Generator(spec, random_model(arch.removesuffix("wide"), tokenizer, seed=1, window=window), tokenizer)
+
+
+def reference(gen: Generator) -> Generator:
+    """The same model and tokenizer without the prefix cache: the answers of before batching."""
+    return Generator(gen.spec, gen.model, gen.tokenizer, prefix_cache=False)
 
 
 def one_by_one(gen: Generator, questions: Sequence[str], limits: Sequence[int]) -> list[tuple[str, int]]:
-    return [(g.text, g.new_tokens) for g in (gen.generate(q, m) for q, m in zip(questions, limits))]
+    """Unbatched, uncached answers (the reference)."""
+    ref = reference(gen)
+    return [(g.text, g.new_tokens) for g in (ref.generate(q, m) for q, m in zip(questions, limits))]
+
+
+def uses_the_cache(gen: Generator) -> bool:
+    return gen.spec.name != "tiny-gemma3"
 
 
 # --- generation ------------------------------------------------------------------------------
@@ -135,6 +152,79 @@ def test_the_same_question_twice_in_a_batch_gets_the_same_answer(generator: Gene
     assert (a.text, a.new_tokens) == (c.text, c.new_tokens)
 
 
+# --- the shared prefix's KV cache ------------------------------------------------------------
+
+def test_single_answers_over_the_cached_prefix_equal_the_uncached_ones(generator: Generator) -> None:
+    before = generator.prefix_statistics()
+    alone = [(g.text, g.new_tokens) for g in (generator.generate(q, 24) for q in QUESTIONS)]
+    assert alone == one_by_one(generator, QUESTIONS, [24] * len(QUESTIONS))
+    after = generator.prefix_statistics()
+    assert after.enabled and after.tokens > 100  # the few-shot examples or the system and example turns
+    cached = after.cached_rows - before.cached_rows
+    assert cached == (len(QUESTIONS) if uses_the_cache(generator) else 0)
+    assert after.uncached_rows - before.uncached_rows == len(QUESTIONS) - cached
+
+
+def test_the_prefix_is_every_prompts_start_and_the_shared_cache_is_never_changed(generator: Generator) -> None:
+    ids = generator._prefix.ids
+    for q in QUESTIONS:
+        prompt = generator._prompt_ids(q)
+        assert prompt[:len(ids)] == ids and generator._prefix.split(prompt) == prompt[len(ids):]
+    assert generator._prefix.split(ids) is None and generator._prefix.split(ids[:-1] + [ids[-1] + 1] + [7]) is None
+    generator.generate_batch(QUESTIONS[:4], 8)
+    shared = generator._prefix._cache
+    if not uses_the_cache(generator):
+        return
+    assert shared is not None and shared.get_seq_length() == len(ids)
+    snapshot = [(layer.keys.clone(), layer.values.clone()) for layer in shared.layers]
+    generator.generate_batch(QUESTIONS, 16)
+    generator.generate(QUESTIONS[0], 16)
+    assert generator._prefix._cache is shared and shared.get_seq_length() == len(ids)
+    for layer, (k, v) in zip(shared.layers, snapshot):
+        assert layer.keys.shape[0] == 1 and torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+
+
+def test_a_question_whose_prompt_does_not_start_with_the_prefix_runs_without_it(
+        generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not uses_the_cache(generator):
+        pytest.skip("no cache on this model")
+    odd = generator._prompt_ids(QUESTIONS[2])
+    split = generator._prefix.split
+    monkeypatch.setattr(generator._prefix, "split", lambda p: None if p == odd else split(p))
+    before = generator.prefix_statistics()
+    batch = generator.generate_batch(QUESTIONS[:5], 24)
+    after = generator.prefix_statistics()
+    assert (after.cached_rows - before.cached_rows, after.uncached_rows - before.uncached_rows) == (4, 1)
+    assert [(g.text, g.new_tokens) for g in batch] == one_by_one(generator, QUESTIONS[:5], [24] * 5)
+    assert len({g.seconds for g in batch}) == 1
+
+
+def test_a_batch_that_would_cross_the_sliding_window_runs_without_the_cache(generator: Generator) -> None:
+    if generator.spec.name != "tiny-gemma3wide":
+        pytest.skip("the wide-window Gemma-3")
+    pc = generator._prefix
+    assert pc.fits(1024) and not pc.fits(1025)
+    before = generator.prefix_statistics()
+    width = max(len(generator._prompt_ids(q)) for q in QUESTIONS[:2])
+    limit = 1024 - width + 1  # one column more than the window
+    generator.generate_batch(QUESTIONS[:2], [limit, 4])
+    after = generator.prefix_statistics()
+    assert (after.cached_rows - before.cached_rows, after.uncached_rows - before.uncached_rows) == (0, 2)
+
+
+def test_the_cache_off_switch_is_per_model(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ModelSpec("tiny-llama", None, False, "chat", False, prefix_cache=False)
+    gen = Generator(spec, random_model("llama", tokenizer, seed=1), tokenizer)
+    gen.generate_batch(QUESTIONS[:3], 4)
+    stats = gen.prefix_statistics()
+    assert not stats.enabled and not stats.computed and (stats.cached_rows, stats.uncached_rows) == (0, 3)
+    assert Generator(spec, gen.model, tokenizer, prefix_cache=True).prefix_statistics().enabled
+    on = replace(spec, prefix_cache=True)
+    assert Generator(on, gen.model, tokenizer).prefix_statistics().enabled
+    monkeypatch.setenv("MULTILLMN_PREFIX_CACHE", "0")  # benchmarks of the behaviour before the cache
+    assert not Generator(on, gen.model, tokenizer).prefix_statistics().enabled
+
+
 # --- the judge -------------------------------------------------------------------------------
 
 ANSWERS = ["Paris", "The capital of France is Paris.", "", "Berlin, in Germany, is the capital of France, I think.",
@@ -144,7 +234,8 @@ ANSWERS = ["Paris", "The capital of France is Paris.", "", "Berlin, in Germany, 
 def test_batched_log_probabilities_equal_one_by_one(generator: Generator) -> None:
     q = QUESTIONS[0]
     batched = generator.answer_logprobs(q, ANSWERS)
-    alone = [generator.answer_logprob(q, a) for a in ANSWERS]
+    alone = [reference(generator).answer_logprob(q, a) for a in ANSWERS]  # uncached, unpadded
+    assert [generator.answer_logprob(q, a) for a in ANSWERS] == batched or uses_the_cache(generator)
     if generator.spec.prompt_style == "chat":
         assert batched[2] == alone[2] == float("-inf")  # an empty answer (few-shot: a lone space)
     for x, y in zip(batched, alone):
@@ -177,6 +268,7 @@ def test_model_engine_answers_a_batch_as_its_generator(generator: Generator) -> 
     engine = ModelEngine(generator, embedder=None, model_name="tiny")  # type: ignore[arg-type]
     replies = engine.answer_batch(QUESTIONS[:4], 12)
     assert [r.text for r in replies] == [engine.answer(q, 12).text for q in QUESTIONS[:4]]
+    assert [r.text for r in replies] == [t for t, _ in one_by_one(generator, QUESTIONS[:4], [12] * 4)]
     assert len({r.seconds for r in replies}) == 1
 
 
@@ -285,19 +377,30 @@ def bundled(request: pytest.FixtureRequest) -> Generator:
 
 @pytest.mark.models
 def test_bundled_models_answer_in_batches_as_one_at_a_time(bundled: Generator) -> None:
+    """Over the prefix cache (if the model ships with it), alone and in batches of 4 and 8, against the
+    plain reference: one question at a time, no cache."""
     questions = shipped_questions()
     alone = one_by_one(bundled, questions, [48] * len(questions))
+    before = bundled.prefix_statistics()
+    assert before.enabled == bundled.spec.prefix_cache
+    cached = [(g.text, g.new_tokens) for g in (bundled.generate(q, 48) for q in questions)]
+    differ = [(q, a, b) for q, a, b in zip(questions, alone, cached) if a != b]
+    assert not differ, f"alone over the cache: {differ}"
     for size in (4, 8):
         together = []
         for i in range(0, len(questions), size):
             together += [(g.text, g.new_tokens) for g in bundled.generate_batch(questions[i:i + size], 48)]
         differ = [(q, a, b) for q, a, b in zip(questions, alone, together) if a != b]
         assert not differ, f"batch {size}: {differ}"
+    stats = bundled.prefix_statistics()
+    over_cache = stats.cached_rows - before.cached_rows
+    assert over_cache == (3 * len(questions) if stats.enabled else 0)  # every prompt starts with the prefix
 
 
 @pytest.mark.models
 def test_bundled_models_log_probabilities_in_one_pass(bundled: Generator) -> None:
     q = "What is the capital of France?"
     answers = ["Paris", "The capital of France is Paris.", "The capital of France is Berlin.", "Lyon, I think"]
-    for x, y in zip(bundled.answer_logprobs(q, answers), [bundled.answer_logprob(q, a) for a in answers]):
+    alone = [reference(bundled).answer_logprob(q, a) for a in answers]
+    for x, y in zip(bundled.answer_logprobs(q, answers), alone):
         assert abs(x - y) < 1e-4

@@ -16,6 +16,7 @@ steps, and questions that arrive meanwhile form the next batch.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from transformers import (
 
 from .cache import load_or_convert, offline
 from .models import ModelSpec
+from .prefix import PrefixCache, PrefixStatistics
 from .prompting import chat_messages, clean_answer, few_shot_prompt
 
 __all__ = ["Generation", "Generator", "NewlineStop", "TokenLimits"]
@@ -91,7 +93,10 @@ class TokenLimits(StoppingCriteria):
 class Generator:
     """A loaded model plus its prompt style. ``generate`` is blocking and serialised by a lock."""
 
-    def __init__(self, spec: ModelSpec, model: PreTrainedModel, tokenizer: Any) -> None:
+    def __init__(self, spec: ModelSpec, model: PreTrainedModel, tokenizer: Any,
+                 prefix_cache: bool | None = None) -> None:
+        """``prefix_cache``: reuse the shared prompt prefix's KV cache (None: the spec's ``prefix_cache``,
+        unless the environment sets ``MULTILLMN_PREFIX_CACHE=0``, as benchmarks of the old behaviour do)."""
         self.spec = spec
         self.model: Any = model
         self.tokenizer = tokenizer
@@ -104,6 +109,15 @@ class Generator:
             eos = tokenizer.eos_token_id
         self._pad_id: int = int(pad)
         self._eos_id: int | list[int] | None = eos
+        if prefix_cache is None:
+            prefix_cache = spec.prefix_cache and os.environ.get("MULTILLMN_PREFIX_CACHE", "1") != "0"
+        self._use_prefix = prefix_cache
+        self._prefix = PrefixCache(self.model, self._prompt_ids)
+
+    def prefix_statistics(self) -> PrefixStatistics:
+        """The shared prefix cache: whether used, its tokens, rows answered over it and without it."""
+        with self._lock:
+            return self._prefix.statistics(self._use_prefix)
 
     @classmethod
     def load(cls, spec: ModelSpec, cache_dir: Path, threads: int) -> Generator:
@@ -143,25 +157,18 @@ class Generator:
         """Mean per-token log-probability of ``answer`` as this model's reply to ``question``.
 
         One forward pass over the model's own answer prompt followed by the
-        answer; the mean (not the sum) so a full sentence is not penalised
-        against a one-word answer.
+        answer (over the cached prompt prefix when it is on); the mean (not
+        the sum) so a full sentence is not penalised against a one-word answer.
         """
-        prompt = self._judge_prompt(question)
-        cont = self._continuation(answer)
-        if not cont:
-            return float("-inf")
-        ids = torch.tensor([prompt + cont])
-        with self._lock, torch.inference_mode():
-            logits = self.model(input_ids=ids).logits[0, len(prompt) - 1:-1]
-        logp = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(cont)), torch.tensor(cont)]
-        return float(logp.mean())
+        return self.answer_logprobs(question, [answer])[0]
 
     def answer_logprobs(self, question: str, answers: Sequence[str]) -> list[float]:
         """:meth:`answer_logprob` of each answer, in one padded forward pass (equal within float rounding).
 
         Right padding: the prompt is the same in every row and each answer's
         tokens attend only to what precedes them, so the padding after them
-        changes nothing they see.
+        changes nothing they see. With the prefix cache on, only the prompt's
+        own suffix and the answers run (position ids follow the cache's length).
         """
         prompt = self._judge_prompt(question)
         conts = [self._continuation(a) for a in answers]
@@ -169,16 +176,30 @@ class Generator:
         out = [float("-inf")] * len(answers)
         if not rows:
             return out
-        width = len(prompt) + max(len(conts[i]) for i in rows)
-        ids = torch.tensor([prompt + conts[i] + [self._pad_id] * (width - len(prompt) - len(conts[i]))
-                            for i in rows])
-        mask = torch.tensor([[1] * (len(prompt) + len(conts[i])) + [0] * (width - len(prompt) - len(conts[i]))
-                             for i in rows])
+        longest = max(len(conts[i]) for i in rows)
         with self._lock, torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            suffix = self._prefix.split(prompt) if self._use_prefix else None
+            if suffix is not None and not self._prefix.fits(len(prompt) + longest):
+                suffix = None
+            head = len(prompt) - len(suffix) if suffix is not None else 0
+            body = prompt[head:]
+            width = len(body) + longest
+            if len(rows) == 1 and not head:  # one unpadded row: exactly the single forward pass of before
+                logits = self.model(input_ids=torch.tensor([body + conts[rows[0]]])).logits
+            else:
+                ids = torch.tensor([body + conts[i] + [self._pad_id] * (width - len(body) - len(conts[i]))
+                                    for i in rows])
+                mask = torch.tensor([[1] * (head + len(body) + len(conts[i]))
+                                     + [0] * (width - len(body) - len(conts[i])) for i in rows])
+                extra: dict[str, Any] = {"cache": self._prefix.copy_for(len(rows)), "use_cache": True} if head else {}
+                logits = self.model(input_ids=ids, attention_mask=mask, **extra).logits
+            if head:
+                self._prefix.cached_rows += len(rows)
+            else:
+                self._prefix.uncached_rows += len(rows)
         for r, i in enumerate(rows):
             cont = conts[i]
-            step = logits[r, len(prompt) - 1:len(prompt) - 1 + len(cont)]
+            step = logits[r, len(body) - 1:len(body) - 1 + len(cont)]
             logp = torch.log_softmax(step.float(), dim=-1)[torch.arange(len(cont)), torch.tensor(cont)]
             out[i] = float(logp.mean())
         return out
@@ -213,10 +234,51 @@ class Generator:
             raise ValueError(f"{n} questions but {len(limits)} token limits")
         t0 = time.monotonic()
         prompts = [self._prompt_ids(q) for q in questions]
+        with self._lock:
+            groups = self._groups(prompts, limits)
+            rows: list[list[int]] = [[] for _ in range(n)]
+            for members, prefix in groups:
+                for i, new in zip(members, self._run([prompts[i] for i in members],
+                                                     [limits[i] for i in members], prefix)):
+                    rows[i] = new
+        seconds = time.monotonic() - t0
+        results = []
+        for new in rows:
+            raw = self.tokenizer.decode(new, skip_special_tokens=True)
+            text = clean_answer(raw, self.spec.stop_at_newline)
+            results.append(Generation(text, len(new), seconds, self.spec.name))
+        return results
+
+    def _groups(self, prompts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[tuple[list[int], int]]:
+        """The batch's rows that run over the cached prefix (its length) and those that do not (0)."""
+        if not self._use_prefix:
+            self._prefix.uncached_rows += len(prompts)
+            return [(list(range(len(prompts))), 0)]
+        plen = len(self._prefix.ids)
+        cached = [i for i, p in enumerate(prompts) if self._prefix.split(p) is not None]
+        if cached and not self._prefix.fits(max(len(prompts[i]) for i in cached) + max(limits[i] for i in cached)):
+            cached = []  # the padding between prefix and suffix would meet the sliding window
+        rest = [i for i in range(len(prompts)) if i not in set(cached)]
+        self._prefix.cached_rows += len(cached)
+        self._prefix.uncached_rows += len(rest)
+        return [(g, p) for g, p in ((cached, plen), (rest, 0)) if g]
+
+    def _run(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], prefix: int) -> list[list[int]]:
+        """One batched greedy ``generate``; each row's new tokens up to its own stop. Called under the lock.
+
+        Without a prefix, rows are left-padded: ``[pad.. prompt]``. With the cached prefix of
+        ``prefix`` tokens (which every prompt starts with), the padding sits between the prefix
+        and each row's own suffix, ``[prefix pad.. suffix]``, masked out; the position ids
+        ``generate`` derives from the mask (``cumsum - 1``) give each suffix token the position
+        it has alone, and only the columns after the prefix are run through the model.
+        """
         width = max(len(p) for p in prompts)
-        # Left padding: every row's last prompt token is in the last column, so new tokens line up.
-        input_ids = torch.tensor([[self._pad_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        head = list(prompts[0][:prefix])
+        # Every row's last prompt token is in the last column, so new tokens line up.
+        input_ids = torch.tensor([head + [self._pad_id] * (width - len(p)) + list(p[prefix:]) for p in prompts],
+                                 dtype=torch.long)
+        attention_mask = torch.tensor([[1] * prefix + [0] * (width - len(p)) + [1] * (len(p) - prefix)
+                                       for p in prompts], dtype=torch.long)
         config = GenerationConfig(  # type: ignore[no-untyped-call]
             max_new_tokens=max(limits),
             do_sample=False,
@@ -229,15 +291,16 @@ class Generator:
             stopping.append(newline)
         if min(limits) < max(limits):
             stopping.append(TokenLimits(limits, width))
-        with self._lock, torch.inference_mode():
+        extra: dict[str, Any] = {"cache": self._prefix.copy_for(len(prompts))} if prefix else {}
+        with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
                 stopping_criteria=stopping,
+                **extra,
             )
-        seconds = time.monotonic() - t0
-        results = []
+        rows = []
         for row, limit in zip(out, limits):
             new = [int(t) for t in row[width:width + limit]]
             # A finished row is padded to the batch's length: keep it up to its own stop.
@@ -245,7 +308,5 @@ class Generator:
                 if self._stops(token) or (newline is not None and newline.has_newline(token)):
                     new = new[:i + 1]
                     break
-            raw = self.tokenizer.decode(new, skip_special_tokens=True)
-            text = clean_answer(raw, self.spec.stop_at_newline)
-            results.append(Generation(text, len(new), seconds, self.spec.name))
-        return results
+            rows.append(new)
+        return rows

@@ -31,6 +31,7 @@ class ModelSpec:
     ``source`` is a GGUF file (``is_gguf``) or a Hugging Face model directory. A bundled GGUF that
     ships in pieces has ``source=None`` and an ``assemble`` callable writing it to a given path;
     ``content_id`` is then its known sha256 (used as cache key instead of file stat).
+    ``prefix_cache``: answer over the shared prompt prefix's KV cache (:mod:`peers.llm.prefix`).
     """
 
     name: str
@@ -40,6 +41,9 @@ class ModelSpec:
     stop_at_newline: bool
     content_id: str | None = None
     assemble: Callable[[Path], Path] | None = field(default=None, compare=False, repr=False)
+    # Reuse the shared prompt prefix's KV cache (ADR 0019, addendum 2); off for a model whose
+    # greedy answers over the cache were not shown identical to the uncached ones.
+    prefix_cache: bool = True
 
 
 def _package_dir(package: str) -> Path:
