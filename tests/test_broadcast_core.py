@@ -522,3 +522,21 @@ def test_a_quarter_dropping_settles_within_the_bound_of_the_offline_tree(seed: i
     ratios = _settled_vs_offline(64, seed, 5)
     assert ratios[0] > 2  # the first round pays the repairs
     assert max(ratios[-2:]) <= 1.25, f"seed {seed}: {[round(r, 2) for r in ratios]}"
+
+
+def test_a_grafted_origin_is_pruned_once_the_tree_parent_delivers() -> None:
+    """The origin that answered a graft pushes to us from then on; when our tree parent's copy comes too, the
+    origin's is the duplicate to stop (it used to be exempt: up to max_grafted extra copies per broadcast)."""
+    b = _core("p003")
+    origin = next(o for o in PEERS if o != "p003" and b._view(o).parent not in (None, o))  # noqa: SLF001
+    parent = b._view(origin).parent  # noqa: SLF001
+    payload = make_payload(origin, b"twice")
+    b.receive(origin, encode(Gossip(origin, payload, 1)), 0.0)  # the grafted origin first
+    assert _sends(b.receive(parent, encode(Gossip(origin, payload, 2)), 0.01)) == [(origin, Prune(origin))]
+    other = make_payload(origin, b"again")
+    b.receive(parent, encode(Gossip(origin, other, 2)), 0.1)  # the tree parent first
+    assert _sends(b.receive(origin, encode(Gossip(origin, other, 1)), 0.11)) == [(origin, Prune(origin))]
+    third = make_payload(origin, b"third")
+    stranger = next(p for p in PEERS if p not in ("p003", origin, parent))
+    b.receive(stranger, encode(Gossip(origin, third, 3)), 0.2)
+    assert _sends(b.receive(parent, encode(Gossip(origin, third, 2)), 0.21)) == [(stranger, Prune(origin))]

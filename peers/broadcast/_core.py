@@ -478,10 +478,12 @@ class Broadcaster:
             watched = self._watch.get(msg_id)
             if watched is not None and watched[1] == sender:
                 del self._watch[msg_id]  # the tree parent did forward it
+            parent = self._view(known).parent
             slower = sender
-            if stored is not None and sender == self._view(known).parent:
+            if stored is not None and sender == parent:
                 slower = stored[3]  # keep the tree link: prune the one that came first off the tree
-            if slower != known and slower != self.me and slower in self._member_set:
+            # never the tree parent; the origin too once it pushes to me only because I grafted onto it
+            if slower != parent and slower != self.me and slower in self._member_set:
                 self._stats["prunes_sent"] += 1
                 return [self._send(slower, Prune(known))]
             return []
