@@ -46,6 +46,13 @@ The verdicts are signed by their judges and carried in the decided value, so
 a validator re-runs this function on them, as it re-runs grouping on the
 claimed similarities; only relevance and similarities are floats re-checked
 within a tolerance.
+
+Chosen by measurement (ADR 0022, ``bench/verdicts.py``): ``rule="veto"``,
+``margin=500``, with each judge's verdict the gap between an answer's mean
+token log-probability under the judge's model and its own answer's, in
+milli-nats. The weighted mean is kept for comparison: with recusal it is
+captured by colluders (their verdicts land on every honest group and on
+none of theirs), which the veto's 1/3 threshold prevents.
 """
 
 from __future__ import annotations
