@@ -3,13 +3,13 @@
 ``--record`` asks each bundled model every shipped question as a peer does
 (:meth:`peers.llm.Generator.generate_batch`, the peer's prompt, greedy, 48 new
 tokens, batches of 8, which answer as one at a time; every 4th question is
-also asked alone and timed, as one query's answer), grades
+also asked alone, checked equal and timed), grades
 each answer with the shipped rule (:func:`multillmn.questions.is_correct`,
 as ``bench/accuracy.py`` does), and records the signals every candidate
 mechanism needs:
 
 * ``logprob``: the answering model's own mean token log-probability of its
-  answer (:meth:`Generator.answer_logprob`);
+  answer (from ``lp`` below);
 * ``relevance``: MiniLM cosine between the question and each text
   (:class:`peers.embedder.Embedder`);
 * ``lp``: each model's mean token log-probability of those texts as its own
@@ -23,7 +23,8 @@ mechanism needs:
 
 Without ``--record`` it reads that JSON and prints the tables of
 docs/benchmarks.md ("Accuracy mechanisms (issue 15, phase 1)"): committees
-of 4 (2 SmolLM2 + 2 Gemma-3) and 6 (3 + 3) peers at equal genesis weights,
+of 4 (2 SmolLM2 + 2 Gemma-3) and 6 (3 + 3) peers and 2 + 2 with 2 colluders,
+at equal genesis weights and with the weight rule adapting,
 every decision by :func:`consensus.verdicts.decide` (the function the
 network will run), against WBFT today (:func:`consensus.grouping.choose`),
 each model alone, majority and the ceiling; the judges' own accuracy; the
