@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -164,3 +165,47 @@ def test_veto_counts_against_all_validators_weight_and_keeps_everyone_if_all_are
         decide([1] * 4, sims, 800, verdicts=everyone, rule="median")
     with pytest.raises(ValueError):
         decide([1] * 4, sims, 800, total_weight=3)
+
+
+def _bench() -> object:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_verdicts", Path(__file__).parents[1] / "bench" / "verdicts.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(k: int, smol: tuple[str, bool, float], gemma: tuple[str, bool, float], sim: int) -> dict[str, object]:
+    """A recorded question: each model's (answer, correct, the other model's log-probability of it)."""
+    s_text, g_text = smol[0], gemma[0]
+    return {
+        "id": f"q{k}", "question": f"Which city is number {k}?", "gold": "x", "other": "Nowhere",
+        "answers": {"smollm2": {"text": s_text, "correct": smol[1], "logprob": -0.1},
+                    "gemma3": {"text": g_text, "correct": gemma[1], "logprob": -0.2}},
+        "texts": [s_text, g_text, "Nowhere"], "sims": [sim, 0, 0],
+        "relevance": {s_text: 0.5, g_text: 0.5, "Nowhere": 0.1},
+        "yes": {"smollm2": {s_text: 50, g_text: 50}, "gemma3": {s_text: 300, g_text: 300}},
+        "lp": {"smollm2": {s_text: -0.1, g_text: gemma[2]}, "gemma3": {g_text: -0.2, s_text: smol[2]}},
+    }
+
+
+def test_the_bench_decides_committees_with_this_rule() -> None:
+    bench: Any = _bench()
+    rows = [_row(1, ("It is Lyon.", False, -1.2), ("It is Paris.", True, -0.15), 100),  # Gemma-3 right
+            _row(2, ("It is Rome.", True, -0.1), ("It is Milan.", False, -0.9), 100),  # SmolLM2 right
+            _row(3, ("It is Oslo.", True, -0.1), ("It is Oslo!", True, -0.1), 1000)]  # one group
+    t = bench.tables({"questions": rows})
+    assert (t["alone"], t["ceiling"], t["splits"]) == ({"smollm2": 2, "gemma3": 2}, 3, 2)
+    right = {(d["mechanism"], d["committee"], d["weights"]): d["right"] for d in t["decided"]}
+    # Today the split goes to peer 0's family (SmolLM2); the veto gives each split to the right side.
+    assert right[("WBFT today", "4 peers (2+2)", "equal")] == 2
+    assert right[("judge lp-minus-own, veto, margin 500", "4 peers (2+2)", "equal")] == 3
+    assert right[("judge lp-minus-own, veto, margin 500", "6 peers (3+3)", "equal")] == 3
+    # Colluders (1/3) rejecting both honest answers add to the honest rejection and take nothing.
+    assert right[("judge lp-minus-own, veto, margin 500", "6 peers (2+2, 2 colluders)", "equal")] == 3
+    assert all(d["right"] <= d["reachable"] for d in t["decided"])
