@@ -44,8 +44,10 @@ Protocol (Plumtree, Leitão et al. 2007, with trees from a latency matrix):
 * **Scores** (gossipsub v1.1's idea): a peer's score rises with first
   deliveries and falls for invalid payloads, malformed frames, unanswered
   grafts and for being the tree parent that did not forward. A peer at or
-  below ``exclude_score`` is avoided as a parent in this peer's view of
-  every tree and is the last choice to graft from.
+  below ``exclude_score`` is the last choice to graft from and its digests
+  open no new repairs. (It is not taken out of trees by score: views change
+  only with the origin's list and the parents seen failing for that origin,
+  so they cannot flap as a score crosses the threshold and back.)
 
 Every payload is checked by ``validate`` (the origin's signature: it returns
 the origin's peer id or None) before it is delivered, stored or relayed, and
@@ -199,7 +201,7 @@ class _Missing:
 
 @dataclass
 class _View:
-    key: tuple[int, int, int, int, int]
+    key: tuple[int, int, int, int]
     parent: str | None
     children: tuple[str, ...]
 
@@ -308,16 +310,16 @@ class Broadcaster:
         excluded, those I saw fail for it, and the peers I scored down (see :func:`~peers.broadcast._trees.reroute`)."""
         failed = self._failed.get(origin, set())
         epoch, published = self._exclusions.get(origin, (0, frozenset()))
-        key = (self._members_version, self.matrix.version, self._excluded_version, len(failed), epoch)
+        key = (self._members_version, self.matrix.version, len(failed), epoch)
         old = self._views.get(origin)
         if old is not None and old.key == key:
             return old
         routed = self.routed(origin, published)  # the origin's tree: the same at every peer that heard it
         parent = routed.parent.get(self.me)
-        if parent is not None and parent != origin and (parent in failed or parent in self._excluded):
+        if parent is not None and parent != origin and parent in failed:
             # the origin has not (yet) taken it out: I alone move, with my subtree, to the best other parent
             parent = reparent(routed.tree, routed.arrival, self.me, self.matrix.get, self.config.fanout,
-                              self._excluded | failed | published) or parent
+                              failed | published) or parent
         view = _View(key, parent, routed.tree.get(self.me, ()))
         self._views[origin] = view
         if old is not None and parent is not None and parent != old.parent:
