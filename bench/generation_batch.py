@@ -4,7 +4,9 @@ For each bundled model: answer the shipped questions (``--questions`` of them, e
 the file, or all) in batches of 1, 4, 8 and 16 with ``Generator.generate_batch`` (greedy,
 ``--max-new-tokens`` 48, torch threads ``--threads`` 2) and report wall time, generated tokens/s,
 the split between prefill (the prompts' forward pass) and decode steps, and whether every answer
-equals the batch-1 answer.
+equals the reference: batch 1 without the prompt prefix's KV cache. ``--prefix-cache`` off, on or
+both (default): each batch size without and with the shared prefix's KV cache (ADR 0019,
+addendum 2); the prefix itself is computed once in the warm-up.
 
 The bound: decoding one sequence streams every weight a step reads once per token, so one stream
 cannot beat ``bandwidth / weight bytes per step`` tokens/s. The bandwidth is measured here (a
@@ -15,6 +17,7 @@ batch can exceed 1 since it reads the weights once for B tokens.
 
     .venv/bin/python bench/generation_batch.py                  # 64 questions, both models
     .venv/bin/python bench/generation_batch.py --questions 0    # all shipped questions
+    .venv/bin/python bench/generation_batch.py --prefix-cache off  # as before the prefix cache
 
 Writes ``bench/results/generation-batch-<date>.json`` and prints a table. The load average of the
 machine (shared with others) is recorded before and after.
@@ -92,15 +95,20 @@ class PhaseTimer:
         self.steps = 0
 
 
-def run_model(name: str, questions: list[str], max_new_tokens: int, threads: int, bandwidth: float) -> dict[str, Any]:
-    g = Generator.load(resolve_model(name), default_cache_dir(), threads=threads)
-    per_step = weight_bytes_per_step(g.model)
+def run_model(name: str, questions: list[str], max_new_tokens: int, threads: int, bandwidth: float,
+              caches: list[bool]) -> dict[str, Any]:
+    loaded = Generator.load(resolve_model(name), default_cache_dir(), threads=threads)
+    per_step = weight_bytes_per_step(loaded.model)
     limit = bandwidth / per_step  # tokens/s of one stream, at best
-    timer = PhaseTimer(g.model)
-    g.generate_batch(questions[:2], 4)  # warm up
+    timer = PhaseTimer(loaded.model)
     reference: list[str] | None = None
+    if caches[0]:  # the reference is always batch 1 without the cache
+        plain = Generator(loaded.spec, loaded.model, loaded.tokenizer, prefix_cache=False)
+        reference = [plain.generate(q, max_new_tokens).text for q in questions]
     rows = []
-    for size in BATCHES:
+    for cache, size in ((c, b) for c in caches for b in BATCHES):
+        g = Generator(loaded.spec, loaded.model, loaded.tokenizer, prefix_cache=cache)
+        g.generate_batch(questions[:2], 4)  # warm up (and compute the prefix's cache)
         timer.reset()
         t0 = time.perf_counter()
         answers = []
@@ -112,7 +120,7 @@ def run_model(name: str, questions: list[str], max_new_tokens: int, threads: int
         if reference is None:
             reference = texts
         rows.append({
-            "batch": size, "wall_s": round(wall, 2), "tokens": tokens,
+            "prefix_cache": cache, "batch": size, "wall_s": round(wall, 2), "tokens": tokens,
             "tokens_per_s": round(tokens / wall, 2),
             "prefill_s": round(timer.prefill, 2), "decode_s": round(timer.decode, 2), "decode_steps": timer.steps,
             "decode_tokens_per_s": round(tokens / timer.decode, 2) if timer.decode else None,
@@ -120,7 +128,8 @@ def run_model(name: str, questions: list[str], max_new_tokens: int, threads: int
             "decode_ratio": round(tokens / timer.decode / limit, 3) if timer.decode else None,
             "differing_answers": sum(a != b for a, b in zip(texts, reference)),
         })
-        print(f"  {name} batch {size}: {wall:.1f} s, {tokens / wall:.1f} tok/s", flush=True)
+        print(f"  {name} cache {'on' if cache else 'off'} batch {size}: {wall:.1f} s, {tokens / wall:.1f} tok/s",
+              flush=True)
     return {"model": name, "weight_bytes_per_step": per_step, "bandwidth_limit_tokens_per_s": round(limit, 2),
             "rows": rows}
 
@@ -131,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions", type=int, default=64, help="evenly spaced over the shipped set; 0: all")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefix-cache", choices=("off", "on", "both"), default="both")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -141,16 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     bandwidth = memory_bandwidth()
     print(f"memory bandwidth {bandwidth / 1e9:.2f} GB/s (numpy copy); load average {load_before[0]:.2f}", flush=True)
-    models = [run_model(m, questions, args.max_new_tokens, args.threads, bandwidth) for m in args.models.split(",")]
+    caches = {"off": [False], "on": [True], "both": [False, True]}[args.prefix_cache]
+    models = [run_model(m, questions, args.max_new_tokens, args.threads, bandwidth, caches)
+              for m in args.models.split(",")]
     load_after = os.getloadavg()
 
     print(f"\n{len(questions)} questions, max_new_tokens {args.max_new_tokens}, {args.threads} torch threads, "
           f"memory bandwidth {bandwidth / 1e9:.2f} GB/s")
-    print(f"{'model':8} {'batch':>5} {'wall s':>7} {'tokens':>6} {'tok/s':>6} {'prefill s':>9} {'decode s':>8} "
+    print(f"{'model':8} {'cache':>5} {'batch':>5} {'wall s':>7} {'tokens':>6} {'tok/s':>6} {'prefill s':>9} {'decode s':>8} "
           f"{'dec tok/s':>9} {'bw limit':>8} {'ratio':>6} {'dec ratio':>9} {'differ':>6}")
     for m in models:
         for r in m["rows"]:
-            print(f"{m['model']:8} {r['batch']:>5} {r['wall_s']:>7.1f} {r['tokens']:>6} {r['tokens_per_s']:>6.1f} "
+            print(f"{m['model']:8} {'on' if r['prefix_cache'] else 'off':>5} {r['batch']:>5} {r['wall_s']:>7.1f} {r['tokens']:>6} {r['tokens_per_s']:>6.1f} "
                   f"{r['prefill_s']:>9.1f} {r['decode_s']:>8.1f} {r['decode_tokens_per_s'] or 0:>9.1f} "
                   f"{m['bandwidth_limit_tokens_per_s']:>8.1f} {r['ratio']:>6.2f} {r['decode_ratio'] or 0:>9.2f} "
                   f"{r['differing_answers']:>6}")
@@ -162,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": load_after, "torch": torch.__version__, "models": models,
     }
     out = args.out or Path(__file__).parent / "results" / f"generation-batch-{result['date']}.json"
+    n_out = 2
+    while args.out is None and out.exists():  # never overwrite an earlier run of the day
+        out = out.with_name(f"generation-batch-{result['date']}-{n_out}.json")
+        n_out += 1
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

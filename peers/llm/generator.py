@@ -11,6 +11,11 @@ over the shipped questions). On CPU a small model's decoding is bound by
 memory bandwidth, so B rows cost little more than one (``bench/generation_batch.py``).
 No continuous batching (ADR 0019): a batch lasts at most ``max_new_tokens``
 steps, and questions that arrive meanwhile form the next batch.
+
+The prompt's shared prefix (few-shot examples, or the chat template's system
+and example turns) is run once per model; its KV cache (:mod:`.prefix`) is
+copied to each batch's rows, so a batch prefills only each question's own
+tokens, padded between prefix and suffix (ADR 0019, addendum 2).
 """
 
 from __future__ import annotations
