@@ -3,6 +3,9 @@ r"""Tree broadcast against the full mesh (issue 13), in one process, with real e
     # the figures in bench/results/broadcast-loopback-2026-11-30.json (about 5 + 5 minutes on two cores)
     nice -n 10 .venv/bin/python bench/broadcast.py --sizes 8 16 32 --broadcasts 20
     nice -n 10 .venv/bin/python bench/broadcast.py --sizes 64 --broadcasts 8
+    # two origins in turn, so each origin's later broadcasts run on its settled tree (dups 1st / rep. / 4th+)
+    nice -n 10 .venv/bin/python bench/broadcast.py --sizes 32 64 --broadcasts 16 --origins 2 \
+        --faults quarter-silent --modes tree --json bench/results/broadcast-loopback-settled-2026-11-30.json
     # decision latency of 8 real Nodes (scripted answers) on the same kind of links, mesh then tree
     nice -n 10 .venv/bin/python bench/broadcast.py --nodes 8 --queries 16
     # a quick look (tests/test_bench_broadcast.py runs run_network(8, ...) with 3 broadcasts)
@@ -29,7 +32,10 @@ each receiver validates it as the node would (``decode_message`` with a
   other and two rows went round), then paused so that its frames do not
   share the measurement, and every host's trees computed ahead.
 
-Broadcasts go one at a time from honest origins in turn (seeded): *t0* when
+Broadcasts go one at a time from honest origins in turn (seeded; every
+broadcast from a new origin while there are any, so every one is its
+origin's first, "cold", unless ``--origins K`` makes K origins take turns):
+*t0* when
 the origin hands the payload over; each peer's delivery time is when the
 payload comes out of its ``inbound`` channel. A broadcast ends when every
 honest peer has it or after ``--deadline`` seconds, then ``--settle`` seconds
@@ -38,8 +44,11 @@ pass so that lazy announcements and repairs it caused are counted with it.
 Reported per (N, mode, faults): p50, p99 and max delivery latency over every
 (broadcast, honest receiver); frames and bytes sent per peer per broadcast
 (every peer's sends in the window, over N); the origin's sends; duplicates
-per delivered message (payload copies a peer received beyond the first, from
-the broadcaster's counters; 0 in the mesh); delivery ratio (honest receivers
+per delivered message (payload copies an honest receiver got beyond the
+first, from the broadcaster's counters, over the honest deliveries; 0 in the
+mesh; ``dups_all`` adds the silent peers' own, which never stop because a
+silent peer's PRUNEs are dropped with the rest of its sends), also split
+into each origin's first broadcast, its later ones and its fourth on; delivery ratio (honest receivers
 that got it before the deadline). **faults = quarter-silent**: a quarter of
 the peers (never an origin) silently drop every frame they would relay
 (:class:`SilentRelay`: they still receive, deliver to themselves and answer
@@ -127,8 +136,11 @@ class _Peer:
 
 async def run_network(n: int, mode: str, *, broadcasts: int, silent_fraction: float = 0.0, seed: int = 1,
                       fanout: int = 3, deadline_s: float = 5.0, settle_s: float = 0.3,
-                      connect_timeout_s: float = 600.0, latency: LatencyConfig | None = None) -> dict[str, Any]:
-    """One network of ``n`` peers in ``mode`` ("mesh" | "tree"); returns the row of figures."""
+                      connect_timeout_s: float = 600.0, latency: LatencyConfig | None = None,
+                      origins: int = 0) -> dict[str, Any]:
+    """One network of ``n`` peers in ``mode`` ("mesh" | "tree"); returns the row of figures. ``origins``: that many
+    honest peers broadcast in turn (so each origin's later broadcasts run on a settled tree); 0: every broadcast
+    from another origin while there are honest peers left (every one cold)."""
     assert mode in ("mesh", "tree")
     rng = random.Random(seed * 1000 + n)
     keys = [KeyPair.from_seed(rng.randbytes(32)) for _ in range(n)]
@@ -192,9 +204,17 @@ async def run_network(n: int, mode: str, *, broadcasts: int, silent_fraction: fl
         per_broadcast: list[dict[str, int]] = []
         origin_sends: list[int] = []  # every frame the origin sent in the window (tree: payloads and digests)
         origin_payload_sends: list[int] = []  # of which carried the payload
-        order = [honest[k % len(honest)] for k in range(broadcasts)]
-        rng.shuffle(order)
+        if origins:
+            chosen = rng.sample(honest, min(origins, len(honest)))
+            order = [chosen[k % len(chosen)] for k in range(broadcasts)]
+        else:
+            order = [honest[k % len(honest)] for k in range(broadcasts)]
+            rng.shuffle(order)
+        repeat: list[bool] = []  # this origin broadcast before (its tree had a chance to settle)
+        settled: list[bool] = []  # its fourth broadcast or later
         for b, origin in enumerate(order):
+            repeat.append(origin in order[:b])
+            settled.append(order[:b].count(origin) >= 3)
             vote = Vote(chain_id=CHAIN, type="prevote", height=b + 1, round=0, value_id=None, voter=ids[origin])
             payload = encode_message(sign(vote, keys[origin]))
             payloads[payload] = b
@@ -220,7 +240,13 @@ async def run_network(n: int, mode: str, *, broadcasts: int, silent_fraction: fl
                                         else mesh_sent)
             payload_frames = sum(after["gossip"]) - sum(before["gossip"]) if mode == "tree" else mesh_sent
             per_broadcast.append({"frames": frames, "bytes": nbytes, "payload_frames": payload_frames,
-                                  "dups": sum(after["dups"]) - sum(before["dups"])})
+                                  # copies beyond the first at the honest receivers (a silent peer's PRUNE is
+                                  # dropped with the rest of its sends, so its duplicates never stop)
+                                  "dups": sum(after["dups"][i] - before["dups"][i] for i in honest),
+                                  "dups_all": sum(after["dups"]) - sum(before["dups"]),
+                                  "delivered": sum(1 for i in targets if b in peers[i].got),
+                                  "max_s": max((peers[i].got[b] - t0 for i in targets if b in peers[i].got),
+                                               default=float("nan"))})
         end = _counters(peers)
         deliveries = max(1, delivered)
         out.update({
@@ -234,6 +260,24 @@ async def run_network(n: int, mode: str, *, broadcasts: int, silent_fraction: fl
             "origin_sends": round(statistics.fmean(origin_sends), 2),
             "origin_payload_sends": round(statistics.fmean(origin_payload_sends), 2),
             "dups_per_delivery": round(sum(x["dups"] for x in per_broadcast) / deliveries, 3),
+            "origins": len(set(order)),
+            **{f"{name}_broadcasts": sum(1 for r in repeat if r == later) for name, later in
+               (("first", False), ("repeat", True))},
+            **{f"dups_per_delivery_{name}": round(sum(x["dups"] for x, r in zip(per_broadcast, repeat) if r == later)
+                                                  / max(1, sum(x["delivered"] for x, r in zip(per_broadcast, repeat)
+                                                               if r == later)), 3)
+               for name, later in (("first", False), ("repeat", True))},
+            "settled_broadcasts": sum(settled),
+            "dups_per_delivery_settled": round(
+                sum(x["dups"] for x, r in zip(per_broadcast, settled) if r)
+                / max(1, sum(x["delivered"] for x, r in zip(per_broadcast, settled) if r)), 3),
+            "max_ms_settled": round(1000 * max((x["max_s"] for x, r in zip(per_broadcast, settled) if r),
+                                               default=float("nan")), 2),
+            "dups_per_broadcast": [x["dups"] for x in per_broadcast],
+            "dups_all_per_delivery": round(sum(x["dups_all"] for x in per_broadcast) / deliveries, 3),
+            "dups_all_per_broadcast": [x["dups_all"] for x in per_broadcast],
+            "max_ms_repeat": round(1000 * max((x["max_s"] for x, r in zip(per_broadcast, repeat) if r),
+                                              default=float("nan")), 2),
             "delivery_ratio": round(delivered / max(1, expected), 4),
             "delivered": delivered, "expected": expected,
             "core": _core_totals(peers, base, end) if mode == "tree" else None,
@@ -377,7 +421,10 @@ async def decision_run(mode: str, *, n: int = 8, queries: int = 10, seed: int = 
 COLUMNS = [("n", "N", 4), ("mode", "mode", 5), ("faults", "faults", 15), ("p50_ms", "p50 ms", 8),
            ("p99_ms", "p99 ms", 8), ("max_ms", "max ms", 8), ("frames_per_node", "frames/node", 12), ("payload_frames_per_node", "payl/node", 10),
            ("bytes_per_node", "bytes/node", 11), ("origin_sends", "origin", 7), ("origin_payload_sends", "orig.payl", 9),
-           ("dups_per_delivery", "dups/deliv", 11), ("delivery_ratio", "delivery", 9)]
+           ("dups_per_delivery", "dups/deliv", 11), ("dups_per_delivery_first", "dups 1st", 9),
+           ("dups_per_delivery_repeat", "dups rep.", 10), ("dups_per_delivery_settled", "dups 4th+", 10),
+           ("max_ms_settled", "max 4th+", 9),
+           ("delivery_ratio", "delivery", 9)]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -389,14 +436,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 async def run_all(sizes: list[int], broadcasts: int, *, seed: int, fanout: int, deadline_s: float,
-                  settle_s: float, faults: list[str], modes: list[str]) -> list[dict[str, Any]]:
+                  settle_s: float, faults: list[str], modes: list[str], origins: int = 0) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
         for fault in faults:
             for mode in modes:
                 row = await run_network(n, mode, broadcasts=broadcasts, seed=seed, fanout=fanout,
                                         silent_fraction=0.25 if fault == "quarter-silent" else 0.0,
-                                        deadline_s=deadline_s, settle_s=settle_s)
+                                        deadline_s=deadline_s, settle_s=settle_s, origins=origins)
                 print(table([row]).splitlines()[-1], f"  ({row['wall_s']} s)", flush=True)
                 rows.append(row)
     return rows
@@ -434,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=0,
                     help="instead: decision latency of this many real Nodes (scripted answers), mesh and tree")
     ap.add_argument("--queries", type=int, default=10)
+    ap.add_argument("--origins", type=int, default=0,
+                    help="this many honest peers broadcast in turn (0: a new origin for each broadcast)")
     args = ap.parse_args(argv)
     if args.nodes:
         logging.getLogger("multillmn").setLevel(logging.WARNING)
@@ -444,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table([]).splitlines()[0], flush=True)
     rows = trio.run(lambda: run_all(args.sizes, args.broadcasts, seed=args.seed, fanout=args.fanout,
                                     deadline_s=args.deadline, settle_s=args.settle, faults=args.faults,
-                                    modes=args.modes))
+                                    modes=args.modes, origins=args.origins))
     print()
     print(table(rows))
     if not args.no_json:

@@ -322,8 +322,10 @@ class Broadcaster:
                               failed | published) or parent
         view = _View(key, parent, routed.tree.get(self.me, ()))
         self._views[origin] = view
-        if old is not None and parent is not None and parent != old.parent:
-            self._regraft[origin] = parent  # a new parent: ask it to push to me (it may hold an old PRUNE)
+        if old is not None and old.key[:2] == key[:2] and parent is not None and parent != old.parent:
+            # a new parent because of a failure or the origin's list (not a new matrix or committee, which
+            # every peer recomputes alike): ask it to push to me (it may hold an old PRUNE)
+            self._regraft[origin] = parent
         return view
 
     def view_tree(self, origin: str, avoid: Iterable[str] = ()) -> Tree:
