@@ -531,12 +531,13 @@ def main(argv: list[str] | None = None) -> int:
     # the same question in both modes: each peer's own answer (batched must equal one at a time) and the
     # consensus answer (may differ: the winning group depends on the weights each run's history gave)
     compare: dict[str, Any] = {}
-    if len(results) == 2:
+    by_mode = {r["mode"]: r for r in results}
+    if {"batched", "off"} <= set(by_mode):
         def merged(key: str, r: dict[str, Any]) -> dict[str, Any]:
             return {q: x for c in r["cells"] for q, x in c[key].items()}
 
-        a, b = merged("answers", results[0]), merged("answers", results[1])
-        pa, pb = merged("peer_answers", results[0]), merged("peer_answers", results[1])
+        a, b = merged("answers", by_mode["batched"]), merged("answers", by_mode["off"])
+        pa, pb = merged("peer_answers", by_mode["batched"]), merged("peer_answers", by_mode["off"])
         pairs = [(q, peer, pa[q][peer], pb[q][peer]) for q in sorted(set(pa) & set(pb))
                  for peer in sorted(set(pa[q]) & set(pb[q]))]
         both = sorted(set(a) & set(b))
