@@ -97,12 +97,22 @@ def tokenizer() -> Any:
 
 # gemma3 has a 48-token sliding window, which a batch over the cached prefix would exceed (so it runs
 # without the cache, left-padded across the window); gemma3wide has a 1024-token one and uses the cache.
-@pytest.fixture(scope="module", params=["llama-chat", "gemma3-few-shot", "gemma3wide-few-shot"])
-def generator(request: pytest.FixtureRequest, tokenizer: Any) -> Generator:
-    arch, style = request.param.split("-", 1)
+def tiny_generator(name: str, tokenizer: Any) -> Generator:
+    arch, style = name.split("-", 1)
     spec = ModelSpec(f"tiny-{arch}", None, False, "chat" if style == "chat" else "few-shot", style == "few-shot")
     window = 1024 if arch == "gemma3wide" else 48
     return Generator(spec, random_model(arch.removesuffix("wide"), tokenizer, seed=1, window=window), tokenizer)
+
+
+@pytest.fixture(scope="module", params=["llama-chat", "gemma3-few-shot", "gemma3wide-few-shot"])
+def generator(request: pytest.FixtureRequest, tokenizer: Any) -> Generator:
+    return tiny_generator(request.param, tokenizer)
+
+
+@pytest.fixture(scope="module", params=["llama-chat", "gemma3wide-few-shot"])
+def cached_generator(request: pytest.FixtureRequest, tokenizer: Any) -> Generator:
+    """The tiny models whose batches run over the cached prefix."""
+    return tiny_generator(request.param, tokenizer)
 
 
 def reference(gen: Generator) -> Generator:
@@ -185,9 +195,9 @@ def test_the_prefix_is_every_prompts_start_and_the_shared_cache_is_never_changed
 
 
 def test_a_question_whose_prompt_does_not_start_with_the_prefix_runs_without_it(
-        generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not uses_the_cache(generator):
-        pytest.skip("no cache on this model")
+        cached_generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = cached_generator
+    assert uses_the_cache(generator)
     odd = generator._prompt_ids(QUESTIONS[2])
     split = generator._prefix.split
     monkeypatch.setattr(generator._prefix, "split", lambda p: None if p == odd else split(p))
@@ -199,9 +209,8 @@ def test_a_question_whose_prompt_does_not_start_with_the_prefix_runs_without_it(
     assert len({g.seconds for g in batch}) == 1
 
 
-def test_a_batch_that_would_cross_the_sliding_window_runs_without_the_cache(generator: Generator) -> None:
-    if generator.spec.name != "tiny-gemma3wide":
-        pytest.skip("the wide-window Gemma-3")
+def test_a_batch_that_would_cross_the_sliding_window_runs_without_the_cache(tokenizer: Any) -> None:
+    generator = tiny_generator("gemma3wide-few-shot", tokenizer)  # the wide-window Gemma-3 uses the cache
     pc = generator._prefix
     assert pc.fits(1024) and not pc.fits(1025)
     before = generator.prefix_statistics()
