@@ -179,11 +179,14 @@ async def test_verify_says_valid_for_a_decided_certificate_and_why_not_for_a_tam
                 bad = (await client.post("/dashboard/api/verify", json=tampered)).json()
                 junk = await client.post("/dashboard/api/verify", content=b"not json",
                                          headers={"content-type": "text/plain"})
+                deep = await client.post("/dashboard/api/verify", content=b"[" * 50_000 + b"]" * 50_000,
+                                         headers={"content-type": "text/plain"})  # no JSON checks by the type
     assert ok["valid"] is True and ok["answer"] == "Paris" and ok["height"] == 1
     assert ok["precommit_weight"] * 3 > ok["total_weight"] * 2
     assert ok["genesis_digest"] == net.genesis.digest().hex() and ok["checked_by"] == "peer0"
     assert bad["valid"] is False and "summary does not match" in bad["reason"]
     assert junk.status_code == 422
+    assert deep.status_code == 422 and "nested" in deep.json()["detail"]
 
 
 async def test_snapshot_shows_the_ledger_tail_newest_first(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from multillmn import jsonsafe
 from multillmn.certificate import CertificateError, verify
 from peers.dashboard._snapshot import Snapshots
 
@@ -143,10 +144,10 @@ def dashboard_router(peer: PeerHandle, *, max_subscribers: int = MAX_SUBSCRIBERS
 
     @router.post("/dashboard/api/verify")
     async def check(request: Request) -> dict[str, Any]:
-        try:
-            cert = json.loads(await request.body())
-        except ValueError:
-            raise HTTPException(422, "the body must be a certificate (JSON)") from None
+        try:  # within the JSON bounds whatever the content type says (depth, integers, size)
+            cert = jsonsafe.loads(await request.body())
+        except jsonsafe.JsonError as exc:
+            raise HTTPException(422, f"the body must be a certificate (JSON): {exc}") from None
         node = peer.ready_node()
         genesis = node.genesis
 
