@@ -5,6 +5,11 @@ wire protocol) serve the two layers of the tiny random Llama and Gemma-3 models 
 ``tests/test_generation_batch.py``; the driver's padded, pipelined micro-batches must give every row
 the tokens :class:`~peers.llm.Generator` gives that question alone. Also: the wire's batch bounds and
 mask validation, and the micro-batch split.
+
+Named to sort after test_shard_engine.py and test_shard_worker.py: running this module's
+in-process tiny-model workers first made a later in-process SmolLM2 Generator of those modules
+answer garbage in the same pytest process (seen in a fresh-clone `make test`; the cause is not
+found yet, see the issue 14 note). Real peers host one model per process.
 """
 
 from __future__ import annotations
