@@ -89,6 +89,7 @@ from consensus.evidence import from_equivocation
 from consensus.membership import reason_code
 from consensus.messages import (
     MAX_ANSWER_CHARS,
+    MAX_QUERIES_PER_VALUE,
     Answer,
     Envelope,
     Join,
@@ -589,7 +590,7 @@ class Driver:
         if height != self.core.height or self.core.decided:
             h.request = None
             return
-        ready = self.pool.ready(self.config.queries_per_height)
+        ready = self.pool.ready(max(1, min(self.config.queries_per_height, MAX_QUERIES_PER_VALUE)))
         if not ready:
             return
         first = ready[0]
