@@ -90,18 +90,12 @@ def supported_overrides(overrides: dict[str, int]) -> tuple[dict[str, int], list
 
 # --- measurements -----------------------------------------------------------------------------
 
-def memory_bandwidth(mib: int = 256, repeat: int = 5) -> float:
-    """Bytes per second moved by a large numpy copy (each byte read once and written once)."""
-    import numpy as np
+def memory_bandwidth() -> float:
+    """Bytes per second of a large numpy copy: ``bench/generation_batch.py``'s measurement."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from generation_batch import memory_bandwidth as measure
 
-    a = np.ones(mib * 2**20 // 8)
-    b = np.empty_like(a)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        np.copyto(b, a)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * a.nbytes / best
+    return float(measure())
 
 
 @dataclass
