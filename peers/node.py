@@ -594,6 +594,8 @@ class Node:
                     e = None
             if not batch:
                 continue
+            started = self._now()
+            waited = {g.query_id: started - int(q.arrived) for g in batch if (q := self.driver.pool.get(g.query_id))}
             try:
                 if len(batch) == 1:
                     replies = [await trio.to_thread.run_sync(self.engine.answer, batch[0].question,
@@ -617,7 +619,8 @@ class Node:
                     if (g.slowdown > 1) != slowed:
                         continue
                     log.info("answered", extra=fields(query=g.query_id.hex()[:12], text=reply.text,
-                                                        gen_ms=int(reply.seconds * 1000), batch=len(batch)))
+                                                        gen_ms=int(reply.seconds * 1000), batch=len(batch),
+                                                        started_ms=started, waited_ms=waited.get(g.query_id)))
                     self.metrics.generated(reply.seconds)
                     self._handle(Generated(g.query_id, reply.text, int(g.slowdown * reply.seconds * 1000)))
 
