@@ -93,6 +93,11 @@ from peers.broadcast._host import BroadcastTransport, signed_validator  # noqa: 
 from peers.latency import LatencyConfig  # noqa: E402
 from peers.transport import Transport  # noqa: E402
 from peers.wire import encode_message  # noqa: E402
+from testnet.links import plane_delays  # noqa: E402
+
+delay_matrix = plane_delays
+"""One-way delays in seconds: seeded points in the unit square, 5 ms + 75 ms * distance / sqrt(2) (the testnet's
+``[testnet] link_plane`` is the same matrix)."""
 
 DEFAULT_JSON = ROOT / "bench" / "results" / f"broadcast-loopback-{datetime.date.today().isoformat()}.json"
 CHAIN = "bench-broadcast"
@@ -103,14 +108,6 @@ class SilentRelay(BroadcastTransport):
 
     def _on_send(self, send: Send, own: bool) -> bool:
         return own
-
-
-def delay_matrix(n: int, seed: int) -> list[list[float]]:
-    """One-way delays in seconds: seeded points in the unit square, 5 ms + 75 ms * distance / sqrt(2)."""
-    rng = random.Random(seed)
-    pts = [(rng.random(), rng.random()) for _ in range(n)]
-    return [[0.0 if i == j else (5 + 75 * math.dist(pts[i], pts[j]) / math.sqrt(2)) / 1000 for j in range(n)]
-            for i in range(n)]
 
 
 def _pct(values: list[float], q: float) -> float:

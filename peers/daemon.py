@@ -37,7 +37,7 @@ from peers.node import Node
 from peers.transport import LinkCondition, LinkShaper, Transport
 from peers.wal import ConsensusWal
 
-__all__ = ["run_peer", "load_identity", "http_config"]
+__all__ = ["run_peer", "load_identity", "http_config", "link_shaper"]
 
 log = logging.getLogger("multillmn.daemon")
 
@@ -64,6 +64,16 @@ def _default_engine(cfg: PeerConfig) -> AnswerEngine:
     return ModelEngine.load(cfg.model, cfg.path(cfg.cache_dir), cfg.threads)
 
 
+def link_shaper(cfg: PeerConfig) -> LinkShaper:
+    """Emulated conditions on the outgoing links (testnets): ``[p2p] link_delays_ms`` towards the peers it names,
+    ``link_delay_ms`` towards the others; ``link_loss`` on all."""
+    shaper = LinkShaper()
+    shaper.default = LinkCondition(cfg.link_delay_ms / 1000, cfg.link_loss)
+    for peer, ms in cfg.link_delays_ms:
+        shaper.set(peer, delay_s=ms / 1000, loss=cfg.link_loss)
+    return shaper
+
+
 async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_engine) -> None:
     """Run one peer until SIGTERM/SIGINT."""
     key, genesis = load_identity(cfg)
@@ -80,8 +90,7 @@ async def run_peer(cfg: PeerConfig, engine_factory: EngineFactory = _default_eng
         if key.peer_id not in genesis.validators:
             log.info("not a genesis validator: following the network; `multillmn peer join` asks to join it")
         peers = {p.id: parse_hostport(p.address, "p2p.peers") for p in cfg.persistent_peers}
-        shaper = LinkShaper()  # [p2p] link_delay_ms / link_loss: emulated conditions on every outgoing link
-        shaper.default = LinkCondition(cfg.link_delay_ms / 1000, cfg.link_loss)
+        shaper = link_shaper(cfg)
         transport = Transport(
             key, parse_hostport(cfg.p2p_listen, "p2p.listen"), peers,
             max_frame=cfg.max_frame_bytes, send_queue=cfg.send_queue, send_queue_bytes=cfg.send_queue_bytes,

@@ -519,6 +519,8 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]
     workers = _device_workers(manifest, dir, iter(ports[2 * len(records):]))
     specs = {p.name: p for p in manifest.peers}
     founders = [r for r in records if r.genesis]
+    ids = {r.name: r.peer_id for r in records}
+    delays = manifest.link_delays()
     for r in records:
         spec = specs[r.name]
         mine = [(w, d) for w, d in workers if w.peer == r.name]
@@ -536,6 +538,8 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]
             model=r.model, threads=manifest.threads_per_peer, max_new_tokens=manifest.max_new_tokens,
             behaviour=spec.byzantine, slow_ms=spec.slow_ms, crash_at_height=spec.crash_at_height,
             behaviour_from_height=spec.from_height, link_delay_ms=spec.link_delay_ms, link_loss=spec.link_loss,
+            link_delays_ms=tuple(sorted((ids[o], ms) for o, ms in delays[r.name].items())),
+            broadcast=manifest.broadcast,
             shard_devices_file="devices.toml" if mine else "", external_address=r.p2p,
             join_via="" if r.genesis else founders[0].api_url, join_at_height=spec.join_at_height,
             leave_at_height=spec.leave_at_height,
@@ -901,7 +905,7 @@ def join(dir: Path, model: str, *, name: str | None = None, byzantine: str = "no
         moniker=name, key_file="peer_key.pem", genesis_file="../genesis.json", p2p_listen=p2p, api_listen=api,
         persistent_peers=tuple(PeerAddress(o.peer_id, o.p2p) for o in running),
         model=model, threads=base.threads, max_new_tokens=base.max_new_tokens, behaviour=byzantine,
-        external_address=p2p, join_via=via.api_url,
+        external_address=p2p, join_via=via.api_url, broadcast=base.broadcast, broadcast_fanout=base.broadcast_fanout,
     ).validate()
     Path(r.config).write_text(render_toml(cfg))
     state.peers.append(r)

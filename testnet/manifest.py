@@ -8,6 +8,9 @@ A manifest is a TOML file::
     max_new_tokens = 48          # default
     epoch_length = 100           # default (the genesis default); heights per epoch: members change only
                                  # at an epoch's first height; 4-10000
+    broadcast = "mesh"           # default; every peer's [p2p] broadcast: mesh | tree (issue 13)
+    link_plane = { seed = 1, min_delay_ms = 5, max_delay_ms = 80 }  # optional: per-link delays from seeded
+                                 # points on a plane (testnet/links.py)
 
     [[peer]]
     name = "peer0"               # unique, [a-z0-9-]+
@@ -22,6 +25,8 @@ A manifest is a TOML file::
                                  # first genesis peer) once the network reaches this height
     leave_at_height = 12         # asks to leave the validator set once the network reaches this height
     network = { delay_ms = 20, loss = 0.01 }   # emulated conditions on every message it sends
+    links = { peer3 = 120 }      # one-way delay (ms) of its messages to single peers, over network.delay_ms
+                                 # and the plane
     # EdgeShard: split this peer's model over devices, one shard worker process each
     devices = [
       { name = "laptop", threads = 1, memory_mb = 400, delay_ms = 2 },
@@ -30,7 +35,9 @@ A manifest is a TOML file::
 
 ``network``: ``delay_ms`` (integer, 0-60000) and ``loss`` (probability in
 [0, 1)) become the peer's ``[p2p] link_delay_ms`` / ``link_loss``, applied by
-its transport's ``LinkShaper`` to every outgoing message. ``devices``: the
+its transport's ``LinkShaper`` to every outgoing message; ``links`` and
+``[testnet] link_plane`` set delays per destination instead
+(:mod:`testnet.links`: they become ``[p2p] link_delays_ms``). ``devices``: the
 launcher starts one shard worker per device and writes the peer's device file
 and ``[shard]`` section; ``name`` ([a-z0-9-]+, unique in the peer) and
 ``memory_mb`` (> 0, the memory its shard may use) are required, ``threads``
@@ -64,9 +71,10 @@ from pathlib import Path
 from typing import Any
 
 from consensus.membership import MAX_EPOCH_LENGTH
-from multillmn.config import BYZANTINE_BEHAVIOURS
+from multillmn.config import BROADCAST_MODES, BYZANTINE_BEHAVIOURS
 from peers.shard.planner import Device, Link, Network, NoFeasiblePlan, Problem, plan
 from peers.shard.profiles import KNOWN_SHAPES, ModelShape, profile_from_shape
+from testnet.links import MAX_LINK_DELAY_MS, LinkError, LinkPlane, check_links, link_delays_ms
 
 __all__ = ["KNOWN_MODELS", "MAX_DEVICES", "MAX_PEERS", "DeviceSpec", "Manifest", "ManifestError", "PeerSpec",
            "check_join_model", "check_model", "is_peer_name"]
@@ -74,16 +82,16 @@ __all__ = ["KNOWN_MODELS", "MAX_DEVICES", "MAX_PEERS", "DeviceSpec", "Manifest",
 KNOWN_MODELS = ("smollm2", "gemma3")
 MAX_PEERS = 64
 _NAME = re.compile(r"^[a-z0-9-]+$")
-_TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens", "epoch_length")
+_TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens", "epoch_length", "broadcast", "link_plane")
 _PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "from_height", "network",
-              "devices", "join_at_height", "leave_at_height")
+              "links", "devices", "join_at_height", "leave_at_height")
 _JOIN_MODEL = re.compile(r"^[A-Za-z0-9._:/+-]{1,128}$")  # consensus.messages.Join.model
 MAX_HEIGHT = 2**40
 _NETWORK_KEYS = ("delay_ms", "loss")
 _DEVICE_KEYS = ("name", "threads", "memory_mb", "delay_ms", "loss", "bandwidth_kbit")
 MAX_DEVICES = 8
 MIN_EPOCH_LENGTH = 4  # as multillmn.genesis.Params
-MAX_DELAY_MS = 60_000
+MAX_DELAY_MS = MAX_LINK_DELAY_MS
 SHARD_CONTEXT_TOKENS = 2048  # as peers.shard.engine plans
 
 
@@ -136,6 +144,19 @@ def _number(where: str, value: object, low: float, high: float, *, high_open: bo
     if not low <= value <= high or (high_open and value == high):
         raise ManifestError(f"{where}: {value} is outside [{low}, {high}{')' if high_open else ']'}")
     return float(value)
+
+
+def _links_table(where: str, value: object) -> dict[str, int]:
+    """A peer's ``links`` table, types and ranges checked; its names are checked against the manifest later."""
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: links must be a table {{ <peer name> = <delay ms>, ... }}")
+    if len(value) >= MAX_PEERS:
+        raise ManifestError(f"{where}: links names {len(value)} peers; a testnet has at most {MAX_PEERS}")
+    for name, ms in value.items():
+        if not is_peer_name(name):
+            raise ManifestError(f"{where}: links.{name}: expected a peer name (1-64 characters of [a-z0-9-])")
+        _int(f"{where}: links.{name}", ms, 0, MAX_DELAY_MS)
+    return dict(value)
 
 
 def _unknown(where: str, keys: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -195,6 +216,7 @@ class PeerSpec:
     devices: tuple[DeviceSpec, ...] = ()
     join_at_height: int = 0  # 0: in the genesis; else it joins once the network reaches this height
     leave_at_height: int = 0  # 0: never asks to leave by itself
+    links: tuple[tuple[str, int], ...] = ()  # (other peer's name, one-way delay ms): per-destination delays
 
     @property
     def in_genesis(self) -> bool:
@@ -257,7 +279,8 @@ class PeerSpec:
             raise ManifestError(f"{where}: leave_at_height ({leave_at}) must be above join_at_height ({join_at})")
         spec = cls(name=name, model=model, weight=weight, byzantine=byzantine, slow_ms=slow_ms,
                    crash_at_height=crash_at_height, from_height=from_height, link_delay_ms=delay, link_loss=loss,
-                   devices=devices, join_at_height=join_at, leave_at_height=leave_at)
+                   devices=devices, join_at_height=join_at, leave_at_height=leave_at,
+                   links=tuple(sorted(_links_table(where, data.get("links", {})).items())))
         if devices:
             spec.check_devices_fit()
         return spec
@@ -294,6 +317,8 @@ class Manifest:
     threads_per_peer: int = 1
     max_new_tokens: int = 48
     epoch_length: int | None = None  # None: the genesis default (multillmn.genesis.Params)
+    broadcast: str = "mesh"  # every peer's [p2p] broadcast
+    link_plane: LinkPlane | None = None  # per-link delays from points on a plane (testnet.links)
 
     @property
     def genesis_peers(self) -> tuple[PeerSpec, ...]:
@@ -327,11 +352,28 @@ class Manifest:
                                 "(the joiners ask the first genesis peer)")
         if all(p.leave_at_height for p in self.peers):
             raise ManifestError("every peer has leave_at_height: at least one must stay in the validator set")
+        if self.broadcast not in BROADCAST_MODES:
+            raise ManifestError(f"testnet.broadcast: expected {' | '.join(BROADCAST_MODES)}, got {self.broadcast!r}")
+        names = [p.name for p in self.peers]
+        for p in self.peers:
+            try:
+                check_links(dict(p.links), names, p.name)
+            except LinkError as exc:
+                raise ManifestError(f"peer {p.name!r}: {exc}") from None
+            if self.link_plane is not None and p.link_delay_ms > 0:
+                raise ManifestError(f"peer {p.name!r}: network.delay_ms would apply to no link under "
+                                    "[testnet] link_plane (the plane sets every destination's delay); drop one, "
+                                    "or name single destinations in links")
         return self
+
+    def link_delays(self) -> dict[str, dict[str, int]]:
+        """Each peer's one-way delay (ms) towards the peers its links or the plane name: name -> name -> ms."""
+        return link_delays_ms([p.name for p in self.peers], self.link_plane, {p.name: dict(p.links) for p in self.peers})
 
     @classmethod
     def from_args(cls, peers: int, models: list[str], *, chain_id: str = "local-testnet",
-                  threads_per_peer: int = 1, max_new_tokens: int = 48, epoch_length: int | None = None) -> Manifest:
+                  threads_per_peer: int = 1, max_new_tokens: int = 48, epoch_length: int | None = None,
+                  broadcast: str = "mesh", link_plane: LinkPlane | None = None) -> Manifest:
         """``peers`` peers named peer0.. with ``models`` assigned round-robin."""
         if isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= MAX_PEERS:
             raise ManifestError(f"--peers: a testnet needs 1 to {MAX_PEERS} peers, got {peers}")
@@ -339,7 +381,7 @@ class Manifest:
             raise ManifestError("--models: name at least one model")
         checked = [check_model(m) for m in models]
         specs = tuple(PeerSpec(name=f"peer{i}", model=checked[i % len(checked)]) for i in range(peers))
-        return cls(specs, chain_id, threads_per_peer, max_new_tokens, epoch_length).validate()
+        return cls(specs, chain_id, threads_per_peer, max_new_tokens, epoch_length, broadcast, link_plane).validate()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path = Path(".")) -> Manifest:
@@ -358,8 +400,12 @@ class Manifest:
         chain_id = section.get("chain_id", "local-testnet")
         if not isinstance(chain_id, str):
             raise ManifestError(f"testnet.chain_id: expected a string, got {chain_id!r}")
-        return cls(peers, chain_id, section.get("threads_per_peer", 1),
-                   section.get("max_new_tokens", 48), section.get("epoch_length")).validate()
+        try:
+            plane = LinkPlane.from_dict(section["link_plane"]) if "link_plane" in section else None
+        except LinkError as exc:
+            raise ManifestError(str(exc)) from None
+        return cls(peers, chain_id, section.get("threads_per_peer", 1), section.get("max_new_tokens", 48),
+                   section.get("epoch_length"), section.get("broadcast", "mesh"), plane).validate()
 
     @classmethod
     def loads(cls, text: str, base_dir: Path = Path(".")) -> Manifest:

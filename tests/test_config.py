@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from multillmn.config import ConfigError, PeerAddress, PeerConfig, render_toml
+from multillmn.config import MAX_LINK_DELAYS, ConfigError, PeerAddress, PeerConfig, render_toml
 
 
 def test_rendered_default_round_trips_and_is_commented(tmp_path: Path) -> None:
@@ -98,3 +99,31 @@ def test_shard_section_and_link_emulation_keys() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             PeerConfig.from_dict(data)
+
+
+def test_per_destination_link_delays_round_trip_and_are_validated(tmp_path: Path) -> None:
+    far, near = "ab" * 20, "cd" * 20
+    cfg = PeerConfig.from_dict({"p2p": {"link_delay_ms": 10, "link_delays_ms": {near: 5, far: 80}}})
+    assert cfg.link_delays_ms == ((far, 80), (near, 5)) and cfg.link_delay_ms == 10
+    path = tmp_path / "config.toml"
+    path.write_text(render_toml(cfg))
+    assert f"link_delays_ms = {{{far} = 80, {near} = 5}}" in path.read_text()
+    assert PeerConfig.load(path) == cfg
+    path.write_text(render_toml(PeerConfig()))
+    assert PeerConfig.load(path).link_delays_ms == ()
+    many = {f"{i:040x}": 1 for i in range(MAX_LINK_DELAYS + 1)}
+    assert PeerConfig.from_dict({"p2p": {"link_delays_ms": dict(list(many.items())[:-1])}}).link_delays_ms
+    for data, message in [
+        ({"link_delays_ms": [far]}, r"p2p.link_delays_ms: expected a table"),
+        ({"link_delays_ms": {"peer1": 5}}, r"p2p.link_delays_ms: key 'peer1' is not a peer id"),
+        ({"link_delays_ms": {far.upper(): 5}}, r"is not a peer id"),
+        ({"link_delays_ms": {far: 60_001}}, rf"p2p.link_delays_ms.{far}: 60001 is outside \[0, 60000\]"),
+        ({"link_delays_ms": {far: -1}}, r"-1 is outside"),
+        ({"link_delays_ms": {far: 2.5}}, rf"p2p.link_delays_ms.{far}: expected int, got float"),
+        ({"link_delays_ms": {far: True}}, r"expected int, got bool"),
+        ({"link_delays_ms": many}, rf"{MAX_LINK_DELAYS + 1} destinations, at most {MAX_LINK_DELAYS}"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            PeerConfig.from_dict({"p2p": data})
+    with pytest.raises(ConfigError, match="duplicate peer"):
+        replace(PeerConfig(), link_delays_ms=((far, 1), (far, 2))).validate()

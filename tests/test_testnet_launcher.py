@@ -359,6 +359,30 @@ def test_byzantine_peers_get_their_behaviour_in_their_config(tmp_path: Path) -> 
         launcher.down(tmp_path / "net")
 
 
+def test_each_peer_config_gets_its_per_destination_delays_and_the_broadcast_mode(tmp_path: Path) -> None:
+    manifest = Manifest.loads('[testnet]\nbroadcast = "tree"\nlink_plane = { seed = 4 }\n'
+                              '[[peer]]\nname = "a"\nmodel = "smollm2"\nlinks = { c = 300 }\n'
+                              '[[peer]]\nname = "b"\nmodel = "smollm2"\n'
+                              '[[peer]]\nname = "c"\nmodel = "gemma3"\nnetwork = { loss = 0.1 }\n')
+    state = launcher.up(manifest, tmp_path, peer_command=FAKE, ready_timeout_s=60)
+    try:
+        names = {p.peer_id: p.name for p in state.peers}
+        expected = manifest.link_delays()
+        for p in state.peers:
+            cfg = PeerConfig.load(Path(p.config))
+            assert {names[pid]: ms for pid, ms in cfg.link_delays_ms} == expected[p.name]
+            assert (cfg.broadcast, cfg.link_delay_ms, cfg.link_loss) == ("tree", 0, 0.1 if p.name == "c" else 0.0)
+        assert expected["a"]["c"] == 300 and len({ms for row in expected.values() for ms in row.values()}) >= 3
+    finally:
+        launcher.down(tmp_path)
+    plain = launcher.up(Manifest.from_args(2, ["smollm2"]), tmp_path / "plain", peer_command=FAKE, ready_timeout_s=60)
+    try:
+        assert all(PeerConfig.load(Path(p.config)).link_delays_ms == () for p in plain.peers)
+        assert all(PeerConfig.load(Path(p.config)).broadcast == "mesh" for p in plain.peers)
+    finally:
+        launcher.down(tmp_path / "plain")
+
+
 # --- sharded peers: shard workers per device ---------------------------------------------
 
 SHARDED = """
