@@ -25,12 +25,9 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from multillmn.config import BYZANTINE_BEHAVIOURS, PeerAddress, PeerConfig, render_toml
 from multillmn.genesis import Genesis, GenesisError, Params
@@ -38,6 +35,8 @@ from multillmn.identity import KeyPair
 from peers.shard.devices import DeviceEntry, render_device_file
 from testnet import netns, processes
 from testnet.manifest import DeviceSpec, Manifest, ManifestError, check_join_model, check_model, is_peer_name
+from testnet.state import (STATE_FILE, PeerRecord, PeerStatus, TestnetError, TestnetState, WorkerRecord, WorkerStatus,
+                           fetch_statuses, load_state, status, status_height)
 
 __all__ = ["DEFAULT_PEER_COMMAND", "DEFAULT_WORKER_COMMAND", "JoinResult", "LeaveResult", "LocalTestnet", "PeerRecord",
            "PeerStatus", "TestnetError", "TestnetState", "WorkerRecord", "WorkerStatus",
@@ -52,144 +51,9 @@ DEFAULT_WORKER_COMMAND: list[str] = [sys.executable, "-m", "peers.shard.worker"]
 
 NETNS_WORKER_PORT = 7000  # a worker alone in its network namespace can use a fixed port
 
-STATE_FILE = "testnet.json"
 _POLL_S = 0.5
 _REPORT_EVERY_S = 10.0
 _TAIL_LINES = 20
-
-
-class TestnetError(Exception):
-    """A user-facing failure; the message says what went wrong and what to do."""
-
-    __test__ = False  # not a pytest test class
-
-
-@dataclass
-class PeerRecord:
-    """One started peer, as stored in ``testnet.json``."""
-
-    name: str
-    peer_id: str
-    pid: int | None
-    model: str
-    api_url: str
-    p2p: str
-    log: str
-    config: str
-    weight: int = 1  # in the genesis (a joiner's weight is the membership rule's)
-    genesis: bool = True  # False: not in the genesis (a manifest joiner, or added by `testnet join`)
-
-
-@dataclass
-class WorkerRecord:
-    """One shard worker (a device of a sharded peer), as stored in ``testnet.json``."""
-
-    name: str  # "<peer>/<device>"
-    peer: str
-    peer_id: str  # the worker's own identity (its peer proves nothing to it but its id)
-    pid: int | None
-    address: str  # host:port it listens on
-    key: str
-    log: str
-    threads: int = 1
-    netns: str | None = None  # its network namespace (bandwidth_kbit), deleted by down
-    veth: str | None = None  # our end of its veth pair
-    log_offset: int = 0  # where this run's output starts in the (appended) log
-
-
-@dataclass
-class TestnetState:
-    """Contents of ``testnet.json``."""
-
-    __test__ = False
-
-    dir: Path
-    chain_id: str
-    peers: list[PeerRecord]
-    stopped: bool = False
-    started_at: float = field(default_factory=time.time)
-    workers: list[WorkerRecord] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"chain_id": self.chain_id, "stopped": self.stopped, "started_at": self.started_at,
-                "peers": [asdict(p) for p in self.peers], "workers": [asdict(w) for w in self.workers]}
-
-    def processes(self) -> list[PeerRecord | WorkerRecord]:
-        """Peers, then shard workers."""
-        return [*self.peers, *self.workers]
-
-    def save(self) -> None:
-        """Write ``testnet.json`` atomically (temp file + rename)."""
-        path = self.dir / STATE_FILE
-        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        os.replace(tmp, path)
-
-    def peer(self, name: str) -> PeerRecord:
-        for p in self.peers:
-            if p.name == name:
-                return p
-        raise TestnetError(f"no peer named {name!r} in {self.dir} (peers: {', '.join(p.name for p in self.peers)})")
-
-
-@dataclass(frozen=True)
-class WorkerStatus:
-    """A shard worker as ``status`` reports it: its process, and its peer's view of it (from ``/metrics``)."""
-
-    name: str  # "<peer>/<device>"
-    address: str
-    pid: int | None
-    process: str  # "running", "paused" or "exited"
-    up: bool | None = None  # False: its peer's shard driver marked it failed; None: the peer does not say
-    layers: int | None = None  # layers it runs in the peer's current plan (0: standby)
-
-    @property
-    def state(self) -> str:
-        """One word or two for a table: "serving 30 layers", "standby", "failed", "paused", "exited"."""
-        if self.process != "running":
-            return self.process
-        if self.up is None:
-            return "running"
-        if not self.up:
-            return "failed"
-        return f"serving {self.layers} layers" if self.layers else "standby"
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    """What ``status`` reports for one peer; ``phase`` is "down" when the API does not answer ("paused" when
-    it was paused with ``testnet pause``)."""
-
-    name: str
-    peer_id: str
-    model: str
-    api_url: str
-    pid: int | None
-    alive: bool
-    ready: bool
-    phase: str
-    height: int | None
-    connected_peers: int | None
-    weight_share: float | None = None  # of the set in force, as the highest reachable peer reports it
-    member: bool | None = None  # in the validator set in force at its height (None: it does not answer)
-    disconnected: bool | None = None  # its links are cut (``testnet disconnect``); None: it does not say
-    workers: tuple[WorkerStatus, ...] = ()  # a sharded peer's shard workers
-
-
-def load_state(dir: Path) -> TestnetState:
-    """Read ``DIR/testnet.json``; :class:`TestnetError` if absent or corrupt."""
-    path = dir / STATE_FILE
-    try:
-        data = json.loads(path.read_text())
-        return TestnetState(dir=dir, chain_id=data["chain_id"], stopped=bool(data.get("stopped", False)),
-                            started_at=float(data.get("started_at", 0.0)),
-                            peers=[PeerRecord(**p) for p in data["peers"]],
-                            workers=[WorkerRecord(**w) for w in data.get("workers", [])])
-    except FileNotFoundError:
-        raise TestnetError(f"no testnet in {dir} (no {STATE_FILE}); start one with: "
-                           f"multillmn testnet up --dir {dir}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TestnetError(f"{path} is unreadable or corrupt ({exc}); remove {dir} and start again") from None
 
 
 # --- files and ports -------------------------------------------------------
@@ -306,7 +170,7 @@ def find_local(dir: Path | None = None) -> LocalTestnet:
     for d in found:
         state = load_state(d)
         running = [p for p in state.peers if processes.ours(p.pid)]
-        answers = _fetch_all([p.api_url for p in running])
+        answers = fetch_statuses([p.api_url for p in running])
         for p, s in zip(running, answers):
             if s is not None and s.get("peer_id") == p.peer_id and s.get("ready") is True \
                     and s.get("member") is not False:
@@ -314,114 +178,6 @@ def find_local(dir: Path | None = None) -> LocalTestnet:
     raise TestnetError(f"no peer of the local testnet in {', '.join(map(str, found))} answers as a ready member "
                        f"(stopped, or still starting: see `multillmn testnet status --dir {found[0]}`); pass --peer "
                        f"URL to ask another peer")
-
-
-# --- status ----------------------------------------------------------------
-
-
-def _fetch(client: httpx.Client, url: str) -> dict[str, Any] | None:
-    """A peer's ``/v1/status`` object; None when it does not answer 200 with a JSON object within bounds
-    (at most 4 MiB, read as it streams in; :func:`multillmn.jsonsafe.loads`'s nesting and integer bounds)."""
-    from multillmn import jsonsafe
-    from multillmn.client import ClientError, read_bounded
-
-    try:
-        with client.stream("GET", f"{url}/v1/status") as resp:
-            if resp.status_code != 200:
-                return None
-            data = jsonsafe.loads(read_bounded(resp, 4 << 20), max_bytes=4 << 20)
-    except (httpx.HTTPError, ClientError, jsonsafe.JsonError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _fetch_all(urls: list[str], timeout_s: float = 2.0) -> list[dict[str, Any] | None]:
-    """GET /v1/status of every URL in parallel; None where it does not answer."""
-    with httpx.Client(timeout=timeout_s, trust_env=False) as client, \
-            ThreadPoolExecutor(max_workers=min(16, max(1, len(urls)))) as pool:
-        return list(pool.map(lambda u: _fetch(client, u), urls))
-
-
-def status(dir: Path) -> list[PeerStatus]:
-    """Each peer's process and API state; unreachable peers have phase "down"."""
-    state = load_state(dir)
-    alive = [processes.alive(p.pid) for p in state.peers]
-    paused = [a and processes.paused(p.pid) for p, a in zip(state.peers, alive)]  # would not answer: not asked
-    asked = [a and not z for a, z in zip(alive, paused)]
-    answers = _fetch_all([p.api_url for p, a in zip(state.peers, asked) if a])
-    it = iter(answers)
-    shares = _weight_shares(_highest(answers))
-    out = []
-    for p, a, z, q in zip(state.peers, alive, paused, asked):
-        s = next(it) if q else None
-        connected = s.get("connected_peers") if s else None
-        transport = s.get("transport") if s else None
-        mine = [w for w in state.workers if w.peer == p.name]
-        views = _shard_views(p.api_url) if mine and s is not None else {}
-        phase = str(s.get("phase", "?")) if s else "paused" if z else "down"
-        out.append(PeerStatus(
-            name=p.name, peer_id=p.peer_id, model=p.model, api_url=p.api_url, pid=p.pid, alive=a,
-            ready=bool(s and s.get("ready") is True), phase=phase,
-            height=s.get("height") if s else None,
-            connected_peers=len(connected) if isinstance(connected, list) else None,
-            weight_share=shares.get(p.peer_id), member=s.get("member") if s and isinstance(s.get("member"), bool)
-            else None,
-            disconnected=bool(transport.get("disconnected")) if isinstance(transport, dict) else None,
-            workers=tuple(_worker_status(w, views.get(w.name.partition("/")[2], {})) for w in mine)))
-    return out
-
-
-def _worker_status(w: WorkerRecord, view: dict[str, float]) -> WorkerStatus:
-    process = "exited" if not processes.alive(w.pid) else "paused" if processes.paused(w.pid) else "running"
-    up = view.get("multillmn_shard_worker_up")
-    layers = view.get("multillmn_shard_worker_layers")
-    return WorkerStatus(name=w.name, address=w.address, pid=w.pid if process != "exited" else None, process=process,
-                        up=None if up is None else up == 1, layers=None if layers is None else int(layers))
-
-
-def _shard_views(api_url: str, timeout_s: float = 2.0) -> dict[str, dict[str, float]]:
-    """A sharded peer's view of its workers, from its ``/metrics``: device -> sample name -> value
-    (empty if it does not answer, or with anything the Prometheus parser refuses)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from multillmn.client import ClientError, read_bounded
-
-    try:
-        with httpx.Client(timeout=timeout_s, trust_env=False) as client, \
-                client.stream("GET", f"{api_url}/metrics") as resp:
-            if resp.status_code != 200:
-                return {}
-            text = read_bounded(resp, 1 << 20).decode("utf-8", "replace")
-        views: dict[str, dict[str, float]] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name in ("multillmn_shard_worker_up", "multillmn_shard_worker_layers"):
-                for sample in family.samples:
-                    views.setdefault(sample.labels.get("worker", ""), {})[sample.name] = float(sample.value)
-        return views
-    except (httpx.HTTPError, ClientError, ValueError, TypeError):
-        return {}
-
-
-def _height(status: dict[str, Any] | None) -> int:
-    h = status.get("height") if status else None
-    return h if isinstance(h, int) and not isinstance(h, bool) else -1
-
-
-def _highest(answers: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """The status of the peer furthest ahead (the first of them), or None if none answered: a peer
-    that is catching up (a joiner) still shows an older validator set."""
-    return max(answers, key=_height, default=None)
-
-
-def _weight_shares(status: dict[str, Any] | None) -> dict[str, float]:
-    """Each validator's share of the total weight in a peer's ``/v1/status`` (empty if malformed)."""
-    try:
-        assert status is not None
-        weights = {v["peer_id"]: int(v["weight"]) for v in status["validators"]}
-        total = sum(weights.values())
-        return {p: round(w / total, 4) for p, w in weights.items()} if total > 0 else {}
-    except (AssertionError, KeyError, TypeError, ValueError):
-        return {}
 
 
 def logs(dir: Path, name: str | None = None, lines: int = 50) -> str:
@@ -680,7 +436,7 @@ def _await_ready(state: TestnetState, r: PeerRecord, timeout_s: float, what: str
             tail = processes.tail(Path(r.log), _TAIL_LINES)
             raise TestnetError(f"peer {r.name} exited during {what} (exit status {code})\n"
                                f"--- last lines of {r.log} ---\n{tail}")
-        s = _fetch_all([r.api_url], timeout_s=1.0)[0]
+        s = fetch_statuses([r.api_url], timeout_s=1.0)[0]
         if s is not None and s.get("peer_id") not in (None, r.peer_id):
             processes.stop([r], timeout_s=5)
             r.pid = None
@@ -721,7 +477,7 @@ def _wait_ready(state: TestnetState, timeout_s: float, say: Callable[[str], None
                 del starting[name]
                 last[name] = ("ready", elapsed)
                 changed = True
-        answers = _fetch_all([r.api_url for r in pending.values()], timeout_s=1.0)
+        answers = fetch_statuses([r.api_url for r in pending.values()], timeout_s=1.0)
         for (name, r), s in zip(list(pending.items()), answers):
             if s is not None and s.get("peer_id") not in (None, r.peer_id):
                 raise _fail(state, f"{r.api_url} answered as peer {s.get('peer_id')}, expected {name} "
@@ -791,10 +547,10 @@ def _running(state: TestnetState) -> list[PeerRecord]:
 
 def _members(peers: Sequence[PeerRecord]) -> list[tuple[PeerRecord, dict[str, Any]]]:
     """The peers that answer as members of the validator set, furthest ahead first."""
-    answers = _fetch_all([p.api_url for p in peers])
+    answers = fetch_statuses([p.api_url for p in peers])
     found = [(p, s) for p, s in zip(peers, answers)
              if s is not None and s.get("peer_id") == p.peer_id and s.get("member") is True]
-    return sorted(found, key=lambda ps: -_height(ps[1]))
+    return sorted(found, key=lambda ps: -status_height(ps[1]))
 
 
 def _membership(status: dict[str, Any]) -> dict[str, Any]:
@@ -825,7 +581,7 @@ def _where(status: dict[str, Any] | None) -> str:
         return "no member answers"
     m = _membership(status)
     nxt = f", next epoch boundary {m['next_boundary']}" if isinstance(m.get("next_boundary"), int) else ""
-    return f"network at height {_height(status)}{nxt}"
+    return f"network at height {status_height(status)}{nxt}"
 
 
 _HEIGHTS_HINT = ("heights advance only as questions are decided, and members change only at epoch boundaries: "
@@ -995,7 +751,7 @@ def _await_member(state: TestnetState, r: PeerRecord, timeout_s: float, say: Cal
             state.save()
             raise TestnetError(f"peer {r.name} exited before it became a member\n"
                                f"--- last lines of {r.log} ---\n{processes.tail(Path(r.log), _TAIL_LINES)}")
-        mine = _fetch_all([r.api_url], timeout_s=1.0)[0]
+        mine = fetch_statuses([r.api_url], timeout_s=1.0)[0]
         if mine is not None and mine.get("member") is True:
             return _boundary(mine, r.peer_id, "joined")
         elapsed = time.monotonic() - start
@@ -1007,7 +763,7 @@ def _await_member(state: TestnetState, r: PeerRecord, timeout_s: float, say: Cal
                        if isinstance(j, dict)}
             how = f"its join was committed at height {pending[r.peer_id].get('committed_at')}" \
                 if r.peer_id in pending else "its join is not committed yet"
-            say(f"{elapsed:>4.0f}s  {r.name} at height {_height(mine)}, {_where(top)}; {how}")
+            say(f"{elapsed:>4.0f}s  {r.name} at height {status_height(mine)}, {_where(top)}; {how}")
         if elapsed > timeout_s:
             raise TestnetError(f"{r.name} is not a member after {timeout_s:g}s; it keeps running and following the "
                                f"network. {_HEIGHTS_HINT[0].upper()}{_HEIGHTS_HINT[1:]}; then check "
@@ -1042,7 +798,7 @@ def leave(dir: Path, name: str, *, keep_running: bool = False, timeout_s: float 
         if r.peer_id in _ids(m.get("pending_joins")):
             raise TestnetError(f"{name} is not a member yet: its join waits for an epoch boundary ({_where(top)}); "
                                f"it can leave once it is a member (multillmn testnet join --wait shows when)")
-        raise TestnetError(f"{name} is not a member of the validator set at height {_height(top)} "
+        raise TestnetError(f"{name} is not a member of the validator set at height {status_height(top)} "
                            f"(as {observer.name} reports): it left, was removed, or never joined")
     cfg = PeerConfig.load(Path(r.config))
     if r.peer_id in _ids(m.get("pending_leaves")):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from testnet import processes
-from testnet.launcher import PeerRecord, TestnetError, TestnetState, WorkerRecord, _fetch_all, load_state
+from testnet.state import PeerRecord, TestnetError, TestnetState, WorkerRecord, fetch_statuses, load_state
 
 __all__ = ["disconnect", "kill", "pause", "reconnect", "resume"]
 
@@ -101,7 +101,7 @@ def resume(dir: Path, name: str) -> str:
 
 def _disconnected(r: PeerRecord) -> bool | None:
     """The peer's own word: are its links cut? None if it does not answer as ready."""
-    s = _fetch_all([r.api_url], timeout_s=2.0)[0]
+    s = fetch_statuses([r.api_url], timeout_s=2.0)[0]
     if s is None or s.get("peer_id") != r.peer_id or s.get("ready") is not True:
         return None
     transport = s.get("transport")

@@ -204,7 +204,7 @@ def test_ledger_show_of_a_good_certificate_still_verifies(peer: tuple[_Peer, str
 
 
 def test_the_launcher_s_status_reader_takes_only_bounded_json_objects(peer: tuple[_Peer, str]) -> None:
-    from testnet.launcher import _fetch
+    from testnet.state import _fetch
 
     server, url = peer
     with httpx.Client(timeout=5, trust_env=False) as client:
