@@ -61,6 +61,7 @@ from consensus.messages import (
 from consensus.scores import ScoreVector
 from consensus.state_machine import Committee
 from consensus.validators import ValidatorSet
+from consensus.verdicts import VerdictRule
 from consensus.weights import WeightParams, WeightState, update, with_members
 from multillmn import canonical
 from multillmn.identity import PeerId
@@ -79,8 +80,9 @@ class Chain:
 
     def __init__(self, base: ValidatorSet, params: WeightParams | None,
                  verified: VerifiedCache | None = None, chain_id: str = "",
-                 membership: MembershipParams | None = None) -> None:
+                 membership: MembershipParams | None = None, verdict_rule: VerdictRule | None = None) -> None:
         self.base = base
+        self.verdict_rule = verdict_rule  # the genesis' verdict rule (ADR 0022); None: verdicts are refused
         self.chain_id = chain_id  # evidence must be for this chain
         self.verified = verified  # the runner's signature cache: carried vectors it verified are not re-verified
         self.params = params.validate() if params is not None else None

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from consensus.messages import (
     Answer,
@@ -44,12 +45,16 @@ from consensus.messages import (
     Query,
     Signed,
     Value,
+    Verdict,
     VerifiedCache,
     open_envelope,
     query_id_of,
 )
 from consensus.content import restates
 from consensus.validators import ValidatorSet
+
+if TYPE_CHECKING:
+    from consensus.verdicts import VerdictRule
 from multillmn import canonical
 from multillmn.identity import PeerId
 
@@ -180,6 +185,7 @@ def validate_value(
     min_answer_weight_quorum: bool = True,
     cache: VerifiedCache | None = None,
     chain_id: str | None = None,
+    verdict_rule: VerdictRule | None = None,
 ) -> str | None:
     """``None`` if ``value`` is valid, else a human-readable reason.
 
@@ -197,7 +203,8 @@ def validate_value(
     for k, outcome in enumerate(outcomes):
         reason = validate_outcome(
             outcome, validators=validators, local_sims=None if local_sims is None else local_sims[k],
-            threshold=threshold, tolerance=tolerance, min_answer_weight_quorum=min_answer_weight_quorum, cache=cache)
+            threshold=threshold, tolerance=tolerance, min_answer_weight_quorum=min_answer_weight_quorum, cache=cache,
+            verdict_rule=verdict_rule)
         if reason is not None:
             return reason if k == 0 else f"query {k}: {reason}"
     return None
@@ -212,6 +219,7 @@ def validate_outcome(
     tolerance: int,
     min_answer_weight_quorum: bool = True,
     cache: VerifiedCache | None = None,
+    verdict_rule: VerdictRule | None = None,
 ) -> str | None:
     """``None`` if one query's outcome is valid, else a human-readable reason.
 
@@ -220,7 +228,13 @@ def validate_outcome(
     answerers carry a quorum of weight (if ``min_answer_weight_quorum``); the
     similarity list has ``n(n-1)/2`` entries within ``tolerance`` of
     ``local_sims`` (if given); and ``winners``/``answer`` are exactly what
-    :func:`choose` yields on the claimed similarities.
+    :func:`choose` yields on the claimed similarities. With a ``verdict_rule``
+    (the genesis' ``veto``, ADR 0022), the carried verdicts must be valid
+    (:func:`consensus.verdicts.open_verdicts`), a contested outcome must carry
+    those of answerers holding all but less than 1/3 of the total weight
+    (:func:`consensus.verdicts.missing_judges_ok`), and the choice is
+    :func:`consensus.verdicts.decide`'s veto; without one, an outcome carries
+    no verdicts and the choice is :func:`choose`'s.
     """
     try:
         question = open_envelope(Query, outcome.query, validators.public_key_of, cache).message.question
@@ -255,7 +269,26 @@ def validate_outcome(
         reason = check_claimed_sims(outcome.sims, local_sims, tolerance)
         if reason is not None:
             return reason
-    group = choose(weights, outcome.sims, threshold, eligibility(question, [a.text for a in answers]))
+    eligible = eligibility(question, [a.text for a in answers])
+    if verdict_rule is None:
+        if outcome.verdicts:
+            return "verdicts in a value of a chain without a verdict rule"
+        group = choose(weights, outcome.sims, threshold, eligible)
+    else:
+        from consensus import verdicts as rule
+
+        opened = rule.open_verdicts(outcome.verdicts, qid, [a.peer for a in answers], outcome.answers,
+                                    outcome.sims, threshold, validators.public_key_of, cache)
+        if isinstance(opened, str):
+            return opened
+        matrix, judges = opened
+        contested = 3 * max(g.weight for g in group_answers(weights, outcome.sims, threshold)) <= 2 * sum(weights)
+        if contested and not rule.missing_judges_ok(weights, judges, validators.total):
+            return ("a contested query without the verdicts of answerers holding all but less than 1/3 "
+                    "of the weight")
+        group = rule.decide(weights, outcome.sims, threshold, eligible=eligible,
+                            verdicts=matrix if judges else None, rule="veto", margin=verdict_rule.margin,
+                            total_weight=validators.total).group
     winners = tuple(answers[k].peer for k in group.members)
     if outcome.winners != winners:
         return f"winners {list(outcome.winners)} differ from the computed {list(winners)}"
@@ -266,12 +299,16 @@ def validate_outcome(
 
 def build_outcome(
     query: Envelope, answers: Sequence[Signed[Answer]], sims: Sequence[int], weights: Sequence[int], threshold: int,
+    *, verdicts: Sequence[Signed[Verdict]] = (), verdict_rule: VerdictRule | None = None, total_weight: int = 0,
 ) -> Outcome:
     """One query's outcome: answers sorted by peer id, the claimed sims and the choice.
 
     ``sims`` (upper triangle) and ``weights`` refer to ``answers`` in the order
     given; they are permuted to the sorted order. Raises ``ValueError`` on a
     duplicate answerer, an answer for another query or mismatched lengths.
+    With a ``verdict_rule``, the ``verdicts`` (signatures checked, one per
+    judge) that count for these answers (:func:`consensus.verdicts.check_verdict`)
+    are carried and decide by the veto over ``total_weight`` (all validators').
     """
     n = len(answers)
     if len(weights) != n or len(sims) != pair_count(n):
@@ -288,14 +325,29 @@ def build_outcome(
     ]
     sorted_answers = [answers[k] for k in order]
     question = str(canonical.unpack(query.body)["question"])  # our own query envelope: no need to verify
-    group = choose(new_weights, new_sims, threshold,
-                   eligibility(question, [a.message.text for a in sorted_answers]))
+    eligible = eligibility(question, [a.message.text for a in sorted_answers])
+    carried: list[Signed[Verdict]] = []
+    if verdict_rule is None:
+        group = choose(new_weights, new_sims, threshold, eligible)
+    else:
+        from consensus import verdicts as rule
+
+        peers = [a.signer for a in sorted_answers]
+        envelopes = [a.envelope for a in sorted_answers]
+        by_judge = {v.signer: v for v in verdicts
+                    if rule.check_verdict(v.message, qid, peers, envelopes, new_sims, threshold) is None}
+        carried = [by_judge[j] for j in sorted(by_judge)]
+        matrix, judges = rule.verdict_matrix([v.message for v in carried], peers)
+        group = rule.decide(new_weights, new_sims, threshold, eligible=eligible,
+                            verdicts=matrix if judges else None, rule="veto", margin=verdict_rule.margin,
+                            total_weight=max(total_weight, sum(new_weights))).group
     return Outcome(
         query=query,
         answers=tuple(a.envelope for a in sorted_answers),
         sims=tuple(new_sims),
         winners=tuple(sorted_answers[k].signer for k in group.members),
         answer=sorted_answers[group.representative].message.text,
+        verdicts=tuple(v.envelope for v in carried),
     )
 
 
@@ -315,13 +367,17 @@ def build_value(
     leaves: Sequence[Envelope] = (),
     last_commit: Sequence[Envelope] = (),
     more: Sequence[Outcome] = (),
+    verdicts: Sequence[Signed[Verdict]] = (),
+    verdict_rule: VerdictRule | None = None,
+    total_weight: int = 0,
 ) -> Value:
     """The proposer's value: the first query's outcome (:func:`build_outcome`), then ``more`` outcomes.
 
     ``validators_hash``, ``next_validators_hash``, ``scores``, ``evidence``, the membership requests
     and ``last_commit`` are carried as given (see :class:`consensus.chain.Chain`).
     """
-    first = build_outcome(query, answers, sims, weights, threshold)
+    first = build_outcome(query, answers, sims, weights, threshold, verdicts=verdicts, verdict_rule=verdict_rule,
+                          total_weight=total_weight)
     return Value(
         chain_id=chain_id,
         query=first.query,
@@ -337,4 +393,5 @@ def build_value(
         leaves=tuple(leaves),
         last_commit=tuple(last_commit),
         more=tuple(more),
+        verdicts=first.verdicts,
     )

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consensus import merkle
 from multillmn import canonical
@@ -24,6 +25,8 @@ __all__ = [
     "Message",
     "Query",
     "Answer",
+    "Verdict",
+    "answers_digest",
     "Value",
     "Outcome",
     "ValueHeader",
@@ -109,6 +112,49 @@ class Answer(Message):
     gen_ms: Annotated[int, Field(ge=0)]
 
 
+MAX_VERDICT = 1000
+"""A judge's verdict on an answer is per mille in ``[-MAX_VERDICT, MAX_VERDICT]`` (ADR 0022)."""
+
+
+class Verdict(Message):
+    """A judge's per-mille verdicts on the answers to one query outside its own group (ADR 0022).
+
+    ``verdicts`` holds ``(answerer, verdict)`` pairs sorted by answerer, unique,
+    never the judge itself; ``answers_digest`` is :func:`answers_digest` of the
+    signed answers it rated, in that order, so a verdict applies to exactly
+    those answers (an answerer that signed two answers cannot have the verdict
+    moved to the other) and stays usable when more answers arrive after it.
+    Empty ``verdicts``: the judge abstains (no model to judge with, or no other
+    group); it still counts as a judge heard from (:mod:`consensus.grouping`).
+    """
+
+    KIND: ClassVar[str] = "verdict"
+    SIGNER: ClassVar[str] = "judge"
+    judge: PeerIdField
+    query_id: Hash32
+    answers_digest: Hash32
+    verdicts: Annotated[tuple[tuple[PeerIdField, Annotated[int, Field(ge=-MAX_VERDICT, le=MAX_VERDICT)]], ...],
+                        Field(max_length=MAX_PEERS)]
+
+    @model_validator(mode="after")
+    def _sorted_unique_not_own(self) -> Verdict:
+        ids = [p for p, _ in self.verdicts]
+        if any(a >= b for a, b in zip(ids, ids[1:])):
+            raise ValueError("verdicts must be sorted by answerer without duplicates")
+        if self.judge in ids:
+            raise ValueError("a judge gives no verdict on its own answer")
+        return self
+
+    def of(self, answerer: PeerId) -> int | None:
+        """The verdict given to ``answerer``'s answer, ``None`` if it was not rated."""
+        return next((v for p, v in self.verdicts if p == answerer), None)
+
+
+def answers_digest(answers: Sequence[Envelope]) -> bytes:
+    """SHA-256 of the canonical list of the signed answers' bodies and signatures, in order."""
+    return canonical.digest([[a.body, a.sig] for a in answers])
+
+
 class Envelope(BaseModel):
     """A signed message as carried inside another: canonical body bytes and signature."""
 
@@ -146,6 +192,8 @@ class Outcome(BaseModel):
     ``sims`` is the proposer's quantised similarity matrix (upper triangle, row
     major, per-mille) between the answers in order; ``winners`` are the peers
     whose answers form the chosen group and ``answer`` is its representative.
+    ``verdicts``: the judges' signed :class:`Verdict` messages, in ascending
+    judge order, on a chain whose genesis sets ``verdict_rule = "veto"`` (ADR 0022).
     """
 
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
@@ -154,10 +202,12 @@ class Outcome(BaseModel):
     sims: tuple[Annotated[int, Field(ge=-1000, le=1000)], ...]
     winners: Annotated[tuple[PeerIdField, ...], Field(min_length=1, max_length=MAX_PEERS)]
     answer: Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]
+    verdicts: Annotated[tuple[Envelope, ...], Field(max_length=MAX_PEERS)] = ()
 
     def body(self) -> dict[str, Any]:
-        return {"query": self.query.model_dump(), "answers": [a.model_dump() for a in self.answers],
-                "sims": list(self.sims), "winners": list(self.winners), "answer": self.answer}
+        return _with_verdicts({"query": self.query.model_dump(), "answers": [a.model_dump() for a in self.answers],
+                               "sims": list(self.sims), "winners": list(self.winners), "answer": self.answer},
+                              self.verdicts)
 
     def canonical(self) -> bytes:
         """The bytes a value's Merkle tree hashes as this outcome's leaf."""
@@ -167,7 +217,15 @@ class Outcome(BaseModel):
         return query_id_of(self.query)
 
 
-_OUTCOME_FIELDS = ("query", "answers", "sims", "winners", "answer")
+def _with_verdicts(body: dict[str, Any], verdicts: tuple[Envelope, ...]) -> dict[str, Any]:
+    """``body`` with its signed verdicts (ADR 0022), the key absent when there are none: an outcome without
+    verdicts keeps the bytes, leaf hash and value id it had before verdicts existed."""
+    if verdicts:
+        body["verdicts"] = [v.model_dump() for v in verdicts]
+    return body
+
+
+_OUTCOME_FIELDS = ("query", "answers", "sims", "winners", "answer", "verdicts")
 
 
 class Value(Message):
@@ -216,9 +274,10 @@ class Value(Message):
     leaves: Annotated[tuple[Envelope, ...], Field(max_length=MAX_MEMBERSHIP)] = ()
     last_commit: Annotated[tuple[Envelope, ...], Field(max_length=MAX_PEERS)] = ()
     more: Annotated[tuple[Outcome, ...], Field(max_length=MAX_QUERIES_PER_VALUE - 1)] = ()
+    verdicts: Annotated[tuple[Envelope, ...], Field(max_length=MAX_PEERS)] = ()  # the first outcome's
 
     def body(self) -> dict[str, Any]:
-        return {
+        return _with_verdicts({
             "chain_id": self.chain_id,
             "query": self.query.model_dump(),
             "answers": [a.model_dump() for a in self.answers],
@@ -233,19 +292,19 @@ class Value(Message):
             "leaves": [x.model_dump() for x in self.leaves],
             "last_commit": [c.model_dump() for c in self.last_commit],
             "more": [o.body() for o in self.more],
-        }
+        }, self.verdicts)
 
     def outcomes(self) -> tuple[Outcome, ...]:
         """Every query this value decides, the first one first."""
         first = Outcome(query=self.query, answers=self.answers, sims=self.sims, winners=self.winners,
-                        answer=self.answer)
+                        answer=self.answer, verdicts=self.verdicts)
         return (first, *self.more)
 
     def rest_hash(self) -> bytes:
         """SHA-256 of the canonical body without the outcomes and the two set hashes."""
         body = self.body()
         for key in (*_OUTCOME_FIELDS, "more", "validators_hash", "next_validators_hash"):
-            del body[key]
+            body.pop(key, None)
         return canonical.digest(body)
 
     def payload_hash(self) -> bytes:
@@ -354,7 +413,7 @@ class Leave(Message):
     created_ms: Annotated[int, Field(ge=0, le=2**62)]
 
 
-KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Query, Answer, Proposal, Vote, Join, Leave)}
+KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Query, Answer, Verdict, Proposal, Vote, Join, Leave)}
 
 M = TypeVar("M", bound=Message)
 
@@ -432,9 +491,10 @@ def _with_envelopes(raw: Any) -> dict[str, Any]:
     out: dict[str, Any] = dict(raw)
     try:
         out["query"] = Envelope.model_validate(out.get("query"))
-        answers = out.get("answers")
-        if isinstance(answers, tuple):
-            out["answers"] = tuple(Envelope.model_validate(a) for a in answers)
+        for key in ("answers", "verdicts"):
+            envelopes = out.get(key)
+            if isinstance(envelopes, tuple):
+                out[key] = tuple(Envelope.model_validate(a) for a in envelopes)
     except ValidationError as exc:
         raise MessageError(f"invalid value: {_first_error(exc)}") from exc
     return out

@@ -57,15 +57,38 @@ none of theirs), which the veto's 1/3 threshold prevents.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from consensus.grouping import TIE_MARGIN, Group, group_answers, pair_index
+from consensus.messages import (
+    MAX_VERDICT,
+    Envelope,
+    MessageError,
+    Verdict,
+    VerifiedCache,
+    answers_digest,
+    open_envelope,
+)
+from multillmn.identity import PeerId
 
-__all__ = ["MAX_VERDICT", "RULES", "Decision", "decide", "group_verdict", "rejecting_weight"]
+__all__ = ["GENESIS_RULES", "MAX_VERDICT", "RULES", "Decision", "VerdictRule", "check_verdict", "decide",
+           "group_verdict", "missing_judges_ok", "open_verdicts", "rejecting_weight", "verdict_matrix"]
 
-MAX_VERDICT = 1000
 RULES = ("mean", "veto")
+GENESIS_RULES = ("none", "veto")
+"""The genesis' ``verdict_rule``: ``none`` (weight and tie-breaks only, verdicts refused in values) or ``veto``."""
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """How verdicts carried in values decide (the genesis' ``verdict_rule = "veto"`` and ``verdict_margin``)."""
+
+    margin: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin <= 2 * MAX_VERDICT:
+            raise ValueError(f"verdict margin must be in [0, {2 * MAX_VERDICT}], got {self.margin}")
 
 
 @dataclass(frozen=True)
@@ -178,3 +201,76 @@ def decide(
         return (answers(g), support(g), conf, g.weight, -g.representative)
 
     return Decision(max(tied, key=key), reason, tuple(contenders))
+
+
+# --- verdicts carried in a value (ADR 0022 "Integration plan") -----------------------------------
+
+
+def check_verdict(verdict: Verdict, query_id: bytes, peers: Sequence[PeerId], answers: Sequence[Envelope],
+                  sims: Sequence[int], threshold: int) -> str | None:
+    """Why a signed verdict cannot count for the outcome whose answers (by peer id, in order) are ``peers`` /
+    ``answers`` with claimed ``sims``, or ``None``: it is for this query; its judge answered it; every rated
+    answer is among them and the digest is of exactly those envelopes; and it rates no answer of the same
+    meaning as the judge's own (claimed similarity ``>= threshold``: its own group, from which a judge recuses).
+    """
+    if verdict.query_id != query_id:
+        return f"verdict of {verdict.judge} is for another query"
+    index = {p: k for k, p in enumerate(peers)}
+    me = index.get(verdict.judge)
+    if me is None:
+        return f"verdict of {verdict.judge}, who did not answer"
+    n = len(peers)
+    rated = []
+    for answerer, _ in verdict.verdicts:
+        k = index.get(answerer)
+        if k is None:
+            return f"verdict of {verdict.judge} rates {answerer}, who did not answer"
+        if sims[pair_index(n, me, k)] >= threshold:
+            return f"verdict of {verdict.judge} rates {answerer}, an answer of its own group"
+        rated.append(answers[k])
+    if answers_digest(rated) != verdict.answers_digest:
+        return f"verdict of {verdict.judge} is for other answers"
+    return None
+
+
+def open_verdicts(envelopes: Sequence[Envelope], query_id: bytes, peers: Sequence[PeerId],
+                  answers: Sequence[Envelope], sims: Sequence[int], threshold: int,
+                  public_key_of: Callable[[PeerId], bytes | None], cache: VerifiedCache | None = None,
+                  ) -> tuple[list[list[int | None]], set[int]] | str:
+    """The verdict matrix (``rows[j][k]``: judge ``j``'s verdict on answer ``k``) and the indices of the
+    judges heard from, or why the carried verdicts are not valid: each opens under a validator's key and
+    passes :func:`check_verdict`; judges appear once, in ascending peer-id order."""
+    opened: list[Verdict] = []
+    for env in envelopes:
+        try:
+            verdict = open_envelope(Verdict, env, public_key_of, cache).message
+        except MessageError as exc:
+            return f"verdict: {exc}"
+        if opened and verdict.judge <= opened[-1].judge:
+            return "verdicts are not in ascending judge order, or a judge gives two"
+        reason = check_verdict(verdict, query_id, peers, answers, sims, threshold)
+        if reason is not None:
+            return reason
+        opened.append(verdict)
+    return verdict_matrix(opened, peers)
+
+
+def verdict_matrix(verdicts: Sequence[Verdict], peers: Sequence[PeerId]) -> tuple[list[list[int | None]], set[int]]:
+    """:func:`decide`'s verdict rows for checked verdicts over the answers of ``peers``, and the judges' indices."""
+    n = len(peers)
+    index = {p: k for k, p in enumerate(peers)}
+    rows: list[list[int | None]] = [[None] * n for _ in range(n)]
+    judges: set[int] = set()
+    for verdict in verdicts:
+        j = index[verdict.judge]
+        judges.add(j)
+        for answerer, v in verdict.verdicts:
+            rows[j][index[answerer]] = v
+    return rows, judges
+
+
+def missing_judges_ok(weights: Sequence[int], judges: set[int], total_weight: int) -> bool:
+    """The omission rule for a contested outcome: the answerers whose verdicts it does not carry weigh less
+    than 1/3 of all validators' weight (so an honest proposer can always meet it, every honest answerer
+    judging, and a Byzantine one can leave out less than 1/3 of rejections)."""
+    return 3 * sum(w for k, w in enumerate(weights) if k not in judges) < total_weight

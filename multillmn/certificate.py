@@ -418,12 +418,14 @@ def verify(cert: Any, trusted: Genesis | None = None, *, state: TrustedState | N
         raise CertificateError(str(exc)) from None
     vs = p.block.validators
     threshold, tolerance = p.genesis.params.similarity_threshold, p.genesis.params.similarity_tolerance
+    rule = p.genesis.params.verdicts()  # the carried verdicts decide again by the genesis' rule (ADR 0022)
     if p.value is not None:
         reason = grouping.validate_value(p.value, validators=vs, local_sims=None, threshold=threshold,
-                                         tolerance=tolerance, cache=verified, chain_id=p.genesis.chain_id)
+                                         tolerance=tolerance, cache=verified, chain_id=p.genesis.chain_id,
+                                         verdict_rule=rule)
     else:
         reason = grouping.validate_outcome(p.outcome, validators=vs, local_sims=None, threshold=threshold,
-                                           tolerance=tolerance, cache=verified)
+                                           tolerance=tolerance, cache=verified, verdict_rule=rule)
     if reason is not None:
         raise CertificateError(f"invalid value: {reason}")
     o = p.outcome
@@ -464,7 +466,7 @@ def verify_commit(cert: Any, chain: Chain, *, threshold: int, tolerance: int,
         raise CertificateError(f"against this peer's validator set: {exc}") from None
     reason = chain.check_extras(value, height, cache) or grouping.validate_value(
         value, validators=vs, local_sims=None, threshold=threshold, tolerance=tolerance, cache=cache,
-        chain_id=chain.chain_id)
+        chain_id=chain.chain_id, verdict_rule=chain.verdict_rule)
     if reason is not None:
         raise CertificateError(f"invalid value at height {height}: {reason}")
     return value

@@ -19,6 +19,13 @@ epoch), ``admission_share`` (per mille of the total weight that the joiners
 admitted at one boundary may hold together), ``max_missed`` (per mille of an
 epoch's heights a member may miss before it is removed), ``max_validators``
 and ``models`` (the model names a joiner may declare; empty: any).
+``verdict_rule`` (ADR 0022) is ``none`` (a split is decided by weight and the
+tie-breaks; values carry no verdicts) or ``veto`` (judges' signed verdicts ride
+in values and reject the wrong side of a contested split, see
+``consensus/verdicts.py``); ``verdict_margin`` (per mille, default 500: half a
+nat per token) is how far below zero a verdict must be to reject. The keys are
+written only when they differ from ``none``/500, so older genesis files keep
+their digest.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from consensus.chain import Chain
 from consensus.membership import MAX_EPOCH_LENGTH, MembershipParams
 from consensus.messages import VerifiedCache
 from consensus.validators import Validator, ValidatorSet
+from consensus.verdicts import GENESIS_RULES, MAX_VERDICT, VerdictRule
 from consensus.weights import WeightParams
 from multillmn import canonical
 from multillmn.identity import peer_id_of
@@ -56,16 +64,22 @@ class Params:
     max_missed: int = 500  # per mille
     max_validators: int = 64
     models: tuple[str, ...] = ()
+    verdict_rule: str = "none"  # none: today's rule; veto: judges' verdicts reject the wrong side of a split
+    verdict_margin: int = 500  # per mille (milli-nats per token) below zero for a verdict to reject
 
     def validate(self) -> Params:
         if self.weights not in ("adaptive", "static"):
             raise GenesisError(f"params.weights must be 'adaptive' or 'static', got {self.weights!r}")
+        if self.verdict_rule not in GENESIS_RULES:
+            raise GenesisError(f"params.verdict_rule must be one of {', '.join(GENESIS_RULES)}, "
+                               f"got {self.verdict_rule!r}")
         for name, value, low, high in (("similarity_threshold", self.similarity_threshold, 0, 1000),
                                        ("similarity_tolerance", self.similarity_tolerance, 0, 200),
                                        ("epoch_length", self.epoch_length, 4, MAX_EPOCH_LENGTH),
                                        ("admission_share", self.admission_share, 0, 1000),
                                        ("max_missed", self.max_missed, 0, 1000),
-                                       ("max_validators", self.max_validators, 1, 256)):
+                                       ("max_validators", self.max_validators, 1, 256),
+                                       ("verdict_margin", self.verdict_margin, 0, 2 * MAX_VERDICT)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise GenesisError(f"params.{name} must be an integer in [{low}, {high}], got {value!r}")
         if not isinstance(self.models, tuple) or len(self.models) > 64 or not all(
@@ -78,10 +92,18 @@ class Params:
                                 max_missed=Fraction(self.max_missed, 1000), max_validators=self.max_validators,
                                 models=self.models)
 
+    def verdicts(self) -> VerdictRule | None:
+        """The rule validators apply to verdicts in values; ``None`` for ``verdict_rule = "none"``."""
+        return None if self.verdict_rule == "none" else VerdictRule(self.verdict_margin)
+
     def to_json(self) -> dict[str, Any]:
-        return {"similarity_threshold": self.similarity_threshold, "similarity_tolerance": self.similarity_tolerance,
-                "weights": self.weights, "epoch_length": self.epoch_length, "admission_share": self.admission_share,
-                "max_missed": self.max_missed, "max_validators": self.max_validators, "models": list(self.models)}
+        out: dict[str, Any] = {
+            "similarity_threshold": self.similarity_threshold, "similarity_tolerance": self.similarity_tolerance,
+            "weights": self.weights, "epoch_length": self.epoch_length, "admission_share": self.admission_share,
+            "max_missed": self.max_missed, "max_validators": self.max_validators, "models": list(self.models)}
+        if (self.verdict_rule, self.verdict_margin) != ("none", 500):
+            out.update(verdict_rule=self.verdict_rule, verdict_margin=self.verdict_margin)
+        return out
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,7 @@ class Genesis:
         """A fresh :class:`~consensus.chain.Chain` at height 0 with this genesis' weight rule
         (``verified``: a signature cache to share with it)."""
         return Chain(self.validators, WeightParams.default() if self.params.weights == "adaptive" else None,
-                     verified, self.chain_id, self.params.membership())
+                     verified, self.chain_id, self.params.membership(), self.params.verdicts())
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from consensus import grouping
 from consensus.chain import Chain
 from consensus.evidence import DuplicateVoteEvidence
-from consensus.messages import EvidencePair, Proposal, Query, Signed, Value, Vote, sign
+from consensus.messages import (Answer, EvidencePair, Proposal, Query, Signed, Value, Verdict, Vote, answers_digest,
+                                open_envelope, sign)
 from consensus.scores import ScoreVector
 from dag.event import encode_event, sign_event
 from dag.ledger import certificate_tx, evidence_tx, membership_tx, weights_tx
@@ -62,6 +63,15 @@ def _value_at(net: Net, chain: Chain, height: int, texts: list[str], scores: tup
                                 last_commit=net.last_commit(chain, height))
 
 
+def _verdict(net: Net, value: Value) -> Signed[Verdict]:
+    """Peer 3's verdict on the other answers of ``value``'s first query (ADR 0022)."""
+    rated = [e for e in value.answers if open_envelope(Answer, e, net.genesis.validators.public_key_of).signer
+             != net.keys[3].peer_id]
+    ids = [open_envelope(Answer, e, net.genesis.validators.public_key_of).signer for e in rated]
+    return sign(Verdict(judge=net.keys[3].peer_id, query_id=value.query_id(), answers_digest=answers_digest(rated),
+                        verdicts=tuple((p, -700) for p in ids)), net.keys[3])
+
+
 def build_corpus() -> Corpus:
     """Real signed frames of every kind, on a 4-peer adaptive-weights network; the same bytes every run."""
     net = make_net([1, 1, 1, 1])
@@ -97,6 +107,7 @@ def build_corpus() -> Corpus:
         "vote": encode_message(precommit),
         "proposal": encode_message(proposal),
         "scores": encode_message(vectors[0]),
+        "verdict": encode_message(_verdict(net, v2)),
         "dag-events": encode_message(sign(batch, keys[0])),
         "dag-sync": encode_message(sign(DagSync(sender=ids[1], vector={ids[0]: 2, ids[1]: 1}), keys[1])),
         "dag-want": encode_message(sign(DagWant(sender=ids[2], wanted=(e2.hash,), vector={ids[0]: 1}), keys[2])),
