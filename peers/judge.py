@@ -24,6 +24,11 @@ scores.
 The log-probabilities of a question's answers are computed in one padded
 forward pass (:meth:`LLMJudge.logprobs`, ADR 0019): :func:`judge_pairs` asks
 for every answer of its pairs at once, so judging k pairs costs one pass, not 2k.
+
+Verdicts on a split query (ADR 0022, :func:`rate`): the same likelihoods, as
+the gap between each other answer's and this peer's own, per mille; signed by
+the driver and carried in the value, where the veto
+(:mod:`consensus.verdicts`) turns them into a decision.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "VERIFY_EXAMPLES", "Judge", "LLMJudge", "ScriptedJudge", "VerifyingJudge", "judge_pair", "judge_pairs",
-    "verify_messages", "verify_prompt",
+    "rate", "verify_messages", "verify_prompt",
 ]
 
 
@@ -123,6 +128,21 @@ def judge_pairs(judge: Judge, question: str, pairs: Sequence[tuple[PeerId, str, 
     if isinstance(judge, LLMJudge):
         judge.logprobs(question, [t for _, a_text, _, b_text in pairs for t in (a_text, b_text)])
     return [judge_pair(judge, question, a, a_text, b, b_text) for a, a_text, b, b_text in pairs]
+
+
+def rate(judge: Judge, question: str, own: str, texts: Sequence[str]) -> list[int]:
+    """Per-mille verdicts on ``texts`` against this peer's own answer ``own`` (ADR 0022), each in
+    ``[-1000, 1000]``: an :class:`LLMJudge` gives the likelihood gap ``1000 * (lp(text) - lp(own))`` (mean token
+    log-probabilities as its model's reply, one batched pass with its own answer); a :class:`ScriptedJudge`
+    1000 for its table's answer, -1000 for another when its own is the table's, else 0; any other judge 0."""
+    if isinstance(judge, LLMJudge):
+        lp_own, *lps = judge.logprobs(question, [own, *texts])
+        return [max(-1000, min(1000, round(1000 * (lp - lp_own)))) for lp in lps]
+    if isinstance(judge, ScriptedJudge):
+        right = _norm(judge.table.get(question, ""))
+        mine = _norm(own) == right
+        return [1000 if _norm(t) == right else -1000 if mine else 0 for t in texts]
+    return [0 for _ in texts]
 
 
 # A verifying judge (issue 15): P("yes") to "is the proposed answer correct?".

@@ -11,7 +11,7 @@ results back:
   fsynced before the next effect; ``Schedule`` is a sleeping task;
 * ``Generate`` queues the question for the model; the questions waiting when
   the model is free go together in one batch (``[model] max_batch``) in a
-  worker thread; ``Embed`` and ``Judge`` run in worker threads;
+  worker thread; ``Embed``, ``Judge`` and ``Rate`` run in worker threads;
 * ``Decided`` becomes a certificate (kept, posted to the ledger, and handed
   to the client waiting for that query).
 
@@ -57,6 +57,8 @@ from consensus.driver import (
     PoolFull,
     QueryExpired,
     QueryTimes,
+    Rate,
+    Rated,
     Received,
     Schedule,
     Send,
@@ -81,7 +83,7 @@ from peers.attacks import poisoned_events_payload
 from peers.catchup import BATCH, MAX_CERTIFICATE_BYTES, MIN_INTERVAL_S, CatchUpReply, CatchUpRequest, RateLimit, certificate_bytes
 from peers.certificates import CertificateStore
 from peers.engine import AnswerEngine, answer_all
-from peers.judge import judge_pairs
+from peers.judge import judge_pairs, rate
 from peers.ledger import value_of_certificate
 from peers.metrics import NodeMetrics
 from peers.transport import Transport
@@ -521,6 +523,8 @@ class Node:
                 self._spawn(self._embed, e)
             elif isinstance(e, Judge):
                 self._spawn(self._judge, e)
+            elif isinstance(e, Rate):
+                self._spawn(self._rate, e)
             elif isinstance(e, Decided):
                 self._decided(e)
             elif isinstance(e, EvidenceFound):
@@ -648,6 +652,20 @@ class Node:
         if results:
             log.info("judged close calls", extra=fields(pairs=len(results), winners=[r.winner() for r in results]))
         self._handle(Judged(e.request, tuple(results)))
+
+    async def _rate(self, e: Rate) -> None:
+        """A split query's other answers rated by this peer's judge in one batched pass (ADR 0022)."""
+        judge = self.engine.judge
+        verdicts: tuple[tuple[str, int], ...] = ()
+        if judge is not None:
+            def run() -> list[int]:
+                return rate(judge, e.question, e.own, [t for _, t in e.answers])
+            try:
+                verdicts = tuple(zip((p for p, _ in e.answers), await trio.to_thread.run_sync(run), strict=True))
+            except Exception as exc:
+                log.warning("could not rate", extra=fields(error=str(exc)))
+        log.info("rated a split", extra=fields(answers=len(e.answers), verdicts=[v for _, v in verdicts]))
+        self._handle(Rated(e.request, verdicts))
 
     def _warm(self, query_id: bytes) -> None:
         """Embed a pending query's answers as they arrive (the engine caches by text), so checking its

@@ -297,3 +297,47 @@ def test_a_query_certificate_proves_an_outcome_with_verdicts() -> None:
     assert "contested" in (grouping.validate_outcome(forged, validators=s.net.genesis.validators, local_sims=None,
                                                      threshold=800, tolerance=20,
                                                      verdict_rule=s.net.genesis.params.verdicts()) or "")
+
+
+# --- the pool's verdict table and the judge's signal -------------------------------------------------
+
+
+def test_the_pool_keeps_one_verdict_per_judge_of_pending_queries_only() -> None:
+    from consensus.driver import QueryPool
+
+    s = Split()
+    pool = QueryPool(s.net.genesis.validators)
+    v = s.judges(s.right, {s.wrong: -800})[0]
+    assert pool.add_verdict(v) is None  # its query is unknown here: a flood of made-up query ids keeps nothing
+    pool.add_query(s.query, 0)
+    assert pool.add_verdict(v) is not None
+    fewer = verdict(s.net, s.net.keys.index(next(k for k in s.net.keys if k.peer_id == v.signer)), s.query,
+                    s.answers, {s.of[s.wrong][0]: 1000})
+    assert pool.add_verdict(fewer) is None and pool.add_verdict(v) is None  # not fewer answers, not twice
+    stranger = KeyPair.from_seed(b"\x55" * 32)
+    assert pool.add_verdict(sign(v.message.model_copy(update={"judge": stranger.peer_id}), stranger)) is None
+    pool.mark_decided(query_id_of(s.query.envelope))
+    assert pool.add_verdict(v) is None and len(pool) == 0
+
+
+class _Generator:
+    """Mean token log-probabilities from a table, as ``Generator.answer_logprobs`` would give them."""
+
+    def __init__(self, lp: dict[str, float]) -> None:
+        self.lp = lp
+
+    def answer_logprob(self, question: str, answer: str) -> float:
+        return self.lp[answer]
+
+    def answer_logprobs(self, question: str, answers: list[str]) -> list[float]:
+        return [self.lp[a] for a in answers]
+
+
+def test_the_likelihood_gap_against_the_judges_own_answer_per_mille() -> None:
+    from peers.judge import LLMJudge, ScriptedJudge, rate
+
+    judge = LLMJudge(_Generator({"own": -0.5, "close": -0.6, "far": -1.2, "garbage": -9.0, "likelier": -0.2}))
+    assert rate(judge, "q", "own", ["close", "far", "garbage", "likelier"]) == [-100, -700, -1000, 300]
+    scripted = ScriptedJudge({"q": "Paris"})
+    assert rate(scripted, "q", "Paris", ["Lyon", "paris."]) == [-1000, 1000]
+    assert rate(scripted, "q", "Lyon", ["Rome", "Paris"]) == [0, 1000]

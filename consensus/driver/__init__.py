@@ -40,6 +40,8 @@ from consensus.driver._io import (
     JudgePair,
     Persist,
     QueryExpired,
+    Rate,
+    Rated,
     Received,
     Schedule,
     Send,
@@ -57,7 +59,7 @@ __all__ = [
     "RESEND_MESSAGES", "Driver", "DriverConfig",
     "Announce", "AskCatchUp", "BehaviourTimer", "Certified", "Committed", "CoreTimeout", "Crash", "Decided",
     "DriverInput", "Effect", "Embed", "Embedded", "QueryTimes", "EvidenceFound", "Generate", "GenerationFailed", "Generated",
-    "GraceTimer", "Judge", "Judged", "JudgePair", "Persist", "QueryExpired", "Received", "Schedule", "Send",
+    "GraceTimer", "Judge", "Judged", "JudgePair", "Persist", "QueryExpired", "Rate", "Rated", "Received", "Schedule", "Send",
     "SendRaw", "InjectEvent", "Tick", "Timer", "TimerFired",
     "PendingQuery", "PoolFull", "QueryPool", "ScoreBook", "judge_pairs",
 ]

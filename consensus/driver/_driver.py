@@ -22,6 +22,13 @@ What it owns:
 * exposure: a voter that prevotes another value than the proposal this
   peer holds for that round is shown it, so an equivocating proposer is
   caught by the peers that saw both;
+* judging split queries (ADR 0022, genesis ``verdict_rule = "veto"``): once
+  it answered a pending query and others did too, a :class:`Embed` of its
+  answers; if they split, a :class:`Rate` of the answers of another meaning
+  than its own, signed as a :class:`~consensus.messages.Verdict` and sent
+  (an abstaining one without a judge); as proposer, a contested query waits
+  for every answerer's verdict until its grace period is over, then for all
+  but less than 1/3 of the weight (the omission rule validators apply);
 * scoring decided values, and score vectors and evidence waiting to be
   carried (:mod:`consensus.driver._scoring`);
 * its own messages: WAL records (:class:`Persist`) before its own votes
@@ -44,7 +51,8 @@ height; decided heights waiting to be folded: :data:`MAX_CATCHUP_AHEAD`
 heights ahead, :data:`MAX_CATCHUP_PER_HEIGHT` values each; relayable
 votes and exposures: rounds up to ``round + 1`` of the current height; own
 messages re-sent: :data:`RESEND_MESSAGES` and :data:`RESEND_ANSWERS`;
-membership requests: :data:`MAX_REQUESTS` joins and as many leaves.
+membership requests: :data:`MAX_REQUESTS` joins and as many leaves; judging:
+one pass in flight per pending query, requests ``max_pending``.
 """
 
 from __future__ import annotations
@@ -77,6 +85,8 @@ from consensus.driver._io import (
     JudgePair,
     Persist,
     QueryExpired,
+    Rate,
+    Rated,
     Received,
     Schedule,
     Send,
@@ -96,12 +106,15 @@ from consensus.messages import (
     Leave,
     Message,
     MessageError,
+    Outcome,
     Proposal,
     Query,
     Signed,
     Value,
+    Verdict,
     VerifiedCache,
     Vote,
+    answers_digest,
     open_envelope,
     query_id_of,
     sign,
@@ -126,6 +139,7 @@ from consensus.state_machine import (
     VoteInput,
 )
 from consensus.validators import ValidatorSet
+from consensus.verdicts import missing_judges_ok
 from multillmn.identity import KeyPair, PeerId
 
 if TYPE_CHECKING:
@@ -198,6 +212,16 @@ class _ScoringJob:
 
 
 @dataclass
+class _Judging:
+    """Judging one pending query (ADR 0022): the answers of the pass in flight (or of the last one)."""
+
+    seen: int = 0  # answers the last pass considered
+    request: int | None = None  # its Embed or Rate in flight
+    answers: tuple[Signed[Answer], ...] = ()  # sorted by signer
+    rated: tuple[int, ...] = ()  # indices into ``answers`` sent to be rated
+
+
+@dataclass
 class _Building:
     height: int
     round: int
@@ -246,6 +270,8 @@ class Driver:
         self._future: dict[int, dict[PeerId, list[Signed[Proposal]]]] = {}
         self._catchup: dict[int, dict[bytes, Certified | Committed]] = {}
         self._own_answers: dict[bytes, Signed[Answer]] = {}
+        self._judging: dict[bytes, _Judging] = {}  # pending queries this peer judges (ADR 0022)
+        self._judge_requests: dict[int, bytes] = {}  # Embed / Rate requests of judging, by request id
         self._next_request = 0
         self._progress: tuple[int, int, str, bool] | None = None
         self._seen_height = 0  # the highest height another peer is working on (a hint that we lag)
@@ -371,6 +397,8 @@ class Driver:
             self._embedded(inp, out)
         elif isinstance(inp, Judged):
             self._judged(inp, out)
+        elif isinstance(inp, Rated):
+            self._rated(inp, out)
         elif isinstance(inp, TimerFired):
             self._timer(inp, out)
         elif isinstance(inp, (Certified, Committed)):
@@ -397,6 +425,10 @@ class Driver:
                 self._count("pool-full")
         elif isinstance(msg, Answer):
             if self.pool.add_answer(signed, self.now):
+                self._judge(msg.query_id, out)
+                self._try_propose(out)
+        elif isinstance(msg, Verdict):
+            if self.pool.add_verdict(signed) is not None:
                 self._try_propose(out)
         elif isinstance(msg, Proposal):
             self._note_height(msg.height, inp.sender, out)
@@ -457,6 +489,7 @@ class Driver:
         self._own_answers[inp.query_id] = answer
         out.append(Send(answer))
         if self.pool.add_answer(answer, self.now):
+            self._judge(inp.query_id, out)
             self._try_propose(out)
 
     # --- the core ---------------------------------------------------------------------
@@ -521,6 +554,7 @@ class Driver:
         for qid in value.query_ids():
             entry = self.pool.mark_decided(qid)
             self._own_answers.pop(qid, None)
+            self._judging.pop(qid, None)
             times.append(QueryTimes(None if entry is None else int(entry.arrived),
                                     None if entry is None or entry.quorum_at is None else int(entry.quorum_at)))
         out.append(Decided(height, round_, value, precommits, vs, tuple(times), self._h.proposed_ms))
@@ -626,22 +660,129 @@ class Driver:
         if (b.height, b.round) != h.request or b.height != self.core.height:
             return
         vs = self.validators
+        rule = self.chain.verdict_rule
+        outcomes = []
+        for e, a, s in zip(b.entries, b.answers, sims, strict=True):
+            outcome = grouping.build_outcome(e.query.envelope, a, s, [vs.weight_of(x.signer) for x in a],
+                                             self.config.threshold, verdicts=list(e.verdicts.values()),
+                                             verdict_rule=rule, total_weight=vs.total)
+            if rule is not None and not self._verdicts_ready(e, outcome):
+                if e is b.entries[0]:  # the oldest query waits for its judges; a verdict arriving retries
+                    self._wait_for_verdicts(e, out)
+                    return
+                continue  # a later one waits for the next height
+            outcomes.append(outcome)
+        first = outcomes[0]
         scores, evidence = self.scores.includable(self.chain, b.height)
         joins, leaves = self.chain.includable_requests(self._joins.values(), self._leaves.values(), b.height)
-        more = [grouping.build_outcome(e.query.envelope, a, s, [vs.weight_of(x.signer) for x in a],
-                                       self.config.threshold)
-                for e, a, s in zip(b.entries[1:], b.answers[1:], sims[1:], strict=True)]
-        value = grouping.build_value(
-            b.entries[0].query.envelope, b.answers[0], sims[0], [vs.weight_of(a.signer) for a in b.answers[0]],
-            self.config.threshold, validators_hash=vs.set_hash(),
-            next_validators_hash=self.chain.validators_at(b.height + 1).set_hash(), chain_id=self.config.chain_id,
-            scores=scores, evidence=evidence, joins=joins, leaves=leaves,
-            last_commit=self._last_commit if b.height > 1 else (), more=more)
+        value = Value(
+            chain_id=self.config.chain_id, query=first.query, answers=first.answers, sims=first.sims,
+            winners=first.winners, answer=first.answer, verdicts=first.verdicts, validators_hash=vs.set_hash(),
+            next_validators_hash=self.chain.validators_at(b.height + 1).set_hash(), scores=tuple(scores),
+            evidence=tuple(evidence), joins=tuple(joins), leaves=tuple(leaves),
+            last_commit=self._last_commit if b.height > 1 else (), more=tuple(outcomes[1:]))
         self.scores.remember_sims(value.value_id(), [o.sims for o in value.outcomes()])
         h.request = None
         if h.proposed_ms is None:
             h.proposed_ms = self.now
         self._step(ProposeValue(b.height, b.round, value), out)
+
+    # --- judging split queries (ADR 0022) ------------------------------------------------------
+    def _judge(self, query_id: bytes, out: list[Effect]) -> None:
+        """Under the veto, once this peer answered a pending query and another answer is in: compute the
+        similarities of its answers so far (one pass at a time; again when more came in meanwhile)."""
+        entry = self.pool.get(query_id)
+        if self.chain.verdict_rule is None or entry is None or self.me not in entry.answers \
+                or len(entry.answers) < 2 or not self.behaviour.judges():
+            return
+        state = self._judging.setdefault(query_id, _Judging())
+        if state.request is not None or len(entry.answers) <= state.seen:
+            return
+        state.answers = tuple(sorted(entry.answers.values(), key=lambda a: a.signer))
+        state.seen = len(state.answers)
+        state.request = self._request_id()
+        self._judge_requests[state.request] = query_id
+        while len(self._judge_requests) > self.config.max_pending:  # a host that never answers
+            del self._judge_requests[min(self._judge_requests)]
+        out.append(Embed(state.request, ((entry.query.message.question,
+                                          tuple(a.message.text for a in state.answers)),)))
+
+    def _judge_sims(self, query_id: bytes, request: int, sims: tuple[tuple[int, ...], ...],
+                    out: list[Effect]) -> None:
+        """The answers split (more than one group, or a similarity near the threshold): rate the answers
+        of another meaning than this peer's (similarity below ``threshold - tolerance``, so no validator
+        can find one in its group), or abstain without a judge; a query in one group adds nothing."""
+        entry, state = self.pool.get(query_id), self._judging.get(query_id)
+        if entry is None or state is None or state.request != request:
+            return
+        state.request = None
+        n = len(state.answers)
+        if len(sims) != 1 or len(sims[0]) != grouping.pair_count(n):
+            return
+        peers = [a.signer for a in state.answers]
+        me = peers.index(self.me)
+        thr, tol = self.config.threshold, self.config.tolerance
+        weights = [max(1, self.validators.weight_of(p)) for p in peers]
+        split = len(grouping.group_answers(weights, sims[0], thr)) > 1 or any(abs(x - thr) <= tol for x in sims[0])
+        if not split:
+            self._judge(query_id, out)
+            return
+        state.rated = tuple(k for k in range(n) if k != me and sims[0][grouping.pair_index(n, me, k)] < thr - tol)
+        if not state.rated or not self.config.judge:
+            self._publish_verdict(entry, state, (), out)
+            return
+        state.request = self._request_id()
+        self._judge_requests[state.request] = query_id
+        out.append(Rate(state.request, entry.query.message.question, state.answers[me].message.text,
+                        tuple((peers[k], state.answers[k].message.text) for k in state.rated)))
+
+    def _rated(self, inp: Rated, out: list[Effect]) -> None:
+        query_id = self._judge_requests.pop(inp.request, None)
+        entry = None if query_id is None else self.pool.get(query_id)
+        state = None if query_id is None else self._judging.get(query_id)
+        if entry is None or state is None or state.request != inp.request:
+            return
+        state.request = None
+        asked = {state.answers[k].signer for k in state.rated}
+        given = {p: max(-1000, min(1000, v)) for p, v in inp.verdicts if p in asked}  # a host's slip stays bounded
+        self._publish_verdict(entry, state, tuple(sorted(given.items())), out)
+
+    def _publish_verdict(self, entry: PendingQuery, state: _Judging, verdicts: tuple[tuple[PeerId, int], ...],
+                         out: list[Effect]) -> None:
+        by_peer = {a.signer: a.envelope for a in state.answers}
+        verdict = self._sign(Verdict(judge=self.me, query_id=entry.query_id,
+                                     answers_digest=answers_digest([by_peer[p] for p, _ in verdicts]),
+                                     verdicts=verdicts))
+        self.pool.add_verdict(verdict)
+        out.append(Send(verdict))
+        self._judge(entry.query_id, out)  # more answers came in meanwhile
+        self._try_propose(out)
+
+    def _verdicts_ready(self, entry: PendingQuery, outcome: Outcome) -> bool:
+        """A contested outcome may be proposed once every answerer's verdict is in, or, after the grace
+        period, once those missing weigh less than 1/3 (the omission rule validators apply)."""
+        vs, keys = self.validators, self.validators.public_key_of
+        peers = [open_envelope(Answer, e, keys, self.verified).signer for e in outcome.answers]
+        carried = {open_envelope(Verdict, v, keys, self.verified).signer for v in outcome.verdicts}
+        weights = [vs.weight_of(p) for p in peers]
+        heaviest = max(g.weight for g in grouping.group_answers(weights, outcome.sims, self.config.threshold))
+        if 3 * heaviest > 2 * sum(weights) or len(carried) == len(peers):
+            return True
+        assert entry.quorum_at is not None
+        if self.now < int(entry.quorum_at) + self.config.answer_grace_ms:
+            return False
+        judges = {k for k, p in enumerate(peers) if p in carried}
+        return missing_judges_ok(weights, judges, vs.total)
+
+    def _wait_for_verdicts(self, entry: PendingQuery, out: list[Effect]) -> None:
+        """The oldest query's judges are not all heard: try again at the end of its grace period (later, each
+        verdict that arrives retries)."""
+        h = self._h
+        assert entry.quorum_at is not None and h.request is not None
+        due = int(entry.quorum_at) + self.config.answer_grace_ms
+        if due > self.now and h.grace_armed != due:
+            h.grace_armed = due
+            out.append(Schedule(GraceTimer(*h.request), due - self.now))
 
     # --- checking proposals ----------------------------------------------------------------
     def _proposal(self, signed: Signed[Proposal], out: list[Effect]) -> None:
@@ -702,7 +843,8 @@ class Driver:
             return
         reason = grouping.validate_value(p.value, validators=self.validators, local_sims=sims,
                                          threshold=self.config.threshold, tolerance=self.config.tolerance,
-                                         cache=self.verified, chain_id=self.config.chain_id)
+                                         cache=self.verified, chain_id=self.config.chain_id,
+                                         verdict_rule=self.chain.verdict_rule)
         if reason is None:
             self.scores.remember_sims(p.value.value_id(), sims)
             self._learn(p.value)
@@ -728,6 +870,10 @@ class Driver:
             return len(inp.sims) == len(groups) and all(
                 len(s) == grouping.pair_count(len(g)) for s, g in zip(inp.sims, groups, strict=True))
 
+        judged = self._judge_requests.pop(inp.request, None)
+        if judged is not None:
+            self._judge_sims(judged, inp.request, inp.sims, out)
+            return
         checking = self._checking.pop(inp.request, None)
         if checking is not None:
             signed, texts = checking
@@ -874,9 +1020,11 @@ class Driver:
         if not stuck:
             return
         self._own_answers = {q: a for q, a in self._own_answers.items() if self.pool.get(q) is not None}
+        self._judging = {q: j for q, j in self._judging.items() if self.pool.get(q) is not None}
         self._h.own = self._h.own[-RESEND_MESSAGES:]
         pending = [e.query for e in self.pool.pending()]  # a peer that lost a query cannot answer or start
         resend: list[Signed[Any]] = pending[:RESEND_ANSWERS] + list(self._own_answers.values())[-RESEND_ANSWERS:]
+        resend += [v for e in self.pool.pending() if (v := e.verdicts.get(self.me)) is not None][-RESEND_ANSWERS:]
         if core.started:
             resend += self._h.own[-RESEND_MESSAGES:]
             rounds = {core.locked_round, core.valid_round, core.round}
@@ -933,7 +1081,8 @@ class Driver:
             return "a query was decided at an earlier height"
         return self.chain.check_extras(c.value, c.height, self.verified) or grouping.validate_value(
             c.value, validators=vs, local_sims=None, threshold=self.config.threshold,
-            tolerance=self.config.tolerance, cache=self.verified, chain_id=self.config.chain_id)
+            tolerance=self.config.tolerance, cache=self.verified, chain_id=self.config.chain_id,
+            verdict_rule=self.chain.verdict_rule)
 
     # --- helpers ------------------------------------------------------------------------------
     def _sign(self, message: Any) -> Signed[Any]:

@@ -21,7 +21,7 @@ from multillmn.identity import PeerId
 __all__ = [
     "Announce", "AskCatchUp", "BehaviourTimer", "Certified", "Committed", "Crash", "CoreTimeout", "Decided",
     "DriverInput", "Effect", "Embed", "Embedded", "QueryTimes", "EvidenceFound", "Generate", "GenerationFailed", "Generated",
-    "GraceTimer", "Judge", "JudgePair", "Judged", "Persist", "QueryExpired", "Received", "Schedule", "Send",
+    "GraceTimer", "Judge", "JudgePair", "Judged", "Persist", "QueryExpired", "Rate", "Rated", "Received", "Schedule", "Send",
     "SendRaw", "InjectEvent", "Tick", "Timer", "TimerFired",
 ]
 
@@ -106,6 +106,14 @@ class Judged:
 
 
 @dataclass(frozen=True)
+class Rated:
+    """This peer's judge's per-mille verdicts for a :class:`Rate` request: ``(answerer, verdict)`` pairs."""
+
+    request: int
+    verdicts: tuple[tuple[PeerId, int], ...]
+
+
+@dataclass(frozen=True)
 class TimerFired:
     timer: Timer
 
@@ -132,7 +140,7 @@ class Committed:
     precommits: tuple[Signed[Vote], ...] = ()
 
 
-DriverInput = Received | Generated | GenerationFailed | Embedded | Judged | TimerFired | Certified | Committed
+DriverInput = Received | Generated | GenerationFailed | Embedded | Judged | Rated | TimerFired | Certified | Committed
 
 
 # --- effects ---------------------------------------------------------------------------
@@ -213,6 +221,18 @@ class Judge:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """Rate ``answers`` (``(answerer, text)``) to ``question`` with this peer's judge against its own answer
+    ``own``: per mille in ``[-1000, 1000]``, below zero when the judge's model finds the answer less likely
+    than its own (ADR 0022); feed back :class:`Rated` (an empty tuple if the host has no judge)."""
+
+    request: int
+    question: str
+    own: str
+    answers: tuple[tuple[PeerId, str], ...]
+
+
+@dataclass(frozen=True)
 class Decided:
     """``height`` is decided (here, or by catch-up): certify it (the host builds and publishes the certificate).
 
@@ -287,5 +307,5 @@ class Crash:
     reason: str
 
 
-Effect = (Send | SendRaw | Persist | Schedule | Generate | Embed | Judge | Decided | Announce | EvidenceFound
+Effect = (Send | SendRaw | Persist | Schedule | Generate | Embed | Judge | Rate | Decided | Announce | EvidenceFound
           | QueryExpired | AskCatchUp | InjectEvent | Crash)

@@ -1,8 +1,9 @@
-"""The query pool: pending queries and the signed answers gathered for each.
+"""The query pool: pending queries and the signed answers (and judges' verdicts) gathered for each.
 
 Pure bookkeeping (times are passed in, in ms): the driver adds verified
 queries and answers, asks which query is ready to be decided, and marks
-decided ones. Bounds: ``max_pending`` queries; answers that overtook their
+decided ones. Bounds: ``max_pending`` queries, each with one answer and one
+verdict per validator; answers that overtook their
 query for at most ``max_orphans`` query ids (one per validator each); the
 ids of the last ``max_decided`` decided queries (a value re-proposing a
 query decided that long ago is no longer recognised as decided: about 4 MB
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from consensus.messages import Answer, Query, Signed, query_id_of
+from consensus.messages import Answer, Query, Signed, Verdict, query_id_of
 from consensus.validators import ValidatorSet
 
 __all__ = ["PendingQuery", "QueryPool", "PoolFull"]
@@ -33,6 +34,7 @@ class PendingQuery:
     arrived: float
     answers: dict[str, Signed[Answer]] = field(default_factory=dict)
     quorum_at: float | None = None
+    verdicts: dict[str, Signed[Verdict]] = field(default_factory=dict)  # judges' (ADR 0022), one per judge
 
 
 class QueryPool:
@@ -76,6 +78,7 @@ class QueryPool:
             gone = [p for p in entry.answers if p not in validators]
             for p in gone:
                 del entry.answers[p]
+            entry.verdicts = {p: v for p, v in entry.verdicts.items() if p in validators}
             if gone and entry.quorum_at is not None and not validators.has_quorum(self.answer_weight(entry)):
                 entry.quorum_at = None
         for qid, bucket in list(self._orphans.items()):
@@ -135,6 +138,18 @@ class QueryPool:
         if entry.quorum_at is None and self._validators.has_quorum(self.answer_weight(entry)):
             entry.quorum_at = now
         return True
+
+    def add_verdict(self, verdict: Signed[Verdict]) -> PendingQuery | None:
+        """Keep a judge's verdict on a pending query (its query, if it rates more answers than the one kept);
+        the query's entry if it was kept, else ``None`` (unknown or decided query, not a validator, stale)."""
+        entry = self._pending.get(verdict.message.query_id)
+        if entry is None or verdict.signer not in self._validators:
+            return None
+        kept = entry.verdicts.get(verdict.signer)
+        if kept is not None and len(kept.message.verdicts) >= len(verdict.message.verdicts):
+            return None
+        entry.verdicts[verdict.signer] = verdict
+        return entry
 
     def answer_weight(self, entry: PendingQuery) -> int:
         return self._validators.weight_of_set(entry.answers)
