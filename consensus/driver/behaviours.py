@@ -33,6 +33,7 @@ from consensus.driver._io import (
     Effect,
     Generate,
     Generated,
+    Received,
     Schedule,
     Send,
     SendRaw,
@@ -40,7 +41,7 @@ from consensus.driver._io import (
     TimerFired,
 )
 from consensus.grouping import pair_index
-from consensus.messages import Answer, Proposal, Query, Signed, Value, Vote, open_envelope, query_id_of, sign
+from consensus.messages import Answer, Proposal, Query, Signed, Value, Verdict, Vote, open_envelope, query_id_of, sign
 from consensus.scores import MAX_SCORE, Scores
 from consensus.validators import Validator, ValidatorSet
 from multillmn import canonical
@@ -232,6 +233,22 @@ class CopyLate(Behaviour):
 
     def judges(self) -> bool:
         return False
+
+
+@register
+class OmitVerdicts(Behaviour):
+    """A proposer that leaves out every judge's verdict that rejects an answer (ADR 0022): it ignores the
+    verdicts it receives that put an answer below -500, so its values carry only the others (as few as the
+    omission rule lets it; a contested query it cannot carry that way it never proposes)."""
+
+    name = "omit-verdicts"
+    faulty = True
+
+    def on_input(self, driver: Driver, inp: DriverInput) -> DriverInput | None:
+        if isinstance(inp, Received) and isinstance(inp.signed.message, Verdict) \
+                and inp.signed.signer != self.peer_id and any(v < -500 for _, v in inp.signed.message.verdicts):
+            return None
+        return inp
 
 
 @register

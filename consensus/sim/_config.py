@@ -21,6 +21,11 @@ nodes ``peers, peers + 1, ...`` outside the genesis that start at a time or
 height and send their signed Join to a member; ``leaves`` are members that
 send a Leave at a time or height and stop once out of the set. Crashes and
 partitions may name joiners too.
+
+Verdicts (ADR 0022): ``verdict_rule = "veto"`` gives the chain the veto and
+every honest node a judge that knows the truth (1000 for a right answer,
+-1000 for a wrong one when its own is right); the ``omit-verdicts``
+behaviour is a proposer that leaves out every rejecting verdict.
 """
 
 from __future__ import annotations
@@ -138,6 +143,7 @@ class SimConfig:
     slow_ms: int = 2000  # extra delay of every message a 'slow' node sends
     threshold: int = 800  # similarity threshold (per mille)
     tolerance: int = 20  # similarity tolerance (per mille)
+    verdict_rule: str = "none"  # the genesis' verdict rule (ADR 0022): none or veto (judges know the truth)
     height_budget_ms: int | None = None  # termination bound per height after stabilisation; None: derived
     max_events: int = 5_000_000
     epoch_length: int | None = None  # membership epochs in heights; None: MembershipParams' default
@@ -195,6 +201,7 @@ class SimConfig:
             _need(isinstance(self.attack_from_height, int) and self.attack_from_height >= 1, "attack_from_height",
                   "an integer >= 1", self.attack_from_height)
         _need(0 <= self.threshold <= 1000, "threshold", "in [0, 1000]", self.threshold)
+        _need(self.verdict_rule in ("none", "veto"), "verdict_rule", "none or veto", self.verdict_rule)
         _need(0 <= self.tolerance <= 200, "tolerance", "in [0, 200]", self.tolerance)
         known = behaviour_names(include_hidden=True)
         seen: set[int] = set()

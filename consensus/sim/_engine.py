@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from fractions import Fraction
 
 from consensus.chain import Chain
+from consensus.verdicts import VerdictRule
 from consensus.driver import Decided
 from consensus.driver.behaviours import Behaviour, BehaviourParams, make_behaviour
 from consensus.evidence import DuplicateVoteEvidence, Evidence
@@ -260,7 +261,8 @@ class Simulation:
     def new_chain(self, verified: VerifiedCache | None = None) -> Chain:
         """A fresh chain at genesis: adaptive under ``wbft`` with ``adaptive_weights``, else static;
         ``verified``: the peer's signature cache, as the runner shares its own."""
-        return Chain(self.validators, self.weight_params, verified, SIM_CHAIN_ID, membership=self.membership)
+        return Chain(self.validators, self.weight_params, verified, SIM_CHAIN_ID, membership=self.membership,
+                     verdict_rule=VerdictRule() if self.config.verdict_rule == "veto" else None)
 
     def verified_for(self, index: int) -> VerifiedCache:
         """A peer's signature cache: its own with real signatures, else one shared by all (each signature is

@@ -46,6 +46,8 @@ from consensus.driver import (
     Generated,
     Judge,
     Judged,
+    Rate,
+    Rated,
     Persist,
     QueryExpired,
     QueryPool,
@@ -64,6 +66,7 @@ from consensus.messages import (
     Proposal,
     Query,
     Signed,
+    Verdict,
     Vote,
     open_envelope,
     query_id_of,
@@ -85,7 +88,7 @@ __all__ = ["DriverNode", "MajorityPeer", "SimNode"]
 _CATCHUP_BATCH = 8
 SIM_CHAIN_ID = "sim"
 _KINDS: dict[type[Any], PacketKind] = {Query: "query", Answer: "answer", Proposal: "proposal", Vote: "vote",
-                                       ScoreVector: "scores", Join: "join", Leave: "leave"}
+                                       ScoreVector: "scores", Join: "join", Leave: "leave", Verdict: "verdict"}
 
 
 class SimNode:
@@ -116,6 +119,13 @@ class SimNode:
 
     def generation_delay_us(self, slowdown: int = 1) -> int:
         return int(self.cfg.gen_ms * 1000 * self.rng.uniform(0.5, 1.5) * self.slowness * slowdown)
+
+    def _rate(self, e: Rate) -> tuple[tuple[str, int], ...]:
+        """A judge that knows the truth (ADR 0022's likelihood gap, idealised): 1000 for a right answer,
+        -1000 for a wrong one when its own is right, else 0."""
+        right = next((q.correct for q in self.sim.questions if q.text == e.question), None)
+        mine = right is not None and normalise(e.own) == right
+        return tuple((p, 1000 if normalise(t) == right else -1000 if mine else 0) for p, t in e.answers)
 
     def answer_text(self, qid: bytes) -> str:
         question = self.sim.question_of(qid)
@@ -159,7 +169,7 @@ class DriverNode(SimNode):
             model=f"model-{index}", chain_id=SIM_CHAIN_ID, threshold=self.cfg.threshold, tolerance=self.cfg.tolerance,
             timeouts=Timeouts(propose_ms=t[0], prevote_ms=t[1], precommit_ms=t[2], delta_ms=t[3]),
             answer_wait_ms=max(60_000, 40 * int(self.cfg.gen_ms)), answer_grace_ms=self.cfg.answer_grace_ms,
-            max_new_tokens=32, judge=False, tick_ms=self.cfg.gossip_ms or 10**9,
+            max_new_tokens=32, judge=self.cfg.verdict_rule == "veto", tick_ms=self.cfg.gossip_ms or 10**9,
             queries_per_height=self.cfg.queries_per_height)
         # durable ("disk"): decided heights (this peer's ledger) and the write-ahead log of the current height
         self.decided: dict[int, CatchUpItem] = {}
@@ -233,6 +243,8 @@ class DriverNode(SimNode):
                                   label="embed")
             elif isinstance(e, Judge):
                 self.sim.schedule(0, self, self.feed, Judged(e.request, ()), label="judge")
+            elif isinstance(e, Rate):
+                self.sim.schedule(0, self, self.feed, Rated(e.request, self._rate(e)), label="rate")
             elif isinstance(e, Decided):
                 self.decided[e.height] = CatchUpItem(e.height, e.round, e.value, e.precommits)
                 self.sim.record_decision(self.index, e)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from consensus import grouping
+from consensus.verdicts import VerdictRule
 from consensus.messages import Answer, MessageError, Value, Vote, open_envelope
 from consensus.sim._engine import DecisionRecord, Simulation
 from consensus.sim._world import normalise, similarities
@@ -118,7 +119,8 @@ def _value_reason(sim: Simulation, value: Value, vs: ValidatorSet) -> str | None
     except MessageError as exc:
         return f"decided value holds a bad answer: {exc}"
     return grouping.validate_value(value, validators=vs, local_sims=[similarities(t) for t in texts],
-                                   threshold=sim.config.threshold, tolerance=sim.config.tolerance)
+                                   threshold=sim.config.threshold, tolerance=sim.config.tolerance,
+                                   verdict_rule=VerdictRule() if sim.config.verdict_rule == "veto" else None)
 
 
 def _precommit_reason(sim: Simulation, rec: DecisionRecord, vid: bytes) -> str | None:

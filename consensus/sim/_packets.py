@@ -9,7 +9,8 @@ from consensus.messages import Signed, Value, Vote
 
 __all__ = ["PacketKind", "CatchUpItem", "Packet"]
 
-PacketKind = Literal["query", "answer", "proposal", "vote", "scores", "join", "leave", "catchup-req", "catchup", "raw"]
+PacketKind = Literal["query", "answer", "proposal", "vote", "scores", "join", "leave", "verdict", "catchup-req",
+                     "catchup", "raw"]
 
 
 @dataclass(frozen=True, slots=True)
