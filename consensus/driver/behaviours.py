@@ -243,6 +243,7 @@ class OmitVerdicts(Behaviour):
 
     name = "omit-verdicts"
     faulty = True
+    hidden = True  # the simulator's for now: [byzantine] and manifests do not offer it yet
 
     def on_input(self, driver: Driver, inp: DriverInput) -> DriverInput | None:
         if isinstance(inp, Received) and isinstance(inp.signed.message, Verdict) \
