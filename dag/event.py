@@ -7,7 +7,7 @@ from another creator), the creator's own timestamp (an input, int
 nanoseconds; never read from a clock here), a batch of opaque
 transactions, and the ledger *epoch* whose hashgraph it belongs to (the
 members of the validator set change by epochs, and each epoch's ledger is
-a hashgraph of that epoch's members; see ``peers/ledger.py``).
+a hashgraph of that epoch's members; see ``peers/ledger/``).
 
 Normative encoding::
 

@@ -147,7 +147,7 @@ class Ledger:
         self._log: list[LedgerEntry] = []
         self.epoch_sets: dict[int, ValidatorSet] = {}
         """The validator set in force at the first height of every epoch the chain reached, recorded as the
-        chain folds the height before it: the committee of that epoch's ledger segment (``peers/ledger.py``,
+        chain folds the height before it: the committee of that epoch's ledger segment (``peers/ledger/``,
         which forgets those of sealed segments). Derived from the answers, so not part of the state."""
 
     @property

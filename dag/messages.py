@@ -15,7 +15,7 @@ turns into :class:`~consensus.messages.MessageError`, whatever the bytes.
 * ``dag_want``   ``{sender, epoch, wanted, vector}``: "send me these and their
   ancestors" (:func:`dag.ancestors_missing`), for parents a batch lacked.
 
-Each names the ledger epoch whose hashgraph it is about (``peers/ledger.py``);
+Each names the ledger epoch whose hashgraph it is about (``peers/ledger/``);
 every event of a ``dag_events`` must be of that epoch.
 """
 

@@ -2,7 +2,7 @@
 
 One file, WAL journal, ``synchronous=FULL`` (a committed append survives a
 crash or power loss), foreign keys on. The ledger runs one hashgraph per
-epoch (a *segment*, ``peers/ledger.py``); every table is keyed by it
+epoch (a *segment*, ``peers/ledger/``); every table is keyed by it
 (schema version 2). Tables:
 
 * ``events(idx, epoch, hash, creator, seq, body)``: wire bytes in insertion
