@@ -4,17 +4,15 @@ Two in-process :class:`~peers.shard.worker.ShardWorker` s (real authenticated lo
 wire protocol) serve the two layers of the tiny random Llama and Gemma-3 models of
 ``tests/test_generation_batch.py``; the driver's padded, pipelined micro-batches must give every row
 the tokens :class:`~peers.llm.Generator` gives that question alone. Also: the wire's batch bounds and
-mask validation, and the micro-batch split.
-
-Named to sort after test_shard_engine.py and test_shard_worker.py: running this module's
-in-process tiny-model workers first made a later in-process SmolLM2 Generator of those modules
-answer garbage in the same pytest process (seen in a fresh-clone `make test`; the cause is not
-found yet, see the issue 14 note). Real peers host one model per process.
+mask validation, the micro-batch split, and that workers loading at once in one process leave
+transformers intact for the models loaded after them.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -128,6 +126,40 @@ async def test_a_worker_refuses_a_batch_that_would_not_fit_in_a_frame(tiny: tupl
         assert not resp.ok and "exceeds the frame limit" in resp.error
         resp = await conn.call(Request(0, "decode", session="big", pos=1100, x=x[:, :1], want="hidden"), 30)
         assert not resp.ok and "unknown session" in resp.error  # the refused step's session is gone
+
+
+# Two in-process workers load their layers at once (each in a trio thread). transformers swaps
+# PreTrainedModel.tie_weights for a no-op while it loads; overlapping loads used to leave the no-op in
+# place, so the SmolLM2 loaded next by test_shard_engine.py had a random embedding and answered "����".
+_CONCURRENT_LOADS = """
+import sys, threading
+from transformers import PreTrainedModel
+from peers.shard.model import ShardRunner, load_full_model
+untied, tied = sys.argv[1:3]
+original = PreTrainedModel.tie_weights
+for _ in range(3):
+    threads = [threading.Thread(target=ShardRunner, args=(untied, r)) for r in [(0, 1), (1, 2)] * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+model = load_full_model(tied)
+print(PreTrainedModel.tie_weights is original, model.lm_head.weight is model.model.embed_tokens.weight)
+"""
+
+
+@pytest.mark.parametrize("tiny", ["llama-chat"], indirect=True)
+def test_workers_loading_at_once_leave_later_tied_models_tied(tiny: tuple[Path, Generator], tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir, _ = tiny
+    tied = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    tied.save_pretrained(tmp_path)  # the checkpoint holds one of the two tied tensors, as SmolLM2's does
+    out = subprocess.run([sys.executable, "-c", _CONCURRENT_LOADS, str(model_dir), str(tmp_path)],
+                         cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["True", "True"]
 
 
 # --- pure parts: the runner's mask checks, the wire's bounds, the split ------------------------
