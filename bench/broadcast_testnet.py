@@ -7,7 +7,7 @@ r"""Decision latency of tree broadcast against the full mesh on the real multi-p
         --models smollm2 --max-new-tokens 16 --sequential
 
 Every command merges its result into ``--json`` (default
-``bench/results/broadcast-testnet-<today>.json``) under its engine's name.
+``bench/results/broadcast-testnet-<today>.json``) under ``--label`` (default: the engine's name).
 
 **Setup.** Two testnets of ``--peers`` (8) peer processes started by
 ``testnet.launcher.up`` from one manifest that differs only in
@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -95,6 +96,7 @@ class Net:
     peers: list[Any]
     startup_s: float
     asked: list[dict[str, Any]] = field(default_factory=list)  # per question: t0, client latency, height
+    load: list[float] = field(default_factory=list)  # the machine's 1-minute load average before and after
 
     @property
     def urls(self) -> list[str]:
@@ -204,6 +206,7 @@ def summarise(net: Net, before: list[dict[str, int]], after: list[dict[str, int]
     heights = sorted(q["height"] for q in net.asked)
     return {
         "mode": net.mode, "peers": n, "queries": len(net.asked), "startup_s": net.startup_s,
+        "load_average": [round(x, 2) for x in net.load],
         "client": _stats_ms([q["client_s"] for q in net.asked]),
         "client_mean_ms": round(1000 * statistics.fmean(q["client_s"] for q in net.asked), 1) if net.asked else None,
         "peer_decided": _stats_ms(per_peer), "decided_spread": _stats_ms(spread),
@@ -254,12 +257,16 @@ def run(args: argparse.Namespace, say: Any) -> list[dict[str, Any]]:
                 warm(net, args, say)
             offsets = {f"{net.mode}/{p.name}": Path(p.log).stat().st_size for net in nets for p in net.peers}
             before = {net.mode: counters(net) for net in nets}
+            for net in nets:
+                net.load.append(os.getloadavg()[0])
             for k, q in enumerate(questions):
                 for net in (nets if k % 2 == 0 else nets[::-1]):
                     row = ask_one(net, k, q, count=True, timeout_s=args.timeout_s)
                     say(f"[{net.mode}] q{k} entry peer{row['entry']} height {row['height']}: "
                         f"{1000 * row['client_s']:.0f} ms (protocol {row['protocol_ms']} ms) {row['answer'][:30]!r}")
             time.sleep(2.0)  # the last decisions reach every peer's log
+            for net in nets:
+                net.load.append(os.getloadavg()[0])
             for net in nets:
                 mine = {p.name: offsets[f"{net.mode}/{p.name}"] for p in net.peers}
                 rows.append(summarise(net, before[net.mode], counters(net), mine))
@@ -280,7 +287,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'mode':>5} {'q':>3} {'client p50':>10} {'p90':>7} {'max':>7} {'peers p50':>9} {'p90':>7} {'max':>7} "
             f"{'spread p50':>10} {'last ans p50':>12} {'max':>7} {'all':>4} {'msgs/node/q':>11} {'tree frames':>11} {'tree bytes':>10} {'dups':>5}")
     lines = [head, "-" * len(head)]
-    for r in rows:
+    for r in rows:  # load: the machine's 1-minute load average before and after the questions
         c, p, s = r["client"], r["peer_decided"], r["decided_spread"]
         lines.append(f"{r['mode']:>5} {r['queries']:>3} {c['p50_ms']!s:>10} {c['p90_ms']!s:>7} {c['max_ms']!s:>7} "
                      f"{p['p50_ms']!s:>9} {p['p90_ms']!s:>7} {p['max_ms']!s:>7} {s['p50_ms']!s:>10} "
@@ -310,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequential", action="store_true", help="one testnet after the other (real models: memory)")
     ap.add_argument("--timeout-s", type=float, default=600)
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--label", default="", help="the key of this run in --json (default: the engine's name)")
     ap.add_argument("--no-json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -320,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     if not args.no_json:
         old: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
-        old[args.engine] = {"command": " ".join([".venv/bin/python bench/broadcast_testnet.py", *argv]),
+        old[args.label or args.engine] = {"command": " ".join([".venv/bin/python bench/broadcast_testnet.py", *argv]),
                             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                             "rows": rows}
         args.json.parent.mkdir(parents=True, exist_ok=True)
