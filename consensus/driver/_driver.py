@@ -703,7 +703,9 @@ class Driver:
         state.request = self._request_id()
         self._judge_requests[state.request] = query_id
         while len(self._judge_requests) > self.config.max_pending:  # a host that never answers
-            del self._judge_requests[min(self._judge_requests)]
+            dropped = self._judge_requests.pop(min(self._judge_requests))
+            if (stale := self._judging.get(dropped)) is not None:
+                stale.request = None
         out.append(Embed(state.request, ((entry.query.message.question,
                                           tuple(a.message.text for a in state.answers)),)))
 
