@@ -53,6 +53,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -280,10 +281,13 @@ def judge_signal(kind: str, row: dict[str, Any], index: int, model: str, text: s
                  ) -> int | None:
     """Judge ``model``'s calibrated per-mille verdict on ``text`` by mechanism ``kind`` (``None``: the
     question was not judged, in a partial record)."""
+    own = row["answers"][model]["text"]
+    if kind == "lp-minus-own":  # (a record without the yes/no pass still has the likelihoods)
+        lp = row.get("lp", {}).get(model, {})
+        return clamp(1000 * (lp[text] - lp[own])) if text in lp and own in lp else None
     if "yes" not in row:
         return None
-    yes, lp = row["yes"][model], row["lp"][model]
-    own = row["answers"][model]["text"]
+    yes = row["yes"][model]
     if text not in yes or (kind == "yes-minus-echo" and row["question"] not in yes):
         return None
     if kind == "yes-raw":
@@ -294,9 +298,45 @@ def judge_signal(kind: str, row: dict[str, Any], index: int, model: str, text: s
         return clamp(2 * (yes[text] - yes[row["question"]]) * 10)
     if kind == "yes-minus-own":
         return clamp(2 * (yes[text] - yes[own]) * 10)
-    if kind == "lp-minus-own":
-        return clamp(1000 * (lp[text] - lp[own]))
     raise ValueError(kind)
+
+
+def content_split(own: list[tuple[str, float]], text: list[tuple[str, float]]
+                  ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """The tokens of ``own`` and ``text`` (``(token, log-probability)`` under one model) that the two do not
+    share: their longest common leading and trailing token runs (by token, e.g. "The capital of X is" and
+    the final ".") are removed from both. Either part may be empty (one text is the other plus words)."""
+    n = min(len(own), len(text))
+    head = 0
+    while head < n and own[head][0] == text[head][0]:
+        head += 1
+    tail = 0
+    while tail < n - head and own[-1 - tail][0] == text[-1 - tail][0]:
+        tail += 1
+    return own[head:len(own) - tail], text[head:len(text) - tail]
+
+
+def content_gap(own: list[tuple[str, float]], text: list[tuple[str, float]]) -> float:
+    """The content likelihood gap (nats) of ``text`` against the judge's ``own`` answer: the summed
+    log-probability of ``text``'s tokens not shared with ``own`` minus that of ``own``'s tokens not shared
+    with ``text`` (:func:`content_split`), each under the judge's answer prompt; 0 when either has no token
+    of its own (one restates the other, or they are equal). The shared leading tokens would cancel anyway
+    (same tokens, same context); dropping the shared trailing ones (a final ".") keeps the frame's
+    punctuation after a differently styled answer from counting."""
+    a, b = content_split(own, text)
+    if not a or not b:
+        return 0.0
+    return sum(v for _, v in b) - sum(v for _, v in a)
+
+
+CONTENT_NATS = 6.0
+"""Nats of content gap per full-scale verdict: -1000 per mille is 6 nats less likely than the judge's own
+answer's content, so ADR 0022's margin 500 rejects at 3 nats (fitted on the shipped set, ADR 0022 addendum)."""
+
+
+def content_verdict(own: list[tuple[str, float]], text: list[tuple[str, float]]) -> int:
+    """Judge's per-mille verdict on ``text`` from the content gap: ``clamp(round(1000 * gap / CONTENT_NATS))``."""
+    return clamp(1000 * content_gap(own, text) / CONTENT_NATS)
 
 
 JUDGES = ("yes-raw", "yes-model-threshold", "yes-minus-echo", "yes-minus-own", "lp-minus-own")
@@ -319,8 +359,12 @@ def peers_of(smol: int, gemma: int, colluders: int = 0) -> list[int]:
     return out
 
 
-def decision_inputs(row: dict[str, Any], index: int, peers: list[int], mech: Mechanism, cal: Calibration
-                    ) -> dict[str, Any]:
+Verdict = Callable[[dict[str, Any], str, str], int]
+"""A custom judge signal: (row, judge model, judged text) -> per-mille verdict."""
+
+
+def decision_inputs(row: dict[str, Any], index: int, peers: list[int], mech: Mechanism, cal: Calibration,
+                    verdict: Verdict | None = None, judge_colluders: bool = True) -> dict[str, Any]:
     texts = [row["texts"][p] for p in peers]
     n = len(peers)
     full = row["sims"]  # among the 3 distinct texts
@@ -341,7 +385,11 @@ def decision_inputs(row: dict[str, Any], index: int, peers: list[int], mech: Mec
         verdicts: list[list[int | None]] = []
         for p in peers:
             if p == COLLUDER:
-                verdicts.append([None if q == COLLUDER or "yes" not in row else -MAX_VERDICT for q in peers])
+                verdicts.append([None if q == COLLUDER or ("lp" not in row and verdict is None) else -MAX_VERDICT
+                                 for q in peers])
+            elif verdict is not None:
+                verdicts.append([None if q == COLLUDER and not judge_colluders
+                                 else verdict(row, MODELS[p], row["texts"][q]) for q in peers])
             else:
                 verdicts.append([judge_signal(mech.judge, row, index, MODELS[p], row["texts"][q], cal)
                                  for q in peers])
@@ -352,9 +400,10 @@ def decision_inputs(row: dict[str, Any], index: int, peers: list[int], mech: Mec
 
 
 def decide_one(row: dict[str, Any], index: int, peers: list[int], weights: list[int], mech: Mechanism,
-               cal: Calibration, threshold: int) -> tuple[int, Any]:
+               cal: Calibration, threshold: int, verdict: Verdict | None = None, judge_colluders: bool = True
+               ) -> tuple[int, Any]:
     """(index of the winning representative, the decision's group) for one question."""
-    d = decision_inputs(row, index, peers, mech, cal)
+    d = decision_inputs(row, index, peers, mech, cal, verdict, judge_colluders)
     if mech.name == "WBFT today":
         g = grouping.choose(weights, d["sims"], threshold, d["kw"]["eligible"])
     else:
@@ -363,9 +412,11 @@ def decide_one(row: dict[str, Any], index: int, peers: list[int], weights: list[
 
 
 def run(rows: list[dict[str, Any]], peers: list[int], mech: Mechanism, cal: Calibration, *, adaptive: bool,
-        threshold: int = 800) -> dict[str, Any]:
+        threshold: int = 800, verdict: Verdict | None = None, judge_colluders: bool = True) -> dict[str, Any]:
     """Decide every question in order; with ``adaptive``, the real weight rule folds every honest
-    peer's score vector (and the colluders' 1000-for-us vectors) of height h at h + 1."""
+    peer's score vector (and the colluders' 1000-for-us vectors) of height h at h + 1. ``verdict``: a
+    custom judge signal (``mech.judge`` is then only a label); ``judge_colluders=False``: honest judges give
+    no verdict on the colluders' answer (the worst case for the rule)."""
     n = len(peers)
     keys = sim_keys(n)
     base = ValidatorSet(Validator(k.peer_id, k.public_key, 1, f"p{i}") for i, k in enumerate(keys))
@@ -374,6 +425,7 @@ def run(rows: list[dict[str, Any]], peers: list[int], mech: Mechanism, cal: Cali
     state = WeightState.genesis(base, params)
     pending: list[ScoreVector] = []
     right = 0
+    right_ids: list[str] = []
     shares: list[float] = []
     for h, (k, row) in enumerate(enumerate(rows), start=1):
         vs = state.validator_set(base, h) if adaptive else base
@@ -383,10 +435,13 @@ def run(rows: list[dict[str, Any]], peers: list[int], mech: Mechanism, cal: Cali
         weights = [vs.weight_of(i) for i in ids]
         total = sum(weights)
         shares.append(sum(w for w, p in zip(weights, peers) if p == COLLUDER) / total)
-        rep, group = decide_one(row, k, peers, weights, mech, cal, threshold)
+        rep, group = decide_one(row, k, peers, weights, mech, cal, threshold, verdict, judge_colluders)
         text = row["texts"][peers[rep]]
-        right += text == row["texts"][SMOL] and row["answers"]["smollm2"]["correct"] or \
+        ok = text == row["texts"][SMOL] and row["answers"]["smollm2"]["correct"] or \
             text == row["texts"][GEMMA] and row["answers"]["gemma3"]["correct"]
+        right += ok
+        if ok:
+            right_ids.append(row["id"])
         if adaptive:
             d = decision_inputs(row, k, peers, Mechanism("plain"), cal)
             honest = score_answers(ids, d["sims"], group.members, d["kw"]["eligible"])
@@ -396,7 +451,7 @@ def run(rows: list[dict[str, Any]], peers: list[int], mech: Mechanism, cal: Cali
                 scores = honest if p != COLLUDER else tuple(
                     (ids[j], 1000 if peers[j] == COLLUDER else 0) for j in range(n))
                 pending.append(ScoreVector(scorer=ids[i], height=h, query_id=qid, scores=tuple(sorted(scores))))
-    return {"right": right, "shares": shares}
+    return {"right": right, "right_ids": right_ids, "shares": shares}
 
 
 MECHANISMS = (
@@ -419,7 +474,7 @@ def judge_accuracy(rows: list[dict[str, Any]], cal: Calibration) -> list[dict[st
     every question, is the gold alias judged above the known-wrong ``other`` answer."""
     out = []
     splits = [(k, r) for k, r in enumerate(rows)
-              if r["answers"]["smollm2"]["correct"] != r["answers"]["gemma3"]["correct"] and "yes" in r]
+              if r["answers"]["smollm2"]["correct"] != r["answers"]["gemma3"]["correct"] and ("yes" in r or "lp" in r)]
     judged = [(k, r) for k, r in enumerate(rows) if complete(r)]
     for m in MODELS:
         other_model = MODELS[1 - MODELS.index(m)]
