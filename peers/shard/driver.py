@@ -126,6 +126,10 @@ def micro_batch_rows(lengths: Sequence[int], limits: Sequence[int], parts: int, 
     return out
 
 
+def _eos_set(eos_token_id: int | Sequence[int] | None) -> set[int]:
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+
+
 class _Conn:
     """One authenticated link to a worker; concurrent calls are matched to replies by id."""
 
@@ -392,10 +396,6 @@ class ShardDriver:
 
     # --- generation ----------------------------------------------------------------------
 
-    async def step(self, session: str, ids: Sequence[int], pos: int, plan: Plan) -> int:
-        """Run ``ids`` at ``pos`` (0 = prefill from scratch) through ``plan``; the next greedy token."""
-        return (await self.step_rows(session, torch.tensor([list(ids)], dtype=torch.int64), pos, plan))[0]
-
     async def step_rows(self, session: str, x: torch.Tensor, pos: int, plan: Plan,
                         mask: torch.Tensor | None = None) -> list[int]:
         """Run token ids ``x`` ``(rows, q)`` at ``pos`` through ``plan``; each row's next greedy token.
@@ -433,48 +433,15 @@ class ShardDriver:
         """Greedy new tokens for ``prompt``, surviving worker failures by re-planning and replaying.
 
         Ends after ``max_new_tokens``, an EOS token or a token for which ``stop`` is true (kept).
+        ``on_token(i, token)`` is called as the ``i``-th token arrives. A batch of one row.
         """
         if not prompt:
             raise ValueError("empty prompt")
-        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-        session = os.urandom(8).hex()
-        tokens: list[int] = []
-        fresh = True
-        budget = len(self.problem.devices) + 1
-        while len(tokens) < max_new_tokens:
-            plan = await self.ensure_plan()
-            epoch = self.epoch
-            try:
-                if fresh:
-                    token = await self.step(session, [*prompt, *tokens], 0, plan)
-                    if tokens:
-                        self.stats.replayed_tokens += len(prompt) + len(tokens)
-                    fresh = False
-                else:
-                    token = await self.step(session, [tokens[-1]], len(prompt) + len(tokens) - 1, plan)
-            except WorkerFailed as exc:
-                budget -= 1
-                if budget < 0:
-                    raise ShardingFailed(f"gave up after {len(self.problem.devices) + 1} re-plans: {exc}") from None
-                self._mark_failed(exc)
-                async with self._replan_lock:
-                    if self.epoch == epoch:
-                        self.plan = None
-                        self.stats.replans += 1
-                fresh = True
-                continue
-            except _Refused as exc:
-                if self.epoch == epoch:
-                    raise ShardingFailed(str(exc)) from None
-                fresh = True  # another generation re-planned meanwhile: replay on the new plan
-                continue
-            tokens.append(token)
-            if on_token is not None:
-                on_token(len(tokens) - 1, token)
-            if token in eos or (stop is not None and stop(token)):
-                break
-        await self._reset(session)
-        return tokens
+        if max_new_tokens < 1:
+            return []
+        row_token = None if on_token is None else (lambda _row, i, token: on_token(i, token))
+        return (await self._generate_rows([prompt], [max_new_tokens], _eos_set(eos_token_id), stop, 0,
+                                          row_token))[0]
 
     async def generate_batch(
         self,
@@ -504,7 +471,7 @@ class ShardDriver:
             raise ValueError("empty prompt")
         if n == 0:
             return []
-        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+        eos = _eos_set(eos_token_id)
         plan = await self.ensure_plan()
         per_token = max(self.problem.model.boundary_bytes)
         groups = micro_batch_rows([len(p) for p in prompts], limits, micro_batches or len(plan.shards), per_token)
@@ -531,8 +498,11 @@ class ShardDriver:
         return out
 
     async def _generate_rows(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], eos: set[int],
-                             stop: Callable[[int], bool] | None, pad: int) -> list[list[int]]:
-        """One micro-batch of :meth:`generate_batch`: a left-padded batch in one session."""
+                             stop: Callable[[int], bool] | None, pad: int,
+                             on_token: Callable[[int, int, int], None] | None = None) -> list[list[int]]:
+        """One micro-batch of :meth:`generate_batch` (or :meth:`generate`'s one row): a left-padded batch in
+        one session, each row ending at its limit (>= 1), an EOS or a ``stop`` token; ``on_token(row, i,
+        token)`` as row ``row``'s ``i``-th token arrives."""
         rows = len(prompts)
         width = max(len(p) for p in prompts)
         padded = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.int64)
@@ -573,7 +543,7 @@ class ShardDriver:
             except _Refused as exc:
                 if self.epoch == epoch:
                     raise ShardingFailed(str(exc)) from None
-                fresh = True
+                fresh = True  # another generation re-planned meanwhile: replay on the new plan
                 continue
             column = []
             for r, token in enumerate(nxt):
@@ -582,6 +552,8 @@ class ShardDriver:
                     continue
                 tokens[r].append(token)
                 column.append(token)
+                if on_token is not None:
+                    on_token(r, len(tokens[r]) - 1, token)
                 if token in eos or (stop is not None and stop(token)) or len(tokens[r]) >= limits[r]:
                     done[r] = True
             fed.append(column)
