@@ -30,6 +30,10 @@ network will run), against WBFT today (:func:`consensus.grouping.choose`),
 each model alone, majority and the ceiling; the judges' own accuracy; the
 latency added; and colluders.
 
+:func:`content_verdict` is the content-gap judge signal measured against
+this one in ``bench/verdict_signals.py`` (ADR 0022, addendum of 2026-11-30);
+:func:`run` also takes any such signal as ``verdict``.
+
 Recording runs each model in its own process (one torch thread): answers,
 then judging (the questions the models split on first, then the others;
 then the extra texts of every question), then side-by-side timings of every
