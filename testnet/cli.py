@@ -17,7 +17,8 @@ from typing import Any
 
 from testnet import launcher, perturb
 from testnet.launcher import PeerStatus, TestnetError
-from multillmn.config import BYZANTINE_BEHAVIOURS
+from multillmn.config import BROADCAST_MODES, BYZANTINE_BEHAVIOURS
+from testnet.links import LinkPlane
 from testnet.manifest import KNOWN_MODELS, Manifest, ManifestError
 
 __all__ = ["add_testnet_commands", "format_table"]
@@ -67,11 +68,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
             manifest = Manifest.load(args.manifest)
             if args.epoch_length is not None:
                 manifest = replace(manifest, epoch_length=args.epoch_length).validate()
+            if args.broadcast is not None:
+                manifest = replace(manifest, broadcast=args.broadcast).validate()
+            if args.link_plane is not None:
+                manifest = replace(manifest, link_plane=LinkPlane(seed=args.link_plane)).validate()
         else:
             models = [m.strip() for m in (args.models or DEFAULT_MODELS).split(",")]
             if any(not m for m in models):
                 return _err(f"--models: empty entry in {args.models!r}; use e.g. --models {DEFAULT_MODELS}")
-            manifest = Manifest.from_args(args.peers, models, epoch_length=args.epoch_length)
+            manifest = Manifest.from_args(args.peers, models, epoch_length=args.epoch_length,
+                                          broadcast=args.broadcast or "mesh",
+                                          link_plane=None if args.link_plane is None else LinkPlane(seed=args.link_plane))
     except ManifestError as exc:
         return _err(str(exc))
     if args.timeout <= 0:
@@ -207,6 +214,11 @@ def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--epoch-length", type=int, metavar="N",
                     help="heights per epoch (4-10000): members change only at an epoch's first height "
                          "(default: the manifest's, else the genesis default of 100)")
+    up.add_argument("--broadcast", choices=BROADCAST_MODES,
+                    help="every peer's [p2p] broadcast (default: the manifest's, else mesh)")
+    up.add_argument("--link-plane", type=int, metavar="SEED",
+                    help="per-link delays: the peers at points of a plane drawn with SEED, 5-80 ms growing with "
+                         "distance (testnet/links.py; the manifest's [testnet] link_plane with its defaults)")
     up.add_argument("--reset", action="store_true",
                     help="DIR holds a stopped testnet: delete its keys, genesis and ledgers and start a new one")
     up.set_defaults(func=_cmd_up)

@@ -72,15 +72,18 @@ class LinkPlane:
         extra = sorted(set(data) - set(_PLANE_KEYS))
         if extra:
             raise LinkError(f"testnet.link_plane: unknown key {', '.join(extra)} (allowed: {', '.join(_PLANE_KEYS)})")
-        plane = cls(seed=_int("testnet.link_plane.seed", data.get("seed", 1), 0, 2**32 - 1),
-                    min_delay_ms=_int("testnet.link_plane.min_delay_ms", data.get("min_delay_ms", 5), 0,
-                                      MAX_LINK_DELAY_MS),
-                    max_delay_ms=_int("testnet.link_plane.max_delay_ms", data.get("max_delay_ms", 80), 0,
-                                      MAX_LINK_DELAY_MS))
-        if plane.max_delay_ms < plane.min_delay_ms:
-            raise LinkError(f"testnet.link_plane: max_delay_ms ({plane.max_delay_ms}) is below min_delay_ms "
-                            f"({plane.min_delay_ms})")
-        return plane
+        return cls(seed=data.get("seed", 1), min_delay_ms=data.get("min_delay_ms", 5),
+                   max_delay_ms=data.get("max_delay_ms", 80)).validate()
+
+    def validate(self) -> LinkPlane:
+        """:class:`LinkError` naming the bad key; self when valid."""
+        _int("testnet.link_plane.seed", self.seed, 0, 2**32 - 1)
+        _int("testnet.link_plane.min_delay_ms", self.min_delay_ms, 0, MAX_LINK_DELAY_MS)
+        _int("testnet.link_plane.max_delay_ms", self.max_delay_ms, 0, MAX_LINK_DELAY_MS)
+        if self.max_delay_ms < self.min_delay_ms:
+            raise LinkError(f"testnet.link_plane: max_delay_ms ({self.max_delay_ms}) is below min_delay_ms "
+                            f"({self.min_delay_ms})")
+        return self
 
     def delays_ms(self, n: int) -> list[list[int]]:
         """The plane's one-way delays between ``n`` peers, whole milliseconds."""

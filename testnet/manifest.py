@@ -354,6 +354,11 @@ class Manifest:
             raise ManifestError("every peer has leave_at_height: at least one must stay in the validator set")
         if self.broadcast not in BROADCAST_MODES:
             raise ManifestError(f"testnet.broadcast: expected {' | '.join(BROADCAST_MODES)}, got {self.broadcast!r}")
+        try:
+            if self.link_plane is not None:
+                self.link_plane.validate()
+        except LinkError as exc:
+            raise ManifestError(str(exc)) from None
         names = [p.name for p in self.peers]
         for p in self.peers:
             try:

@@ -383,6 +383,36 @@ def test_each_peer_config_gets_its_per_destination_delays_and_the_broadcast_mode
         launcher.down(tmp_path / "plain")
 
 
+def test_cli_up_sets_the_broadcast_mode_and_a_link_plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from testnet.links import LinkPlane
+
+    monkeypatch.setattr(launcher, "DEFAULT_PEER_COMMAND", FAKE)
+
+    def run(*argv: str) -> int:
+        args = _parse(["testnet", *argv])
+        return int(args.func(args))
+
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[[peer]]\nname = "a"\nmodel = "smollm2"\n[[peer]]\nname = "b"\nmodel = "gemma3"\n')
+    for argv, plane in [(["--peers", "3"], LinkPlane(seed=2)), (["--manifest", str(manifest)], LinkPlane(seed=2))]:
+        d = tmp_path / argv[0].strip("-")
+        assert run("up", *argv, "--dir", str(d), "--broadcast", "tree", "--link-plane", "2", "--timeout", "60") == 0
+        try:
+            peers = launcher.load_state(d).peers
+            names = {p.peer_id: i for i, p in enumerate(peers)}
+            grid = plane.delays_ms(len(peers))
+            for i, p in enumerate(peers):
+                cfg = PeerConfig.load(Path(p.config))
+                assert cfg.broadcast == "tree"
+                assert {names[pid]: ms for pid, ms in cfg.link_delays_ms} == {j: grid[i][j] for j in range(len(peers))
+                                                                              if j != i}
+        finally:
+            launcher.down(d)
+    assert run("up", "--peers", "2", "--dir", str(tmp_path / "bad"), "--link-plane", "-1") == 2
+    assert "testnet.link_plane.seed: -1 is outside" in capsys.readouterr().err
+
+
 # --- sharded peers: shard workers per device ---------------------------------------------
 
 SHARDED = """
