@@ -6,7 +6,7 @@ and per-row token limits are exercised without weights on disk. Every answer is 
 reference: the same model answering one question at a time without the shared prompt prefix's KV
 cache (``prefix_cache=False``), i.e. as before batching and the cache existed. Tests marked
 ``models`` compare the bundled SmolLM2 and Gemma-3 over the shipped questions at batch sizes 1, 4
-and 8, over the prefix cache, against that reference. A node-level
+and 8 (each question in one of them), over the prefix cache, against that reference. A node-level
 test checks that concurrent questions share engine calls and decide as before.
 """
 
@@ -149,6 +149,22 @@ def test_each_row_keeps_its_own_token_limit(generator: Generator) -> None:
     assert all(g.new_tokens <= m for g, m in zip(batch, limits))
 
 
+def test_finished_rows_skip_the_output_head(generator: Generator) -> None:
+    generator.generate(QUESTIONS[0], 1)  # the shared prefix is computed (one row of the head) beforehand
+    head = generator.model.get_output_embeddings()
+    rows: list[int] = []
+    hook = head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    try:
+        batch = generator.generate_batch(QUESTIONS, 24)
+    finally:
+        hook.remove()
+    assert generator.model.get_output_embeddings() is head  # put back after the batch
+    made = [g.new_tokens for g in batch]
+    assert len(rows) == max(made) and rows[0] == len(QUESTIONS)  # the prefill, then one call per decode step
+    assert rows == [sum(n > step for n in made) for step in range(max(made))]  # each step: the unfinished rows
+    assert [(g.text, g.new_tokens) for g in batch] == one_by_one(generator, QUESTIONS, [24] * len(QUESTIONS))
+
+
 def test_a_batch_shares_one_wall_time_and_takes_no_question_twice(generator: Generator) -> None:
     batch = generator.generate_batch(QUESTIONS[:3], 8)
     assert len(batch) == 3 and len({g.seconds for g in batch}) == 1 and batch[0].seconds > 0
@@ -250,6 +266,34 @@ def test_batched_log_probabilities_equal_one_by_one(generator: Generator) -> Non
     for x, y in zip(batched, alone):
         assert x == y == float("-inf") or abs(x - y) < 1e-4
     assert generator.answer_logprobs(q, []) == []
+
+
+def full_head_logprob(gen: Generator, question: str, answer: str) -> float:
+    """The judge's score as first written: the output head over every position of prompt and answer."""
+    prompt, cont = gen._judge_prompt(question), gen._continuation(answer)
+    if not cont:
+        return float("-inf")
+    with torch.inference_mode():
+        logits = gen.model(input_ids=torch.tensor([prompt + cont])).logits[0]
+    step = logits[len(prompt) - 1:len(prompt) - 1 + len(cont)]
+    return float(torch.log_softmax(step.float(), dim=-1)[torch.arange(len(cont)), torch.tensor(cont)].mean())
+
+
+def test_log_probabilities_run_the_output_head_only_at_the_answers_positions(generator: Generator) -> None:
+    q = QUESTIONS[2]
+    heads: list[int] = []
+    hook = generator.model.lm_head.register_forward_hook(
+        lambda module, args, out: heads.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))  # rows of the head
+    try:
+        scores = generator.answer_logprobs(q, ANSWERS)
+        single = generator.answer_logprob(q, ANSWERS[1])
+    finally:
+        hook.remove()
+    tokens = [len(generator._continuation(a)) for a in ANSWERS]
+    assert heads == [sum(tokens), tokens[1]]  # one row of the head per answer token, none for the prompt
+    full = [full_head_logprob(generator, q, a) for a in ANSWERS]
+    for x, y in zip(scores + [single], full + [full[1]]):
+        assert x == y == float("-inf") or abs(x - y) < 1e-4
 
 
 def test_the_llm_judge_scores_a_questions_answers_in_one_pass(generator: Generator) -> None:
@@ -368,13 +412,21 @@ async def test_max_batch_bounds_a_batch_and_one_means_one_at_a_time() -> None:
 # --- the bundled models ----------------------------------------------------------------------
 
 def shipped_questions() -> list[str]:
-    """Every 4th shipped question (32, every topic); MULTILLMN_ALL_QUESTIONS=1: all of them."""
+    """Every 8th shipped question (16, every topic); MULTILLMN_ALL_QUESTIONS=1: all of them."""
     import os
 
     from multillmn.questions import load_questions
 
     questions = [q.question for q in load_questions()]
-    return questions if os.environ.get("MULTILLMN_ALL_QUESTIONS") == "1" else questions[::4]
+    return questions if os.environ.get("MULTILLMN_ALL_QUESTIONS") == "1" else questions[::8]
+
+
+def batch_sizes(n: int, sizes: Sequence[int] = (1, 4, 8, 2, 1)) -> list[int]:
+    """``n`` questions cut into batches of the given sizes in turn (alone, 4 and 8 all occur for n >= 13)."""
+    out: list[int] = []
+    while sum(out) < n:
+        out.append(min(sizes[len(out) % len(sizes)], n - sum(out)))
+    return out
 
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
@@ -386,24 +438,23 @@ def bundled(request: pytest.FixtureRequest) -> Generator:
 
 @pytest.mark.models
 def test_bundled_models_answer_in_batches_as_one_at_a_time(bundled: Generator) -> None:
-    """Over the prefix cache (if the model ships with it), alone and in batches of 4 and 8, against the
-    plain reference: one question at a time, no cache."""
+    """Over the prefix cache (if the model ships with it), alone and in batches of 4 and 8 (each question in
+    one of them), against the plain reference: one question at a time, no cache."""
     questions = shipped_questions()
     alone = one_by_one(bundled, questions, [48] * len(questions))
     before = bundled.prefix_statistics()
     assert before.enabled == bundled.spec.prefix_cache
-    cached = [(g.text, g.new_tokens) for g in (bundled.generate(q, 48) for q in questions)]
-    differ = [(q, a, b) for q, a, b in zip(questions, alone, cached) if a != b]
-    assert not differ, f"alone over the cache: {differ}"
-    for size in (4, 8):
-        together = []
-        for i in range(0, len(questions), size):
-            together += [(g.text, g.new_tokens) for g in bundled.generate_batch(questions[i:i + size], 48)]
-        differ = [(q, a, b) for q, a, b in zip(questions, alone, together) if a != b]
-        assert not differ, f"batch {size}: {differ}"
+    sizes = batch_sizes(len(questions))
+    assert {1, 4, 8} <= set(sizes)
+    start = 0
+    for size in sizes:
+        together = [(g.text, g.new_tokens) for g in bundled.generate_batch(questions[start:start + size], 48)]
+        differ = [(q, a, b) for q, a, b in zip(questions[start:], alone[start:], together) if a != b]
+        assert not differ, f"batch of {size}: {differ}"
+        start += size
     stats = bundled.prefix_statistics()
     over_cache = stats.cached_rows - before.cached_rows
-    assert over_cache == (3 * len(questions) if stats.enabled else 0)  # every prompt starts with the prefix
+    assert over_cache == (len(questions) if stats.enabled else 0)  # every prompt starts with the prefix
 
 
 @pytest.mark.models
@@ -411,5 +462,6 @@ def test_bundled_models_log_probabilities_in_one_pass(bundled: Generator) -> Non
     q = "What is the capital of France?"
     answers = ["Paris", "The capital of France is Paris.", "The capital of France is Berlin.", "Lyon, I think"]
     alone = [reference(bundled).answer_logprob(q, a) for a in answers]
-    for x, y in zip(bundled.answer_logprobs(q, answers), alone):
-        assert abs(x - y) < 1e-4
+    full = [full_head_logprob(bundled, q, a) for a in answers]  # the head over every position, as before
+    for x, y, z in zip(bundled.answer_logprobs(q, answers), alone, full):
+        assert abs(x - y) < 1e-4 and abs(x - z) < 1e-4

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -93,6 +93,51 @@ class TokenLimits(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         done = (input_ids.shape[1] - self._prompt_len) >= self._limits.to(input_ids.device)
         return done  # type: ignore[return-value]
+
+
+class FinishedRows(StoppingCriteria):
+    """Records which rows of a batch have finished (a stop token, the newline stop, their token limit);
+    stops nothing itself. :class:`HeadForUnfinished` reads it."""
+
+    def __init__(self, stops: Callable[[int], bool], limits: Sequence[int], prompt_len: int) -> None:
+        self._stops = stops
+        self._limits = list(limits)
+        self._prompt_len = prompt_len
+        self.done: list[bool] = [False] * len(limits)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        made = input_ids.shape[1] - self._prompt_len
+        for i, row in enumerate(input_ids):
+            if not self.done[i] and made > 0 and (self._stops(int(row[-1])) or made >= self._limits[i]):
+                self.done[i] = True
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class HeadForUnfinished(torch.nn.Module):
+    """The model's output head, run only on the rows that have not finished.
+
+    ``generate`` replaces a finished row's next token by padding whatever its logits, so they are left
+    at zero; with Gemma-3's 262k-token head most of a decode step, this saves what the finished rows of
+    a batch would cost. The unfinished rows' logits are computed by the same head on the same hidden
+    states (``tests/test_generation_batch.py`` checks the answers against one question at a time).
+    """
+
+    def __init__(self, head: torch.nn.Module, finished: FinishedRows) -> None:
+        super().__init__()
+        self.head = head
+        self.finished = finished
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        done = self.finished.done
+        if hidden.shape[0] != len(done) or not any(done):
+            return self.head(hidden)  # type: ignore[no-any-return]
+        active = torch.tensor([not d for d in done], dtype=torch.bool)
+        if not bool(active.any()):
+            active[0] = True
+        part: torch.Tensor = self.head(hidden[active])
+        out = part.new_zeros((hidden.shape[0], *part.shape[1:]))
+        out[active] = part
+        return out
 
 
 class Generator:
@@ -174,6 +219,9 @@ class Generator:
         tokens attend only to what precedes them, so the padding after them
         changes nothing they see. With the prefix cache on, only the prompt's
         own suffix and the answers run (position ids follow the cache's length).
+        The output head runs only at the positions that predict an answer's
+        tokens (``logits_to_keep``), not over the whole vocabulary at every
+        position of the prompt.
         """
         prompt = self._judge_prompt(question)
         conts = [self._continuation(a) for a in answers]
@@ -189,22 +237,29 @@ class Generator:
             head = len(prompt) - len(suffix) if suffix is not None else 0
             body = prompt[head:]
             width = len(body) + longest
-            if len(rows) == 1 and not head:  # one unpadded row: exactly the single forward pass of before
-                logits = self.model(input_ids=torch.tensor([body + conts[rows[0]]])).logits
+            # The output head (Gemma-3's: 262k tokens) only where a row predicts one of its answer's tokens.
+            keep = torch.zeros(len(rows), width, dtype=torch.bool)
+            for r, i in enumerate(rows):
+                keep[r, len(body) - 1:len(body) - 1 + len(conts[i])] = True
+            if len(rows) == 1 and not head:  # one unpadded row: the single forward pass of before
+                logits = self.model(input_ids=torch.tensor([body + conts[rows[0]]]), logits_to_keep=keep).logits
             else:
                 ids = torch.tensor([body + conts[i] + [self._pad_id] * (width - len(body) - len(conts[i]))
                                     for i in rows])
                 mask = torch.tensor([[1] * (head + len(body) + len(conts[i]))
                                      + [0] * (width - len(body) - len(conts[i])) for i in rows])
                 extra: dict[str, Any] = {"cache": self._prefix.copy_for(len(rows)), "use_cache": True} if head else {}
-                logits = self.model(input_ids=ids, attention_mask=mask, **extra).logits
+                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
             if head:
                 self._prefix.cached_rows += len(rows)
             else:
                 self._prefix.uncached_rows += len(rows)
-        for r, i in enumerate(rows):
+        logits = logits.reshape(-1, logits.shape[-1])  # the kept positions, row after row
+        start = 0
+        for i in rows:
             cont = conts[i]
-            step = logits[r, len(body) - 1:len(body) - 1 + len(cont)]
+            step = logits[start:start + len(cont)]
+            start += len(cont)
             logp = torch.log_softmax(step.float(), dim=-1)[torch.arange(len(cont)), torch.tensor(cont)]
             out[i] = float(logp.mean())
         return out
@@ -297,14 +352,24 @@ class Generator:
         if min(limits) < max(limits):
             stopping.append(TokenLimits(limits, width))
         extra: dict[str, Any] = {"cache": self._prefix.copy_for(len(prompts))} if prefix else {}
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                stopping_criteria=stopping,
-                **extra,
-            )
+        output_head = self.model.get_output_embeddings() if len(prompts) > 1 else None
+        if output_head is not None:  # finished rows skip the output head
+            finished = FinishedRows(
+                lambda t: self._stops(t) or (newline is not None and newline.has_newline(t)), limits, width)
+            stopping.append(finished)
+            self.model.set_output_embeddings(HeadForUnfinished(output_head, finished))
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=config,
+                    stopping_criteria=stopping,
+                    **extra,
+                )
+        finally:
+            if output_head is not None:
+                self.model.set_output_embeddings(output_head)
         rows = []
         for row, limit in zip(out, limits):
             new = [int(t) for t in row[width:width + limit]]
