@@ -25,7 +25,7 @@ peer's decode steps stream), ``token_ratio`` = tokens/s over the one-stream boun
 bytes per step (above 1 only by batching).
 
     nice -n 5 .venv/bin/python bench/throughput.py            # about 12 minutes
-    .venv/bin/python bench/throughput.py --quick --out /tmp/t.json   # smoke test (1 and 4 clients, short)
+    .venv/bin/python bench/throughput.py --quick --out /tmp/t.json   # smoke test (2 clients, 5 s)
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,6 +131,7 @@ class Loop:
     latencies: list[float] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
     peer_answers: dict[str, dict[str, str]] = field(default_factory=dict)  # question -> moniker -> text
+    timings: list[dict[str, int]] = field(default_factory=list)  # per query: the reply's timings (ms)
     errors: list[str] = field(default_factory=list)
     rejected: int = 0
     unfinished: int = 0
@@ -183,6 +185,7 @@ def closed_loop(urls: list[str], questions: list[str], clients: int, seconds: fl
                     reply = r.json()
                     with out.lock:
                         out.latencies.append(time.monotonic() - t0)
+                        out.timings.append(query_timings(reply))
                         out.answers.setdefault(q, str(reply.get("answer", "")))
                         for a in reply.get("answers", []):
                             out.peer_answers.setdefault(q, {}).setdefault(str(a.get("moniker")), str(a.get("text")))
@@ -194,6 +197,50 @@ def closed_loop(urls: list[str], questions: list[str], clients: int, seconds: fl
     for t in threads:
         t.join(timeout=max(0.0, hard - time.monotonic()) + timeout_s)
     return out, time.monotonic() - start
+
+
+def query_timings(reply: dict[str, Any]) -> dict[str, int]:
+    """Where one query's time went at the peer that answered the client (ms): ``generation`` from its
+    arrival to a quorum of answers, ``consensus`` from then to the decision (``protocol`` from the
+    height's first proposal), ``total``; and the peers' own answers' ``gen_ms`` (their batch's wall time)."""
+    t = reply.get("timings") or {}
+    out = {k: int(t[f"{k}_ms"]) for k in ("total", "generation", "consensus", "protocol")
+           if isinstance(t.get(f"{k}_ms"), int)}
+    gens = sorted(int(a["generation_ms"]) for a in reply.get("answers", []) if isinstance(a.get("generation_ms"), int))
+    if gens:
+        out["answer_gen_min"], out["answer_gen_max"] = gens[0], gens[-1]
+    return out
+
+
+def timing_summary(timings: list[dict[str, int]], records: dict[str, list[dict[str, Any]]],
+                   elapsed: float) -> dict[str, Any]:
+    """Medians of the queries' timings (ms) and, per peer from its "answered" log records, the median wait
+    of a question before its batch started (``waited_ms``, if logged), the median batch wall time and the
+    share of the cell the peer's model was busy."""
+    def median(values: list[int]) -> int | None:
+        return int(statistics.median(values)) if values else None
+
+    keys = sorted({k for t in timings for k in t})
+    out: dict[str, Any] = {f"{k}_ms_p50": median([t[k] for t in timings if k in t]) for k in keys}
+    peers = {}
+    for name, recs in records.items():
+        answered = [r for r in recs if r.get("msg") == "answered"]
+        batches = {(r.get("batch"), r.get("gen_ms"), r.get("started_ms")) for r in answered}
+        busy = sum(int(b[1] or 0) for b in batches) / 1000
+        peers[name] = {"waited_ms_p50": median([int(r["waited_ms"]) for r in answered if isinstance(r.get("waited_ms"), int)]),
+                       "batch_ms_p50": median([int(r["gen_ms"]) for r in answered if isinstance(r.get("gen_ms"), int)]),
+                       "busy_share": round(busy / elapsed, 3) if elapsed else None}
+    out["peers"] = peers
+    return out
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far (``/proc``), or None."""
+    try:
+        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def log_records(path: Path, offset: int) -> list[dict[str, Any]]:
@@ -289,13 +336,17 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
     offsets = {p.name: Path(p.log).stat().st_size for p in peers}
     heights0 = [fetch_status(u).get("decided_heights", 0) for u in urls]
     load = os.getloadavg()[0]
+    cpu0 = {p.name: cpu_seconds(p.pid) for p in peers}
     loop, elapsed = closed_loop(urls, questions, clients, seconds, drain_s, timeout_s=300)
+    cpu = {p.name: (c1 - c0) if (c0 := cpu0[p.name]) is not None and (c1 := cpu_seconds(p.pid)) is not None else None
+           for p in peers}
     statuses = [fetch_status(u) for u in urls]
     heights = max(int(s.get("decided_heights", 0) or 0) for s in statuses) - max(int(h or 0) for h in heights0)
     per_peer = []
+    records = {p.name: log_records(Path(p.log), offsets[p.name]) for p in peers}
     for p, st in zip(peers, statuses):
         info = infos[p.model]
-        groups = batches_of(log_records(Path(p.log), offsets[p.name]), info.tokenizer, max_new_tokens)
+        groups = batches_of(records[p.name], info.tokenizer, max_new_tokens)
         tokens = sum(sum(g) for g in groups)
         steps = sum(max(g) for g in groups)
         limit = bandwidth / info.weight_bytes_per_step
@@ -310,9 +361,11 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
             "bw_ratio": round(info.weight_bytes_per_step * steps / elapsed / bandwidth, 3),
             "token_ratio": round(tokens / elapsed / limit, 3),
             "status_generation": st.get("generation"),
+            "cpu_s": None if cpu[p.name] is None else round(cpu[p.name] or 0.0, 1),
         })
     done = len(loop.latencies)
-    cell = {
+    timing = timing_summary(loop.timings, records, elapsed)
+    cell: dict[str, Any] = {
         "mode": net.mode, "clients": clients, "seconds": round(elapsed, 1), "load_average_at_start": load,
         "completed": done, "queries_per_s": round(done / elapsed, 3),
         "p50_s": None if not done else round(statistics.median(loop.latencies), 2),
@@ -321,6 +374,11 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
         "rejected_429": loop.rejected, "errors": len(loop.errors), "error_examples": loop.errors[:3],
         "unfinished": loop.unfinished, "decided_heights": heights,
         "queries_per_height": round(done / heights, 2) if heights else None,
+        "timing": timing,
+        # the compute a query cost: the peers' CPU seconds over the cell per completed query, against the
+        # core-seconds the machine had (cores x elapsed)
+        "peer_cpu_s_per_query": round(sum(c or 0.0 for c in cpu.values()) / done, 2) if done else None,
+        "peer_cpu_share_of_machine": round(sum(c or 0.0 for c in cpu.values()) / ((os.cpu_count() or 1) * elapsed), 3),
         "peers": per_peer, "answers": loop.answers, "peer_answers": loop.peer_answers,
     }
     net.cells.append(cell)
@@ -328,6 +386,13 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
     say(f"[{net.mode}] {clients:>2} clients: {cell['queries_per_s']:.3f} q/s, p50 {cell['p50_s']} s, "
         f"p99 {cell['p99_s']} s, {done} done, {loop.unfinished} unfinished, {loop.rejected} x 429, "
         f"{len(loop.errors)} errors, q/height {cell['queries_per_height']}, max batch {sizes}, load {load:.1f}")
+    t = timing
+    say(f"[{net.mode}] {clients:>2} clients: peers' CPU {cell['peer_cpu_s_per_query']} s per query, "
+        f"{cell['peer_cpu_share_of_machine']} of the machine's cores")
+    say(f"[{net.mode}] {clients:>2} clients: p50 ms generation {t.get('generation_ms_p50')} consensus "
+        f"{t.get('consensus_ms_p50')} protocol {t.get('protocol_ms_p50')} total {t.get('total_ms_p50')}; per peer "
+        + "; ".join(f"{k} wait {v['waited_ms_p50']} batch {v['batch_ms_p50']} busy {v['busy_share']}"
+                    for k, v in t["peers"].items()))
     return cell
 
 
@@ -466,8 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=40, help="how long the clients keep asking per cell")
     parser.add_argument("--drain-s", type=float, default=150, help="most time to wait for queries in flight")
     parser.add_argument("--modes", default="batched,off", help="batched, off and/or nocache (batched without the prompt prefix's KV cache)")
+    parser.add_argument("--mode", action="append", default=[], metavar="NAME:SECTION.KEY=VALUE,...",
+                        help="define another mode by its overrides (e.g. batch16:model.max_batch=16), then list it in --modes")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 and 4 clients, 8 s each")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 clients for 5 s")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/throughput-DATE.json)")
     parser.add_argument("--step-cost", action="store_true",
                         help="only measure prefill and decode-step time per batch size in-process (continuous batching)")
@@ -480,8 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
         return 0
     if args.quick:
-        args.clients, args.seconds, args.drain_s = "1,4", 8.0, 120.0
+        args.clients, args.seconds, args.drain_s = "2", 5.0, 120.0
     clients_list = [int(c) for c in args.clients.split(",")]
+    for spec in args.mode:
+        name, _, items = spec.partition(":")
+        MODES[name] = {k: int(v) for k, v in (item.split("=", 1) for item in items.split(",") if item)}
     modes = args.modes.split(",")
     if set(modes) - set(MODES):
         parser.error(f"modes are {sorted(MODES)}")
@@ -503,12 +573,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     nets: list[Net] = []
     try:
-        for mode in modes:  # both testnets run at once; an idle one costs next to nothing
+        starting = []
+        for mode in modes:  # the testnets start together and run at once; an idle one costs next to nothing
             overrides, missing = supported_overrides(MODES[mode])
             missing_all |= set(missing)
             if missing:
                 say(f"[{mode}] config has no {', '.join(missing)}: left out")
-            nets.append(start_net(mode, overrides, args.max_new_tokens, say))
+            starting.append((mode, overrides))
+        with ThreadPoolExecutor(len(starting)) as pool:
+            futures = []
+            for mode, overrides in starting:  # a few seconds apart: each net's free ports are taken before the next picks
+                futures.append(pool.submit(start_net, mode, overrides, args.max_new_tokens, say))
+                time.sleep(3)
+            failed = [f.exception() for f in futures if f.exception() is not None]
+            nets = [f.result() for f in futures if f.exception() is None]
+        if failed:
+            raise RuntimeError(f"a testnet did not start: {failed[0]}") from failed[0]
         for net in nets:
             closed_loop(net.urls, questions[:4], 4, 0.1, 300, 300)  # warm-up: one query per peer
         for clients in clients_list:  # the modes' cells alternate, so both see the machine's load alike

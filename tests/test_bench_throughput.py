@@ -35,6 +35,34 @@ def test_batches_are_read_from_the_answered_log_records() -> None:
     assert throughput.batches_of(records, _Tok(), max_new_tokens=6) == [[3, 5, 2], [2], [6]]
 
 
+def test_where_a_querys_time_went_is_read_from_replies_and_logs() -> None:
+    reply = {"timings": {"total_ms": 900, "generation_ms": 700, "consensus_ms": 200, "protocol_ms": 50},
+             "answers": [{"generation_ms": 650}, {"generation_ms": 400}, {"generation_ms": "x"}]}
+    t = throughput.query_timings(reply)
+    assert t == {"total": 900, "generation": 700, "consensus": 200, "protocol": 50,
+                 "answer_gen_min": 400, "answer_gen_max": 650}
+    assert throughput.query_timings({}) == {}
+    records = {"peer0": [
+        {"msg": "answered", "batch": 2, "gen_ms": 1000, "started_ms": 5, "waited_ms": 100},
+        {"msg": "answered", "batch": 2, "gen_ms": 1000, "started_ms": 5, "waited_ms": 300},
+        {"msg": "answered", "batch": 1, "gen_ms": 1000, "started_ms": 2000, "waited_ms": 0},
+        {"msg": "decided"},
+    ]}
+    summary = throughput.timing_summary([t, {"total": 1100, "generation": 900}], records, elapsed=4.0)
+    assert summary["total_ms_p50"] == 1000 and summary["consensus_ms_p50"] == 200
+    assert summary["peers"]["peer0"] == {"waited_ms_p50": 100, "batch_ms_p50": 1000, "busy_share": 0.5}
+
+
+def test_cpu_seconds_of_a_process() -> None:
+    import os
+
+    before = throughput.cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    after = throughput.cpu_seconds(os.getpid())
+    assert before is not None and after is not None and after > before
+    assert throughput.cpu_seconds(None) is None
+
+
 def test_overrides_missing_from_the_config_are_reported() -> None:
     ok, missing = throughput.supported_overrides({"model.max_batch": 1, "consensus.no_such_key": 1})
     assert ok == {"model.max_batch": 1} and missing == ["consensus.no_such_key"]
@@ -62,7 +90,7 @@ def test_quick_run_reports_both_modes(tmp_path: Path) -> None:
     modes = {m["mode"]: m for m in result["modes"]}
     assert set(modes) == {"batched", "off"}
     for mode in modes.values():
-        assert [c["clients"] for c in mode["cells"]] == [1, 4]
+        assert [c["clients"] for c in mode["cells"]] == [2]
         for cell in mode["cells"]:
             assert cell["completed"] > 0 and cell["errors"] == 0 and cell["p50_s"] > 0
             assert {p["model"] for p in cell["peers"]} == {"smollm2", "gemma3"}
