@@ -1,0 +1,91 @@
+"""WBFT with and without judges' verdicts (ADR 0022) on the real testnet, side by side.
+
+Runs ``bench/accuracy.py``'s all-honest scenario on 4 peers (2 SmolLM2 + 2
+Gemma-3, equal weights) twice on the same consecutive shipped questions:
+genesis ``verdict_rule = "none"`` (today's rule) and ``"veto"`` (margin 500).
+Reports per rule: questions decided right, reachable ones (some peer right),
+how many of the reachable were decided right, and the p50 / p90 latency of
+a query as the client sees it.
+
+    flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/accuracy_verdicts.py --queries 24 \\
+        --json bench/results/accuracy-verdicts.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench.accuracy as accuracy  # noqa: E402
+import testnet.launcher as launcher  # noqa: E402
+from multillmn import canonical  # noqa: E402
+from multillmn.genesis import Params  # noqa: E402
+from multillmn.questions import load_questions  # noqa: E402
+from peers.ledger import value_of_certificate  # noqa: E402
+
+
+def run(rule: str, queries: int, base: Path, skip: int = 0) -> dict[str, Any]:
+    """One testnet whose genesis has ``verdict_rule = rule``; the scenario's figures and latencies."""
+    real_params, real_ask = launcher.Params, accuracy.ask
+    seconds: list[float] = []
+
+    def params(**kw: Any) -> Params:  # the launcher builds its genesis from Params(...): set the rule there
+        return replace(real_params(**kw), verdict_rule=rule)
+
+    carried: list[list[list[Any]]] = []  # per query: the verdicts its outcome carried, [judge, [[answerer, v]]]
+
+    def ask(url: str, question: str) -> dict[str, Any]:
+        start = time.monotonic()
+        reply: dict[str, Any] = real_ask(url, question)
+        seconds.append(time.monotonic() - start)
+        value = value_of_certificate(reply["certificate"])
+        verdicts = [] if value is None else [canonical.unpack(e.body) for e in value.outcomes()[0].verdicts]
+        carried.append([[v["judge"][:8], [[p[:8], x] for p, x in v["verdicts"]]] for v in verdicts])
+        return reply
+
+    launcher.Params = params  # type: ignore[assignment,misc]
+    accuracy.ask = ask  # type: ignore[assignment]
+    accuracy.SCENARIOS["4"] = (4, 0, 1, 1)
+    try:
+        result = accuracy.run_scenario("4", load_questions()[skip:skip + queries], "collude", base / rule)
+    finally:
+        launcher.Params, accuracy.ask = real_params, real_ask  # type: ignore[misc]
+    reachable = [h for h in result.heights if any(a["correct"] for a in h["answers"])]
+    ordered = sorted(seconds)
+    return {
+        "rule": rule, "queries": result.wbft.total, "right": result.wbft.correct, "reachable": len(reachable),
+        "right_of_reachable": sum(h["correct"] for h in reachable),
+        "models": {m: t.correct for m, t in sorted(result.models.items())},
+        "p50_s": round(ordered[len(ordered) // 2], 2), "p90_s": round(ordered[(9 * len(ordered)) // 10], 2),
+        "verdicts_carried": sum(len(c) for c in carried),
+        "heights": [{**h, "verdicts": c} for h, c in zip(result.heights, carried, strict=True)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queries", type=int, default=24)
+    parser.add_argument("--skip", type=int, default=0, help="start after this many shipped questions")
+    parser.add_argument("--rules", default="none,veto")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    out = []
+    with tempfile.TemporaryDirectory(prefix="accuracy-verdicts-") as tmp:
+        for rule in args.rules.split(","):
+            r = run(rule, args.queries, Path(tmp), args.skip)
+            out.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "heights"}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
