@@ -15,7 +15,8 @@ steps, and questions that arrive meanwhile form the next batch.
 The prompt's shared prefix (few-shot examples, or the chat template's system
 and example turns) is run once per model; its KV cache (:mod:`.prefix`) is
 copied to each batch's rows, so a batch prefills only each question's own
-tokens, padded between prefix and suffix (ADR 0019, addendum 2).
+tokens, padded between prefix and suffix (ADR 0019, addendum 2). A batch's finished rows skip the
+output head (:class:`HeadForUnfinished`; addendum 3).
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class HeadForUnfinished(torch.nn.Module):
     at zero; with Gemma-3's 262k-token head most of a decode step, this saves what the finished rows of
     a batch would cost. The unfinished rows' logits are computed by the same head on the same hidden
     states (``tests/test_generation_batch.py`` checks the answers against one question at a time).
+    It is swapped in only for one batch's ``generate``, under the :class:`Generator`'s lock, which
+    every other use of the model (the judge's :meth:`Generator.answer_logprobs`) also takes.
     """
 
     def __init__(self, head: torch.nn.Module, finished: FinishedRows) -> None:
