@@ -11,7 +11,10 @@ shipped questions (``multillmn.questions``) in a closed loop, round-robin over t
 fixed time; queries started before the end are waited for (up to ``--drain-s``). Reported per
 cell: queries/s (completed / time until the last one), client-side p50 / p99 latency, 429
 rejections (retried after ``Retry-After``), decided heights and queries per height, and per peer
-the batch sizes its model ran and its generated tokens/s against the memory-bandwidth limit.
+the batch sizes its model ran and its generated tokens/s against the memory-bandwidth limit. Where
+a query's time went (``timing``): the replies' timings (arrival to answer quorum, then to the
+decision) and per peer its questions' wait before their batch, its batch time and busy share (from
+its log); and the peers' CPU seconds per completed query against the machine's cores (``/proc``).
 
 Batch sizes and tokens come from the peers' JSON logs ("answered" records carry ``batch`` and the
 answer text; one batch is a run of records with the same ``batch`` and ``gen_ms``); tokens are the
@@ -24,7 +27,7 @@ peer reads every weight once (``weight_bytes_per_step``: 0.54 GB SmolLM2, 1.07 G
 peer's decode steps stream), ``token_ratio`` = tokens/s over the one-stream bound bandwidth /
 bytes per step (above 1 only by batching).
 
-    nice -n 5 .venv/bin/python bench/throughput.py            # about 12 minutes
+    nice -n 5 .venv/bin/python bench/throughput.py            # about 10 minutes
     .venv/bin/python bench/throughput.py --quick --out /tmp/t.json   # smoke test (2 clients, 5 s)
 """
 
