@@ -2,8 +2,11 @@ r"""Decision latency of tree broadcast against the full mesh on the real multi-p
 
     # scripted answers (no model: the broadcast's share of decision latency), both testnets at once
     flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/broadcast_testnet.py --engine scripted --queries 24
-    # real models (generation dominates), fewer questions, one testnet after the other (memory)
+    # real models (generation dominates), fewer questions; 16 SmolLM2 peers at once left 16.5 GB of 23 free
     flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/broadcast_testnet.py --engine models --queries 6 \
+        --models smollm2 --max-new-tokens 16 --label models-together
+    # or one testnet after the other (less memory; the machine's load may differ between them)
+    flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/broadcast_testnet.py --engine models --queries 8 \
         --models smollm2 --max-new-tokens 16 --sequential
 
 Every command merges its result into ``--json`` (default
