@@ -154,8 +154,10 @@ def counters(net: Net) -> list[dict[str, int]]:
         for key in ("frames_sent", "frame_bytes_sent", "latency_frames_sent", "sent_direct", "core_duplicates",
                     "core_delivered", "core_grafts_sent"):
             row[key] = int(b.get(key, 0))
-        row.update({k: int(v) for k, v in b.items() if k.startswith("core_") and isinstance(v, int)
+        row.update({k: int(v) for k, v in b.items() if k.startswith(("core_", "rtt_")) and isinstance(v, int)
                     and not isinstance(v, bool)})
+        row.update({k: int(b.get(k, 0)) for k in ("trees_computed", "matrices_adopted", "timers_dropped",
+                                                   "inbound_dropped")})
         out.append(row)
     return out
 
@@ -228,6 +230,10 @@ def summarise(net: Net, before: list[dict[str, int]], after: list[dict[str, int]
         if net.mode == "tree" and delta["core_delivered"] else None,
         "tree_grafts": delta["core_grafts_sent"] if net.mode == "tree" else None,
         "tree_core_counters": {k.removeprefix("core_"): v for k, v in delta.items() if k.startswith("core_") and v}
+        if net.mode == "tree" else None,
+        "tree_host_counters": {k: v for k, v in delta.items()
+                               if v and k in ("trees_computed", "matrices_adopted", "rtt_reported", "rtt_rows_taken",
+                                              "core_matrix_changes", "timers_dropped", "inbound_dropped")}
         if net.mode == "tree" else None,
         "asked": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in q.items() if k != "t0"}
                   for q in net.asked],

@@ -39,6 +39,7 @@ from peers.broadcast import (
     max_latency,
     message_id,
 )
+from peers.broadcast._core import _ParentTimer
 from peers.broadcast._simnet import SimNet, fake_validate, make_payload
 from multillmn.canonical import pack
 
@@ -401,8 +402,10 @@ def test_a_silent_tree_parent_is_routed_around_for_that_origin() -> None:
     assert sends == [(announcer, Graft(origin, (mid,)))]  # not blamed yet: it may only be late
     assert b.score(silent) == 0
     effects = b.receive(announcer, encode(Gossip(origin, payload, 2)), 0.3)
-    (check,) = [e for e in effects if isinstance(e, Schedule) and e.delay_s == b.config.graft_timeout_s]
-    sends = _sends(b.fire(check.timer, 0.55))  # still nothing from it: silent
+    (check,) = [e for e in effects if isinstance(e, Schedule) and isinstance(e.timer, _ParentTimer)]
+    # judged silent, not late, only past the silence timeout plus the round trip to it
+    assert check.delay_s == b.config.silence_timeout_s + b.matrix.get("p003", silent) + b.matrix.get(silent, "p003")
+    sends = _sends(b.fire(check.timer, 0.3 + check.delay_s))  # still nothing from it: silent
     assert (origin, Suspect(silent)) in sends  # told to the origin, which owns the tree
     (replacement,) = [to for to, f in sends if f == Graft(origin, ())]  # subscribe to the new parent
     assert replacement != silent and b._view(origin).parent == replacement  # noqa: SLF001

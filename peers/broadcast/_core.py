@@ -20,16 +20,17 @@ Protocol (Plumtree, Leitão et al. 2007, with trees from a latency matrix):
 * **GRAFT**: a digest of a message not received within ``graft_timeout_s``
   makes the peer ask an announcer (best score, then nearest) for it; the
   announcer sends it and pushes that origin's later messages eagerly. No
-  answer within the timeout: the next announcer, and the silent one is
-  scored down.
+  answer within the timeout plus the round trip to it (by the matrix): the
+  next announcer, and the silent one is scored down, a penalty refunded if
+  its copy comes in after all (late, as a loaded peer is, is not silent).
 * **PRUNE**: a payload received twice eagerly prunes the link it came in
   on the second time (the slower path) for that origin, unless the second
   copy came from the tree parent: then the first sender's link is pruned,
   so the eager links settle on the tree.
 * **Silent parents and the origin's exclusions.** A message that arrives
   other than from the tree parent (a graft, a link off the tree) starts a
-  check: if the parent has not forwarded it ``graft_timeout_s`` later, it is
-  silent, not merely late. The peer scores it down, moves itself (with its
+  check: if the parent has not forwarded it ``silence_timeout_s`` plus the
+  round trip to it later, it is silent, not merely late. The peer scores it down, moves itself (with its
   subtree) to the best other parent in its view
   (:func:`~peers.broadcast._trees.reparent`; an empty GRAFT there) and tells
   the origin (SUSPECT). The origin owns its tree: it acts on a report only
@@ -48,6 +49,13 @@ Protocol (Plumtree, Leitão et al. 2007, with trees from a latency matrix):
   open no new repairs. (It is not taken out of trees by score: views change
   only with the origin's list and the parents seen failing for that origin,
   so they cannot flap as a score crosses the threshold and back.)
+
+**A new latency matrix** (:meth:`Broadcaster.adopt_matrix`: the host's
+snapshot, its trees built ahead) switches every origin's view at once; a
+peer whose parent changed sends it an empty GRAFT, and a peer drops the
+PRUNEs of its new children: peers switch at slightly different moments,
+and a PRUNE sent while their trees differed must not keep a tree link
+silent afterwards (issue 13's testnet outliers).
 
 Every payload is checked by ``validate`` (the origin's signature: it returns
 the origin's peer id or None) before it is delivered, stored or relayed, and
@@ -94,7 +102,8 @@ class BroadcastConfig:
     fanout: int = 3  # children per node in a tree (upload bound)
     lazy_degree: int = 6  # lazy neighbours that get IHAVE digests
     lazy_delay_s: float = 0.05  # digests are batched for this long
-    graft_timeout_s: float = 0.25  # wait this long after a digest before grafting (and between grafts)
+    graft_timeout_s: float = 0.25  # wait this long after a digest before grafting (and between grafts, plus the RTT)
+    silence_timeout_s: float = 0.75  # a tree parent is silent if its copy is this late (plus its RTT), not merely late
     max_grafted: int = 6  # peers that may graft onto this one per origin beyond its tree children
     exclude_score: int = -20  # a peer at or below this score relays for nobody in our view
     max_payload: int = 1 << 20  # bytes of one payload
@@ -114,7 +123,7 @@ class BroadcastConfig:
         """Raise ``ValueError`` for settings that cannot work."""
         if self.fanout < 1 or self.lazy_degree < 0 or self.max_grafted < 0:
             raise ValueError("fanout must be >= 1, lazy_degree and max_grafted >= 0")
-        for name in ("lazy_delay_s", "graft_timeout_s", "exclude_delay_s"):
+        for name in ("lazy_delay_s", "graft_timeout_s", "silence_timeout_s", "exclude_delay_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds")
@@ -246,6 +255,7 @@ class Broadcaster:
         self._suspects_from: Counter[str] = Counter()  # reports acted on, by reporter
         self._exclude_generation = 0
         self._regraft: dict[str, str] = {}  # origins whose tree parent changed in my view: the new parent
+        self._late: OrderedDict[tuple[bytes, str], None] = OrderedDict()  # (msg id, peer): graft unanswered, scored
         self._stats: Counter[str] = Counter()
 
     # --- membership and latency (from the host) -----------------------------------------
@@ -260,7 +270,7 @@ class Broadcaster:
         self._members_key = hashlib.blake2b("\x00".join(ids).encode(), digest_size=16).digest()
         self._members_version += 1
         self._lazy_peers = self._overlay()
-        self._views.clear()
+        self._views = {o: v for o, v in self._views.items() if o in self._member_set}  # keys differ now: recomputed
         self._failed = {o: peers & self._member_set for o, peers in self._failed.items() if o in self._member_set}
         for table in (self._grafted, self._pruned):
             for origin in [o for o in table if o not in self._member_set]:
@@ -280,9 +290,32 @@ class Broadcaster:
         :data:`~peers.broadcast._trees.DEFAULT_LATENCY_S`."""
         self.matrix.set(a, b, seconds)
 
+    def adopt_matrix(self, matrix: LatencyMatrix) -> list[Effect]:
+        """Build trees from ``matrix`` from now on (a host's snapshot, its trees possibly computed ahead, with a
+        :attr:`~peers.broadcast._trees.LatencyMatrix.version` not below the current one). Every origin's view is
+        recomputed now; an empty GRAFT goes to each new parent (:meth:`_view`)."""
+        if matrix.version < self.matrix.version:
+            raise ValueError("the adopted matrix must not be older than the current one")
+        self.matrix = matrix
+        self._stats["matrix_changes"] += 1
+        return self.refresh()
+
+    def refresh(self) -> list[Effect]:
+        """Recompute every origin's view now (cheap when the trees are cached) and return the empty GRAFTs to
+        the new parents, so a parent that changed with the matrix or the committee pushes to this peer before
+        the next message rather than after a repair."""
+        for origin in self._members:
+            self._view(origin)
+        return self._regrafts([])
+
     @property
     def members(self) -> tuple[str, ...]:
         return self._members
+
+    @property
+    def members_key(self) -> bytes:
+        """The committee's digest the trees are cached under (:meth:`LatencyMatrix.tree`)."""
+        return self._members_key
 
     def score(self, peer: str) -> int:
         return self._scores.get(peer, 0)
@@ -322,10 +355,15 @@ class Broadcaster:
                               failed | published) or parent
         view = _View(key, parent, routed.tree.get(self.me, ()))
         self._views[origin] = view
-        if old is not None and old.key[:2] == key[:2] and parent is not None and parent != old.parent:
-            # a new parent because of a failure or the origin's list (not a new matrix or committee, which
-            # every peer recomputes alike): ask it to push to me (it may hold an old PRUNE)
-            self._regraft[origin] = parent
+        if old is not None:
+            if parent is not None and parent != old.parent:
+                # a new parent (a new matrix or committee, a failure, the origin's list): ask it to push to me, as
+                # it may hold a PRUNE of mine from when it was not my parent (peers adopt a new matrix at
+                # slightly different moments, so that PRUNE may even be newer than its own switch)
+                self._regraft[origin] = parent
+            pruned = self._pruned.get(origin)
+            if pruned:
+                pruned -= set(view.children) - set(old.children)  # a new child's old PRUNE was about another tree
         return view
 
     def view_tree(self, origin: str, avoid: Iterable[str] = ()) -> Tree:
@@ -355,6 +393,10 @@ class Broadcaster:
         if exclude is not None:
             targets.discard(exclude)
         return sorted(targets)
+
+    def _rtt(self, peer: str) -> float:
+        """The round trip to ``peer`` by the matrix, at most 2 s: what a timeout waits on top of its slack."""
+        return min(self.matrix.get(self.me, peer) + self.matrix.get(peer, self.me), 2.0)
 
     # --- scores ---------------------------------------------------------------------------
 
@@ -473,6 +515,10 @@ class Broadcaster:
 
     def _on_gossip(self, sender: str, frame: Gossip) -> list[Effect]:
         msg_id = message_id(frame.payload)
+        if (msg_id, sender) in self._late:
+            del self._late[(msg_id, sender)]
+            self._stats["grafts_late"] += 1  # answered after all: late, not silent (a busy peer, a loaded machine)
+            self._adjust(sender, -_SCORE_SILENT)
         if msg_id in self._seen:
             self._stats["duplicates"] += 1
             stored = self._store.get(msg_id)
@@ -516,7 +562,7 @@ class Broadcaster:
             self._watch[msg_id] = (origin, parent)
             while len(self._watch) > self.config.max_missing:
                 self._watch.popitem(last=False)
-            effects.append(Schedule(self.config.graft_timeout_s, _ParentTimer(msg_id)))
+            effects.append(Schedule(self.config.silence_timeout_s + self._rtt(parent), _ParentTimer(msg_id)))
         self._adjust(sender, _SCORE_DELIVERY)
         self._stats["delivered"] += 1
         effects.extend(self._spread(origin, msg_id, frame.payload, min(frame.hops + 1, 255), sender))
@@ -679,7 +725,10 @@ class Broadcaster:
             self._stats["parent_late"] += 1  # judged once the message is in (see _parent_check)
         else:
             self._stats["grafts_unanswered"] += 1
-            self._adjust(missing.tried[-1], _SCORE_SILENT)
+            self._adjust(missing.tried[-1], _SCORE_SILENT)  # refunded if its copy comes in late (_on_gossip)
+            self._late[(timer.msg_id, missing.tried[-1])] = None
+            while len(self._late) > self.config.max_missing:
+                self._late.popitem(last=False)
         untried = [p for p in missing.announcers if p not in missing.tried]
         if not untried:
             del self._missing[timer.msg_id]
@@ -692,7 +741,8 @@ class Broadcaster:
         missing.attempt += 1
         self._stats["grafts_sent"] += 1
         effects.append(self._send(target, Graft(missing.origin, (timer.msg_id,))))
-        effects.append(Schedule(self.config.graft_timeout_s, _GraftTimer(timer.msg_id, missing.attempt)))
+        wait = self.config.graft_timeout_s + self._rtt(target)
+        effects.append(Schedule(wait, _GraftTimer(timer.msg_id, missing.attempt)))
         return effects
 
     def _regrafts(self, effects: list[Effect]) -> list[Effect]:
@@ -740,7 +790,8 @@ class Broadcaster:
         stats.update(
             seen=len(self._seen), stored=len(self._store), stored_bytes=self._stored_bytes,
             missing=len(self._missing), missing_peers=len(self._missing_by_peer), lazy_queue=len(self._lazy),
-            served=len(self._served), scores=len(self._scores), excluded=len(self._excluded),
+            served=len(self._served), late_grafts=len(self._late), scores=len(self._scores),
+            excluded=len(self._excluded),
             grafted_links=sum(len(s) for s in self._grafted.values()),
             pruned_links=sum(len(s) for s in self._pruned.values()), views=len(self._views),
             failed_parents=sum(len(s) for s in self._failed.values()), watched=len(self._watch),

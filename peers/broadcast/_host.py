@@ -34,12 +34,17 @@ effects of the pure :class:`~peers.broadcast.Broadcaster`:
   receives feed :meth:`Broadcaster.set_latency`. A peer can only speak for
   its own links, and a lying one only makes the trees worse, which the
   core's scoring and repair absorb (``peers/latency.py`` for the choice).
-* Trees are computed ahead: the broadcaster builds an origin's tree when a
-  message of that origin first needs it after the matrix or the members
-  changed (tens of milliseconds of CPU each at 8 to 16 peers), so after a
-  change one task walks every origin (``tree_children``), one at a time
-  with a checkpoint between, ``WARM_DELAY_S`` after the last change: the
-  work happens between messages instead of delaying the first one.
+* Trees are computed ahead, and a new matrix is adopted only once they
+  are: estimates (the probe's own and the rows received) go into the
+  host's own copy of the matrix, not the broadcaster's. ``WARM_DELAY_S``
+  after the last change, one task takes a snapshot of that copy, builds
+  every origin's tree on it in a worker thread (``build_in_thread``; about
+  50 ms of CPU per origin at 8 peers, which, run on the event loop, stalled
+  every message behind it: the multi-second outliers of issue 13), then
+  hands it to :meth:`Broadcaster.adopt_matrix`, which switches every view
+  at once and sends an empty GRAFT to each new parent. A message never
+  waits for a tree to be built, and peers switch within a link delay of
+  each other (the rows reach them together).
 
 Bounds
 ------
@@ -69,6 +74,7 @@ import trio
 from consensus.messages import VerifiedCache
 from multillmn.identity import PeerId
 from peers.broadcast import BroadcastConfig, Broadcaster, Deliver, Schedule, Send, message_id
+from peers.broadcast._trees import LatencyMatrix
 from peers.latency import LatencyConfig, LatencyProbe, is_latency_frame
 from peers.transport import Address, LinkShaper, Transport, TransportStats
 from peers.wire import RejectStats, decode_message
@@ -182,7 +188,8 @@ class _HostStats:
     latency_frames_sent: int = 0
     latency_frames_received: int = 0
     timers_dropped: int = 0  # Schedule over MAX_TIMERS
-    trees_computed: int = 0  # origins whose tree view was computed ahead (cached ones cost nothing)
+    trees_computed: int = 0  # origins whose tree was computed ahead on a snapshot of the matrix
+    matrices_adopted: int = 0  # snapshots handed to the broadcaster with their trees
 
 
 class BroadcastTransport:
@@ -200,6 +207,8 @@ class BroadcastTransport:
         self.me: PeerId = inner.peer_id
         self.broadcaster = Broadcaster(self.me, validate, config if config is not None else BroadcastConfig())
         self.probe = LatencyProbe(self.me, self._set_latency, latency if latency is not None else LatencyConfig())
+        self._latest = self.broadcaster.matrix.copy()  # the estimates as measured; adopted with their trees built
+        self.build_in_thread = True  # build the trees of a new matrix in a worker thread (else between checkpoints)
         self._changed = trio.Event()  # the matrix or the members changed: trees to compute ahead
         self.warm = False  # every origin's tree is computed for the current matrix and members
         self.inbound = HostInbound(inner.inbound_queue, inner.inbound_peer_queue, inner.inbound_peer_bytes)
@@ -328,9 +337,9 @@ class BroadcastTransport:
         self.probe.set_peers(known)
 
     def _set_latency(self, a: str, b: str, seconds: float) -> None:
-        version = self.broadcaster.matrix.version
-        self.broadcaster.set_latency(a, b, seconds)
-        if self.broadcaster.matrix.version != version:
+        version = self._latest.version
+        self._latest.set(a, b, seconds)
+        if self._latest.version != version:
             self._trees_changed()
 
     def _trees_changed(self) -> None:
@@ -338,20 +347,26 @@ class BroadcastTransport:
         self._changed.set()
 
     async def _warm_loop(self) -> None:
-        """Compute every origin's tree ahead, :data:`WARM_DELAY_S` after the last change (module docstring)."""
+        """Build every origin's tree on a snapshot of the measured matrix, :data:`WARM_DELAY_S` after the last
+        change, then adopt it (module docstring)."""
         while True:
             await self._changed.wait()
             while self._changed.is_set():  # wait for a quiet moment: rows come in bursts
                 self._changed = trio.Event()
                 await trio.sleep(WARM_DELAY_S)
-            for origin in self.broadcaster.members:
-                if self._changed.is_set():
-                    break
-                self.broadcaster.tree_children(origin)
-                self._stats.trees_computed += 1
-                await trio.sleep(0)
+            snapshot = self._latest.copy()
+            core = self.broadcaster
+            members, fanout, key = core.members, core.config.fanout, core.members_key
+            if self.build_in_thread:
+                await trio.to_thread.run_sync(_build_trees, snapshot, members, fanout, key)
             else:
-                self.warm = True
+                for origin in members:
+                    _build_trees(snapshot, (origin,), fanout, key, members)
+                    await trio.sleep(0)
+            self._stats.trees_computed += len(members)
+            self._stats.matrices_adopted += 1
+            self._execute(core.adopt_matrix(snapshot), None)
+            self.warm = not self._changed.is_set()
 
     def _on_send(self, send: Send, own: bool) -> bool:
         """Whether to carry out ``send`` (``own``: caused by this peer's broadcast). Fault injection overrides."""
@@ -463,6 +478,13 @@ class BroadcastTransport:
     def __repr__(self) -> str:
         return f"BroadcastTransport({self.inner!r})"
 
+
+
+def _build_trees(matrix: LatencyMatrix, origins: tuple[str, ...], fanout: int, members_key: bytes,
+                 members: tuple[str, ...] | None = None) -> None:
+    """Fill ``matrix``'s cache with the trees of ``origins`` over ``members`` (default: the origins)."""
+    for origin in origins:
+        matrix.tree(origin, members if members is not None else origins, fanout, members_key)
 
 
 def tree_transport(inner: Transport, public_key_of: Callable[[str], bytes | None], cache: VerifiedCache,

@@ -117,6 +117,13 @@ class LatencyMatrix:
         self._trees.clear()
         self._views.clear()
 
+    def copy(self) -> LatencyMatrix:
+        """The same entries, base, default and :attr:`version`, without the cached trees (a snapshot to build on)."""
+        other = LatencyMatrix(self._base, self._default)
+        other._entries = dict(self._entries)
+        other.version = self.version
+        return other
+
     def get(self, a: str, b: str) -> float:
         value = self._entries.get((a, b))
         if value is None:
