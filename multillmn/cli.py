@@ -163,7 +163,8 @@ def _cmd_genesis_build(args: argparse.Namespace) -> int:
     try:
         identities = [PeerIdentity.load(p) for p in args.identities]
         params = Params(weights=args.weights, epoch_length=args.epoch_length,
-                        models=tuple(args.models.split(",")) if args.models else ()).validate()
+                        models=tuple(args.models.split(",")) if args.models else (),
+                        verdict_rule=args.verdict_rule, verdict_margin=args.verdict_margin).validate()
         genesis = build_genesis(args.chain_id, identities, weights, params)
         genesis.save(args.out)
     except (GenesisError, IdentityError) as exc:
@@ -300,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="heights per epoch: members change only at an epoch's first height (default 100)")
     build.add_argument("--models", metavar="A,B", help="model names a joining peer may declare "
                                                         "(default: the models of the identities given)")
+    build.add_argument("--verdict-rule", choices=("none", "veto"), default="none",
+                       help="none (the default): a split goes to the heavier group; veto: judges' signed verdicts "
+                            "reject the wrong side of a split (ADR 0022)")
+    build.add_argument("--verdict-margin", type=int_range(0, 2000), default=500, metavar="PER_MILLE",
+                       help="how far below zero a verdict must be to reject (default 500: half a nat per token)")
     build.add_argument("--out", type=Path, required=True, help="genesis file to write")
     build.add_argument("identities", type=_existing_file, nargs="+", help="identity files (peer export)")
     build.set_defaults(func=_cmd_genesis_build)

@@ -17,6 +17,7 @@ from typing import Any
 
 from testnet import launcher, perturb
 from testnet.launcher import PeerStatus, TestnetError
+from consensus.verdicts import GENESIS_RULES
 from multillmn.config import BROADCAST_MODES, BYZANTINE_BEHAVIOURS
 from testnet.links import LinkPlane
 from testnet.manifest import KNOWN_MODELS, Manifest, ManifestError
@@ -72,13 +73,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 manifest = replace(manifest, broadcast=args.broadcast).validate()
             if args.link_plane is not None:
                 manifest = replace(manifest, link_plane=LinkPlane(seed=args.link_plane)).validate()
+            if args.verdict_rule is not None:
+                manifest = replace(manifest, verdict_rule=args.verdict_rule).validate()
         else:
             models = [m.strip() for m in (args.models or DEFAULT_MODELS).split(",")]
             if any(not m for m in models):
                 return _err(f"--models: empty entry in {args.models!r}; use e.g. --models {DEFAULT_MODELS}")
             manifest = Manifest.from_args(args.peers, models, epoch_length=args.epoch_length,
                                           broadcast=args.broadcast or "mesh",
-                                          link_plane=None if args.link_plane is None else LinkPlane(seed=args.link_plane))
+                                          link_plane=None if args.link_plane is None else LinkPlane(seed=args.link_plane),
+                                          verdict_rule=args.verdict_rule or "none")
     except ManifestError as exc:
         return _err(str(exc))
     if args.timeout <= 0:
@@ -219,6 +223,9 @@ def add_testnet_commands(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--link-plane", type=int, metavar="SEED",
                     help="per-link delays: the peers at points of a plane drawn with SEED, 5-80 ms growing with "
                          "distance (testnet/links.py; the manifest's [testnet] link_plane with its defaults)")
+    up.add_argument("--verdict-rule", choices=GENESIS_RULES,
+                    help="the genesis verdict_rule: veto lets judges' verdicts reject the wrong side of a split "
+                         "(ADR 0022; default: the manifest's, else none)")
     up.add_argument("--reset", action="store_true",
                     help="DIR holds a stopped testnet: delete its keys, genesis and ledgers and start a new one")
     up.set_defaults(func=_cmd_up)

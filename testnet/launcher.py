@@ -264,7 +264,8 @@ def _write_peer_files(manifest: Manifest, dir: Path, ports: list[int]
             name=p.name, peer_id=keys[p.name].peer_id, pid=None, model=p.model, weight=p.weight if p.in_genesis else 0,
             api_url=f"http://127.0.0.1:{ports[2 * i + 1]}", p2p=f"127.0.0.1:{ports[2 * i]}",
             log=str(home / "peer.log"), config=str(home / "config.toml"), genesis=p.in_genesis))
-    params = Params(models=manifest.admitted_models())
+    params = Params(models=manifest.admitted_models(), verdict_rule=manifest.verdict_rule,
+                    verdict_margin=manifest.verdict_margin)
     if manifest.epoch_length is not None:
         params = replace(params, epoch_length=manifest.epoch_length)
     try:

@@ -11,6 +11,8 @@ A manifest is a TOML file::
     broadcast = "mesh"           # default; every peer's [p2p] broadcast: mesh | tree (issue 13)
     link_plane = { seed = 1, min_delay_ms = 5, max_delay_ms = 80 }  # optional: per-link delays from seeded
                                  # points on a plane (testnet/links.py)
+    verdict_rule = "none"        # default; the genesis verdict_rule: none | veto (judges' verdicts, ADR 0022)
+    verdict_margin = 500         # default; the genesis verdict_margin (per mille, 0-2000)
 
     [[peer]]
     name = "peer0"               # unique, [a-z0-9-]+
@@ -71,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.membership import MAX_EPOCH_LENGTH
+from consensus.verdicts import GENESIS_RULES, MAX_VERDICT
 from multillmn.config import BROADCAST_MODES, BYZANTINE_BEHAVIOURS
 from peers.shard.planner import Device, Link, Network, NoFeasiblePlan, Problem, plan
 from peers.shard.profiles import KNOWN_SHAPES, ModelShape, profile_from_shape
@@ -82,7 +85,8 @@ __all__ = ["KNOWN_MODELS", "MAX_DEVICES", "MAX_PEERS", "DeviceSpec", "Manifest",
 KNOWN_MODELS = ("smollm2", "gemma3")
 MAX_PEERS = 64
 _NAME = re.compile(r"^[a-z0-9-]+$")
-_TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens", "epoch_length", "broadcast", "link_plane")
+_TESTNET_KEYS = ("chain_id", "threads_per_peer", "max_new_tokens", "epoch_length", "broadcast", "link_plane",
+                 "verdict_rule", "verdict_margin")
 _PEER_KEYS = ("name", "model", "weight", "byzantine", "slow_ms", "crash_at_height", "from_height", "network",
               "links", "devices", "join_at_height", "leave_at_height")
 _JOIN_MODEL = re.compile(r"^[A-Za-z0-9._:/+-]{1,128}$")  # consensus.messages.Join.model
@@ -319,6 +323,8 @@ class Manifest:
     epoch_length: int | None = None  # None: the genesis default (multillmn.genesis.Params)
     broadcast: str = "mesh"  # every peer's [p2p] broadcast
     link_plane: LinkPlane | None = None  # per-link delays from points on a plane (testnet.links)
+    verdict_rule: str = "none"  # the genesis verdict_rule (ADR 0022)
+    verdict_margin: int = 500  # the genesis verdict_margin
 
     @property
     def genesis_peers(self) -> tuple[PeerSpec, ...]:
@@ -354,6 +360,9 @@ class Manifest:
             raise ManifestError("every peer has leave_at_height: at least one must stay in the validator set")
         if self.broadcast not in BROADCAST_MODES:
             raise ManifestError(f"testnet.broadcast: expected {' | '.join(BROADCAST_MODES)}, got {self.broadcast!r}")
+        if self.verdict_rule not in GENESIS_RULES:
+            raise ManifestError(f"testnet.verdict_rule: expected {' | '.join(GENESIS_RULES)}, got {self.verdict_rule!r}")
+        _int("testnet.verdict_margin", self.verdict_margin, 0, 2 * MAX_VERDICT)
         try:
             if self.link_plane is not None:
                 self.link_plane.validate()
@@ -378,7 +387,8 @@ class Manifest:
     @classmethod
     def from_args(cls, peers: int, models: list[str], *, chain_id: str = "local-testnet",
                   threads_per_peer: int = 1, max_new_tokens: int = 48, epoch_length: int | None = None,
-                  broadcast: str = "mesh", link_plane: LinkPlane | None = None) -> Manifest:
+                  broadcast: str = "mesh", link_plane: LinkPlane | None = None,
+                  verdict_rule: str = "none") -> Manifest:
         """``peers`` peers named peer0.. with ``models`` assigned round-robin."""
         if isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= MAX_PEERS:
             raise ManifestError(f"--peers: a testnet needs 1 to {MAX_PEERS} peers, got {peers}")
@@ -386,7 +396,8 @@ class Manifest:
             raise ManifestError("--models: name at least one model")
         checked = [check_model(m) for m in models]
         specs = tuple(PeerSpec(name=f"peer{i}", model=checked[i % len(checked)]) for i in range(peers))
-        return cls(specs, chain_id, threads_per_peer, max_new_tokens, epoch_length, broadcast, link_plane).validate()
+        return cls(specs, chain_id, threads_per_peer, max_new_tokens, epoch_length, broadcast, link_plane,
+                   verdict_rule).validate()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path = Path(".")) -> Manifest:
@@ -410,7 +421,8 @@ class Manifest:
         except LinkError as exc:
             raise ManifestError(str(exc)) from None
         return cls(peers, chain_id, section.get("threads_per_peer", 1), section.get("max_new_tokens", 48),
-                   section.get("epoch_length"), section.get("broadcast", "mesh"), plane).validate()
+                   section.get("epoch_length"), section.get("broadcast", "mesh"), plane,
+                   section.get("verdict_rule", "none"), section.get("verdict_margin", 500)).validate()
 
     @classmethod
     def loads(cls, text: str, base_dir: Path = Path(".")) -> Manifest:
