@@ -149,20 +149,37 @@ def test_each_row_keeps_its_own_token_limit(generator: Generator) -> None:
     assert all(g.new_tokens <= m for g, m in zip(batch, limits))
 
 
-def test_finished_rows_skip_the_output_head(generator: Generator) -> None:
-    generator.generate(QUESTIONS[0], 1)  # the shared prefix is computed (one row of the head) beforehand
-    head = generator.model.get_output_embeddings()
-    rows: list[int] = []
-    hook = head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+def test_finished_rows_leave_the_batch(generator: Generator) -> None:
+    """Each decode step runs the body and the output head over the rows still running only."""
+    generator.generate(QUESTIONS[0], 1)  # the shared prefix is computed (one row) beforehand
+    body: list[int] = []
+    head: list[int] = []
+    hooks = [generator.model.get_input_embeddings().register_forward_hook(
+                 lambda module, args, out: body.append(args[0].shape[0])),
+             generator.model.get_output_embeddings().register_forward_hook(
+                 lambda module, args, out: head.append(args[0].shape[0]))]
     try:
         batch = generator.generate_batch(QUESTIONS, 24)
     finally:
-        hook.remove()
-    assert generator.model.get_output_embeddings() is head  # put back after the batch
+        for hook in hooks:
+            hook.remove()
     made = [g.new_tokens for g in batch]
-    assert len(rows) == max(made) and rows[0] == len(QUESTIONS)  # the prefill, then one call per decode step
-    assert rows == [sum(n > step for n in made) for step in range(max(made))]  # each step: the unfinished rows
+    assert len(set(made)) > 1  # rows finished at different steps
+    running = [sum(n > step for n in made) for step in range(max(made))]  # the prefill, then each decode step
+    assert running[0] == len(QUESTIONS) and body == running and head == running
     assert [(g.text, g.new_tokens) for g in batch] == one_by_one(generator, QUESTIONS, [24] * len(QUESTIONS))
+
+
+def test_a_batch_through_generate_answers_as_the_dropping_decode(generator: Generator) -> None:
+    """The baseline that keeps finished rows to the end (``drop_finished_rows = False``) answers the same."""
+    limits = [24, 7, 3, 24, 2, 12, 5, 9, 16]
+    dropping = [(g.text, g.new_tokens) for g in generator.generate_batch(QUESTIONS, limits)]
+    generator.drop_finished_rows = False
+    try:
+        riding = [(g.text, g.new_tokens) for g in generator.generate_batch(QUESTIONS, limits)]
+    finally:
+        generator.drop_finished_rows = True
+    assert riding == dropping
 
 
 def test_a_batch_shares_one_wall_time_and_takes_no_question_twice(generator: Generator) -> None:

@@ -2,21 +2,21 @@
 
 ``Generator.generate_batch`` answers several questions in one batched greedy
 decode: each prompt is tokenised exactly as alone, left-padded to the longest,
-with an attention mask (transformers derives each row's position ids from the
-mask, so a padded row sees the positions it would see alone); every row stops
-on its own (EOS, the newline stop of a few-shot base model, its own token
-limit) and the batch ends when its last row does. Greedy answers equal the
-unbatched ones (``tests/test_generation_batch.py`` checks both bundled models
-over the shipped questions). On CPU a small model's decoding is bound by
-memory bandwidth, so B rows cost little more than one (``bench/generation_batch.py``).
-No continuous batching (ADR 0019): a batch lasts at most ``max_new_tokens``
-steps, and questions that arrive meanwhile form the next batch.
+with an attention mask (each row's position ids follow from the mask, so a
+padded row sees the positions it would see alone); every row stops on its own
+(EOS, the newline stop of a few-shot base model, its own token limit) and
+leaves the batch when it does: its row of the KV cache is dropped, so each
+decode step costs only the rows still running (ADR 0019, addendum 4). Greedy
+answers equal the unbatched ones, which HF ``generate`` makes
+(``tests/test_generation_batch.py`` checks both bundled models over the
+shipped questions). No continuous batching (ADR 0019): a batch lasts at most
+``max_new_tokens`` steps, and questions that arrive meanwhile form the next
+batch.
 
 The prompt's shared prefix (few-shot examples, or the chat template's system
 and example turns) is run once per model; its KV cache (:mod:`.prefix`) is
 copied to each batch's rows, so a batch prefills only each question's own
-tokens, padded between prefix and suffix (ADR 0019, addendum 2). A batch's finished rows skip the
-output head (:class:`HeadForUnfinished`; addendum 3).
+tokens, padded between prefix and suffix (ADR 0019, addendum 2).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     GenerationConfig,
     PreTrainedModel,
     StoppingCriteria,
@@ -45,7 +46,7 @@ from .models import ModelSpec
 from .prefix import PrefixCache, PrefixStatistics
 from .prompting import chat_messages, clean_answer, few_shot_prompt
 
-__all__ = ["Generation", "Generator", "NewlineStop", "TokenLimits"]
+__all__ = ["Generation", "Generator", "NewlineStop"]
 
 log = logging.getLogger("multillmn.llm")
 
@@ -84,65 +85,6 @@ class NewlineStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-class TokenLimits(StoppingCriteria):
-    """Stop row ``i`` once it has generated ``limits[i]`` tokens (rows of one batch with different limits)."""
-
-    def __init__(self, limits: Sequence[int], prompt_len: int) -> None:
-        self._limits = torch.tensor(list(limits), dtype=torch.long)
-        self._prompt_len = prompt_len
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        done = (input_ids.shape[1] - self._prompt_len) >= self._limits.to(input_ids.device)
-        return done  # type: ignore[return-value]
-
-
-class FinishedRows(StoppingCriteria):
-    """Records which rows of a batch have finished (a stop token, the newline stop, their token limit);
-    stops nothing itself. :class:`HeadForUnfinished` reads it."""
-
-    def __init__(self, stops: Callable[[int], bool], limits: Sequence[int], prompt_len: int) -> None:
-        self._stops = stops
-        self._limits = list(limits)
-        self._prompt_len = prompt_len
-        self.done: list[bool] = [False] * len(limits)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        made = input_ids.shape[1] - self._prompt_len
-        for i, row in enumerate(input_ids):
-            if not self.done[i] and made > 0 and (self._stops(int(row[-1])) or made >= self._limits[i]):
-                self.done[i] = True
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-
-class HeadForUnfinished(torch.nn.Module):
-    """The model's output head, run only on the rows that have not finished.
-
-    ``generate`` replaces a finished row's next token by padding whatever its logits, so they are left
-    at zero; with Gemma-3's 262k-token head most of a decode step, this saves what the finished rows of
-    a batch would cost. The unfinished rows' logits are computed by the same head on the same hidden
-    states (``tests/test_generation_batch.py`` checks the answers against one question at a time).
-    It is swapped in only for one batch's ``generate``, under the :class:`Generator`'s lock, which
-    every other use of the model (the judge's :meth:`Generator.answer_logprobs`) also takes.
-    """
-
-    def __init__(self, head: torch.nn.Module, finished: FinishedRows) -> None:
-        super().__init__()
-        self.head = head
-        self.finished = finished
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        done = self.finished.done
-        if hidden.shape[0] != len(done) or not any(done):
-            return self.head(hidden)  # type: ignore[no-any-return]
-        active = torch.tensor([not d for d in done], dtype=torch.bool)
-        if not bool(active.any()):
-            active[0] = True
-        part: torch.Tensor = self.head(hidden[active])
-        out = part.new_zeros((hidden.shape[0], *part.shape[1:]))
-        out[active] = part
-        return out
-
-
 class Generator:
     """A loaded model plus its prompt style. ``generate`` is blocking and serialised by a lock."""
 
@@ -166,6 +108,9 @@ class Generator:
             prefix_cache = spec.prefix_cache and os.environ.get("MULTILLMN_PREFIX_CACHE", "1") != "0"
         self._use_prefix = prefix_cache
         self._prefix = PrefixCache(self.model, self._prompt_ids)
+        # False: a batch runs through HF ``generate`` as one question does, every row until the last one
+        # ends (the baseline of ``bench/head_skip.py``); True: :meth:`_decode` drops finished rows.
+        self.drop_finished_rows = True
 
     def prefix_statistics(self) -> PrefixStatistics:
         """The shared prefix cache: whether used, its tokens, rows answered over it and without it."""
@@ -327,13 +272,15 @@ class Generator:
         return [(g, p) for g, p in ((cached, plen), (rest, 0)) if g]
 
     def _run(self, prompts: Sequence[Sequence[int]], limits: Sequence[int], prefix: int) -> list[list[int]]:
-        """One batched greedy ``generate``; each row's new tokens up to its own stop. Called under the lock.
+        """One batched greedy decode; each row's new tokens up to its own stop. Called under the lock.
 
         Without a prefix, rows are left-padded: ``[pad.. prompt]``. With the cached prefix of
         ``prefix`` tokens (which every prompt starts with), the padding sits between the prefix
-        and each row's own suffix, ``[prefix pad.. suffix]``, masked out; the position ids
-        ``generate`` derives from the mask (``cumsum - 1``) give each suffix token the position
-        it has alone, and only the columns after the prefix are run through the model.
+        and each row's own suffix, ``[prefix pad.. suffix]``, masked out; position ids derived
+        from the mask (``cumsum - 1``) give each suffix token the position it has alone, and only
+        the columns after the prefix are run through the model. One question runs through HF
+        ``generate`` (the reference the batches are checked against); a batch runs
+        :meth:`_decode`, which drops each row as it finishes.
         """
         width = max(len(p) for p in prompts)
         head = list(prompts[0][:prefix])
@@ -342,44 +289,76 @@ class Generator:
                                  dtype=torch.long)
         attention_mask = torch.tensor([[1] * prefix + [0] * (width - len(p)) + [1] * (len(p) - prefix)
                                        for p in prompts], dtype=torch.long)
-        config = GenerationConfig(  # type: ignore[no-untyped-call]
-            max_new_tokens=max(limits),
-            do_sample=False,
-            pad_token_id=self._pad_id,
-            eos_token_id=self._eos_id,
-        )
-        stopping = StoppingCriteriaList()
         newline = NewlineStop(self.tokenizer, width) if self.spec.stop_at_newline else None
-        if newline is not None:
-            stopping.append(newline)
-        if min(limits) < max(limits):
-            stopping.append(TokenLimits(limits, width))
-        extra: dict[str, Any] = {"cache": self._prefix.copy_for(len(prompts))} if prefix else {}
-        output_head = self.model.get_output_embeddings() if len(prompts) > 1 else None
-        if output_head is not None:  # finished rows skip the output head
-            finished = FinishedRows(
-                lambda t: self._stops(t) or (newline is not None and newline.has_newline(t)), limits, width)
-            stopping.append(finished)
-            self.model.set_output_embeddings(HeadForUnfinished(output_head, finished))
-        try:
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=config,
-                    stopping_criteria=stopping,
-                    **extra,
-                )
-        finally:
-            if output_head is not None:
-                self.model.set_output_embeddings(output_head)
+
+        def stops(token: int) -> bool:
+            return self._stops(token) or (newline is not None and newline.has_newline(token))
+
+        cache = self._prefix.copy_for(len(prompts)) if prefix else None
+        with torch.inference_mode():
+            if len(prompts) > 1 and self.drop_finished_rows:
+                return self._decode(input_ids, attention_mask, cache, prefix, limits, stops)
+            config = GenerationConfig(  # type: ignore[no-untyped-call]
+                max_new_tokens=max(limits),
+                do_sample=False,
+                pad_token_id=self._pad_id,
+                eos_token_id=self._eos_id,
+            )
+            stopping = StoppingCriteriaList([newline] if newline is not None else [])
+            extra: dict[str, Any] = {"cache": cache} if cache is not None else {}
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                      stopping_criteria=stopping, **extra)
         rows = []
         for row, limit in zip(out, limits):
             new = [int(t) for t in row[width:width + limit]]
             # A finished row is padded to the batch's length: keep it up to its own stop.
             for i, token in enumerate(new):
-                if self._stops(token) or (newline is not None and newline.has_newline(token)):
+                if stops(token):
                     new = new[:i + 1]
                     break
             rows.append(new)
         return rows
+
+    def _decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache | None,
+                prefix: int, limits: Sequence[int], stops: Callable[[int], bool]) -> list[list[int]]:
+        """Greedy decode of a left-padded batch that drops each row once it finishes (ADR 0019, addendum 4).
+
+        The model is called as HF ``generate`` calls it: the prefill over the columns after the cached
+        prefix with the position ids ``cumsum(mask) - 1`` (0 on padding), the mask left out if it has no
+        padding, only the last position through the output head; then one token per row and step, the
+        mask one column longer and each row's position one further. A row that made a stop token or its
+        own limit leaves the batch: its row of the input, the mask, the positions and every layer of the
+        KV cache (``DynamicCache.batch_select_indices``, which also cuts Gemma-3's sliding-window layers)
+        is removed, so a step costs only the rows still running. Each row's tokens are those it makes
+        alone (``tests/test_generation_batch.py``).
+        """
+        positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        mask: torch.Tensor | None = None if bool((attention_mask == 1).all()) else attention_mask
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=input_ids[:, prefix:], attention_mask=mask, position_ids=positions[:, prefix:],
+                            cache=cache, use_cache=True, logits_to_keep=1).logits
+        last = positions[:, -1:]
+        running = list(range(input_ids.shape[0]))  # the batch's rows still decoding, in batch order
+        made: list[list[int]] = [[] for _ in running]
+        while True:
+            tokens = logits[:, -1].float().argmax(-1)
+            keep = []
+            for j, row in enumerate(running):
+                token = int(tokens[j])
+                made[row].append(token)
+                if not stops(token) and len(made[row]) < limits[row]:
+                    keep.append(j)
+            if not keep:
+                return made
+            if len(keep) < len(running):
+                index = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(index)
+                tokens, last = tokens[index], last[index]
+                mask = mask[index] if mask is not None else None
+                running = [running[j] for j in keep]
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            last = last + 1
+            logits = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=last, cache=cache,
+                                use_cache=True, logits_to_keep=1).logits
