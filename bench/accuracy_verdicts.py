@@ -1,8 +1,10 @@
 """WBFT with and without judges' verdicts (ADR 0022) on the real testnet, side by side.
 
 Runs ``bench/accuracy.py``'s all-honest scenario on 4 peers (2 SmolLM2 + 2
-Gemma-3, equal weights) twice on the same consecutive shipped questions:
-genesis ``verdict_rule = "none"`` (today's rule) and ``"veto"`` (margin 500).
+Gemma-3, equal weights at genesis, adapting by the weight rule) twice on the
+same consecutive shipped questions: the manifest's ``[testnet] verdict_rule =
+"none"`` (today's rule) and ``"veto"`` (margin 500), which the launcher writes
+into the genesis.
 Reports per rule: questions decided right, reachable ones (some peer right),
 how many of the reachable were decided right, and the p50 / p90 latency of
 a query as the client sees it.
@@ -18,27 +20,26 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench.accuracy as accuracy  # noqa: E402
-import testnet.launcher as launcher  # noqa: E402
 from multillmn import canonical  # noqa: E402
-from multillmn.genesis import Params  # noqa: E402
 from multillmn.questions import load_questions  # noqa: E402
 from peers.ledger import value_of_certificate  # noqa: E402
 
 
 def run(rule: str, queries: int, base: Path, skip: int = 0) -> dict[str, Any]:
     """One testnet whose genesis has ``verdict_rule = rule``; the scenario's figures and latencies."""
-    real_params, real_ask = launcher.Params, accuracy.ask
+    real_text, real_ask = accuracy.manifest_text, accuracy.ask  # type: ignore[attr-defined]
     seconds: list[float] = []
 
-    def params(**kw: Any) -> Params:  # the launcher builds its genesis from Params(...): set the rule there
-        return replace(real_params(**kw), verdict_rule=rule)
+    def text(*args: Any, **kw: Any) -> str:  # the scenario's manifest, with the manifest's [testnet] verdict_rule
+        lines: str = real_text(*args, **kw)
+        assert lines.startswith("[testnet]\n")
+        return lines.replace("[testnet]\n", f'[testnet]\nverdict_rule = "{rule}"\n', 1)
 
     carried: list[list[list[Any]]] = []  # per query: the verdicts its outcome carried, [judge, [[answerer, v]]]
 
@@ -51,13 +52,13 @@ def run(rule: str, queries: int, base: Path, skip: int = 0) -> dict[str, Any]:
         carried.append([[v["judge"][:8], [[p[:8], x] for p, x in v["verdicts"]]] for v in verdicts])
         return reply
 
-    launcher.Params = params  # type: ignore[assignment,misc]
-    accuracy.ask = ask  # type: ignore[assignment]
+    accuracy.manifest_text = text
+    accuracy.ask = ask  # type: ignore[attr-defined,assignment]
     accuracy.SCENARIOS["4"] = (4, 0, 1, 1)
     try:
         result = accuracy.run_scenario("4", load_questions()[skip:skip + queries], "collude", base / rule)
     finally:
-        launcher.Params, accuracy.ask = real_params, real_ask  # type: ignore[misc]
+        accuracy.manifest_text, accuracy.ask = real_text, real_ask  # type: ignore[attr-defined]
     reachable = [h for h in result.heights if any(a["correct"] for a in h["answers"])]
     ordered = sorted(seconds)
     return {
