@@ -23,9 +23,12 @@ Normative rule (:func:`decide`), all integer arithmetic:
    groups weighing at least half as much as the heaviest (``2 * w >= max``)
    when verdicts are given, else the groups tied in weight as in
    :func:`consensus.grouping.choose` (within ``answering // TIE_MARGIN``).
-2. A contender's *verdict* is ``sum(w_j * v_j) // sum(w_j)`` over the judges
-   ``j`` outside it that gave a verdict on its representative (0 if none:
-   no evidence either way). Contenders within ``margin`` of the best verdict
+2. Judge ``j``'s verdict on a group is its verdict on the group's
+   representative, else on the group's first member (by index) it rated: a
+   judge that heard only one of two answers of the same meaning still
+   speaks for the group. A contender's *verdict* is
+   ``sum(w_j * v_j) // sum(w_j)`` over the judges ``j`` outside it that gave
+   one (0 if none: no evidence either way). Contenders within ``margin`` of the best verdict
    stay; with ``margin >= 2000`` verdicts never decide. Under ``rule="veto"``
    instead, a contender is *rejected* when the judges outside it whose
    verdict is below ``-margin`` hold more than 1/3 of ``total_weight`` (all
@@ -73,7 +76,7 @@ from consensus.messages import (
 from multillmn.identity import PeerId
 
 __all__ = ["GENESIS_RULES", "MAX_VERDICT", "RULES", "Decision", "VerdictRule", "check_verdict", "decide",
-           "group_verdict", "missing_judges_ok", "open_verdicts", "rejecting_weight", "verdict_matrix"]
+           "group_verdict", "judge_on_group", "missing_judges_ok", "open_verdicts", "rejecting_weight", "verdict_matrix"]
 
 RULES = ("mean", "veto")
 GENESIS_RULES = ("none", "veto")
@@ -105,13 +108,21 @@ def _sim(n: int, sims: Sequence[int], i: int, j: int) -> int:
     return 1000 if i == j else sims[pair_index(n, i, j)]
 
 
+def judge_on_group(group: Group, row: Sequence[int | None]) -> int | None:
+    """One judge's verdict on ``group``: on its representative, else on the first member it rated; ``None``
+    if it rated none of them."""
+    if row[group.representative] is not None:
+        return row[group.representative]
+    return next((v for k in sorted(group.members) if (v := row[k]) is not None), None)
+
+
 def group_verdict(group: Group, weights: Sequence[int], verdicts: Sequence[Sequence[int | None]]) -> int:
-    """Weighted mean verdict (floor) of the judges outside ``group`` on its representative; 0 if none."""
+    """Weighted mean verdict (floor) of the judges outside ``group`` on it (:func:`judge_on_group`); 0 if none."""
     inside = set(group.members)
     total = 0
     weight = 0
     for j, row in enumerate(verdicts):
-        v = row[group.representative]
+        v = judge_on_group(group, row)
         if j in inside or v is None:
             continue
         total += weights[j] * v
@@ -121,10 +132,11 @@ def group_verdict(group: Group, weights: Sequence[int], verdicts: Sequence[Seque
 
 def rejecting_weight(group: Group, weights: Sequence[int], verdicts: Sequence[Sequence[int | None]],
                      margin: int = 0) -> int:
-    """The weight of the judges outside ``group`` whose verdict on its representative is below ``-margin``."""
+    """The weight of the judges outside ``group`` whose verdict on it (:func:`judge_on_group`) is below
+    ``-margin``."""
     inside = set(group.members)
     return sum(weights[j] for j, row in enumerate(verdicts)
-               if j not in inside and (v := row[group.representative]) is not None and v < -margin)
+               if j not in inside and (v := judge_on_group(group, row)) is not None and v < -margin)
 
 
 def decide(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from consensus.grouping import choose, pair_count, pair_index
-from consensus.verdicts import decide, group_verdict
+from consensus.verdicts import decide, group_verdict, judge_on_group
 
 
 def _sims(labels: list[str]) -> list[int]:
@@ -150,6 +150,23 @@ def test_veto_rejects_a_group_only_with_more_than_a_third_of_all_weight() -> Non
     # Within the margin a negative verdict is no rejection.
     assert decide([1] * 6, sims, 800, verdicts=_verdicts(labels, judged), rule="veto",
                   margin=10).group.members == (0, 1)
+
+
+def test_a_judge_that_rated_another_member_of_a_group_speaks_for_the_group() -> None:
+    """A judge that heard only the second "Lyon" answer before its pass (a partial verdict) still rejects
+    the "Lyon" group, whose representative is the first (ADR 0022, the network's q054)."""
+    sims = _sims(SPLIT)
+    verdicts: list[list[int | None]] = [[None, None, None, None], [None, None, None, None],
+                                        [-900, -900, None, None], [None, -1000, None, None]]
+    d = decide([1] * 4, sims, 800, verdicts=verdicts, rule="veto")
+    assert (d.group.members, d.reason) == ((2, 3), "verdict")
+    group = next(g for g in [d.group, *d.contenders] if g.members == (2, 3))
+    lyon = decide([1] * 4, sims, 800).group
+    assert lyon.members == (0, 1) and judge_on_group(lyon, verdicts[3]) == -1000
+    assert judge_on_group(lyon, verdicts[2]) == -900 and judge_on_group(group, verdicts[2]) is None
+    # Without the second judge's verdict on the group one judge (1/4 of the weight) rejects nothing.
+    verdicts[3] = [None] * 4
+    assert decide([1] * 4, sims, 800, verdicts=verdicts, rule="veto").group.members == (0, 1)
 
 
 def test_veto_counts_against_all_validators_weight_and_keeps_everyone_if_all_are_rejected() -> None:
