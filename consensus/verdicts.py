@@ -76,7 +76,8 @@ from consensus.messages import (
 from multillmn.identity import PeerId
 
 __all__ = ["GENESIS_RULES", "MAX_VERDICT", "RULES", "Decision", "VerdictRule", "check_verdict", "decide",
-           "group_verdict", "judge_on_group", "missing_judges_ok", "open_verdicts", "rejecting_weight", "verdict_matrix"]
+           "group_verdict", "judge_on_group", "missing_judges_ok", "open_verdicts", "rejecting_weight", "rejection_pending",
+           "verdict_matrix"]
 
 RULES = ("mean", "veto")
 GENESIS_RULES = ("none", "veto")
@@ -279,6 +280,23 @@ def verdict_matrix(verdicts: Sequence[Verdict], peers: Sequence[PeerId]) -> tupl
         for answerer, v in verdict.verdicts:
             rows[j][index[answerer]] = v
     return rows, judges
+
+
+def rejection_pending(weights: Sequence[int], sims: Sequence[int], threshold: int,
+                      verdicts: Sequence[Sequence[int | None]], margin: int, total_weight: int) -> bool:
+    """Whether the judges not yet heard on some contender (absent, or rating only other answers) could still
+    reject it: a proposer may wait a little longer for them (ADR 0022). Never a validity condition."""
+    n = len(weights)
+    groups = group_answers(weights, sims, threshold)
+    heaviest = max(g.weight for g in groups)
+    if 3 * heaviest > 2 * sum(weights):
+        return False
+    for g in (g for g in groups if 2 * g.weight >= heaviest):
+        rejecting = rejecting_weight(g, weights, verdicts, margin)
+        silent = sum(weights[j] for j in range(n) if j not in g.members and judge_on_group(g, verdicts[j]) is None)
+        if 3 * rejecting <= total_weight < 3 * (rejecting + silent):
+            return True
+    return False
 
 
 def missing_judges_ok(weights: Sequence[int], judges: set[int], total_weight: int) -> bool:

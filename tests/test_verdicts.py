@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from consensus.grouping import choose, pair_count, pair_index
-from consensus.verdicts import decide, group_verdict, judge_on_group
+from consensus.verdicts import decide, group_verdict, judge_on_group, rejection_pending
 
 
 def _sims(labels: list[str]) -> list[int]:
@@ -167,6 +167,24 @@ def test_a_judge_that_rated_another_member_of_a_group_speaks_for_the_group() -> 
     # Without the second judge's verdict on the group one judge (1/4 of the weight) rejects nothing.
     verdicts[3] = [None] * 4
     assert decide([1] * 4, sims, 800, verdicts=verdicts, rule="veto").group.members == (0, 1)
+
+
+def test_a_rejection_is_pending_while_judges_not_heard_on_a_contender_could_still_reach_a_third() -> None:
+    """What the proposer waits for after the grace period (ADR 0022): not a validity rule."""
+    sims = _sims(SPLIT)
+    heard_one = _verdicts(SPLIT, {2: {"Lyon": -900}})  # judge 3 not heard: with it, "Lyon" could be rejected
+    assert rejection_pending([1] * 4, sims, 800, heard_one, 500, 4)
+    everyone = _verdicts(SPLIT, {2: {"Lyon": -900}, 3: {"Lyon": -900}, 0: {"Paris": 100}, 1: {"Paris": 100}})
+    assert not rejection_pending([1] * 4, sims, 800, everyone, 500, 4)
+    # "Lyon" rejected, but "Paris" not yet rated by the "Lyon" judges: they could still reject it too.
+    assert rejection_pending([1] * 4, sims, 800, _verdicts(SPLIT, {2: {"Lyon": -900}, 3: {"Lyon": -900}}), 500, 4)
+    accepted = _verdicts(SPLIT, {2: {"Lyon": 100}, 0: {"Paris": 100}, 1: {"Paris": 100}})  # judge 3 alone: 1/4
+    assert not rejection_pending([1] * 4, sims, 800, accepted, 500, 4)
+    # Two absent validators (total 6): the two "Paris" judges together hold exactly 1/3, never more.
+    assert not rejection_pending([1] * 4, sims, 800, heard_one, 500, 6)
+    # A quorum of weight is decided whatever anyone could still say.
+    labels = ["Lyon", "Paris", "Paris", "Paris"]
+    assert not rejection_pending([1] * 4, _sims(labels), 800, _verdicts(labels, {}), 500, 4)
 
 
 def test_veto_counts_against_all_validators_weight_and_keeps_everyone_if_all_are_rejected() -> None:

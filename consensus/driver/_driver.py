@@ -139,7 +139,7 @@ from consensus.state_machine import (
     VoteInput,
 )
 from consensus.validators import ValidatorSet
-from consensus.verdicts import missing_judges_ok
+from consensus.verdicts import missing_judges_ok, rejection_pending, verdict_matrix
 from multillmn.identity import KeyPair, PeerId
 
 if TYPE_CHECKING:
@@ -761,27 +761,36 @@ class Driver:
         self._try_propose(out)
 
     def _verdicts_ready(self, entry: PendingQuery, outcome: Outcome) -> bool:
-        """A contested outcome may be proposed once every answerer's verdict is in, or, after the grace
-        period, once those missing weigh less than 1/3 (the omission rule validators apply)."""
+        """A contested outcome may be proposed once every answerer's verdict is in; after the grace period,
+        once those missing weigh less than 1/3 (the omission rule validators apply) and none of them could
+        still reject a contender; half a grace period later, on the omission rule alone."""
         vs, keys = self.validators, self.validators.public_key_of
         peers = [open_envelope(Answer, e, keys, self.verified).signer for e in outcome.answers]
-        carried = {open_envelope(Verdict, v, keys, self.verified).signer for v in outcome.verdicts}
+        carried = [open_envelope(Verdict, v, keys, self.verified).message for v in outcome.verdicts]
         weights = [vs.weight_of(p) for p in peers]
         heaviest = max(g.weight for g in grouping.group_answers(weights, outcome.sims, self.config.threshold))
         if 3 * heaviest > 2 * sum(weights) or len(carried) == len(peers):
             return True
         assert entry.quorum_at is not None
-        if self.now < int(entry.quorum_at) + self.config.answer_grace_ms:
+        grace_over = int(entry.quorum_at) + self.config.answer_grace_ms
+        if self.now < grace_over:
             return False
-        judges = {k for k, p in enumerate(peers) if p in carried}
-        return missing_judges_ok(weights, judges, vs.total)
+        matrix, judges = verdict_matrix(carried, peers)
+        if not missing_judges_ok(weights, judges, vs.total):
+            return False
+        rule = self.chain.verdict_rule
+        assert rule is not None
+        return self.now >= grace_over + self.config.answer_grace_ms // 2 or not rejection_pending(
+            weights, outcome.sims, self.config.threshold, matrix, rule.margin, vs.total)
 
     def _wait_for_verdicts(self, entry: PendingQuery, out: list[Effect]) -> None:
-        """The oldest query's judges are not all heard: try again at the end of its grace period (later, each
-        verdict that arrives retries)."""
+        """The oldest query's judges are not all heard: try again at the end of its grace period, then
+        half a grace period later (meanwhile, each verdict that arrives retries)."""
         h = self._h
         assert entry.quorum_at is not None and h.request is not None
         due = int(entry.quorum_at) + self.config.answer_grace_ms
+        if due <= self.now:
+            due += self.config.answer_grace_ms // 2
         if due > self.now and h.grace_armed != due:
             h.grace_armed = due
             out.append(Schedule(GraceTimer(*h.request), due - self.now))
