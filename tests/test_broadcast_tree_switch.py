@@ -49,7 +49,7 @@ def _sends(effects: list[object]) -> list[tuple[str, object]]:
 def _adopt(b: Broadcaster, order: tuple[str, ...], version_after: int) -> list[object]:
     new = _line(order)
     new.version = version_after  # a host's snapshot is always newer than what the core has
-    return list(b.adopt_matrix(new))
+    return list(b.adopt_matrix(new, 0.0))
 
 
 def test_a_peer_pruned_under_the_old_tree_is_pushed_to_once_it_is_a_child() -> None:
@@ -120,3 +120,25 @@ async def test_the_host_adopts_a_new_matrix_only_with_every_tree_built() -> None
     built = core.matrix._trees  # noqa: SLF001  every origin's tree was in the cache when the matrix was adopted
     assert {key[0] for key in built} == set(core.members)
     assert host.broadcast_statistics()["matrices_adopted"] >= 2
+
+
+def test_no_parent_is_judged_silent_while_the_trees_switch() -> None:
+    """Right after a new matrix another peer may still forward on the old tree: a copy that came another way is
+    not held against the new parent then; after ``switch_grace_s`` it is."""
+    def check(adopted_at: float) -> tuple[Broadcaster, list[tuple[str, object]]]:
+        r = _core(R, _line((O, Q, P, R)))  # O -> Q -> P -> R: R's parent is P
+        r.adopt_matrix(_copy_newer(r), adopted_at)
+        payload = make_payload(O, b"came through Q")
+        effects = r.receive(Q, encode(Gossip(O, payload, 2)), 10.0)  # not from the parent P
+        (timer,) = [e for e in effects if isinstance(e, Schedule) and e.delay_s > r.config.lazy_delay_s]
+        return r, _sends(r.fire(timer.timer, 10.0 + timer.delay_s))
+    r, sends = check(adopted_at=9.9)
+    assert sends == [] and r.statistics()["parent_check_switching"] == 1 and r.score(P) == 0
+    r, sends = check(adopted_at=10.0 - r.config.switch_grace_s - 1)
+    assert r.score(P) < 0 and any(isinstance(f, Graft) for _, f in sends)  # routed around, as before
+
+
+def _copy_newer(b: Broadcaster) -> LatencyMatrix:
+    m = b.matrix.copy()
+    m.version += 1
+    return m

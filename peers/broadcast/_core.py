@@ -103,7 +103,8 @@ class BroadcastConfig:
     lazy_degree: int = 6  # lazy neighbours that get IHAVE digests
     lazy_delay_s: float = 0.05  # digests are batched for this long
     graft_timeout_s: float = 0.25  # wait this long after a digest before grafting (and between grafts, plus the RTT)
-    silence_timeout_s: float = 0.75  # a tree parent is silent if its copy is this late (plus its RTT), not merely late
+    silence_timeout_s: float = 0.5  # a tree parent is silent if its copy is this late (plus its RTT), not merely late
+    switch_grace_s: float = 3.0  # no parent is judged silent this long after a new matrix (peers switch apart)
     max_grafted: int = 6  # peers that may graft onto this one per origin beyond its tree children
     exclude_score: int = -20  # a peer at or below this score relays for nobody in our view
     max_payload: int = 1 << 20  # bytes of one payload
@@ -123,7 +124,7 @@ class BroadcastConfig:
         """Raise ``ValueError`` for settings that cannot work."""
         if self.fanout < 1 or self.lazy_degree < 0 or self.max_grafted < 0:
             raise ValueError("fanout must be >= 1, lazy_degree and max_grafted >= 0")
-        for name in ("lazy_delay_s", "graft_timeout_s", "silence_timeout_s", "exclude_delay_s"):
+        for name in ("lazy_delay_s", "graft_timeout_s", "silence_timeout_s", "switch_grace_s", "exclude_delay_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds")
@@ -255,6 +256,7 @@ class Broadcaster:
         self._suspects_from: Counter[str] = Counter()  # reports acted on, by reporter
         self._exclude_generation = 0
         self._regraft: dict[str, str] = {}  # origins whose tree parent changed in my view: the new parent
+        self._adopted_at = -math.inf  # when the last matrix was adopted (adopt_matrix)
         self._late: OrderedDict[tuple[bytes, str], None] = OrderedDict()  # (msg id, peer): graft unanswered, scored
         self._stats: Counter[str] = Counter()
 
@@ -290,13 +292,15 @@ class Broadcaster:
         :data:`~peers.broadcast._trees.DEFAULT_LATENCY_S`."""
         self.matrix.set(a, b, seconds)
 
-    def adopt_matrix(self, matrix: LatencyMatrix) -> list[Effect]:
+    def adopt_matrix(self, matrix: LatencyMatrix, now: float) -> list[Effect]:
         """Build trees from ``matrix`` from now on (a host's snapshot, its trees possibly computed ahead, with a
         :attr:`~peers.broadcast._trees.LatencyMatrix.version` not below the current one). Every origin's view is
-        recomputed now; an empty GRAFT goes to each new parent (:meth:`_view`)."""
+        recomputed now; an empty GRAFT goes to each new parent (:meth:`_view`). For ``switch_grace_s`` no parent is
+        judged silent: another peer may still forward on the old tree, or have switched already."""
         if matrix.version < self.matrix.version:
             raise ValueError("the adopted matrix must not be older than the current one")
         self.matrix = matrix
+        self._adopted_at = now
         self._stats["matrix_changes"] += 1
         return self.refresh()
 
@@ -506,7 +510,7 @@ class Broadcaster:
         if isinstance(timer, _GraftTimer):
             return self._regrafts(self._graft(timer))
         if isinstance(timer, _ParentTimer):
-            return self._regrafts(self._parent_check(timer))
+            return self._regrafts(self._parent_check(timer, now))
         if isinstance(timer, _ExcludeTimer):
             return self._publish_exclusions(timer)
         return []
@@ -771,12 +775,15 @@ class Broadcaster:
             self._regraft[origin] = replacement
         return effects
 
-    def _parent_check(self, timer: _ParentTimer) -> list[Effect]:
+    def _parent_check(self, timer: _ParentTimer, now: float) -> list[Effect]:
         watched = self._watch.pop(timer.msg_id, None)
         if watched is None:
             return []
         origin, parent = watched
         if self._view(origin).parent != parent:
+            return []
+        if now < self._adopted_at + self.config.switch_grace_s:
+            self._stats["parent_check_switching"] += 1  # trees are switching: the parent may forward on the old one
             return []
         self._stats["parent_silent_masked"] += 1
         return self._route_around(origin, parent)

@@ -31,7 +31,7 @@ effects of the pure :class:`~peers.broadcast.Broadcaster`:
   the authenticated links (every ``ping_interval_s``, 5 s; a new link
   within :data:`FIRST_PING_TICK_S`) and sends its row to every linked peer
   directly every ``row_interval_s`` (10 s); its estimates and the rows it
-  receives feed :meth:`Broadcaster.set_latency`. A peer can only speak for
+  receives feed the host's copy of the matrix (below). A peer speaks only for
   its own links, and a lying one only makes the trees worse, which the
   core's scoring and repair absorb (``peers/latency.py`` for the choice).
 * Trees are computed ahead, and a new matrix is adopted only once they
@@ -41,10 +41,12 @@ effects of the pure :class:`~peers.broadcast.Broadcaster`:
   every origin's tree on it in a worker thread (``build_in_thread``; about
   50 ms of CPU per origin at 8 peers, which, run on the event loop, stalled
   every message behind it: the multi-second outliers of issue 13), then
-  hands it to :meth:`Broadcaster.adopt_matrix`, which switches every view
-  at once and sends an empty GRAFT to each new parent. A message never
-  waits for a tree to be built, and peers switch within a link delay of
-  each other (the rows reach them together).
+  hands it to :meth:`Broadcaster.adopt_matrix` on the first multiple of
+  :data:`ADOPT_SLOT_S` on the wall clock at least :data:`ADOPT_LEAD_S`
+  after the snapshot, which switches every view at once and sends an empty
+  GRAFT to each new parent. A message never waits for a tree to be built,
+  and peers that took the same snapshot (the rows reach them together)
+  switch at the same moment.
 
 Bounds
 ------
@@ -64,6 +66,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -100,6 +103,14 @@ MAX_TIMERS: Final = 65_536
 
 WARM_DELAY_S: Final = 0.2
 """Quiet time after a change of the latency matrix or the members before the trees are computed ahead."""
+
+ADOPT_SLOT_S: Final = 3.0
+"""A new matrix is adopted on a multiple of this on the wall clock, the first at least :data:`ADOPT_LEAD_S` after
+its snapshot: peers that took the same snapshot (the rows reach them together) switch their trees together."""
+
+ADOPT_LEAD_S: Final = 2.0
+"""Time left to build the trees before the switch (about 0.5 s of CPU at 8 peers; a build that takes longer
+switches when it is done)."""
 
 FIRST_PING_TICK_S: Final = 0.5
 """A linked peer without a latency estimate is pinged within this time (then every ``ping_interval_s``)."""
@@ -355,6 +366,7 @@ class BroadcastTransport:
                 self._changed = trio.Event()
                 await trio.sleep(WARM_DELAY_S)
             snapshot = self._latest.copy()
+            switch_at = math.ceil((time.time() + ADOPT_LEAD_S) / ADOPT_SLOT_S) * ADOPT_SLOT_S
             core = self.broadcaster
             members, fanout, key = core.members, core.config.fanout, core.members_key
             if self.build_in_thread:
@@ -364,8 +376,9 @@ class BroadcastTransport:
                     _build_trees(snapshot, (origin,), fanout, key, members)
                     await trio.sleep(0)
             self._stats.trees_computed += len(members)
+            await trio.sleep(max(0.0, switch_at - time.time()))
             self._stats.matrices_adopted += 1
-            self._execute(core.adopt_matrix(snapshot), None)
+            self._execute(core.adopt_matrix(snapshot, self._now()), None)
             self.warm = not self._changed.is_set()
 
     def _on_send(self, send: Send, own: bool) -> bool:
