@@ -8,6 +8,9 @@ r"""Decision latency of tree broadcast against the full mesh on the real multi-p
     # or one testnet after the other (less memory; the machine's load may differ between them)
     flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/broadcast_testnet.py --engine models --queries 8 \
         --models smollm2 --max-new-tokens 16 --sequential
+    # the outliers' fixes (issue 13): the recorded runs scripted-4/5/6-fixed, each as the code stood then
+    flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/broadcast_testnet.py --engine scripted --queries 40 \
+        --label scripted-6-fixed
 
 Every command merges its result into ``--json`` (default
 ``bench/results/broadcast-testnet-<today>.json``) under ``--label`` (default: the engine's name).
@@ -45,7 +48,8 @@ transport sent per question (``/v1/status`` ``transport.peers[*].sent``:
 every frame, ledger sync and latency probes included) and, for the tree,
 the broadcast layer's frames and bytes per question and node and its
 duplicates and every other counter of its core that moved (grafts, silent
-parents, exclusions; the transport counts no bytes, so the mesh has none).
+parents, exclusions; ``tree_host_counters``: trees built, matrices adopted,
+the probe's estimate reports and rows taken; the transport counts no bytes, so the mesh has none).
 """
 
 from __future__ import annotations
