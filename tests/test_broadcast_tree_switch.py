@@ -16,7 +16,7 @@ from consensus.messages import VerifiedCache
 from multillmn.identity import KeyPair
 from peers.broadcast import BroadcastConfig, Broadcaster, Gossip, Graft, IHave, Prune, Schedule, Send, decode, encode
 from peers.broadcast import message_id
-from peers.broadcast._host import tree_transport
+from peers.broadcast._host import TREE_RESTARTS, tree_transport
 from peers.broadcast._simnet import fake_validate, make_payload
 from peers.broadcast._trees import LatencyMatrix
 from peers.transport import Transport
@@ -119,6 +119,7 @@ async def test_the_host_adopts_a_new_matrix_only_with_every_tree_built() -> None
     assert core.matrix is not before and core.matrix.version > before.version
     built = core.matrix._trees  # noqa: SLF001  every origin's tree was in the cache when the matrix was adopted
     assert {key[0] for key in built} == set(core.members)
+    assert core.matrix.restarts == TREE_RESTARTS  # every host builds the same trees, cheaply
     assert host.broadcast_statistics()["matrices_adopted"] >= 2
 
 

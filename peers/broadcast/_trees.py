@@ -106,6 +106,7 @@ class LatencyMatrix:
         self._trees: OrderedDict[tuple[str, int, bytes], Tree] = OrderedDict()
         self._views: OrderedDict[tuple[str, int, bytes, frozenset[str]], Routed] = OrderedDict()
         self.version = 0
+        self.restarts = RESTARTS  # build_tree's; every peer must use the same (a host sets it before any tree)
 
     def set(self, a: str, b: str, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0):
@@ -122,6 +123,7 @@ class LatencyMatrix:
         other = LatencyMatrix(self._base, self._default)
         other._entries = dict(self._entries)
         other.version = self.version
+        other.restarts = self.restarts
         return other
 
     def get(self, a: str, b: str) -> float:
@@ -142,7 +144,7 @@ class LatencyMatrix:
         key = (origin, fanout, members_key)
         tree = self._trees.get(key)
         if tree is None:
-            tree = build_tree(origin, members, self.get, fanout)
+            tree = build_tree(origin, members, self.get, fanout, restarts=self.restarts)
             self._trees[key] = tree
             while len(self._trees) > MAX_CACHED_TREES:
                 self._trees.popitem(last=False)
@@ -368,15 +370,15 @@ def _perturbed(lat: Callable[[str, str], float],
 
 
 def build_tree(origin: str, members: Iterable[str], latency: Latency, fanout: int, *,
-               avoid: Collection[str] = (), improve: bool | None = None) -> Tree:
+               avoid: Collection[str] = (), improve: bool | None = None, restarts: int = RESTARTS) -> Tree:
     """A fan-out-bounded spanning tree rooted at ``origin`` with a small maximum arrival time.
 
     ``members`` may include the origin or not. Nodes in ``avoid`` get no
     children unless no tree exists otherwise. ``improve`` (default: at most
     :data:`IMPROVE_MAX_NODES` nodes) runs local search after the greedy; up
     to :data:`RESTART_MAX_NODES` nodes it also restarts the search from
-    :data:`RESTARTS` greedy trees of perturbed latencies (a fixed seed: the
-    result is a function of the inputs) and keeps the best.
+    ``restarts`` (:data:`RESTARTS`) greedy trees of perturbed latencies (a fixed seed:
+    the result is a function of the inputs) and keeps the best.
     """
     if fanout < 1:
         raise ValueError("fanout must be at least 1")
@@ -388,7 +390,7 @@ def build_tree(origin: str, members: Iterable[str], latency: Latency, fanout: in
     starts: list[Callable[[str, str], float]] = [lat]
     if improve and len(nodes) <= RESTART_MAX_NODES:
         rng = random.Random(0)
-        for _ in range(RESTARTS):
+        for _ in range(restarts):
             noise = {(a, b): rng.uniform(0.5, 1.5) for a in nodes for b in nodes}
             starts.append(_perturbed(lat, noise))
     best: tuple[tuple[float, float], dict[str, str]] | None = None
