@@ -8,9 +8,9 @@ r"""Decision latency of tree broadcast against the full mesh on the real multi-p
     # or one testnet after the other (less memory; the machine's load may differ between them)
     flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/broadcast_testnet.py --engine models --queries 8 \
         --models smollm2 --max-new-tokens 16 --sequential
-    # the outliers' fixes (issue 13): the recorded runs scripted-4/5/6-fixed, each as the code stood then
+    # the outliers' fixes (issue 13): the recorded runs scripted-4/5/6/7-fixed, each as the code stood then
     flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/broadcast_testnet.py --engine scripted --queries 40 \
-        --label scripted-6-fixed
+        --label scripted-7-fixed
 
 Every command merges its result into ``--json`` (default
 ``bench/results/broadcast-testnet-<today>.json``) under ``--label`` (default: the engine's name).
