@@ -16,12 +16,21 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .models import ModelSpec
+
+LOAD_LOCK = threading.RLock()
+"""Held around every ``from_pretrained`` of a model in this process. transformers swaps process-wide
+state while it loads and puts it back after (``PreTrainedModel.tie_weights`` and ``init_weights``, the
+``torch.nn.init`` functions, torch's default dtype); two loads overlapping in threads of one process
+(in-process shard workers loading their layers at once) restored each other's stand-ins, so
+``tie_weights`` stayed a no-op and every tied model loaded later (SmolLM2, Gemma-3) kept a random input
+embedding and answered garbage."""
 
 __all__ = ["FORMAT_VERSION", "cache_key", "load_or_convert", "default_cache_dir"]
 
@@ -99,7 +108,8 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
     _quiet_gguf_progress()
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    with LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # weights are plain fp32 now

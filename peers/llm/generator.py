@@ -41,7 +41,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from .cache import load_or_convert, offline
+from .cache import LOAD_LOCK, load_or_convert, offline
 from .models import ModelSpec
 from .prefix import PrefixCache, PrefixStatistics
 from .prompting import chat_messages, clean_answer, few_shot_prompt
@@ -128,7 +128,8 @@ class Generator:
         t0 = time.monotonic()
         directory = load_or_convert(spec, Path(cache_dir))
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        with LOAD_LOCK:  # one model load at a time in this process (see LOAD_LOCK)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         model.eval()  # type: ignore[no-untyped-call]
         log.info("loaded %s from %s in %.1f s (%d threads)", spec.name, directory, time.monotonic() - t0, threads)
         return cls(spec, model, tokenizer)

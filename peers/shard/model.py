@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,27 +66,19 @@ class ShardState:
     next_pos: torch.Tensor | None = None
 
 
-# transformers' ``from_pretrained`` swaps process-wide state while it loads and puts it back after:
-# ``PreTrainedModel.tie_weights`` and ``init_weights``, the ``torch.nn.init`` functions, torch's default
-# dtype. Two loads overlapping in threads of one process (in-process shard workers loading their
-# layers at once) restore each other's stand-ins: ``tie_weights`` stayed a no-op, and every tied model
-# loaded later in the process (SmolLM2, Gemma-3) kept a random input embedding and answered garbage.
-_LOAD_LOCK = threading.Lock()
-
-
 def load_full_model(model_dir: Path | str, **config_overrides: Any) -> Any:
     """Load a Hugging Face causal LM in fp32 eval mode on CPU, offline and without progress bars.
 
     ``config_overrides`` change config values (e.g. ``sliding_window=8`` in tests). One load at a time
-    per process (``from_pretrained`` is not thread-safe, see ``_LOAD_LOCK``).
+    per process (``from_pretrained`` is not thread-safe, see :data:`peers.llm.cache.LOAD_LOCK`).
     """
     from transformers.utils import logging as hf_logging
 
-    from peers.llm.cache import offline
+    from peers.llm.cache import LOAD_LOCK, offline
 
     offline()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    with _LOAD_LOCK:
+    with LOAD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, **config_overrides)
     model.eval()  # type: ignore[no-untyped-call]
     return model
