@@ -96,8 +96,9 @@ class Result:
 
 
 def manifest_text(peers: int, malicious: int, behaviour: str, honest_weight: int = 1, from_height: int = 1) -> str:
-    """Malicious peers last; honest ones alternate SmolLM2 and Gemma-3."""
-    lines = ['[testnet]', 'chain_id = "accuracy"', 'threads_per_peer = 1', 'max_new_tokens = 32', '']
+    """Malicious peers last; honest ones alternate SmolLM2 and Gemma-3; answers of up to 48 new tokens."""
+    # 48 new tokens, the peers' default and ADR 0022's offline record (32 cut three answers: q080 q100 q126)
+    lines = ['[testnet]', 'chain_id = "accuracy"', 'threads_per_peer = 1', 'max_new_tokens = 48', '']
     for i in range(peers):
         bad = i >= peers - malicious
         lines += ['[[peer]]', f'name = "{"bad" if bad else "peer"}{i}"',

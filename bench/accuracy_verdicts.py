@@ -1,16 +1,22 @@
 """WBFT with and without judges' verdicts (ADR 0022) on the real testnet, side by side.
 
-Runs ``bench/accuracy.py``'s all-honest scenario on 4 peers (2 SmolLM2 + 2
-Gemma-3, equal weights at genesis, adapting by the weight rule) twice on the
+Runs one of ``bench/accuracy.py``'s scenarios (``--scenario``; by default
+"4", all honest on 4 peers: 2 SmolLM2 + 2 Gemma-3, equal weights at genesis,
+adapting by the weight rule; or any name of ``accuracy.SCENARIOS``, e.g. "0"
+for 6 honest peers, "1/3" or "1/2-late" under attack) once per rule on the
 same consecutive shipped questions: the manifest's ``[testnet] verdict_rule =
 "none"`` (today's rule) and ``"veto"`` (margin 500), which the launcher writes
 into the genesis.
-Reports per rule: questions decided right, reachable ones (some peer right),
-how many of the reachable were decided right, and the p50 / p90 latency of
-a query as the client sees it.
+Reports per rule: questions decided right (over all and, under attack, over
+the heights once the malicious weight share fell below 1/3), reachable ones
+(some honest peer right), how many of the reachable were decided right, each
+model alone, majority vote, and the p50 / p90 latency of a query as the
+client sees it.
 
     flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/accuracy_verdicts.py --queries 24 \\
         --json bench/results/accuracy-verdicts.json
+    flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/accuracy_verdicts.py --scenario 1/3 \\
+        --rules veto --queries 128 --json bench/results/accuracy-verdicts-third.json
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ from multillmn.questions import load_questions  # noqa: E402
 from peers.ledger import value_of_certificate  # noqa: E402
 
 
-def run(rule: str, queries: int, base: Path, skip: int = 0) -> dict[str, Any]:
+# bench/accuracy.py's scenarios plus this bench's default: 4 honest peers, equal weights
+SCENARIOS: dict[str, tuple[int, int, int, int]] = {"4": (4, 0, 1, 1), **accuracy.SCENARIOS}
+
+
+def run(rule: str, queries: int, base: Path, skip: int = 0, scenario: str = "4",
+        behaviour: str = "collude") -> dict[str, Any]:
     """One testnet whose genesis has ``verdict_rule = rule``; the scenario's figures and latencies."""
     real_text, real_ask = accuracy.manifest_text, accuracy.ask  # type: ignore[attr-defined]
     seconds: list[float] = []
@@ -54,17 +65,25 @@ def run(rule: str, queries: int, base: Path, skip: int = 0) -> dict[str, Any]:
 
     accuracy.manifest_text = text
     accuracy.ask = ask  # type: ignore[attr-defined,assignment]
-    accuracy.SCENARIOS["4"] = (4, 0, 1, 1)
+    real_scenarios, accuracy.SCENARIOS = accuracy.SCENARIOS, SCENARIOS
     try:
-        result = accuracy.run_scenario("4", load_questions()[skip:skip + queries], "collude", base / rule)
+        result = accuracy.run_scenario(scenario, load_questions()[skip:skip + queries], behaviour, base / rule)
     finally:
         accuracy.manifest_text, accuracy.ask = real_text, real_ask  # type: ignore[attr-defined]
-    reachable = [h for h in result.heights if any(a["correct"] for a in h["answers"])]
+        accuracy.SCENARIOS = real_scenarios
+    reachable = [h for h in result.heights  # some honest peer right (malicious peers are named "bad...")
+                 if any(a["correct"] and not a["peer"].startswith("bad") for a in h["answers"])]
     ordered = sorted(seconds)
     return {
-        "rule": rule, "queries": result.wbft.total, "right": result.wbft.correct, "reachable": len(reachable),
+        "rule": rule, "scenario": scenario, "peers": result.peers, "malicious": result.malicious,
+        "behaviour": result.behaviour,
+        "queries": result.wbft.total, "right": result.wbft.correct, "reachable": len(reachable),
         "right_of_reachable": sum(h["correct"] for h in reachable),
+        "after_adaptation": result.wbft_after_adaptation.total,  # heights once the bad share fell below 1/3
+        "right_after_adaptation": result.wbft_after_adaptation.correct,
+        "majority": result.majority.correct,
         "models": {m: t.correct for m, t in sorted(result.models.items())},
+        "malicious_share": result.malicious_share,
         "p50_s": round(ordered[len(ordered) // 2], 2), "p90_s": round(ordered[(9 * len(ordered)) // 10], 2),
         "verdicts_carried": sum(len(c) for c in carried),
         "heights": [{**h, "verdicts": c} for h, c in zip(result.heights, carried, strict=True)],
@@ -76,14 +95,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=24)
     parser.add_argument("--skip", type=int, default=0, help="start after this many shipped questions")
     parser.add_argument("--rules", default="none,veto")
+    parser.add_argument("--scenario", default="4", help=f"one of {', '.join(SCENARIOS)} (see bench/accuracy.py)")
+    parser.add_argument("--behaviour", default="collude", help="what the malicious peers do (a manifest name)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.scenario not in SCENARIOS:
+        parser.error(f"unknown scenario {args.scenario!r}; choose from {list(SCENARIOS)}")
     out = []
     with tempfile.TemporaryDirectory(prefix="accuracy-verdicts-") as tmp:
         for rule in args.rules.split(","):
-            r = run(rule, args.queries, Path(tmp), args.skip)
+            r = run(rule, args.queries, Path(tmp), args.skip, args.scenario, args.behaviour)
             out.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "heights"}), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if k not in ("heights", "malicious_share")}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
