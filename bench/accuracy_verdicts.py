@@ -82,7 +82,8 @@ def run(rule: str, queries: int, base: Path, skip: int = 0, scenario: str = "4",
         "after_adaptation": result.wbft_after_adaptation.total,  # heights once the bad share fell below 1/3
         "right_after_adaptation": result.wbft_after_adaptation.correct,
         "majority": result.majority.correct,
-        "models": {m: t.correct for m, t in sorted(result.models.items())},
+        "models": {m: t.correct for m, t in sorted(result.models.items())},  # right answers of its honest peers
+        "models_answers": {m: t.total for m, t in sorted(result.models.items())},  # of so many
         "malicious_share": result.malicious_share,
         "p50_s": round(ordered[len(ordered) // 2], 2), "p90_s": round(ordered[(9 * len(ordered)) // 10], 2),
         "verdicts_carried": sum(len(c) for c in carried),
