@@ -52,10 +52,11 @@ from typing import Any, NoReturn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES: dict[str, dict[str, int]] = {
+MODES: dict[str, dict[str, int | str]] = {
     "batched": {},  # the shipped defaults (batches, many queries per height, the prompt prefix's KV cache)
     "off": {"model.max_batch": 1, "consensus.queries_per_height": 1, "env.MULTILLMN_PREFIX_CACHE": 0},
     "nocache": {"env.MULTILLMN_PREFIX_CACHE": 0},  # batched as before the prefix cache (not run by default)
+    "batches": {"model.batching": "batches"},  # batches without continuous batching (not run by default)
 }
 MODELS = ("smollm2", "gemma3")
 
@@ -78,12 +79,13 @@ def peer_wrapper(argv: list[str]) -> NoReturn:
         if section == "env":
             os.environ[name] = value
             continue
-        lines = [f"{name} = {int(value)}" if line.split("=", 1)[0].strip() == name else line for line in lines]
+        literal = value if value.lstrip("-").isdigit() else json.dumps(value)  # a number, else a TOML string
+        lines = [f"{name} = {literal}" if line.split("=", 1)[0].strip() == name else line for line in lines]
     path.write_text("\n".join(lines) + "\n")
     os.execvp(command[0], command)
 
 
-def supported_overrides(overrides: dict[str, int]) -> tuple[dict[str, int], list[str]]:
+def supported_overrides(overrides: dict[str, int | str]) -> tuple[dict[str, int | str], list[str]]:
     """The overrides whose key ``multillmn.config.PeerConfig`` has, and the names of those it lacks."""
     from multillmn.config import PeerConfig
 
@@ -261,9 +263,19 @@ def log_records(path: Path, offset: int) -> list[dict[str, Any]]:
     return out
 
 
-def batches_of(records: list[dict[str, Any]], tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
+def rows_joined(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """A peer's ``generation.rows_joined`` counts over a cell (continuous batching; empty without it)."""
+    a = (after.get("generation") or {}).get("rows_joined") or {}
+    b = (before.get("generation") or {}).get("rows_joined") or {}
+    return {k: n - int(b.get(k, 0)) for k, n in sorted(a.items(), key=lambda kv: int(kv[0])) if n - int(b.get(k, 0))}
+
+
+def batches_of(records: list[dict[str, Any]], tokenizer: Any, max_new_tokens: int,
+               continuous: bool = False) -> list[list[int]]:
     """Estimated generated tokens of each answer, grouped by batch (runs of "answered" records with one
-    ``batch`` and ``gen_ms``)."""
+    ``batch`` and ``gen_ms``). With continuous batching each answer has its own ``gen_ms`` and
+    ``batch`` is the rows running as it joined, so every answer is its own group (the cell's
+    ``rows_joined`` shows the batch sizes instead)."""
     out: list[list[int]] = []
     key: tuple[Any, Any] | None = None
     left = 0
@@ -272,7 +284,7 @@ def batches_of(records: list[dict[str, Any]], tokenizer: Any, max_new_tokens: in
             continue
         size, gen_ms = rec.get("batch", 1), rec.get("gen_ms")
         tokens = min(max_new_tokens, len(tokenizer(str(rec.get("text", "")), add_special_tokens=False)["input_ids"]) + 1)
-        if key == (size, gen_ms) and left > 0:
+        if key == (size, gen_ms) and left > 0 and not continuous:
             out[-1].append(tokens)
         else:
             out.append([tokens])
@@ -295,7 +307,7 @@ class Net:
     """One mode's running testnet."""
 
     mode: str
-    overrides: dict[str, int]
+    overrides: dict[str, int | str]
     directory: Path
     peers: list[Any]
     startup_s: float
@@ -307,7 +319,7 @@ class Net:
         return [p.api_url for p in self.peers]
 
 
-def start_net(mode: str, overrides: dict[str, int], max_new_tokens: int, say: Any) -> Net:
+def start_net(mode: str, overrides: dict[str, int | str], max_new_tokens: int, say: Any) -> Net:
     """A 4-peer testnet whose peers run with ``overrides`` (through this script as their wrapper)."""
     from testnet.launcher import DEFAULT_PEER_COMMAND, load_state, up
     from testnet.manifest import Manifest
@@ -324,7 +336,7 @@ def start_net(mode: str, overrides: dict[str, int], max_new_tokens: int, say: An
         lines = Path(p.config).read_text().splitlines()
         settings[p.name] = {k: next((line.split("=", 1)[1].strip() for line in lines
                                      if line.split("=", 1)[0].strip() == k.split(".", 1)[1]), None)
-                            for k in MODES["off"] if not k.startswith("env.")}
+                            for k in (*MODES["off"], "model.batching") if not k.startswith("env.")}
     net = Net(mode, overrides, directory, peers, round(time.monotonic() - t0, 1), settings)
     say(f"[{mode}] testnet up in {net.startup_s:.0f} s; peer settings {settings[peers[0].name]}")
     return net
@@ -337,7 +349,8 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
 
     peers, urls = net.peers, net.urls
     offsets = {p.name: Path(p.log).stat().st_size for p in peers}
-    heights0 = [fetch_status(u).get("decided_heights", 0) for u in urls]
+    statuses0 = [fetch_status(u) for u in urls]
+    heights0 = [s.get("decided_heights", 0) for s in statuses0]
     load = os.getloadavg()[0]
     cpu0 = {p.name: cpu_seconds(p.pid) for p in peers}
     loop, elapsed = closed_loop(urls, questions, clients, seconds, drain_s, timeout_s=300)
@@ -347,9 +360,10 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
     heights = max(int(s.get("decided_heights", 0) or 0) for s in statuses) - max(int(h or 0) for h in heights0)
     per_peer = []
     records = {p.name: log_records(Path(p.log), offsets[p.name]) for p in peers}
-    for p, st in zip(peers, statuses):
+    for p, st, st0 in zip(peers, statuses, statuses0):
         info = infos[p.model]
-        groups = batches_of(records[p.name], info.tokenizer, max_new_tokens)
+        joined = rows_joined(st0, st)
+        groups = batches_of(records[p.name], info.tokenizer, max_new_tokens, continuous=bool(joined))
         tokens = sum(sum(g) for g in groups)
         steps = sum(max(g) for g in groups)
         limit = bandwidth / info.weight_bytes_per_step
@@ -358,12 +372,14 @@ def run_cell(net: Net, clients: int, seconds: float, drain_s: float, questions: 
             "batches": len(groups), "answers": sum(len(g) for g in groups),
             "tokens": tokens, "row_steps": sum(len(g) * max(g) for g in groups),
             "batch_sizes": dict(sorted(Counter(len(g) for g in groups).items())),
-            "max_batch_seen": max((len(g) for g in groups), default=0),
+            "max_batch_seen": max((int(k) for k in joined), default=0) if joined else max((len(g) for g in groups), default=0),
             "tokens_per_s": round(tokens / elapsed, 2), "steps_per_s": round(steps / elapsed, 2),
             "bandwidth_limit_tokens_per_s": round(limit, 1),
             "bw_ratio": round(info.weight_bytes_per_step * steps / elapsed / bandwidth, 3),
             "token_ratio": round(tokens / elapsed / limit, 3),
             "status_generation": st.get("generation"),
+            # continuous batching: rows running when a question joined, this cell's questions (else empty)
+            "rows_joined": joined,
             "cpu_s": None if cpu[p.name] is None else round(cpu[p.name] or 0.0, 1),
         })
     done = len(loop.latencies)
@@ -554,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     clients_list = [int(c) for c in args.clients.split(",")]
     for spec in args.mode:
         name, _, items = spec.partition(":")
-        MODES[name] = {k: int(v) for k, v in (item.split("=", 1) for item in items.split(",") if item)}
+        MODES[name] = {k: int(v) if v.lstrip("-").isdigit() else v
+                       for k, v in (item.split("=", 1) for item in items.split(",") if item)}
     modes = args.modes.split(",")
     if set(modes) - set(MODES):
         parser.error(f"modes are {sorted(MODES)}")

@@ -32,6 +32,7 @@ SHARD_OBJECTIVES = ("latency", "throughput")
 """What the EdgeShard planner minimises for a sharded peer (``peers.shard.planner.OBJECTIVES``)."""
 
 BROADCAST_MODES = ("mesh", "tree")
+BATCHING_MODES = ("continuous", "batches")
 """``[p2p] broadcast``: every message to every peer directly, or over self-repairing trees (issue 13)."""
 
 MAX_BROADCAST_FANOUT = 16
@@ -93,6 +94,7 @@ class PeerConfig:
     max_new_tokens: int = 48
     threads: int = 1
     max_batch: int = 16  # bench/throughput.py: at 16 clients one batch instead of two (ADR 0019)
+    batching: str = "continuous"  # ADR 0019 addendum 5
     cache_dir: str = "~/.cache/multillmn/models"
     # [consensus]
     timeout_propose_ms: int = 3000
@@ -172,6 +174,8 @@ class PeerConfig:
         _check_range("model.max_new_tokens", self.max_new_tokens, 1, 1024)
         _check_range("model.threads", self.threads, 1, 256)
         _check_range("model.max_batch", self.max_batch, 1, 64)
+        if self.batching not in BATCHING_MODES:
+            raise ConfigError(f"model.batching: expected {' | '.join(BATCHING_MODES)}, got {self.batching!r}")
         for key in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms"):
             _check_range(f"consensus.{key}", getattr(self, key), 1, 3_600_000)
         _check_range("consensus.timeout_delta_ms", self.timeout_delta_ms, 0, 3_600_000)
@@ -305,7 +309,7 @@ _KEYS: dict[str, dict[str, str]] = {
             "broadcast": "broadcast", "broadcast_fanout": "broadcast_fanout"},
     "api": {"listen": "api_listen", "query_timeout_s": "query_timeout_s"},
     "model": {"name": "model", "max_new_tokens": "max_new_tokens", "threads": "threads",
-              "max_batch": "max_batch", "cache_dir": "cache_dir"},
+              "max_batch": "max_batch", "batching": "batching", "cache_dir": "cache_dir"},
     "consensus": {k: k for k in ("timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
                                  "timeout_delta_ms", "answer_wait_ms", "answer_grace_ms", "judge_band",
                                  "queries_per_height")},
@@ -348,6 +352,8 @@ _COMMENTS: dict[str, str] = {
     "threads": "torch threads for this peer (peers of a local testnet share the cores).",
     "max_batch": "Questions answered together in one batched generation (1 to 64; 1: one at a time). On CPU "
                  "a decode step of 16 rows costs 1.5x to 3x one of a single row.",
+    "batching": "continuous (a question joins the running batch between two decode steps and its answer leaves "
+                "as soon as it ends) | batches (questions that arrive while a batch runs wait for the next one).",
     "cache_dir": "Where converted GGUF weights are cached so restarts load in seconds.",
     "timeout_propose_ms": "Wait for the proposal in round 0; grows by timeout_delta_ms per round.",
     "timeout_prevote_ms": "Wait after +2/3 mixed prevotes before precommitting nil.",

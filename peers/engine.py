@@ -8,7 +8,9 @@ Both are blocking: the runner calls them from worker threads.
 ``answer_batch`` answers several questions in one batched generation
 (ADR 0019; a sharded peer's ``ShardedEngine`` pipelines micro-batches through
 its workers); :func:`answer_all` falls back to one ``answer`` per question for
-an engine without it.
+an engine without it. ``ModelEngine.serve`` batches continuously (questions
+join a running batch, answers leave as their rows end; :mod:`peers.answering`
+uses it when an engine has it).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.grouping import pair_index
 
@@ -118,6 +120,16 @@ class ModelEngine:
         ``seconds`` is the batch's wall time."""
         return [Reply(text=g.text, seconds=g.seconds)
                 for g in self._generator.generate_batch(list(questions), max_new_tokens)]
+
+    def serve(self, more: Callable[[int], Sequence[tuple[Any, str, int]]], done: Callable[[Any, Reply], None],
+              max_rows: int) -> None:
+        """Continuous batching (:meth:`peers.llm.Generator.serve`): ``more(room)`` gives up to ``room``
+        new ``(key, question, max_new_tokens)`` without blocking, ``done(key, reply)`` takes each answer
+        as its row ends (``seconds``: from its joining to its end); returns when none is left running."""
+        from peers.llm.generator import Ask
+
+        self._generator.serve(lambda room: [Ask(k, q, m) for k, q, m in more(room)],
+                              lambda key, g: done(key, Reply(text=g.text, seconds=g.seconds)), max_rows)
 
     def similarities(self, question: str, texts: list[str]) -> list[int]:
         from peers.embedder import quantise

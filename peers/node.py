@@ -9,9 +9,9 @@ results back:
   ledger;
 * ``Send`` goes out on the transport; ``Persist`` is appended to the WAL and
   fsynced before the next effect; ``Schedule`` is a sleeping task;
-* ``Generate`` queues the question for the model; the questions waiting when
-  the model is free go together in one batch (``[model] max_batch``) in a
-  worker thread; ``Embed``, ``Judge`` and ``Rate`` run in worker threads;
+* ``Generate`` queues the question for the model (:mod:`peers.answering`:
+  batches of up to ``[model] max_batch``, continuous for a real model);
+  ``Embed``, ``Judge`` and ``Rate`` run in worker threads;
 * ``Decided`` becomes a certificate (kept, posted to the ledger, and handed
   to the client waiting for that query).
 
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +81,8 @@ from multillmn import jsonsafe
 from peers.attacks import poisoned_events_payload
 from peers.catchup import BATCH, MAX_CERTIFICATE_BYTES, MIN_INTERVAL_S, CatchUpReply, CatchUpRequest, RateLimit, certificate_bytes
 from peers.certificates import CertificateStore
-from peers.engine import AnswerEngine, answer_all
+from peers.answering import GENERATION_QUEUE, Answerer
+from peers.engine import AnswerEngine
 from peers.judge import judge_pairs, rate
 from peers.ledger import value_of_certificate
 from peers.metrics import NodeMetrics
@@ -98,9 +98,6 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "GENERATION_QUEUE", "Node", "PeerCrashed", "QueryFailed"]
 
 log = logging.getLogger("multillmn.node")
-
-GENERATION_QUEUE = 256
-"""Questions waiting for this peer's model; more are dropped (and counted)."""
 
 
 class QueryFailed(Exception):
@@ -162,7 +159,6 @@ class Node:
             tick_ms=max(1000, 2 * cfg.timeout_propose_ms), queries_per_height=cfg.queries_per_height)
         self.driver = Driver(key, genesis.chain(self.verified), config, behaviour=behaviour, verified=self.verified)
         self.rejects = RejectStats()
-        self.batch_sizes: Counter[int] = Counter()  # questions per model call -> calls (GET /v1/status)
         self.metrics = NodeMetrics()  # GET /metrics: histograms fed here, the rest read when scraped
         self._tree: BroadcastTransport | None = None
         if cfg.broadcast == "tree":  # [p2p] broadcast: signed messages spread over trees (peers/broadcast)
@@ -172,7 +168,8 @@ class Node:
                                                          fanout=cfg.broadcast_fanout)
         self.certificates = CertificateStore(genesis, ledger)
         self._waiters: dict[bytes, _Waiter] = {}
-        self._generate_tx, self._generate_rx = trio.open_memory_channel[Generate](GENERATION_QUEUE)
+        self.answerer = Answerer(engine, cfg.max_batch, self._arrived, self._handle, self._now, self.metrics,
+                                 self._spawn, continuous=cfg.batching == "continuous")
         self._warming: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
         self._later: list[Effect] = []  # effects of the start-up replays, carried out once running
@@ -231,7 +228,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive_loop)
-            nursery.start_soon(self._generate_loop)
+            nursery.start_soon(self.answerer.run)
             if self._tree is not None:
                 nursery.start_soon(self._tree.run_overlay)
             if self.cfg.join_via:
@@ -375,9 +372,7 @@ class Node:
             "height": d.height,
             "decided_heights": self.certificates.decided,
             "pending_queries": len(d.pool),
-            "generation": {"batches": sum(self.batch_sizes.values()),
-                           "answered": sum(k * n for k, n in self.batch_sizes.items()),
-                           "batch_sizes": {str(k): n for k, n in sorted(self.batch_sizes.items())}},
+            "generation": self.answerer.status(),
             "connected_peers": self.transport.connected_peers(),
             "validators": [{"peer_id": v.peer_id, "moniker": v.moniker, "weight": v.weight}
                            for v in self.validators.validators],
@@ -514,11 +509,7 @@ class Node:
             elif isinstance(e, Schedule):
                 self._spawn(self._timer, e)
             elif isinstance(e, Generate):
-                try:
-                    self._generate_tx.send_nowait(e)
-                except trio.WouldBlock:
-                    log.warning("question dropped: the model's queue is full", extra=fields(
-                        query=e.query_id.hex()[:12]))
+                self.answerer.submit(e)
             elif isinstance(e, Embed):
                 self._spawn(self._embed, e)
             elif isinstance(e, Judge):
@@ -550,6 +541,11 @@ class Node:
             elif isinstance(e, AskCatchUp):
                 self._ask_catch_up(e.peer, e.height)
 
+    def _arrived(self, query_id: bytes) -> int | None:
+        """When a pending query arrived (ms), or None once it is decided or expired."""
+        entry = self.driver.pool.get(query_id)
+        return None if entry is None else int(entry.arrived)
+
     def _spawn(self, fn: Any, *args: Any) -> None:
         assert self._nursery is not None, "the node is not running"
         self._nursery.start_soon(fn, *args)
@@ -572,61 +568,6 @@ class Node:
     async def _timer(self, e: Schedule) -> None:
         await trio.sleep(e.delay_ms / 1000)
         self._handle(TimerFired(e.timer))
-
-    async def _generate_loop(self) -> None:
-        """Answer questions in batches with the peer's model (or a fault-injection reply).
-
-        The first waiting question, then whatever else is already waiting (without blocking), up to
-        ``[model] max_batch``, go to the model together (ADR 0019); questions that arrive meanwhile form
-        the next batch. A batch of one is answered exactly as before batching (``engine.answer``).
-        """
-        async for first in self._generate_rx:
-            batch: list[Generate] = []
-            e: Generate | None = first
-            while e is not None:
-                if self.driver.pool.get(e.query_id) is None:
-                    pass  # decided or expired meanwhile
-                elif e.fabricated is not None:
-                    self._handle(Generated(e.query_id, e.fabricated, 0))
-                else:
-                    batch.append(e)
-                if len(batch) >= self.cfg.max_batch:
-                    break
-                try:
-                    e = self._generate_rx.receive_nowait()
-                except trio.WouldBlock:
-                    e = None
-            if not batch:
-                continue
-            started = self._now()
-            waited = {g.query_id: started - int(q.arrived) for g in batch if (q := self.driver.pool.get(g.query_id))}
-            try:
-                if len(batch) == 1:
-                    replies = [await trio.to_thread.run_sync(self.engine.answer, batch[0].question,
-                                                             batch[0].max_tokens, abandon_on_cancel=True)]
-                else:
-                    questions, limits = [g.question for g in batch], [g.max_tokens for g in batch]
-                    replies = await trio.to_thread.run_sync(answer_all, self.engine, questions, limits,
-                                                            abandon_on_cancel=True)
-            except Exception as exc:  # e.g. a sharded model whose workers are gone: skip them, stay up
-                for g in batch:
-                    log.warning("could not answer", extra=fields(query=g.query_id.hex()[:12], error=str(exc)))
-                    self._handle(GenerationFailed(g.query_id, str(exc)))
-                continue
-            done = list(zip(batch, replies, strict=True))
-            self.batch_sizes[len(batch)] += 1  # at most [model] max_batch keys
-            slowest = max(g.slowdown for g in batch)
-            for slowed in (False, True):  # fault injection: slowed answers leave after the others
-                if slowed and slowest > 1:
-                    await trio.sleep((slowest - 1) * max(r.seconds for _, r in done))
-                for g, reply in done:
-                    if (g.slowdown > 1) != slowed:
-                        continue
-                    log.info("answered", extra=fields(query=g.query_id.hex()[:12], text=reply.text,
-                                                        gen_ms=int(reply.seconds * 1000), batch=len(batch),
-                                                        started_ms=started, waited_ms=waited.get(g.query_id)))
-                    self.metrics.generated(reply.seconds)
-                    self._handle(Generated(g.query_id, reply.text, int(g.slowdown * reply.seconds * 1000)))
 
     async def _embed(self, e: Embed) -> None:
         def run() -> tuple[tuple[int, ...], ...]:

@@ -42,6 +42,8 @@ def test_rendered_default_round_trips_and_is_commented(tmp_path: Path) -> None:
         ("[p2p]\nhandshake_timeout_ms = 5", "p2p.handshake_timeout_ms: 5 is outside"),
         ("[p2p]\ninbound_peer_bytes = 10", "p2p.inbound_peer_bytes: 10 is outside"),
         ("[p2p]\nsend_queue_bytes = 'lots'", "p2p.send_queue_bytes: expected int"),
+        ("[model]\nbatching = 'sometimes'", "model.batching: expected continuous | batches"),
+        ("[model]\nbatching = true", "model.batching: expected str"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key_named(toml: str, message: str) -> None:

@@ -9,9 +9,9 @@ leaves the batch when it does: its row of the KV cache is dropped, so each
 decode step costs only the rows still running (ADR 0019, addendum 4). Greedy
 answers equal the unbatched ones, which HF ``generate`` makes
 (``tests/test_generation_batch.py`` checks both bundled models over the
-shipped questions). No continuous batching (ADR 0019): a batch lasts at most
-``max_new_tokens`` steps, and questions that arrive meanwhile form the next
-batch.
+shipped questions). ``Generator.serve`` batches continuously: questions join
+the running batch between two decode steps and each answer leaves as soon as
+its row ends (:mod:`.continuous`, ADR 0019 addendum 5).
 
 The prompt's shared prefix (few-shot examples, or the chat template's system
 and example turns) is run once per model; its KV cache (:mod:`.prefix`) is
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,12 @@ from transformers import (
 )
 
 from .cache import LOAD_LOCK, load_or_convert, offline
+from .continuous import ModelLock, Row, RunningBatch
 from .models import ModelSpec
 from .prefix import PrefixCache, PrefixStatistics
 from .prompting import chat_messages, clean_answer, few_shot_prompt
 
-__all__ = ["Generation", "Generator", "NewlineStop"]
+__all__ = ["Ask", "Generation", "Generator", "NewlineStop"]
 
 log = logging.getLogger("multillmn.llm")
 
@@ -59,6 +59,15 @@ class Generation:
     new_tokens: int
     seconds: float
     model: str
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A question handed to :meth:`Generator.serve`, with the caller's key for its answer."""
+
+    key: Any
+    question: str
+    max_new_tokens: int
 
 
 class NewlineStop(StoppingCriteria):
@@ -95,7 +104,7 @@ class Generator:
         self.spec = spec
         self.model: Any = model
         self.tokenizer = tokenizer
-        self._lock = threading.Lock()
+        self._lock = ModelLock()
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -251,12 +260,67 @@ class Generator:
                                                      [limits[i] for i in members], prefix)):
                     rows[i] = new
         seconds = time.monotonic() - t0
-        results = []
-        for new in rows:
-            raw = self.tokenizer.decode(new, skip_special_tokens=True)
-            text = clean_answer(raw, self.spec.stop_at_newline)
-            results.append(Generation(text, len(new), seconds, self.spec.name))
-        return results
+        return [self._generation(new, seconds) for new in rows]
+
+    def serve(self, more: Callable[[int], Sequence[Ask]], done: Callable[[Any, Generation], None],
+              max_rows: int) -> None:
+        """Answer questions by continuous batching until none is running and ``more`` gives none.
+
+        Before each decode step ``more(room)`` is asked for at most ``room`` new questions (it must not
+        block); they join the running batch (:class:`~peers.llm.continuous.RunningBatch`) and
+        ``done(key, generation)`` is called for each one as soon as its row ends, with the seconds
+        from its joining to its end. At most ``max_rows`` rows run at once. Each answer equals
+        :meth:`generate`'s. A question whose prompt cannot run over the cached prefix (the cache is
+        off, or its prompt does not start with the prefix or would cross the sliding window) is
+        answered at once in a batch of its own, as :meth:`generate_batch` would. Other callers of the
+        model (the judge) get it between two steps.
+        """
+        stops = self._stop_test()
+        batch: RunningBatch | None = None
+        held: list[tuple[Ask, list[int], int]] = []  # waiting until the batch's window has room
+        while True:
+            running = len(batch.rows) if batch is not None else 0
+            room = max(0, int(max_rows)) - running - len(held)
+            asks = list(more(room)) if room > 0 else []
+            joining, alone = list(held), []
+            for ask in asks:
+                limit = max(1, int(ask.max_new_tokens))
+                suffix = self._prefix.split(self._prompt_ids(ask.question)) if self._use_prefix else None
+                if suffix is None or not self._prefix.fits(len(self._prefix.ids) + len(suffix) + limit):
+                    alone.append(ask)
+                else:
+                    joining.append((ask, suffix, limit))
+            if alone:
+                for ask, gen in zip(alone, self.generate_batch([a.question for a in alone],
+                                                               [a.max_new_tokens for a in alone]), strict=True):
+                    done(ask.key, gen)
+            if not joining and running == 0:
+                return
+            ended: list[Row] = []
+            self._lock.defer_to_waiters()
+            with self._lock, torch.inference_mode():
+                if batch is None:
+                    batch = RunningBatch(self.model, self._prefix.ids, self._prefix.copy_for, self._pad_id, stops,
+                                         self._prefix.window)
+                held = []
+                if joining and not batch.fits([s for _, s, _ in joining], [m for _, _, m in joining]):
+                    joining, held = [], joining  # they join once the running rows have made room
+                if joining:
+                    self._prefix.cached_rows += len(joining)
+                    ended += batch.admit([a.key for a, _, _ in joining], [s for _, s, _ in joining],
+                                         [m for _, _, m in joining])
+                ended += batch.step()
+            for row in ended:
+                done(row.key, self._generation(row.made, time.monotonic() - row.started))
+
+    def _stop_test(self) -> Callable[[int], bool]:
+        """Whether a token ends an answer: the model's EOS, or a newline for a few-shot base model."""
+        newline = NewlineStop(self.tokenizer, 0) if self.spec.stop_at_newline else None
+        return lambda token: self._stops(token) or (newline is not None and newline.has_newline(token))
+
+    def _generation(self, new: Sequence[int], seconds: float) -> Generation:
+        raw = self.tokenizer.decode(list(new), skip_special_tokens=True)
+        return Generation(clean_answer(raw, self.spec.stop_at_newline), len(new), seconds, self.spec.name)
 
     def _groups(self, prompts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[tuple[list[int], int]]:
         """The batch's rows that run over the cached prefix (its length) and those that do not (0)."""

@@ -91,6 +91,11 @@ class PrefixCache:
             return None
         return list(prompt[len(ids):])
 
+    @property
+    def window(self) -> int | None:
+        """The model's sliding window in tokens (None: no sliding layers)."""
+        return self._window
+
     def fits(self, columns: int) -> bool:
         """Whether a batch of ``columns`` in all (prefix, padding, suffix, new tokens) stays within the
         model's sliding window, so padding between prefix and suffix cannot move a key out of it."""
