@@ -230,8 +230,16 @@ def timing_summary(timings: list[dict[str, int]], records: dict[str, list[dict[s
     peers = {}
     for name, recs in records.items():
         answered = [r for r in recs if r.get("msg") == "answered"]
-        batches = {(r.get("batch"), r.get("gen_ms"), r.get("started_ms")) for r in answered}
-        busy = sum(int(b[1] or 0) for b in batches) / 1000
+        # the union of the answers' [started, started + gen_ms] intervals (continuous batching overlaps them)
+        spans = sorted((int(r["started_ms"]), int(r["started_ms"]) + int(r.get("gen_ms") or 0)) for r in answered
+                       if isinstance(r.get("started_ms"), int))
+        busy_ms, end = 0, None
+        for a, b in spans:
+            if end is None or a > end:
+                busy_ms, end = busy_ms + b - a, b
+            elif b > end:
+                busy_ms, end = busy_ms + b - end, b
+        busy = busy_ms / 1000
         peers[name] = {"waited_ms_p50": median([int(r["waited_ms"]) for r in answered if isinstance(r.get("waited_ms"), int)]),
                        "batch_ms_p50": median([int(r["gen_ms"]) for r in answered if isinstance(r.get("gen_ms"), int)]),
                        "busy_share": round(busy / elapsed, 3) if elapsed else None}

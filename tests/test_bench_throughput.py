@@ -53,6 +53,22 @@ def test_where_a_querys_time_went_is_read_from_replies_and_logs() -> None:
     assert summary["peers"]["peer0"] == {"waited_ms_p50": 100, "batch_ms_p50": 1000, "busy_share": 0.5}
 
 
+def test_continuous_batching_answers_overlap_and_are_counted_once() -> None:
+    records = {"peer0": [  # rows of one serving run: each answer with its own start and time
+        {"msg": "answered", "batch": 1, "gen_ms": 1000, "started_ms": 0, "text": "a b"},
+        {"msg": "answered", "batch": 2, "gen_ms": 500, "started_ms": 200, "text": "a"},
+        {"msg": "answered", "batch": 2, "gen_ms": 1000, "started_ms": 800, "text": "a b c"},
+        {"msg": "answered", "batch": 1, "gen_ms": 500, "started_ms": 3000, "text": "a"},
+    ]}
+    summary = throughput.timing_summary([], records, elapsed=4.0)
+    assert summary["peers"]["peer0"]["busy_share"] == 0.575  # 0-1.8 s and 3-3.5 s of 4 s
+    assert throughput.batches_of(records["peer0"], _Tok(), 6, continuous=True) == [[3], [2], [4], [2]]
+    before = {"generation": {"rows_joined": {"1": 2, "3": 1}}}
+    after = {"generation": {"rows_joined": {"1": 2, "3": 4, "12": 5}}}
+    assert throughput.rows_joined(before, after) == {"3": 3, "12": 5}
+    assert throughput.rows_joined({}, {}) == {}
+
+
 def test_cpu_seconds_of_a_process() -> None:
     import os
 
@@ -76,6 +92,11 @@ def test_the_peer_wrapper_rewrites_the_config_then_runs_the_peer(tmp_path: Path)
                           "consensus.queries_per_height=1", "--", sys.executable, "-c", script, "--config", str(config)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert "max_batch = 1" in out and "max_batch = 8" not in out and "queries_per_height" not in out
+    config.write_text("[model]\nname = \"x\"\nbatching = \"continuous\"\n")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--peer", "model.batching=batches",
+                          "--", sys.executable, "-c", script, "--config", str(config)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert 'batching = "batches"' in out
 
 
 @pytest.mark.e2e
