@@ -6,8 +6,8 @@ feeds them to the engine in worker threads; each answer goes back to the driver 
 
 * An engine with ``serve`` (a real model, :meth:`peers.engine.ModelEngine.serve`) batches
   continuously (``[model] batching = "continuous"``, the default): the waiting questions start a batch, questions that arrive while it runs join it
-  between two decode steps, up to ``[model] max_batch`` rows, and each answer leaves as soon as
-  its row ends (addendum 5).
+  between two decode steps, up to ``[model] max_batch`` rows, each answer leaves as soon as
+  its row ends, and a question decided meanwhile leaves the batch unanswered (addendum 5).
 * Otherwise the first waiting question and what else waits (without blocking), up to ``max_batch``,
   go to ``answer_batch`` together; questions that arrive meanwhile form the next batch. A batch of
   one, and every question when ``max_batch = 1``, is answered by ``engine.answer`` as before
@@ -19,6 +19,7 @@ slowed answers (fault injection) leave ``slowdown - 1`` times their generation t
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections import Counter
@@ -145,6 +146,7 @@ class Answerer:
         keys = itertools.count()
         running: dict[int, tuple[Generate, int, int | None]] = {}  # key -> question, joined at, waited
         start: list[Generate] = list(first)
+        gone: collections.deque[int] = collections.deque()  # keys of running questions decided meanwhile
 
         def join(batch: Sequence[Generate]) -> list[tuple[int, str, int]]:  # trio thread
             now, out = self._now(), []
@@ -160,13 +162,24 @@ class Answerer:
 
         def more(room: int) -> list[tuple[int, str, int]]:  # worker thread
             def take() -> list[tuple[int, str, int]]:
+                for key in [k for k, (g, _, _) in running.items() if self._pending(g.query_id) is None]:
+                    del running[key]  # decided or expired: its row leaves (before the next step)
+                    gone.append(key)
                 batch = start[:room] if start else self._waiting(None, room)
                 del start[:len(batch)]
                 return join(batch)
             return trio.from_thread.run_sync(take)
 
+        def dropped() -> list[int]:  # worker thread; no trio round trip (a deque's pops are atomic)
+            out = []
+            while gone:
+                out.append(gone.popleft())
+            return out
+
         def done(key: int, reply: Reply) -> None:  # worker thread
             def finish() -> None:
+                if key not in running:
+                    return  # decided while its last step ran
                 g, joined, waited = running.pop(key)
                 rows = len(running) + 1
                 if g.slowdown > 1:  # fault injection: a slowed answer leaves later
@@ -176,7 +189,7 @@ class Answerer:
             trio.from_thread.run_sync(finish)
 
         try:
-            await trio.to_thread.run_sync(serve, more, done, self._max_batch, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(serve, more, done, self._max_batch, dropped, abandon_on_cancel=True)
         except Exception as exc:
             for g, _, _ in running.values():
                 self._failed(g, exc)

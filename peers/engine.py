@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.grouping import pair_index
@@ -122,14 +122,15 @@ class ModelEngine:
                 for g in self._generator.generate_batch(list(questions), max_new_tokens)]
 
     def serve(self, more: Callable[[int], Sequence[tuple[Any, str, int]]], done: Callable[[Any, Reply], None],
-              max_rows: int) -> None:
+              max_rows: int, dropped: Callable[[], Iterable[Any]] | None = None) -> None:
         """Continuous batching (:meth:`peers.llm.Generator.serve`): ``more(room)`` gives up to ``room``
         new ``(key, question, max_new_tokens)`` without blocking, ``done(key, reply)`` takes each answer
-        as its row ends (``seconds``: from its joining to its end); returns when none is left running."""
+        as its row ends (``seconds``: from its joining to its end), ``dropped()`` the keys no longer
+        wanted; returns when none is left running."""
         from peers.llm.generator import Ask
 
         self._generator.serve(lambda room: [Ask(k, q, m) for k, q, m in more(room)],
-                              lambda key, g: done(key, Reply(text=g.text, seconds=g.seconds)), max_rows)
+                              lambda key, g: done(key, Reply(text=g.text, seconds=g.seconds)), max_rows, dropped)
 
     def similarities(self, question: str, texts: list[str]) -> list[int]:
         from peers.embedder import quantise

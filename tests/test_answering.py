@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -33,17 +33,21 @@ class ServingEngine(ScriptedEngine):
         self.joined_late = 0  # rows that joined while others were running
         self.fail_after_steps = fail_after_steps
         self.answer_calls = 0
+        self.dropped = 0
 
     def answer(self, question: str, max_new_tokens: int) -> Reply:
         self.answer_calls += 1
         return super().answer(question, max_new_tokens)
 
     def serve(self, more: Callable[[int], Sequence[tuple[Any, str, int]]], done: Callable[[Any, Reply], None],
-              max_rows: int) -> None:
+              max_rows: int, dropped: Callable[[], Iterable[Any]] | None = None) -> None:
         self.serve_calls += 1
         rows: dict[Any, list[Any]] = {}  # key -> [text, made, started]
         steps = 0
         while True:
+            for key in dropped() if dropped is not None else []:
+                self.dropped += 1
+                rows.pop(key, None)
             for key, question, _ in more(max_rows - len(rows)) if len(rows) < max_rows else []:
                 self.joined_late += bool(rows)
                 rows[key] = [self._text(question), 0, time.monotonic()]
@@ -189,3 +193,19 @@ async def test_batches_mode_never_serves() -> None:
         await h.until(5)
         n.cancel_scope.cancel()
     assert answers(h) == TABLE and engine.serve_calls == 0
+
+
+async def test_a_question_decided_while_its_row_runs_leaves_unanswered() -> None:
+    engine = ServingEngine()
+    h = Harness(engine, max_batch=4)
+    async with trio.open_nursery() as n:
+        h.nursery = n
+        n.start_soon(h.answerer.run)
+        long = h.ask("q2")  # 8 steps
+        h.ask("q4")
+        await trio.sleep(2 * STEP_S)
+        del h.pending[long]  # decided by the others meanwhile
+        await h.until(1)
+        await trio.sleep(10 * STEP_S)
+        n.cancel_scope.cancel()
+    assert answers(h) == {"q4": "dddd"} and engine.dropped == 1

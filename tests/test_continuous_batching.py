@@ -77,6 +77,12 @@ def tokenizer() -> Any:
     return byte_tokenizer()
 
 
+@pytest.fixture(scope="module", params=["llama-chat", "gemma3wide-few-shot"])
+def cached_generator(request: pytest.FixtureRequest, tokenizer: Any) -> Generator:
+    """The tiny models whose questions join a running batch (over the cached prefix)."""
+    return tiny_generator(request.param, tokenizer)
+
+
 @pytest.fixture(scope="module", params=["llama-chat", "gemma3-few-shot", "gemma3wide-few-shot"])
 def generator(request: pytest.FixtureRequest, tokenizer: Any) -> Generator:
     return tiny_generator(request.param, tokenizer)
@@ -196,3 +202,26 @@ def test_bundled_models_answer_by_continuous_batching_as_alone(name: str) -> Non
     schedule = Schedule(staggered(questions, [48] * len(questions)))
     schedule.serve(gen, 16)
     check_against_reference(gen, schedule)
+
+
+def test_a_dropped_row_leaves_and_the_others_answer_as_alone(cached_generator: Generator) -> None:
+    gen = cached_generator
+    asked = [(QUESTIONS[0], 30), (QUESTIONS[2], 30), (QUESTIONS[5], 30)]
+    given: list[Ask] = [Ask(k, q, m) for k, (q, m) in enumerate(asked)]
+    steps = 0
+    answers: dict[int, tuple[str, int]] = {}
+
+    def more(room: int) -> list[Ask]:
+        nonlocal steps
+        steps += 1
+        out = given[:room]
+        del given[:len(out)]
+        return out
+
+    def dropped() -> list[int]:
+        return [1] if steps == 4 else []
+
+    gen.serve(more, lambda key, g: answers.__setitem__(key, (g.text, g.new_tokens)), 8, dropped)
+    expected = one_by_one(gen, [q for q, _ in asked], [m for _, m in asked])
+    assert set(answers) == {0, 2}
+    assert answers[0] == expected[0] and answers[2] == expected[2]

@@ -204,6 +204,12 @@ class RunningBatch:
         self._drop(going)
         return ended
 
+    def cancel(self, keys: set[Any]) -> None:
+        """Drop the running rows of these keys (questions no longer wanted), without an answer."""
+        going = [j for j, r in enumerate(self.rows) if r.key not in keys]
+        if len(going) < len(self.rows):
+            self._drop(going)
+
     def _ended(self, row: Row) -> bool:
         return self._stops(row.made[-1]) or len(row.made) >= row.limit
 

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -263,7 +263,7 @@ class Generator:
         return [self._generation(new, seconds) for new in rows]
 
     def serve(self, more: Callable[[int], Sequence[Ask]], done: Callable[[Any, Generation], None],
-              max_rows: int) -> None:
+              max_rows: int, dropped: Callable[[], Iterable[Any]] | None = None) -> None:
         """Answer questions by continuous batching until none is running and ``more`` gives none.
 
         Before each decode step ``more(room)`` is asked for at most ``room`` new questions (it must not
@@ -273,12 +273,18 @@ class Generator:
         :meth:`generate`'s. A question whose prompt cannot run over the cached prefix (the cache is
         off, or its prompt does not start with the prefix or would cross the sliding window) is
         answered at once in a batch of its own, as :meth:`generate_batch` would. Other callers of the
-        model (the judge) get it between two steps.
+        model (the judge) get it between two steps. ``dropped()``, asked before each step, gives the
+        keys of questions no longer wanted (decided meanwhile): their rows leave without an answer.
         """
         stops = self._stop_test()
         batch: RunningBatch | None = None
         held: list[tuple[Ask, list[int], int]] = []  # waiting until the batch's window has room
         while True:
+            gone = set(dropped()) if dropped is not None else set()
+            if gone:
+                held = [h for h in held if h[0].key not in gone]
+                if batch is not None:
+                    batch.cancel(gone)
             running = len(batch.rows) if batch is not None else 0
             room = max(0, int(max_rows)) - running - len(held)
             asks = list(more(room)) if room > 0 else []
