@@ -542,7 +542,10 @@ def peer_table(result: dict[str, Any]) -> str:
     for m in result["modes"]:
         for c in m["cells"]:
             for p in c["peers"]:
-                sizes = " ".join(f"{k}:{v}" for k, v in p["batch_sizes"].items())
+                # continuous batching: rows running once a question joined -> questions ("j" marks it)
+                joined = p.get("rows_joined") or {}
+                sizes = " ".join(f"j{k}:{v}" for k, v in joined.items()) if joined else \
+                    " ".join(f"{k}:{v}" for k, v in p["batch_sizes"].items())
                 lines.append(f"| {m['mode']} | {c['clients']} | {p['peer']} | {p['model']} | {p['batches']} | {sizes} | "
                              f"{p['tokens_per_s']} | {p['steps_per_s']} | {p['bandwidth_limit_tokens_per_s']} | "
                              f"{p['bw_ratio']} | {p['token_ratio']} |")
