@@ -5,9 +5,11 @@ feeds them to the engine in worker threads; each answer goes back to the driver 
 (or ``GenerationFailed``) through the node's ``handle``, always in the trio thread.
 
 * An engine with ``serve`` (a real model, :meth:`peers.engine.ModelEngine.serve`) batches
-  continuously (``[model] batching = "continuous"``, the default): the waiting questions start a batch, questions that arrive while it runs join it
-  between two decode steps, up to ``[model] max_batch`` rows, each answer leaves as soon as
-  its row ends, and a question decided meanwhile leaves the batch unanswered (addendum 5).
+  continuously (``[model] batching = "continuous"``, the default): the waiting questions start a
+  batch, questions that arrive while it runs join it between two decode steps, up to ``[model]
+  max_batch`` rows, each answer leaves as soon as its row ends, and a question decided meanwhile
+  leaves the batch unanswered (addendum 5). Its "answered" log record's ``batch`` is the rows
+  running once it joined.
 * Otherwise the first waiting question and what else waits (without blocking), up to ``max_batch``,
   go to ``answer_batch`` together; questions that arrive meanwhile form the next batch. A batch of
   one, and every question when ``max_batch = 1``, is answered by ``engine.answer`` as before
@@ -144,25 +146,26 @@ class Answerer:
         touched there.
         """
         keys = itertools.count()
-        running: dict[int, tuple[Generate, int, int | None]] = {}  # key -> question, joined at, waited
+        # key -> question, joined at (ms), its wait before joining (ms), rows running once it joined
+        running: dict[int, tuple[Generate, int, int | None, int]] = {}
         start: list[Generate] = list(first)
         gone: collections.deque[int] = collections.deque()  # keys of running questions decided meanwhile
 
         def join(batch: Sequence[Generate]) -> list[tuple[int, str, int]]:  # trio thread
-            now, out = self._now(), []
+            now, out, rows = self._now(), [], len(running) + len(batch)
             for g in batch:
                 key = next(keys)
                 arrived = self._pending(g.query_id)
-                running[key] = (g, now, None if arrived is None else now - arrived)
+                running[key] = (g, now, None if arrived is None else now - arrived, rows)
                 out.append((key, g.question, g.max_tokens))
             if batch:
                 self.batch_sizes[len(batch)] += 1
-                self.rows_joined[len(running)] += len(batch)  # at most [model] max_batch keys
+                self.rows_joined[rows] += len(batch)  # at most [model] max_batch keys
             return out
 
         def more(room: int) -> list[tuple[int, str, int]]:  # worker thread
             def take() -> list[tuple[int, str, int]]:
-                for key in [k for k, (g, _, _) in running.items() if self._pending(g.query_id) is None]:
+                for key in [k for k, (g, *_) in running.items() if self._pending(g.query_id) is None]:
                     del running[key]  # decided or expired: its row leaves (before the next step)
                     gone.append(key)
                 batch = start[:room] if start else self._waiting(None, room)
@@ -180,8 +183,7 @@ class Answerer:
             def finish() -> None:
                 if key not in running:
                     return  # decided while its last step ran
-                g, joined, waited = running.pop(key)
-                rows = len(running) + 1
+                g, joined, waited, rows = running.pop(key)
                 if g.slowdown > 1:  # fault injection: a slowed answer leaves later
                     self._spawn(self._answer_later, g, reply, rows, joined, waited)
                 else:
@@ -191,7 +193,7 @@ class Answerer:
         try:
             await trio.to_thread.run_sync(serve, more, done, self._max_batch, dropped, abandon_on_cancel=True)
         except Exception as exc:
-            for g, _, _ in running.values():
+            for g, *_ in running.values():
                 self._failed(g, exc)
             running.clear()
 
