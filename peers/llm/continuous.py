@@ -160,7 +160,7 @@ class RunningBatch:
         tokens = logits[:, -1].float().argmax(-1)
         rows = [Row(k, limit, started, [int(t)]) for k, limit, t in zip(keys, limits, tokens, strict=True)]
         going = [j for j, r in enumerate(rows) if not self._ended(r)]
-        ended = [r for j, r in enumerate(rows) if j not in set(going)]
+        ended = [r for r in rows if self._ended(r)]
         if not going:
             return ended
         if len(going) < len(rows):
@@ -200,7 +200,7 @@ class RunningBatch:
         going = [j for j, r in enumerate(self.rows) if not self._ended(r)]
         if len(going) == len(self.rows):
             return []
-        ended = [r for j, r in enumerate(self.rows) if j not in set(going)]
+        ended = [r for r in self.rows if self._ended(r)]
         self._drop(going)
         return ended
 
