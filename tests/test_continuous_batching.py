@@ -225,3 +225,21 @@ def test_a_dropped_row_leaves_and_the_others_answer_as_alone(cached_generator: G
     expected = one_by_one(gen, [q for q, _ in asked], [m for _, m in asked])
     assert set(answers) == {0, 2}
     assert answers[0] == expected[0] and answers[2] == expected[2]
+
+
+@pytest.mark.parametrize("spare", [0, 1, 2, 3])
+def test_a_row_at_the_edge_of_the_window_is_answered(tokenizer: Any, spare: int) -> None:
+    """A question whose prompt and token limit just fit the window (or just do not) is answered, alone or
+    in the running batch, and never waits for room it cannot get."""
+    wide = tiny_generator("gemma3wide-few-shot", tokenizer)
+    prefix = len(wide._prefix.ids)
+    suffix = len(wide._prompt_ids(QUESTIONS[1])) - prefix
+    window = prefix + suffix + 6 + spare
+    spec = ModelSpec("tiny-gemma3-edge", None, False, "few-shot", True)
+    gen = Generator(spec, random_model("gemma3", tokenizer, seed=1, window=window), tokenizer)
+    schedule = Schedule({0: [(QUESTIONS[1], 6)]})
+    runner = threading.Thread(target=schedule.serve, args=(gen, 4), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "serve never returned"
+    check_against_reference(gen, schedule)

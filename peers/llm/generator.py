@@ -292,7 +292,8 @@ class Generator:
             for ask in asks:
                 limit = max(1, int(ask.max_new_tokens))
                 suffix = self._prefix.split(self._prompt_ids(ask.question)) if self._use_prefix else None
-                if suffix is None or not self._prefix.fits(len(self._prefix.ids) + len(suffix) + limit):
+                # RunningBatch.fits keeps every row strictly below the window, with a column to spare
+                if suffix is None or not self._prefix.fits(len(self._prefix.ids) + len(suffix) + limit + 2):
                     alone.append(ask)
                 else:
                     joining.append((ask, suffix, limit))
