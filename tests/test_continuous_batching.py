@@ -243,3 +243,23 @@ def test_a_row_at_the_edge_of_the_window_is_answered(tokenizer: Any, spare: int)
     runner.join(timeout=60)
     assert not runner.is_alive(), "serve never returned"
     check_against_reference(gen, schedule)
+
+
+def test_rows_that_fit_the_window_only_apart_join_one_after_the_other(tokenizer: Any) -> None:
+    """A long question with a short limit and a short question with a long limit, arriving together:
+    together they would cross the window, so the first joins and the second once the first has left."""
+    wide = tiny_generator("gemma3wide-few-shot", tokenizer)
+    prefix = len(wide._prefix.ids)
+    long_q, short_q = QUESTIONS[2], QUESTIONS[1]
+    s_long, s_short = (len(wide._prompt_ids(q)) - prefix for q in (long_q, short_q))
+    window = prefix + max(s_long + 2, s_short + 20) + 2
+    assert prefix + s_long + 20 >= window - 1  # together they do not fit
+    spec = ModelSpec("tiny-gemma3-apart", None, False, "few-shot", True)
+    gen = Generator(spec, random_model("gemma3", tokenizer, seed=1, window=window), tokenizer)
+    schedule = Schedule({0: [(long_q, 2), (short_q, 20)]})
+    runner = threading.Thread(target=schedule.serve, args=(gen, 4), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "serve never returned"
+    check_against_reference(gen, schedule)
+    assert gen.prefix_statistics().cached_rows == 2  # both ran over the prefix, in the running batch

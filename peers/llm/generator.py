@@ -309,9 +309,11 @@ class Generator:
                 if batch is None:
                     batch = RunningBatch(self.model, self._prefix.ids, self._prefix.copy_for, self._pad_id, stops,
                                          self._prefix.window)
-                held = []
-                if joining and not batch.fits([s for _, s, _ in joining], [m for _, _, m in joining]):
-                    joining, held = [], joining  # they join once the running rows have made room
+                # the most rows (in arrival order) that fit the window now; the rest join once rows have left
+                # (one always fits an empty batch: a row that could not is answered alone, above)
+                fit = next((k for k in range(len(joining), 0, -1)
+                            if batch.fits([s for _, s, _ in joining[:k]], [m for _, _, m in joining[:k]])), 0)
+                joining, held = joining[:fit], joining[fit:]
                 if joining:
                     self._prefix.cached_rows += len(joining)
                     ended += batch.admit([a.key for a, _, _ in joining], [s for _, s, _ in joining],
