@@ -7,9 +7,10 @@ is tested against its unbatched answers in ``tests/test_continuous_batching.py``
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -67,13 +68,22 @@ class ServingEngine(ScriptedEngine):
 
 
 class Harness:
-    def __init__(self, engine: ScriptedEngine, max_batch: int) -> None:
+    def __init__(self, engine: ScriptedEngine, max_batch: int, continuous: bool = True) -> None:
         self.pending: dict[bytes, int] = {}
         self.results: list[DriverInput] = []
         self.at: dict[bytes, float] = {}
         self.nursery: trio.Nursery | None = None
         self.answerer = Answerer(engine, max_batch, self.pending.get, self.handle, lambda: 0, NodeMetrics(),
-                                 self.spawn)
+                                 self.spawn, continuous=continuous)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The answerer's loop runs for the body of the ``async with``."""
+        async with trio.open_nursery() as n:
+            self.nursery = n
+            n.start_soon(self.answerer.run)
+            yield
+            n.cancel_scope.cancel()
 
     def spawn(self, fn: Any, *args: Any) -> None:
         assert self.nursery is not None
@@ -104,16 +114,13 @@ def answers(h: Harness) -> dict[str, str]:
 async def test_questions_join_a_running_batch_and_leave_as_they_end() -> None:
     engine = ServingEngine()
     h = Harness(engine, max_batch=4)
-    async with trio.open_nursery() as n:
-        h.nursery = n
-        n.start_soon(h.answerer.run)
+    async with h.running():
         for q in ("q2", "q1"):
             h.ask(q)
         await trio.sleep(3 * STEP_S)
         for q in ("q3", "q4", "q5"):
             h.ask(q)
         await h.until(5)
-        n.cancel_scope.cancel()
     assert answers(h) == TABLE
     assert engine.serve_calls == 1 and engine.joined_late >= 3 and engine.most_rows <= 4
     assert h.at[b"q1"] < h.at[b"q2"]  # the short answer left before the long one it started with
@@ -125,44 +132,35 @@ async def test_questions_join_a_running_batch_and_leave_as_they_end() -> None:
 async def test_decided_questions_are_skipped_and_fabricated_replies_leave_at_once() -> None:
     engine = ServingEngine()
     h = Harness(engine, max_batch=4)
-    async with trio.open_nursery() as n:
-        h.nursery = n
+    async with h.running():
         h.ask("q1")
         h.ask("q2", fabricated="forged")
         del h.pending[h.ask("q3")]  # decided before the model got to it
-        n.start_soon(h.answerer.run)
         await h.until(2)
         await trio.sleep(0.1)
-        n.cancel_scope.cancel()
     assert answers(h) == {"q1": "a", "q2": "forged"}
 
 
 async def test_a_failing_model_fails_its_running_questions_and_the_loop_goes_on() -> None:
     engine = ServingEngine(fail_after_steps=2)
     h = Harness(engine, max_batch=4)
-    async with trio.open_nursery() as n:
-        h.nursery = n
-        n.start_soon(h.answerer.run)
+    async with h.running():
         h.ask("q2")
         h.ask("q5")
         await h.until(2)
         engine.fail_after_steps = None
         h.ask("q1")
         await h.until(3)
-        n.cancel_scope.cancel()
     failed = {r.query_id for r in h.results if isinstance(r, GenerationFailed)}
     assert failed == {b"q2", b"q5"} and answers(h) == {"q1": "a"}
 
 
 async def test_a_slowed_answer_leaves_later() -> None:
     h = Harness(ServingEngine(), max_batch=4)
-    async with trio.open_nursery() as n:
-        h.nursery = n
-        n.start_soon(h.answerer.run)
+    async with h.running():
         h.ask("q3", slowdown=20)
         h.ask("q4")
         await h.until(2)
-        n.cancel_scope.cancel()
     slowed = next(r for r in h.results if isinstance(r, Generated) and r.query_id == b"q3")
     assert h.at[b"q4"] < h.at[b"q3"]
     assert slowed.gen_ms >= 20 * 3 * STEP_S * 1000 * 0.9
@@ -171,41 +169,31 @@ async def test_a_slowed_answer_leaves_later() -> None:
 async def test_one_row_at_a_time_answers_each_question_alone() -> None:
     engine = ServingEngine()
     h = Harness(engine, max_batch=1)
-    async with trio.open_nursery() as n:
-        h.nursery = n
-        n.start_soon(h.answerer.run)
+    async with h.running():
         for q in TABLE:
             h.ask(q)
         await h.until(5)
-        n.cancel_scope.cancel()
     assert answers(h) == TABLE and engine.serve_calls == 0 and engine.answer_calls == 5
 
 
 async def test_batches_mode_never_serves() -> None:
     engine = ServingEngine()
-    h = Harness(engine, max_batch=4)
-    h.answerer = Answerer(engine, 4, h.pending.get, h.handle, lambda: 0, NodeMetrics(), h.spawn, continuous=False)
-    async with trio.open_nursery() as n:
-        h.nursery = n
-        n.start_soon(h.answerer.run)
+    h = Harness(engine, max_batch=4, continuous=False)
+    async with h.running():
         for q in TABLE:
             h.ask(q)
         await h.until(5)
-        n.cancel_scope.cancel()
     assert answers(h) == TABLE and engine.serve_calls == 0
 
 
 async def test_a_question_decided_while_its_row_runs_leaves_unanswered() -> None:
     engine = ServingEngine()
     h = Harness(engine, max_batch=4)
-    async with trio.open_nursery() as n:
-        h.nursery = n
-        n.start_soon(h.answerer.run)
+    async with h.running():
         long = h.ask("q2")  # 8 steps
         h.ask("q4")
         await trio.sleep(2 * STEP_S)
         del h.pending[long]  # decided by the others meanwhile
         await h.until(1)
         await trio.sleep(10 * STEP_S)
-        n.cancel_scope.cancel()
     assert answers(h) == {"q4": "dddd"} and engine.dropped == 1

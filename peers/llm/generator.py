@@ -363,10 +363,8 @@ class Generator:
                                  dtype=torch.long)
         attention_mask = torch.tensor([[1] * prefix + [0] * (width - len(p)) + [1] * (len(p) - prefix)
                                        for p in prompts], dtype=torch.long)
-        newline = NewlineStop(self.tokenizer, width) if self.spec.stop_at_newline else None
-
-        def stops(token: int) -> bool:
-            return self._stops(token) or (newline is not None and newline.has_newline(token))
+        newline = NewlineStop(self.tokenizer, width) if self.spec.stop_at_newline else None  # for HF generate
+        stops = self._stop_test()
 
         cache = self._prefix.copy_for(len(prompts)) if prefix else None
         with torch.inference_mode():
