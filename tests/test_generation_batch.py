@@ -277,7 +277,9 @@ def test_batched_log_probabilities_equal_one_by_one(generator: Generator) -> Non
     q = QUESTIONS[0]
     batched = generator.answer_logprobs(q, ANSWERS)
     alone = [reference(generator).answer_logprob(q, a) for a in ANSWERS]  # uncached, unpadded
-    assert [generator.answer_logprob(q, a) for a in ANSWERS] == batched or uses_the_cache(generator)
+    one_by_one_scores = [generator.answer_logprob(q, a) for a in ANSWERS]
+    # Equal within float rounding: the output head's BLAS sums a different number of rows another way.
+    assert all(x == y == float("-inf") or abs(x - y) < 1e-5 for x, y in zip(one_by_one_scores, batched))
     if generator.spec.prompt_style == "chat":
         assert batched[2] == alone[2] == float("-inf")  # an empty answer (few-shot: a lone space)
     for x, y in zip(batched, alone):

@@ -42,6 +42,7 @@ from transformers import (
 
 from .cache import LOAD_LOCK, load_or_convert, offline
 from .continuous import ModelLock, Row, RunningBatch
+from .head import install_blas_head, limit_blas_threads
 from .models import ModelSpec
 from .prefix import PrefixCache, PrefixStatistics
 from .prompting import chat_messages, clean_answer, few_shot_prompt
@@ -98,12 +99,18 @@ class Generator:
     """A loaded model plus its prompt style. ``generate`` is blocking and serialised by a lock."""
 
     def __init__(self, spec: ModelSpec, model: PreTrainedModel, tokenizer: Any,
-                 prefix_cache: bool | None = None) -> None:
+                 prefix_cache: bool | None = None, blas_head: bool | None = None) -> None:
         """``prefix_cache``: reuse the shared prompt prefix's KV cache (None: the spec's ``prefix_cache``,
-        unless the environment sets ``MULTILLMN_PREFIX_CACHE=0``, as benchmarks of the old behaviour do)."""
+        unless the environment sets ``MULTILLMN_PREFIX_CACHE=0``, as benchmarks of the old behaviour do).
+        ``blas_head``: compute the output head on numpy's BLAS (:mod:`.head`; None: yes, unless the
+        environment sets ``MULTILLMN_BLAS_HEAD=0``), with as many BLAS threads as torch has."""
         self.spec = spec
         self.model: Any = model
         self.tokenizer = tokenizer
+        if blas_head is None:
+            blas_head = os.environ.get("MULTILLMN_BLAS_HEAD", "1") != "0"
+        if blas_head and install_blas_head(model):
+            limit_blas_threads(torch.get_num_threads())
         self._lock = ModelLock()
         pad = tokenizer.pad_token_id
         if pad is None:
