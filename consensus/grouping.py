@@ -231,7 +231,7 @@ def validate_outcome(
     :func:`choose` yields on the claimed similarities. With a ``verdict_rule``
     (the genesis' ``veto``, ADR 0022), the carried verdicts must be valid
     (:func:`consensus.verdicts.open_verdicts`), a contested outcome must carry
-    those of answerers holding all but less than 1/3 of the total weight
+    those of answerers holding all but at most 1/3 of the total weight
     (:func:`consensus.verdicts.missing_judges_ok`), and the choice is
     :func:`consensus.verdicts.decide`'s veto; without one, an outcome carries
     no verdicts and the choice is :func:`choose`'s.
@@ -284,7 +284,7 @@ def validate_outcome(
         matrix, judges = opened
         contested = 3 * max(g.weight for g in group_answers(weights, outcome.sims, threshold)) <= 2 * sum(weights)
         if contested and not rule.missing_judges_ok(weights, judges, validators.total):
-            return ("a contested query without the verdicts of answerers holding all but less than 1/3 "
+            return ("a contested query without the verdicts of answerers holding all but at most 1/3 "
                     "of the weight")
         group = rule.decide(weights, outcome.sims, threshold, eligible=eligible,
                             verdicts=matrix if judges else None, rule="veto", margin=verdict_rule.margin,

@@ -300,7 +300,9 @@ def rejection_pending(weights: Sequence[int], sims: Sequence[int], threshold: in
 
 
 def missing_judges_ok(weights: Sequence[int], judges: set[int], total_weight: int) -> bool:
-    """The omission rule for a contested outcome: the answerers whose verdicts it does not carry weigh less
-    than 1/3 of all validators' weight (so an honest proposer can always meet it, every honest answerer
-    judging, and a Byzantine one can leave out less than 1/3 of rejections)."""
-    return 3 * sum(w for k, w in enumerate(weights) if k not in judges) < total_weight
+    """The omission rule for a contested outcome: the answerers whose verdicts it does not carry weigh at
+    most 1/3 of all validators' weight. An honest proposer can meet it whenever the answerers that do not
+    judge weigh at most 1/3, so the veto is as live as consensus at the fault bound (faulty answerers at
+    exactly 1/3 that never judge cannot stall it); a Byzantine proposer can leave out at most 1/3 of the
+    weight's verdicts, which can only lose rejections (the rejection share counts against the total)."""
+    return 3 * sum(w for k, w in enumerate(weights) if k not in judges) <= total_weight

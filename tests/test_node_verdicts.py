@@ -48,7 +48,7 @@ async def test_the_veto_decides_the_split_for_the_right_side() -> None:
     assert value.answer == "Paris"
     keys = net.genesis.validators.public_key_of
     verdicts = [open_envelope(Verdict, v, keys).message for v in value.verdicts]
-    assert len(verdicts) >= 3  # the omission rule: all but under 1/3 of the weight heard
+    assert len(verdicts) >= 3  # the omission rule: all but at most 1/3 of the weight heard
     assert any(v < -500 for x in verdicts for _, v in x.verdicts)
     cert = verify(decision.certificate, net.genesis)
     assert cert.answer == "Paris"

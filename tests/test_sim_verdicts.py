@@ -5,7 +5,7 @@ verdicts) and termination hold."""
 from __future__ import annotations
 
 from consensus.messages import Verdict, open_envelope
-from consensus.sim import SimConfig, Simulation, check_run, proposer_of, run
+from consensus.sim import SimConfig, Simulation, check_run, proposer_of, run, simulate
 
 SEEDS = range(4)
 
@@ -44,3 +44,22 @@ def test_a_proposer_omitting_rejections_breaks_neither_safety_nor_liveness() -> 
                 verdicts = [open_envelope(Verdict, e, sim.validators.public_key_of).message for e in o.verdicts]
                 assert all(v >= -500 for x in verdicts if x.judge != omitter for _, v in x.verdicts)
     assert by_omitter > 0  # its proposals were decided (it is not simply never heard)
+
+
+def test_non_judging_colluders_at_exactly_a_third_do_not_stall_the_veto() -> None:
+    """6 equal peers, 2 colluders that answer alike and never judge (1/3 of the weight, the edge of the fault
+    model): every query is contested (the 4 honest hold exactly 2/3), decided with the honest verdicts alone,
+    and for the honest answer, the colluders' rejected by the 4 honest judges. With the omission rule at
+    strictly under 1/3 this halted at height 1 (``max_events`` keeps such a failure to seconds)."""
+    cfg = SimConfig(peers=6, heights=6, verdict_rule="veto", adaptive_weights=False,
+                    byzantine=((0, "collude"), (1, "collude")), max_events=30_000)
+    for seed in range(3):
+        sim, result = simulate(cfg, seed)
+        assert (result.violations, result.heights_decided, result.correct_heights) == ((), 6, 6), seed
+        colluders = {sim.nodes[0].driver.me, sim.nodes[1].driver.me}
+        for item in sim.nodes[2].decided.values():
+            for o in item.value.outcomes():
+                verdicts = [open_envelope(Verdict, e, sim.validators.public_key_of).message for e in o.verdicts]
+                assert len(verdicts) >= 4 and not {v.judge for v in verdicts} & colluders  # by the honest only
+                rated = [(p, v) for x in verdicts for p, v in x.verdicts]
+                assert rated and all(p in colluders and v < -500 for p, v in rated)  # 4 of 6 reject them

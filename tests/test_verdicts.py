@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from consensus.grouping import choose, pair_count, pair_index
-from consensus.verdicts import decide, group_verdict, judge_on_group, rejection_pending
+from consensus.verdicts import decide, group_verdict, judge_on_group, missing_judges_ok, rejection_pending
 
 
 def _sims(labels: list[str]) -> list[int]:
@@ -185,6 +185,17 @@ def test_a_rejection_is_pending_while_judges_not_heard_on_a_contender_could_stil
     # A quorum of weight is decided whatever anyone could still say.
     labels = ["Lyon", "Paris", "Paris", "Paris"]
     assert not rejection_pending([1] * 4, _sims(labels), 800, _verdicts(labels, {}), 500, 4)
+
+
+def test_the_omission_rule_lets_at_most_a_third_of_the_weight_go_unheard() -> None:
+    """Non-judging answerers at exactly 1/3 (2 of 6) cannot stall the veto; any more can (ADR 0022)."""
+    assert missing_judges_ok([1] * 6, {2, 3, 4, 5}, 6)  # 2 of 6 unheard: exactly 1/3
+    assert not missing_judges_ok([1] * 6, {3, 4, 5}, 6)  # 3 of 6
+    assert missing_judges_ok([1] * 6, set(range(6)), 6)
+    # Weighted: 100 of 300 unheard is exactly 1/3, 101 of 301 (one absent validator of weight 1) just above it.
+    assert missing_judges_ok([100, 50, 150], {1, 2}, 300)
+    assert not missing_judges_ok([101, 50, 150], {1, 2}, 301)
+    assert missing_judges_ok([101, 50, 150], {1, 2}, 303)  # absent validators only add to the total
 
 
 def test_veto_counts_against_all_validators_weight_and_keeps_everyone_if_all_are_rejected() -> None:

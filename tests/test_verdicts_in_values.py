@@ -217,7 +217,7 @@ def test_a_judge_who_did_not_answer_is_refused() -> None:
                                   verdict_rule=s.net.genesis.params.verdicts(), total_weight=4).verdicts == ()
 
 
-def test_a_contested_query_must_carry_the_verdicts_of_all_but_under_a_third() -> None:
+def test_a_contested_query_must_carry_the_verdicts_of_all_but_at_most_a_third() -> None:
     s = Split()
     every = sorted(s.judges(s.right, {s.wrong: -800}) + s.judges(s.wrong, {s.right: 0}), key=lambda v: v.signer)
     assert s.check(s.value(every[:3])) is None  # missing weight 1 of 4
@@ -231,6 +231,34 @@ def test_a_contested_query_must_carry_the_verdicts_of_all_but_under_a_third() ->
                                   next_validators_hash=s.net.genesis.validators.set_hash(),
                                   verdict_rule=s.net.genesis.params.verdicts(), total_weight=4)
     assert s.check(quorum) is None
+
+
+def test_non_judging_answerers_at_exactly_a_third_leave_a_contested_query_decidable() -> None:
+    """Six peers of weight 1: colluders 0, 1 answer "Lyon" and never judge, honest 2..5 answer "Paris" (4 of 6,
+    not above 2/3: contested) and reject "Lyon". The four honest verdicts suffice (2 of 6 unheard: exactly
+    1/3); three do not."""
+    net = veto_net([1] * 6)
+    query = net.query()
+    texts = ["Lyon", "Lyon", "Paris", "Paris", "Paris", "Paris"]
+    answers = [net.answer(query, i, t) for i, t in enumerate(texts)]
+    honest = [verdict(net, j, query, answers, {0: -800, 1: -800}) for j in range(2, 6)]
+    g = net.genesis
+
+    def value(verdicts: list[Signed[Verdict]]) -> Value:
+        return grouping.build_value(query.envelope, answers, _sims(answers), [1] * 6, 800,
+                                    validators_hash=g.validators.set_hash(),
+                                    next_validators_hash=g.validators.set_hash(), chain_id=g.chain_id,
+                                    verdicts=verdicts, verdict_rule=g.params.verdicts(), total_weight=6)
+
+    def check(v: Value) -> str | None:
+        return grouping.validate_value(v, validators=g.validators, local_sims=None, threshold=800, tolerance=20,
+                                       chain_id="test-chain", verdict_rule=g.params.verdicts())
+
+    decided = value(honest)
+    assert (decided.answer, len(decided.verdicts)) == ("Paris", 4) and check(decided) is None
+    # A Byzantine proposer may drop verdicts down to exactly 1/3 unheard; it only loses rejections.
+    assert check(value(honest[:2] + [verdict(net, j, query, answers, {}) for j in (0, 1)])) is None
+    assert "contested" in (check(value(honest[:3])) or "")  # 3 of 6 unheard: above 1/3
 
 
 def test_an_abstaining_judge_counts_as_heard_and_changes_nothing() -> None:

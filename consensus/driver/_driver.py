@@ -30,7 +30,7 @@ What it owns:
   than its own, signed as a :class:`~consensus.messages.Verdict` and sent
   (an abstaining one without a judge); as proposer, a contested query waits
   for every answerer's verdict until its grace period is over, then for all
-  but less than 1/3 of the weight (the omission rule validators apply)
+  but at most 1/3 of the weight (the omission rule validators apply)
   (:mod:`consensus.driver._judging`);
 * scoring decided values (:mod:`consensus.driver._scoring_jobs`), and
   score vectors and evidence waiting to be carried

@@ -6,7 +6,7 @@ Once this peer answered a pending query and others did too, an
 own, signed as a :class:`~consensus.messages.Verdict` and sent (an
 abstaining one without a judge). As proposer, a contested query waits for
 every answerer's verdict until its grace period is over, then for all but
-less than 1/3 of the weight (the omission rule validators apply).
+at most 1/3 of the weight (the omission rule validators apply).
 
 Bounds: one pass in flight per pending query (the query's
 :class:`_Judging`, dropped with it); requests in flight ``max_pending``.
@@ -117,7 +117,7 @@ class JudgingMixin(DriverBase):
 
     def _verdicts_ready(self, entry: PendingQuery, outcome: Outcome) -> bool:
         """A contested outcome may be proposed once every answerer's verdict is in; after the grace period,
-        once those missing weigh less than 1/3 (the omission rule validators apply) and none of them could
+        once those missing weigh at most 1/3 (the omission rule validators apply) and none of them could
         still reject a contender; half a grace period later, on the omission rule alone."""
         vs, keys = self.validators, self.validators.public_key_of
         peers = [open_envelope(Answer, e, keys, self.verified).signer for e in outcome.answers]
