@@ -18,8 +18,9 @@ client sees it.
     flock /tmp/m/heavy.lock nice -n 5 .venv/bin/python bench/accuracy_verdicts.py --scenario 1/2 \\
         --rules veto --queries 128 --json bench/results/accuracy-verdicts-half-adapted.json
 
-Under ``veto``, "1/3" and "1/2-late" halt at height 1: their faulty peers start with 1/3 or more of
-the weight and send no verdicts, so no contested outcome meets the omission rule (docs/benchmarks.md).
+Under ``veto``, "1/2-late" halts at height 1: its faulty peers start with 1/2 of the weight and send no
+verdicts, so no contested outcome meets the omission rule (all but at most 1/3 of the weight's verdicts
+carried); "1/3" (exactly 1/3 non-judging) meets it with every honest verdict (docs/benchmarks.md).
 """
 
 from __future__ import annotations
