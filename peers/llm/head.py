@@ -1,13 +1,14 @@
-"""The output head on numpy's BLAS: the same product, about 3x faster on this machine (ADR 0019, addendum 6).
+"""The output head on numpy's BLAS: the same product, 1.5-1.9x faster on this machine (ADR 0019, addendum 6).
 
 A small model's output head is its largest matrix: Gemma-3-270M's maps 640
 dimensions to 262,144 tokens (168M weights, 671 MB in fp32, more than its
 transformer layers), and every decode step streams it once per batch. The
 torch CPU wheel computes it with MKL, which runs slowly on AMD processors;
 numpy's OpenBLAS, on a contiguous copy of the transposed weight, does the
-same product 2.3-3x faster on this AMD EPYC (1 and 16 rows, both bundled
-models' heads; ``bench/results/blas-head-2026-11-30.json``). :class:`BlasHead`
-replaces the model's head with that product.
+same product 1.5-1.9x faster on one thread of this AMD EPYC (1 and 16 rows,
+both bundled models' heads), which answers Gemma-3's questions 1.2-1.3x
+faster (``bench/blas_head.py``, ``bench/results/blas-head-2026-11-30.json``).
+:class:`BlasHead` replaces the model's head with that product.
 
 The logits differ from torch's in the last bits (another summation order),
 as batched and single-row products already differ from each other; greedy
