@@ -49,6 +49,18 @@ def test_a_generator_installs_it_unless_switched_off(monkeypatch: pytest.MonkeyP
     assert type(tiny_generator("llama-chat", tok).model.get_output_embeddings()) is torch.nn.Linear
 
 
+def test_a_sharded_model_computes_its_head_as_an_unsharded_peer_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peers.shard.model import ShardedModel
+
+    model = random_model("llama", byte_tokenizer(), seed=1)
+    n = model.config.num_hidden_layers
+    sharded = ShardedModel.from_model(model, [(0, n // 2), (n // 2, n)])
+    assert isinstance(sharded.runners[-1].lm_head, BlasHead) and sharded.runners[0].lm_head is None
+    monkeypatch.setenv("MULTILLMN_BLAS_HEAD", "0")
+    plain = ShardedModel.from_model(random_model("llama", byte_tokenizer(), seed=1), [(0, n)])
+    assert type(plain.runners[-1].lm_head) is torch.nn.Linear
+
+
 def test_blas_threads_follow_the_limit() -> None:
     before = torch.get_num_threads()
     try:

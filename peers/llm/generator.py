@@ -42,7 +42,7 @@ from transformers import (
 
 from .cache import LOAD_LOCK, load_or_convert, offline
 from .continuous import ModelLock, Row, RunningBatch
-from .head import install_blas_head, limit_blas_threads
+from .head import blas_head_enabled, install_blas_head, limit_blas_threads
 from .models import ModelSpec
 from .prefix import PrefixCache, PrefixStatistics
 from .prompting import chat_messages, clean_answer, few_shot_prompt
@@ -108,7 +108,7 @@ class Generator:
         self.model: Any = model
         self.tokenizer = tokenizer
         if blas_head is None:
-            blas_head = os.environ.get("MULTILLMN_BLAS_HEAD", "1") != "0"
+            blas_head = blas_head_enabled()
         if blas_head and install_blas_head(model):
             limit_blas_threads(torch.get_num_threads())
         self._lock = ModelLock()

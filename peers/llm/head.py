@@ -21,13 +21,14 @@ start one per core.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-__all__ = ["BlasHead", "install_blas_head", "limit_blas_threads"]
+__all__ = ["BlasHead", "blas_head_enabled", "blas_head_for", "install_blas_head", "limit_blas_threads"]
 
 log = logging.getLogger("multillmn.llm")
 
@@ -47,16 +48,28 @@ class BlasHead(torch.nn.Module):
         return torch.from_numpy(flat @ self._weight_t).reshape(*hidden.shape[:-1], self.out_features)
 
 
-def install_blas_head(model: Any) -> bool:
-    """Replace ``model``'s output head by a :class:`BlasHead` if it is a bias-free fp32 ``Linear``; whether it did."""
-    head = model.get_output_embeddings()
+def blas_head_enabled() -> bool:
+    """Whether heads go to BLAS: yes, unless the environment sets ``MULTILLMN_BLAS_HEAD=0`` (for comparisons)."""
+    return os.environ.get("MULTILLMN_BLAS_HEAD", "1") != "0"
+
+
+def blas_head_for(head: torch.nn.Module) -> torch.nn.Module:
+    """``head`` as a :class:`BlasHead` if it is a bias-free fp32 ``Linear`` (or already one), else unchanged."""
     if isinstance(head, BlasHead):
-        return True
+        return head
     if not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight.dtype != torch.float32:
         log.info("output head kept on torch: %s", type(head).__name__)
-        return False
-    model.set_output_embeddings(BlasHead(head))
-    return True
+        return head
+    return BlasHead(head)
+
+
+def install_blas_head(model: Any) -> bool:
+    """Replace ``model``'s output head by a :class:`BlasHead` if it is a bias-free fp32 ``Linear``; whether it is one."""
+    head = blas_head_for(model.get_output_embeddings())
+    if isinstance(head, BlasHead):
+        model.set_output_embeddings(head)
+        return True
+    return False
 
 
 def limit_blas_threads(threads: int) -> None:

@@ -31,6 +31,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from peers.llm.head import blas_head_enabled, blas_head_for
+
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "ShardError",
@@ -156,7 +158,9 @@ class ShardRunner:
         self.embed: nn.Module | None = inner.embed_tokens if is_first else None
         self.layers: list[nn.Module] = list(inner.layers[start:stop])
         self.norm: nn.Module | None = inner.norm if is_last else None
-        self.lm_head: nn.Module | None = model.lm_head if is_last else None
+        # The head on numpy's BLAS, as an unsharded peer computes it (the same logits, so the same answers).
+        self.lm_head: nn.Module | None = (blas_head_for(model.lm_head) if blas_head_enabled() else model.lm_head) \
+            if is_last else None
         self.rotary_emb: nn.Module = inner.rotary_emb
         types = getattr(config, "layer_types", None) or [_FULL] * n
         self.layer_types: list[str] = [str(t) for t in types[start:stop]]

@@ -39,6 +39,7 @@ import torch
 import trio
 
 from multillmn.identity import KeyPair, PeerId, is_peer_id
+from peers.llm.head import limit_blas_threads
 from peers.secure import HandshakeError, SecureChannel, handshake
 from peers.shard.model import ShardError, ShardRunner
 from peers.shard.protocol import (
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(levelname)s %(message)s")
     torch.set_num_threads(max(1, args.threads))
+    limit_blas_threads(args.threads)
     key = KeyPair.load(args.key)
     model_dir: Path = args.model_dir
     if model_dir is None:
