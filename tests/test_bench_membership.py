@@ -50,4 +50,7 @@ async def test_catch_up_runs_at_the_speed_of_the_checks_not_of_the_tick() -> Non
     r = await membership.catchup_in_process(96, timeouts="shipped", timeout_s=60)
     assert not r["timed_out"] and r["heights"] == 96 and r["digest_equal"]
     assert r["dropped"] == 0  # paced to the rate limit: no request wasted
-    assert r["seconds"] < 6.0, r
+    # Three batches of 32, one per tick, take at least two ticks (12 s), more with idle ticks before the first;
+    # about 2 s on a quiet machine now. The bound is not one tick: the checks are CPU work, and a loaded
+    # machine once took over 6 s.
+    assert r["seconds"] < 12.0, r
