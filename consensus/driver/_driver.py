@@ -30,8 +30,9 @@ What it owns:
   than its own, signed as a :class:`~consensus.messages.Verdict` and sent
   (an abstaining one without a judge); as proposer, a contested query waits
   for every answerer's verdict until its grace period is over, then for all
-  but at most 1/3 of the weight (the omission rule validators apply)
-  (:mod:`consensus.driver._judging`);
+  but at most 1/3 of the weight (the omission rule validators apply), but
+  not for answerers that sent no verdict for the last ``SILENT_AFTER``
+  contested decisions (:mod:`consensus.driver._judging`);
 * scoring decided values (:mod:`consensus.driver._scoring_jobs`), and
   score vectors and evidence waiting to be carried
   (:mod:`consensus.driver._scoring`);
@@ -61,7 +62,8 @@ heights ahead, :data:`MAX_CATCHUP_PER_HEIGHT` values each; relayable
 votes and exposures: rounds up to ``round + 1`` of the current height; own
 messages re-sent: :data:`RESEND_MESSAGES` and :data:`RESEND_ANSWERS`;
 membership requests: :data:`MAX_REQUESTS` joins and as many leaves; judging:
-one pass in flight per pending query, requests ``max_pending``.
+one pass in flight per pending query, requests ``max_pending``, a silence
+count per validator.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ class Driver(ProposingMixin, JudgingMixin, ScoringMixin, CatchUpMixin):
         self.deferred_proposals = 0
         self._judging = {}
         self._judge_requests = {}
+        self._silence = {}
         self._scoring = {}
         self._catchup = {}
         # this module's own
@@ -213,7 +216,7 @@ class Driver(ProposingMixin, JudgingMixin, ScoringMixin, CatchUpMixin):
             "catchup_waiting": sum(len(b) for b in self._catchup.values()),
             "exposed": len(self._h.exposed), "relayable_votes": len(self._h.votes), "own_messages": len(self._h.own),
             "own_answers": len(self._own_answers), "join_requests": len(self._joins),
-            "leave_requests": len(self._leaves),
+            "leave_requests": len(self._leaves), "judge_silence": len(self._silence),
         }
 
     # --- entry points ---------------------------------------------------------------
@@ -331,6 +334,7 @@ class Driver(ProposingMixin, JudgingMixin, ScoringMixin, CatchUpMixin):
                 self._judge(msg.query_id, out)
                 self._try_propose(out)
         elif isinstance(msg, Verdict):
+            self._heard_judge(signed.signer)  # on any query, even a decided one: it judges
             if self.pool.add_verdict(signed) is not None:
                 self._try_propose(out)
         elif isinstance(msg, Proposal):
@@ -458,6 +462,7 @@ class Driver(ProposingMixin, JudgingMixin, ScoringMixin, CatchUpMixin):
             times.append(QueryTimes(None if entry is None else int(entry.arrived),
                                     None if entry is None or entry.quorum_at is None else int(entry.quorum_at)))
         out.append(Decided(height, round_, value, precommits, vs, tuple(times), self._h.proposed_ms))
+        self._note_silence(value)
         self.scores.committed(value, vs)
         self._last_commit = self._commit_of(height, round_, value, precommits)
         self.chain.apply(height, value)
@@ -505,6 +510,7 @@ class Driver(ProposingMixin, JudgingMixin, ScoringMixin, CatchUpMixin):
         for entry in self.pool.set_validators(self.validators, self.now):
             out.append(QueryExpired(entry.query_id, f"its entry peer {entry.query.signer} is no longer a validator"))
         self.scores.entered(height)
+        self._forget_former_judges()
         self._future = {h: b for h, b in self._future.items() if h >= height}
         for signed in [p for ps in self._future.pop(height, {}).values() for p in ps]:
             self._proposal(signed, out)
