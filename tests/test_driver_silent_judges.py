@@ -24,14 +24,10 @@ from consensus.driver import (
     TimerFired,
 )
 from consensus.messages import Answer, Proposal, Query, Signed, Value, Verdict, query_id_of, sign
-from consensus.state_machine import Timeouts
 from tests.test_membership import CHAIN
 from tests.test_membership import Net as MembershipNet
+from tests.test_driver_verdict_wait import CFG, GRACE
 from tests.test_verdicts_in_values import _sims, veto_net, verdict
-
-GRACE = 200
-CFG = DriverConfig(timeouts=Timeouts(3000, 100, 100, 50), answer_grace_ms=GRACE, answer_wait_ms=5000, tick_ms=1000,
-                   judge=True)
 
 
 class Network:
