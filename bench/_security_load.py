@@ -170,7 +170,7 @@ def bounds(node: Node) -> dict[str, int]:
         "catchup_waiting": MAX_CATCHUP_AHEAD * MAX_CATCHUP_PER_HEIGHT, "exposed": (r + 2) * n,
         "relayable_votes": 2 * (r + 2) * n, "own_messages": RESEND_MESSAGES + 3 * (r + 1),
         "own_answers": d.config.max_pending, "join_requests": MAX_REQUESTS, "leave_requests": n,
-        "core_buffer": d.core.future_heights * n * d.core.buffer_per_signer,
+        "judge_silence": n, "core_buffer": d.core.future_heights * n * d.core.buffer_per_signer,
     }
 
 
