@@ -50,11 +50,9 @@ def veto_winner(row: dict[str, Any], smol_first: bool) -> str:
     texts = {m: row["answers"][m]["text"] for m in families}
     lp = row["lp"]
     sims = [1000 if peers[i] == peers[j] else 0 for i in range(4) for j in range(i + 1, 4)]
-    other = {families[0]: families[1], families[1]: families[0]}
     verdicts: list[list[int | None]] = [
         [None if peers[k] == judge else verdict(lp[judge][texts[peers[k]]] - lp[judge][texts[judge]])
          for k in range(4)] for judge in peers]
-    assert all(other[p] in lp and texts[other[p]] in lp[p] for p in families), "the record lacks a verdict"
     group = decide([1] * 4, sims, THRESHOLD, verdicts=verdicts, rule="veto", margin=MARGIN, total_weight=4).group
     return peers[group.representative]
 
